@@ -1,0 +1,114 @@
+"""The ``garage`` command: one subcommand per stage.
+
+Subcommands live in their own modules and are imported only when invoked, so
+``garage --version`` and ``garage --help`` never import torch.  The CLI parses
+and validates options, builds a config, calls the library, and turns a
+:class:`~garage.errors.GarageError` into one ``Error:`` line and exit code 2.
+Any other exception is an internal error: one line and exit code 1 (the full
+traceback with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from .. import __version__
+
+# name -> "module:attribute"; each stage owns its module
+COMMANDS: dict[str, str] = {
+    "preprocess": "garage.cli.preprocess:preprocess",
+    "gat": "garage.cli.gat:gat",
+    "gan": "garage.cli.gan:gan",
+    "generate": "garage.cli.gan:generate",
+    "evaluate": "garage.cli.evaluate:evaluate",
+    "run": "garage.cli.run:run",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        mod, attr = target.split(":")
+        return getattr(importlib.import_module(mod), attr)
+
+    def invoke(self, ctx):
+        from ..errors import GarageError
+
+        debug = ctx.params.get("debug", False)
+        try:
+            return super().invoke(ctx)
+        except GarageError as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(GarageError.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted", err=True)
+            ctx.exit(130)
+        except MemoryError:
+            if debug:
+                raise
+            click.echo(
+                "Error: out of memory. Fix: lower --batch-size or use --minibatch, or run on a larger node",
+                err=True,
+            )
+            ctx.exit(1)
+        except Exception as exc:  # internal error: one line unless --debug
+            if debug:
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"Internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback "
+                "and report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("numba", "matplotlib", "h5py", "fontTools", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="garage", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(debug: bool, verbose: int, quiet: bool) -> None:
+    """GARAGE: synthetic single-cell RNA-seq that keeps rare cell types.
+
+    Stages: preprocess -> gat (seed selection) -> gan (generation) -> evaluate;
+    `garage run` does all of them for a samplesheet, in-process.
+    """
+    import warnings
+
+    configure_logging(-1 if quiet else verbose)
+    if not debug:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*")  # library chatter stays out of logs
+
+
+__all__ = ["main", "COMMANDS"]

@@ -1,0 +1,46 @@
+"""Every AnnData key and file suffix the stages exchange, fixed in one place.
+
+Stages never spell these strings themselves; they import them from here so a
+rename is one edit and cannot drift between preprocess, GAT, GAN and evaluate.
+"""
+
+from __future__ import annotations
+
+# --- AnnData keys ---------------------------------------------------------
+LAYER_COUNTS = "counts"  # raw integer counts (HVGs only after preprocess)
+OBS_LABEL = "garage_label"  # the label used by every stage (str categories)
+OBS_SPLIT = "garage_split"  # "train" | "holdout"
+SPLIT_TRAIN = "train"
+SPLIT_HOLDOUT = "holdout"
+OBS_LIBSIZE = "garage_library_size"  # total counts over ALL genes, before HVG subset
+OBSM_PCA = "X_pca"
+OBSP_CONNECTIVITIES = "connectivities"
+OBSP_DISTANCES = "distances"
+VAR_HVG = "highly_variable"
+OBS_SCORE = "garage_score"  # GAT representativeness score
+OBS_SEED = "garage_seed"  # bool: selected as a seed cell
+OBSM_GAT = "X_gat"  # GAT node embedding
+UNS_KEY = "garage"  # parameters, versions, provenance
+
+# synthetic cells
+OBS_CELL_TYPE = "cell_type"
+OBS_SYNTHETIC = "synthetic"
+OBS_SEED_ID = "garage_seed_cell"  # obs_name of the seed cell, "" when unseeded
+
+# --- file suffixes (PREFIX + suffix) ---------------------------------------
+SUFFIX_PREPROCESSED = ".preprocessed.h5ad"
+SUFFIX_SEEDS = ".seeds.h5ad"
+SUFFIX_GAT_MODEL = ".gat.pt"
+SUFFIX_GAT_LOG = ".gat_log.tsv"
+SUFFIX_SYNTHETIC = ".synthetic.h5ad"
+SUFFIX_GENERATOR = ".generator.pt"
+SUFFIX_GAN_LOG = ".gan_log.tsv"
+SUFFIX_METRICS = ".garage_metrics.json"
+SUFFIX_PER_TYPE = ".per_type.tsv"
+
+# label used when no --label-key is given and Leiden clusters stand in
+LABEL_SOURCE_LEIDEN = "leiden"
+
+# --- the one normalisation every stage uses -------------------------------
+# X = log1p(counts / sum(counts over the HVGs) * TARGET_SUM), see garage._norm
+TARGET_SUM = 1e4
