@@ -1,0 +1,54 @@
+"""Shared fixtures: real data, preprocessed once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_PBMC3K = REPO.parent / "shared" / "data" / "pbmc3k.h5ad"
+
+
+@pytest.fixture(scope="session")
+def small_counts_path() -> Path:
+    """Bundled real subset of PBMC 3k (1,083 cells; rare DC 32, Platelet 14)."""
+    from garage.datasets import dataset_path
+
+    return dataset_path("pbmc3k_small")
+
+
+@pytest.fixture(scope="session")
+def pbmc68k_counts_path() -> Path:
+    """scanpy's pbmc68k_reduced with counts recovered (700 cells, 765 genes)."""
+    from garage.datasets import dataset_path
+
+    return dataset_path("pbmc68k_reduced")
+
+
+@pytest.fixture(scope="session")
+def pbmc3k_path() -> Path:
+    if not SHARED_PBMC3K.exists():
+        pytest.skip("../shared/data/pbmc3k.h5ad not present")
+    return SHARED_PBMC3K
+
+
+@pytest.fixture(scope="session")
+def preprocessed_small(tmp_path_factory, small_counts_path) -> Path:
+    """PREFIX.preprocessed.h5ad of the bundled PBMC 3k subset (computed once)."""
+    from garage.preprocess import PreprocessConfig, run_preprocess
+
+    out = tmp_path_factory.mktemp("pp_small")
+    return run_preprocess(
+        small_counts_path, out, "small", PreprocessConfig(label_key="cell_type", seed=0)
+    )["h5ad"]
+
+
+@pytest.fixture(scope="session")
+def preprocessed_68k(tmp_path_factory, pbmc68k_counts_path) -> Path:
+    from garage.preprocess import PreprocessConfig, run_preprocess
+
+    out = tmp_path_factory.mktemp("pp_68k")
+    return run_preprocess(
+        pbmc68k_counts_path, out, "p68k", PreprocessConfig(label_key="bulk_labels", seed=0)
+    )["h5ad"]
