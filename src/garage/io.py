@@ -128,9 +128,6 @@ def read_counts(
     adata = ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy())
     if make_unique:
         adata.var_names_make_unique()
-    if adata.obs_names.has_duplicates:
-        adata.obs_names_make_unique()
-        logger.warning("duplicate cell names made unique")
     return adata
 
 
@@ -146,6 +143,12 @@ def validate_counts(adata, *, source: str = "input") -> None:
         raise GarageError(
             f"{source} has {len(dup)} duplicate gene names, e.g. {list(dup[:3])}",
             "make them unique (--make-unique) or aggregate them before running",
+        )
+    dup_cells = adata.obs_names[adata.obs_names.duplicated()]
+    if len(dup_cells):
+        raise GarageError(
+            f"{source} has {len(dup_cells)} duplicate cell names, e.g. {list(dup_cells[:3])}",
+            "give every cell (barcode) a unique name, e.g. prefix barcodes with the sample id",
         )
     X = adata.X
     data = X.data if sp.issparse(X) else np.asarray(X).ravel()

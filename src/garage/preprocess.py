@@ -140,14 +140,14 @@ def preprocess_adata(adata, config: PreprocessConfig):
         raise GarageError(
             f"no cells left after QC (min_genes={config.min_genes})", "lower --min-genes"
         )
+    if adata.n_obs < 10:
+        raise GarageError(
+            f"only {adata.n_obs} cells left after QC; GARAGE needs at least 10", "provide more cells"
+        )
     sc.pp.filter_genes(adata, min_cells=config.min_cells)
     if adata.n_vars < 2:
         raise GarageError(
             f"fewer than 2 genes left after QC (min_cells={config.min_cells})", "lower --min-cells"
-        )
-    if adata.n_obs < 10:
-        raise GarageError(
-            f"only {adata.n_obs} cells left after QC; GARAGE needs at least 10", "provide more cells"
         )
     n_qc = adata.n_obs
     if n_qc < n_in:

@@ -53,6 +53,10 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(GarageError.exit_code)
+        except click.UsageError as exc:  # bad option value, missing file, ...: one line
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:

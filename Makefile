@@ -1,0 +1,43 @@
+# Two commands set up everything on a fresh clone:
+#   make demo   create .venv, install GARAGE, run `garage run --profile test`
+#   make test   same .venv, run the whole default test suite
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+OUT    ?= results/test
+
+.PHONY: install demo test test-slow bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# pinned: 2.13.0 is the local CPU wheel; an unpinned torch pulls the multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/garage run --profile test --outdir $(OUT)
+	@echo
+	@echo "GARAGE demo finished. Results are in $(OUT)/:"
+	@echo "  synthetic cells : $(OUT)/gan/*.synthetic.h5ad"
+	@echo "  metrics         : $(OUT)/evaluate/*.garage_metrics.json (+ per_type.tsv, UMAP and per-type PNGs)"
+	@echo "  report          : $(OUT)/multiqc/multiqc_report.html"
+
+test: install
+	$(VENV)/bin/pytest
+
+test-slow: install
+	$(VENV)/bin/pytest -m slow
+
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench
+
+lint: install
+	bash tools/nflint/check.sh
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,40 @@
+process GARAGE_EVALUATE {
+    tag "${meta.id}"
+    label 'process_medium'
+
+    container 'ghcr.io/garage-sc/garage:0.1.0'
+
+    input:
+    tuple val(meta), path(real), path(synthetic)
+
+    output:
+    tuple val(meta), path("${prefix}.garage_metrics.json"), emit: metrics
+    tuple val(meta), path("${prefix}.per_type.tsv"), emit: per_type
+    tuple val(meta), path("${prefix}.{umap,per_type}.png"), emit: plots
+    path "${prefix}.{garage_metrics.json,per_type.tsv}", emit: multiqc_files
+    tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    garage_evaluate.py \\
+        --real ${real} \\
+        --synthetic ${synthetic} \\
+        --prefix ${prefix} \\
+        --outdir . \\
+        ${args}
+    """
+
+    stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    echo '{"sample": "${meta.id}", "metrics": {}}' > ${prefix}.garage_metrics.json
+    printf 'cell_type\\tn_real_train\\tn_real_holdout\\tn_synthetic\\tfrac_real\\tfrac_synthetic\\tagreement\\tmmd\\tis_rare\\tmissing\\n' > ${prefix}.per_type.tsv
+    touch ${prefix}.umap.png
+    touch ${prefix}.per_type.png
+    """
+}

@@ -1,0 +1,39 @@
+process GARAGE_GAN {
+    tag "${meta.id}"
+    label 'process_gpu'
+
+    container 'ghcr.io/garage-sc/garage:0.1.0'
+
+    input:
+    tuple val(meta), path(seeds)
+
+    output:
+    tuple val(meta), path("${prefix}.synthetic.h5ad"), emit: h5ad
+    tuple val(meta), path("${prefix}.generator.pt"), emit: model
+    tuple val(meta), path("${prefix}.gan_log.tsv"), emit: log
+    tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
+    tuple val("${task.process}"), val('torch'), eval('python -c "import torch; print(torch.__version__)"'), emit: versions_torch, topic: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    garage_gan.py \\
+        --input ${seeds} \\
+        --prefix ${prefix} \\
+        --outdir . \\
+        --threads ${task.cpus} \\
+        ${args}
+    """
+
+    stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    touch ${prefix}.synthetic.h5ad
+    touch ${prefix}.generator.pt
+    touch ${prefix}.gan_log.tsv
+    """
+}

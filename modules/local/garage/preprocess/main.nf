@@ -1,0 +1,33 @@
+process GARAGE_PREPROCESS {
+    tag "${meta.id}"
+    label 'process_medium'
+
+    container 'ghcr.io/garage-sc/garage:0.1.0'
+
+    input:
+    tuple val(meta), path(counts)
+
+    output:
+    tuple val(meta), path("${prefix}.preprocessed.h5ad"), emit: h5ad
+    tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    garage_preprocess.py \\
+        --input ${counts} \\
+        --prefix ${prefix} \\
+        --outdir . \\
+        ${args}
+    """
+
+    stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    touch ${prefix}.preprocessed.h5ad
+    """
+}

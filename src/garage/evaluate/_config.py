@@ -1,0 +1,106 @@
+"""Evaluation options (one frozen dataclass, saved in the metrics JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import GarageError
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of ``garage evaluate`` (recorded under ``params`` in the metrics JSON).
+
+    Parameters
+    ----------
+    seed
+        Feeds every random draw (subsamples, CV folds, Leiden, UMAP).
+    n_repeats
+        Repeated balanced subsamples; every subsampled metric reports mean and std.
+    max_cells
+        Cells per side in one balanced subsample (C2ST, MMD, gene statistics, KS).
+    n_pcs
+        Components of the shared PCA (fitted on real train cells).
+    c2st_classifier
+        ``knn`` (fast, default) or ``rf`` (random forest) for the classifier two-sample test.
+    c2st_neighbors
+        k of the kNN C2ST.
+    cv_folds
+        Cross-validation folds of the C2ST.
+    mmd_factors
+        Multipliers of the median squared distance of real cells; one RBF bandwidth each.
+    wasserstein_max_cells
+        Cells per side for exact EMD (cost grows ~ n^3).
+    leiden_resolution, leiden_neighbors, leiden_max_cells
+        Leiden on a kNN graph of PCA coordinates, on equal-sized subsamples of
+        synthetic and real holdout cells.
+    rare_threshold
+        A type is rare if it holds less than this fraction of the real cells
+        (same default as the GAT stage).
+    privacy_max_cells
+        At most this many synthetic cells enter the distance-based privacy metrics
+        (``exact_copies`` always uses every synthetic cell).
+    plots
+        Write ``PREFIX.umap.png`` and ``PREFIX.per_type.png``.
+    umap_max_cells
+        Cells per side (real, synthetic) in the UMAP picture.
+    """
+
+    seed: int = 0
+    n_repeats: int = 3
+    max_cells: int = 2000
+    n_pcs: int = 50
+    c2st_classifier: Literal["knn", "rf"] = "knn"
+    c2st_neighbors: int = 15
+    cv_folds: int = 5
+    mmd_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    wasserstein_max_cells: int = 1000
+    leiden_resolution: float = 1.0
+    leiden_neighbors: int = 15
+    leiden_max_cells: int = 3000
+    rare_threshold: float = 0.03
+    privacy_max_cells: int = 20000
+    plots: bool = True
+    umap_max_cells: int = 2500
+
+    def validate(self) -> None:
+        if self.n_repeats < 1:
+            raise GarageError(f"--n-repeats must be >= 1, got {self.n_repeats}", "pass e.g. 3")
+        if self.max_cells < 10:
+            raise GarageError(f"--max-cells must be >= 10, got {self.max_cells}", "pass e.g. 2000")
+        if self.n_pcs < 2:
+            raise GarageError(f"n_pcs must be >= 2, got {self.n_pcs}", "pass e.g. 50")
+        if self.c2st_classifier not in ("knn", "rf"):
+            raise GarageError(
+                f"unknown C2ST classifier {self.c2st_classifier!r}", "use knn or rf"
+            )
+        if self.c2st_neighbors < 1 or self.leiden_neighbors < 2:
+            raise GarageError("neighbour counts must be >= 1 (Leiden: >= 2)", "pass e.g. 15")
+        if self.cv_folds < 2:
+            raise GarageError(f"cv_folds must be >= 2, got {self.cv_folds}", "pass e.g. 5")
+        if not self.mmd_factors or any(f <= 0 for f in self.mmd_factors):
+            raise GarageError("mmd_factors must be positive numbers", "pass e.g. (0.5, 1, 2)")
+        if self.wasserstein_max_cells < 2 or self.leiden_max_cells < 10:
+            raise GarageError(
+                "wasserstein_max_cells must be >= 2 and leiden_max_cells >= 10", "raise them"
+            )
+        if self.leiden_resolution <= 0:
+            raise GarageError("--leiden-resolution must be > 0", "pass e.g. 1.0")
+        if not 0.0 < self.rare_threshold < 1.0:
+            raise GarageError(
+                f"--rare-threshold must be in (0, 1), got {self.rare_threshold}", "pass e.g. 0.03"
+            )
+        if self.privacy_max_cells < 2 or self.umap_max_cells < 10:
+            raise GarageError("privacy_max_cells/umap_max_cells too small", "raise them")
+
+
+# fast settings for `garage run --profile test` and the Nextflow test profile
+TEST_OVERRIDES: dict = {
+    "n_repeats": 1,
+    "max_cells": 500,
+    "wasserstein_max_cells": 300,
+    "leiden_max_cells": 500,
+    "privacy_max_cells": 2000,
+    "umap_max_cells": 500,
+}

@@ -1,0 +1,161 @@
+"""Input checks and the shared space every metric is computed in.
+
+Real cells: ``log_normalize(layers['counts'])`` (the preprocess formula);
+synthetic cells: ``log_normalize(X)`` (X holds counts).  A PCA fitted on the
+real *train* cells only (centred, not scaled, like preprocess) projects all
+three sets: real train, real holdout, synthetic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import constants as C
+from .._norm import log_normalize
+from ..errors import GarageError
+
+logger = logging.getLogger(__name__)
+
+_RUN_PREPROCESS = "run `garage preprocess` on the counts and pass its PREFIX.preprocessed.h5ad as --real"
+
+
+@dataclass
+class Space:
+    """Everything the metrics need, per set (train / holdout / synthetic)."""
+
+    pca: dict[str, np.ndarray]  # cells x n_pcs, float64
+    lognorm: dict[str, sp.csr_matrix]  # log-normalised HVGs
+    counts: dict[str, sp.csr_matrix]  # integer counts over HVGs
+    labels: dict[str, np.ndarray]  # str labels
+    var_names: list[str]
+    n_pcs: int
+
+    def n(self, key: str) -> int:
+        return self.pca[key].shape[0]
+
+
+def _csr(x) -> sp.csr_matrix:
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def check_real(real) -> None:
+    """Fail clearly unless *real* is a GARAGE preprocessed AnnData."""
+    missing = []
+    if C.LAYER_COUNTS not in real.layers:
+        missing.append(f"layers['{C.LAYER_COUNTS}']")
+    for key in (C.OBS_LABEL, C.OBS_SPLIT):
+        if key not in real.obs.columns:
+            missing.append(f"obs['{key}']")
+    if missing:
+        raise GarageError(
+            "the real file is not a GARAGE preprocessed file (it lacks " + ", ".join(missing) + ")",
+            _RUN_PREPROCESS,
+        )
+    split = real.obs[C.OBS_SPLIT].astype(str)
+    n_train = int((split == C.SPLIT_TRAIN).sum())
+    n_hold = int((split == C.SPLIT_HOLDOUT).sum())
+    if n_train < 2 or n_hold < 2:
+        raise GarageError(
+            f"the real file has {n_train} train and {n_hold} holdout cells; evaluation needs at "
+            "least 2 of each",
+            "preprocess with a --holdout-fraction that leaves cells on both sides (e.g. 0.2)",
+        )
+
+
+def check_synthetic(real, synth):
+    """Validate *synth* against *real*; return it with genes in the real order."""
+    if synth.n_obs == 0:
+        raise GarageError(
+            "the synthetic file has no cells", "generate cells first (garage gan / garage generate)"
+        )
+    if C.OBS_CELL_TYPE not in synth.obs.columns:
+        raise GarageError(
+            f"the synthetic file has no obs['{C.OBS_CELL_TYPE}'] (columns: "
+            f"{list(synth.obs.columns)[:10]})",
+            "pass a PREFIX.synthetic.h5ad written by garage gan/generate, or add the cell type "
+            f"of every synthetic cell as obs['{C.OBS_CELL_TYPE}']",
+        )
+    rv = pd.Index(real.var_names.astype(str))
+    sv = pd.Index(synth.var_names.astype(str))
+    if sv.has_duplicates:
+        raise GarageError("the synthetic file has duplicate gene names", "write each gene once")
+    if not rv.equals(sv):
+        only_real = rv.difference(sv)
+        only_syn = sv.difference(rv)
+        if len(only_real) or len(only_syn):
+            raise GarageError(
+                f"the synthetic genes do not match the real ones ({len(sv)} synthetic vs "
+                f"{len(rv)} real genes; {len(only_syn)} only in synthetic, e.g. "
+                f"{list(only_syn[:3])}; {len(only_real)} only in real, e.g. {list(only_real[:3])})",
+                "evaluate against the PREFIX.preprocessed.h5ad the synthetic cells were generated "
+                "from",
+            )
+        synth = synth[:, rv].copy()  # same set, other order
+    labels = synth.obs[C.OBS_CELL_TYPE]
+    bad = labels.isna() | labels.astype(str).str.strip().isin(["", "nan", "None"])
+    if bad.any():
+        raise GarageError(
+            f"{int(bad.sum())} synthetic cells have no obs['{C.OBS_CELL_TYPE}']",
+            "label every synthetic cell",
+        )
+    real_types = set(real.obs[C.OBS_LABEL].astype(str))
+    unknown = sorted(set(labels.astype(str).str.strip()) - real_types)
+    if unknown:
+        raise GarageError(
+            f"synthetic cell types {unknown[:5]} do not occur in the real file (real types: "
+            f"{sorted(real_types)[:10]})",
+            "evaluate against the PREFIX.preprocessed.h5ad the synthetic cells were generated "
+            "from (labels must match obs['garage_label'])",
+        )
+    x = synth.X
+    data = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    if data.size and (not np.all(np.isfinite(data)) or data.min() < 0):
+        raise GarageError(
+            "synthetic X has negative or non-finite values; it must hold counts",
+            "write integer counts to X (not log-normalised or scaled values)",
+        )
+    sample = data[: 200_000]
+    if sample.size and not np.allclose(sample, np.round(sample), atol=1e-3):
+        raise GarageError(
+            "synthetic X is not integer counts (it looks normalised or log-transformed)",
+            "write the sampled integer counts to X",
+        )
+    return synth
+
+
+def build_space(real, synth, n_pcs: int, seed: int) -> Space:
+    """Log-normalise both sides with the shared formula and project on a train PCA."""
+    from sklearn.decomposition import PCA
+
+    split = real.obs[C.OBS_SPLIT].astype(str).to_numpy()
+    lab = real.obs[C.OBS_LABEL].astype(str).str.strip().to_numpy()
+    rc = _csr(real.layers[C.LAYER_COUNTS])
+    counts = {
+        "train": rc[split == C.SPLIT_TRAIN],
+        "holdout": rc[split == C.SPLIT_HOLDOUT],
+        "synthetic": _csr(synth.X),
+    }
+    labels = {
+        "train": lab[split == C.SPLIT_TRAIN],
+        "holdout": lab[split == C.SPLIT_HOLDOUT],
+        "synthetic": synth.obs[C.OBS_CELL_TYPE].astype(str).str.strip().to_numpy(),
+    }
+    lognorm = {k: log_normalize(v) for k, v in counts.items()}
+    n_train, n_genes = lognorm["train"].shape
+    k = int(min(n_pcs, n_train - 1, n_genes - 1))
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed)
+    pca.fit(lognorm["train"].toarray())
+    comp = pca.components_.astype(np.float64)  # k x genes
+    shift = pca.mean_ @ comp.T
+    coords = {key: np.asarray(m @ comp.T, dtype=np.float64) - shift for key, m in lognorm.items()}
+    logger.info(
+        "shared space: %d HVGs -> %d PCs (%.1f%% variance), %d train / %d holdout / %d synthetic",
+        n_genes, k, 100 * pca.explained_variance_ratio_.sum(),
+        n_train, lognorm["holdout"].shape[0], lognorm["synthetic"].shape[0],
+    )
+    return Space(coords, lognorm, counts, labels, list(real.var_names.astype(str)), k)

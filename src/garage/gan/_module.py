@@ -1,0 +1,178 @@
+"""Pure-torch GARAGE modules: count autoencoder, conditional generator and critic.
+
+Every module's ``loss`` method returns a small loss dataclass, so the training
+loop (``_train.py``) only sums, steps and logs.  No AnnData here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._norm import log_normalize_torch
+from ._nn import mlp, nb_log_likelihood
+
+
+# --------------------------------------------------------------------------- losses
+@dataclass
+class VAELoss:
+    loss: torch.Tensor
+    nll: torch.Tensor
+    kl: torch.Tensor
+
+
+@dataclass
+class CriticLoss:
+    loss: torch.Tensor
+    distance: torch.Tensor  # Wasserstein estimate (WGAN) or BCE (original)
+    gp: torch.Tensor
+
+
+@dataclass
+class GeneratorLoss:
+    loss: torch.Tensor
+
+
+# --------------------------------------------------------------------------- autoencoder
+class CountVAE(nn.Module):
+    """VAE on counts: log-normalised input, NB decoder on proportions x library size.
+
+    The decoder outputs expression proportions over the HVGs (softmax); the
+    mean of the counts is ``proportions * library_size``, and ``theta`` is a
+    per-gene inverse dispersion.  The GAN plays its game in the latent space.
+    """
+
+    def __init__(self, n_genes: int, n_latent: int, n_hidden: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = mlp([n_genes, n_hidden, n_hidden], last_activation=True, dropout=dropout)
+        self.z_mean = nn.Linear(n_hidden, n_latent)
+        self.z_logvar = nn.Linear(n_hidden, n_latent)
+        self.decoder = mlp([n_latent, n_hidden, n_hidden], last_activation=True)
+        self.px = nn.Linear(n_hidden, n_genes)
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+
+    def encode(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(log_normalize_torch(counts))
+        return self.z_mean(h), self.z_logvar(h).clamp(-10, 10)
+
+    def proportions(self, z: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.px(self.decoder(z)), dim=-1)
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.log_theta.exp()
+
+    def loss(self, counts: torch.Tensor, kl_weight: float = 1.0) -> VAELoss:
+        mean, logvar = self.encode(counts)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        mu = self.proportions(z) * counts.sum(1, keepdim=True)
+        nll = -nb_log_likelihood(counts, mu, self.theta).sum(1).mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        return VAELoss(nll + kl_weight * kl, nll, kl)
+
+
+# --------------------------------------------------------------------------- GAN
+class ConditionalGenerator(nn.Module):
+    """The GARAGE hybrid input: noise + type embedding + (masked) seed projection.
+
+    ``seed_code`` is the seed cell's representation (latent code or PCA
+    coordinates); ``seed_mask`` (0/1 per sample) says whether a seed is mixed in.
+    Output: a latent code (latent space) or gene logits (gene space).
+    """
+
+    def __init__(self, noise_dim: int, n_types: int, emb_dim: int, seed_dim: int,
+                 hidden: int, out_dim: int, n_layers: int = 2):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.type_emb = nn.Embedding(n_types, emb_dim)
+        self.seed_proj = nn.Linear(seed_dim, emb_dim) if seed_dim > 0 else None
+        in_dim = noise_dim + emb_dim + (emb_dim + 1 if seed_dim > 0 else 0)
+        self.net = mlp([in_dim] + [hidden] * n_layers + [out_dim])
+
+    def forward(self, noise, types, seed_code=None, seed_mask=None):
+        parts = [noise, self.type_emb(types)]
+        if self.seed_proj is not None:
+            if seed_code is None:
+                seed_code = noise.new_zeros(noise.shape[0], self.seed_proj.in_features)
+                seed_mask = noise.new_zeros(noise.shape[0])
+            m = seed_mask.view(-1, 1).to(noise.dtype)
+            parts += [m * self.seed_proj(seed_code), m]
+        return self.net(torch.cat(parts, dim=1))
+
+
+class ConditionalCritic(nn.Module):
+    """WGAN critic on (representation, type); no normalisation layers that mix samples."""
+
+    def __init__(self, in_dim: int, n_types: int, emb_dim: int, hidden: int, n_layers: int = 2):
+        super().__init__()
+        self.type_emb = nn.Embedding(n_types, emb_dim)
+        self.net = mlp([in_dim + emb_dim] + [hidden] * n_layers + [1], norm=False)
+
+    def forward(self, x, types):
+        return self.net(torch.cat([x, self.type_emb(types)], dim=1)).squeeze(1)
+
+
+def gradient_penalty(critic: ConditionalCritic, real, fake, types) -> torch.Tensor:
+    """WGAN-GP penalty ``(||grad_x D(x_hat)|| - 1)^2`` on random interpolates."""
+    eps = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    out = critic(x_hat, types)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+def wgan_critic_loss(critic, real, fake, types, gp_weight: float) -> CriticLoss:
+    d_real = critic(real, types).mean()
+    d_fake = critic(fake, types).mean()
+    gp = gradient_penalty(critic, real, fake, types)
+    return CriticLoss(d_fake - d_real + gp_weight * gp, d_real - d_fake, gp)
+
+
+def wgan_generator_loss(critic, fake, types) -> GeneratorLoss:
+    return GeneratorLoss(-critic(fake, types).mean())
+
+
+# --------------------------------------------------------------------------- original
+class OriginalGenerator(nn.Module):
+    """The prototype's generator: unconditional, real seed profiles fed straight in."""
+
+    def __init__(self, n_genes: int, noise_dim: int, hidden: int):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.net = mlp([n_genes + noise_dim, hidden, hidden, n_genes])
+
+    def forward(self, noise, seed_profile):
+        return self.net(torch.cat([seed_profile, noise], dim=1))
+
+
+class OriginalDiscriminator(nn.Module):
+    """The prototype's unconditional discriminator (logits for BCE)."""
+
+    def __init__(self, n_genes: int, hidden: int):
+        super().__init__()
+        self.net = mlp([n_genes, hidden, hidden // 2, 1], norm=False)
+
+    def forward(self, x):
+        return self.net(x).squeeze(1)
+
+
+def bce_discriminator_loss(disc, real, fake, smooth: float) -> CriticLoss:
+    lr, lf = disc(real), disc(fake)
+    loss = F.binary_cross_entropy_with_logits(lr, torch.full_like(lr, smooth)) + \
+        F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf))
+    return CriticLoss(loss, loss.detach(), torch.zeros((), device=real.device))
+
+
+def bce_generator_loss(disc, fake) -> GeneratorLoss:
+    lf = disc(fake)
+    return GeneratorLoss(F.binary_cross_entropy_with_logits(lf, torch.ones_like(lf)))
+
+
+def straight_through_counts(mu: torch.Tensor) -> torch.Tensor:
+    """Poisson counts in the forward pass, gradients of the mean in the backward pass."""
+    with torch.no_grad():
+        sample = torch.poisson(mu.clamp_min(0))
+    return mu + (sample - mu).detach()

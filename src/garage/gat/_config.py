@@ -1,0 +1,142 @@
+"""GAT stage options: one frozen dataclass, saved next to the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from ..errors import GarageError
+
+Features = Literal["pca", "hvg"]
+ClassWeight = Literal["balanced", "sqrt", "none"]
+
+#: epochs used when ``GATConfig.epochs`` is None (auto): full-batch passes are
+#: one gradient step each, minibatch passes are ``n_train / batch_size`` steps.
+AUTO_EPOCHS_FULL = 200
+AUTO_EPOCHS_MINIBATCH = 15
+
+
+@dataclass(frozen=True)
+class GATConfig:
+    """Options of stage 1 (GAT training, attention scores, seed selection).
+
+    Parameters
+    ----------
+    features
+        Node features: ``"pca"`` (``obsm['X_pca']``) or ``"hvg"`` (log-normalised
+        ``X`` over the highly variable genes).
+    n_layers, hidden, heads
+        GATConv layers, hidden units per head, attention heads (heads are
+        concatenated, so the embedding ``obsm['X_gat']`` has ``hidden * heads``
+        columns).
+    dropout
+        Feature dropout before every layer and before the classifier.
+    attention_dropout
+        Dropout on the attention coefficients while training (GATConv ``dropout``).
+    epochs
+        Passes over the train cells; ``None`` (auto) = 200 full-batch, 15 minibatch.
+    lr, weight_decay
+        Adam learning rate and L2 penalty.
+    class_weight
+        Loss weights per type: ``"balanced"`` (``n / (K * n_c)``, the explicit rare
+        priority), ``"sqrt"`` (``1 / sqrt(n_c)``, normalised) or ``"none"``.
+    seed_fraction
+        Seeds as a fraction of the train cells, in (0, 1].
+    rare_threshold
+        Types whose fraction of all cells is below this are rare.
+    rare_min_seeds
+        Guaranteed seeds per rare type (all of its train cells when it has fewer).
+    score_weight
+        ``lambda`` in ``score = centrality_rank ** lambda * confidence ** (1 - lambda)``.
+    minibatch_threshold
+        Graphs with more cells train with neighbour-sampled minibatches and run
+        inference in chunks (memory linear in cells); 0 forces minibatches.
+    batch_size
+        Seed (target) cells per minibatch.
+    num_neighbors
+        Neighbours sampled per cell and layer in minibatch mode.
+    inference_batch_size
+        Target cells per chunk of the exact layer-wise inference (minibatch mode).
+    checkpoint_every
+        Write ``PREFIX.gat.ckpt.pt`` every N epochs (0: never).
+    max_memory_gb
+        Memory budget for the pre-flight estimate; ``None``: available memory.
+    seed
+        Feeds every random source (init, dropout, sampling).
+    """
+
+    features: Features = "pca"
+    n_layers: int = 2
+    hidden: int = 32
+    heads: int = 4
+    dropout: float = 0.3
+    attention_dropout: float = 0.1
+    epochs: int | None = None
+    lr: float = 5e-3
+    weight_decay: float = 5e-4
+    class_weight: ClassWeight = "balanced"
+    seed_fraction: float = 0.1
+    rare_threshold: float = 0.03
+    rare_min_seeds: int = 10
+    score_weight: float = 0.5
+    minibatch_threshold: int = 50_000
+    batch_size: int = 1024
+    num_neighbors: int = 10
+    inference_batch_size: int = 8192
+    checkpoint_every: int = 10
+    max_memory_gb: float | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        def bad(opt: str, got: Any, want: str) -> GarageError:
+            return GarageError(f"--{opt} must be {want}, got {got!r}", f"pass {opt} {want}")
+
+        if self.features not in ("pca", "hvg"):
+            raise bad("features", self.features, "pca or hvg")
+        if self.class_weight not in ("balanced", "sqrt", "none"):
+            raise bad("class-weight", self.class_weight, "balanced, sqrt or none")
+        for name in ("n_layers", "hidden", "heads", "batch_size", "num_neighbors",
+                     "inference_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(name.replace("_", "-"), v, "an integer >= 1")
+        for name in ("rare_min_seeds", "minibatch_threshold", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise bad(name.replace("_", "-"), v, "an integer >= 0")
+        if self.epochs is not None and (
+            not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1
+        ):
+            raise bad("epochs", self.epochs, "an integer >= 1 (or omitted for auto)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", self.dropout, "in [0, 1)")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise bad("attention-dropout", self.attention_dropout, "in [0, 1)")
+        if not self.lr > 0:
+            raise bad("lr", self.lr, "> 0")
+        if not self.weight_decay >= 0:
+            raise bad("weight-decay", self.weight_decay, ">= 0")
+        if not 0.0 < self.seed_fraction <= 1.0:
+            raise bad("seed-fraction", self.seed_fraction, "in (0, 1]")
+        if not 0.0 <= self.rare_threshold < 1.0:
+            raise bad("rare-threshold", self.rare_threshold, "in [0, 1)")
+        if not 0.0 <= self.score_weight <= 1.0:
+            raise bad("score-weight", self.score_weight, "in [0, 1]")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise bad("max-memory-gb", self.max_memory_gb, "> 0 (or omitted)")
+
+    def resolved_epochs(self, minibatch: bool) -> int:
+        if self.epochs is not None:
+            return int(self.epochs)
+        return AUTO_EPOCHS_MINIBATCH if minibatch else AUTO_EPOCHS_FULL
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_uns(self) -> dict[str, Any]:
+        """Parameters for ``uns`` (h5ad cannot store None: it becomes ``""``)."""
+        return {k: ("" if v is None else v) for k, v in asdict(self).items()}
+
+
+#: fast settings for ``garage run --profile test`` (1,083-cell bundled data)
+TEST_OVERRIDES: dict[str, Any] = {"epochs": 40, "hidden": 16, "heads": 2, "checkpoint_every": 0}

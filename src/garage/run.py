@@ -1,0 +1,228 @@
+"""``garage run``: every stage for every sample of a samplesheet, in-process.
+
+This is the embedded default for one machine (no Nextflow).  It writes the
+same files, in the same layout, as the Nextflow pipeline publishes:
+``OUTDIR/{preprocess,gat,gan,evaluate,multiqc}/``.  A bad sample fails alone
+with its message; the others complete; the exit status says whether all did.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import GarageError
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("sample", "counts")
+OPTIONAL_COLUMNS = ("label_key", "layer")
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STAGES = ("preprocess", "gat", "gan", "evaluate")
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample: str
+    counts: Path
+    label_key: str | None = None
+    layer: str | None = None
+
+
+def read_samplesheet(path: Path) -> list[Sample]:
+    """Parse and validate a CSV samplesheet; every problem is a :class:`GarageError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise GarageError(f"samplesheet {path} does not exist", "pass --input with a CSV samplesheet")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+            header = rows[0].keys() if rows else []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise GarageError(f"samplesheet {path.name} is not a readable CSV ({exc})", "save it as UTF-8 CSV") from None
+    if not rows:
+        raise GarageError(f"samplesheet {path.name} has no samples", "add a header `sample,counts,label_key` and one row per sample")
+    header = [h.strip() if h else h for h in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise GarageError(
+            f"samplesheet {path.name} is missing column(s) {missing} (found {list(header)})",
+            "use the header `sample,counts,label_key`",
+        )
+    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise GarageError(
+            f"samplesheet {path.name} has unknown column(s) {unknown}",
+            f"allowed columns: {list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}",
+        )
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        sid = row["sample"]
+        if not SAMPLE_ID.match(sid):
+            raise GarageError(
+                f"samplesheet line {i}: sample id {sid!r} is empty or has spaces/special characters",
+                "use letters, digits, '.', '_' or '-'",
+            )
+        if sid in seen:
+            raise GarageError(f"samplesheet line {i}: duplicate sample id {sid!r}", "give every sample a unique id")
+        seen.add(sid)
+        if not row["counts"]:
+            raise GarageError(f"samplesheet line {i}: empty 'counts' for sample {sid!r}", "give the path of the counts file")
+        counts = Path(row["counts"]).expanduser()
+        if not counts.is_absolute():
+            # relative paths resolve against the samplesheet's folder first, then the cwd
+            cand = path.parent / counts
+            counts = cand if cand.exists() else counts
+        if not counts.exists():
+            raise GarageError(
+                f"samplesheet line {i}: counts file {row['counts']!r} for sample {sid!r} does not exist",
+                "fix the path (relative paths resolve against the samplesheet's folder)",
+            )
+        samples.append(
+            Sample(sid, counts.resolve(), row.get("label_key") or None, row.get("layer") or None)
+        )
+    return samples
+
+
+def test_samplesheet() -> list[Sample]:
+    """The bundled real datasets as a two-sample sheet (``--profile test``)."""
+    from .datasets import DATASETS, dataset_path
+
+    return [
+        Sample(name, dataset_path(name), key)
+        for name, (_, key) in DATASETS.items()
+    ]
+
+
+def _load_params(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    text = Path(path).read_text()
+    try:
+        if Path(path).suffix.lower() in (".yml", ".yaml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml/json both raise their own types
+        raise GarageError(f"could not parse params file {Path(path).name}: {exc}", "fix its JSON/YAML syntax") from None
+    if not isinstance(data, dict) or not set(data) <= set(STAGES):
+        raise GarageError(
+            f"params file must map stage names {list(STAGES)} to option dicts (got {list(data) if isinstance(data, dict) else type(data).__name__})",
+            'e.g. {"gan": {"epochs": 200}}',
+        )
+    return data
+
+
+def _config(cls, overrides: dict[str, Any], stage: str, seed: int | None = None):
+    names = {f.name for f in dataclasses.fields(cls)}
+    if seed is not None and "seed" in names:
+        overrides = {"seed": seed} | overrides
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise GarageError(f"unknown {stage} option(s) {bad} in params", f"valid: {sorted(names)}")
+    cfg = cls(**overrides)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+@dataclass
+class SampleResult:
+    sample: str
+    status: str = "ok"  # ok | failed | internal-error
+    message: str = ""
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def run_samples(
+    samples: list[Sample],
+    outdir: Path,
+    *,
+    profile: str | None = None,
+    params_file: Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int | None = None,
+    resume: bool = False,
+    report: bool = True,
+) -> list[SampleResult]:
+    """Run every stage for every sample; return one result per sample."""
+    from . import evaluate as ev
+    from . import gan, gat
+    from .preprocess import PreprocessConfig, run_preprocess
+    from ._utils import check_writable_dir
+
+    outdir = check_writable_dir(Path(outdir))
+    params = _load_params(params_file)
+    test = profile == "test"
+    stage_over = {
+        "gat": ({**gat.TEST_OVERRIDES} if test else {}) | params.get("gat", {}),
+        "gan": ({**gan.TEST_OVERRIDES} if test else {}) | params.get("gan", {}),
+        "evaluate": ({**ev.TEST_OVERRIDES} if test else {}) | params.get("evaluate", {}),
+    }
+    gat_cfg = _config(gat.GATConfig, stage_over["gat"], "gat", seed)
+    gan_cfg = _config(gan.GANConfig, stage_over["gan"], "gan", seed)
+    ev_cfg = _config(ev.EvaluateConfig, stage_over["evaluate"], "evaluate", seed)
+
+    results: list[SampleResult] = []
+    for n, s in enumerate(samples, start=1):
+        res = SampleResult(s.sample)
+        t0 = time.perf_counter()
+        logger.info("[%d/%d] sample %s", n, len(samples), s.sample)
+        try:
+            pp_over = {"label_key": s.label_key, "layer": s.layer} | params.get("preprocess", {})
+            pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
+            pp = outdir / "preprocess" / f"{s.sample}.preprocessed.h5ad"
+            if not (resume and pp.exists()):
+                pp = run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)["h5ad"]
+            logger.info("[%s] preprocess done", s.sample)
+            g = gat.run_gat(pp, outdir / "gat", s.sample, gat_cfg, device=device, threads=threads, resume=resume)
+            logger.info("[%s] gat done", s.sample)
+            gn = gan.run_gan(g["h5ad"], outdir / "gan", s.sample, gan_cfg, device=device, threads=threads, resume=resume)
+            logger.info("[%s] gan done", s.sample)
+            e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg)
+            logger.info("[%s] evaluate done", s.sample)
+            res.outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
+            res.outputs["preprocessed"] = str(pp)
+        except GarageError as exc:
+            res.status, res.message = "failed", str(exc)
+            logger.error("[%s] %s", s.sample, exc)
+        except Exception as exc:  # one sample's crash must not stop the batch
+            res.status = "internal-error"
+            res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            logger.exception("[%s] internal error", s.sample)
+        res.seconds = round(time.perf_counter() - t0, 1)
+        results.append(res)
+
+    if report and any(r.status == "ok" for r in results):
+        from .multiqc import run_report
+
+        try:
+            html = run_report(outdir / "evaluate", outdir / "multiqc", title="GARAGE fidelity report")
+            logger.info("MultiQC report: %s", html)
+        except Exception as exc:  # the report must not hide finished samples
+            logger.error("MultiQC report failed: %s", exc)
+    _write_summary(results, outdir)
+    return results
+
+
+def _write_summary(results: list[SampleResult], outdir: Path) -> Path:
+    from ._utils import write_text_atomic
+
+    info = outdir / "pipeline_info"
+    info.mkdir(parents=True, exist_ok=True)
+    lines = ["sample\tstatus\tseconds\tmessage"]
+    lines += [f"{r.sample}\t{r.status}\t{r.seconds}\t{r.message}" for r in results]
+    return write_text_atomic("\n".join(lines) + "\n", info / "garage_run_summary.tsv")

@@ -1,0 +1,314 @@
+"""Preprocess on real data, and the bad-input table for the preprocess CLI."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from garage import constants as C
+from garage.errors import GarageError
+from garage.preprocess import PreprocessConfig, preprocess_adata, stratified_split
+
+GARAGE = [sys.executable, "-m", "garage.cli"]
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(p.read_bytes())
+    else:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- real data
+@pytest.fixture(scope="module")
+def pp(preprocessed_small):
+    return ad.read_h5ad(preprocessed_small)
+
+
+def test_keeps_every_rare_type_and_all_cells(pp, small_counts_path):
+    raw = ad.read_h5ad(small_counts_path)
+    assert pp.n_obs == raw.n_obs  # defaults keep a clean 10x dataset intact
+    counts = pp.obs[C.OBS_LABEL].value_counts()
+    assert counts["DC"] == 32 and counts["Platelet"] == 14
+    assert set(counts.index) == set(raw.obs["cell_type"].unique())
+
+
+def test_split_is_stratified(pp):
+    tab = pd.crosstab(pp.obs[C.OBS_LABEL], pp.obs[C.OBS_SPLIT])
+    frac = tab[C.SPLIT_HOLDOUT] / tab.sum(axis=1)
+    assert (tab[C.SPLIT_TRAIN] >= 1).all() and (tab[C.SPLIT_HOLDOUT] >= 1).all()
+    assert np.allclose(frac, 0.2, atol=0.04), frac.to_dict()  # rounding on 14 cells
+
+
+def test_graph_symmetric_with_right_degree(pp):
+    A = pp.obsp[C.OBSP_CONNECTIVITIES]
+    assert sp.issparse(A)
+    assert abs(A - A.T).max() < 1e-6
+    assert A.diagonal().sum() == 0
+    deg = np.diff(A.tocsr().indptr)
+    k = pp.uns[C.UNS_KEY]["n_neighbors"]
+    assert deg.min() >= k - 1  # every cell keeps its k-1 nearest neighbours
+    assert np.median(deg) < 3 * k  # and the graph stays sparse
+
+
+def test_documented_keys_and_normalisation(pp):
+    from garage._norm import log_normalize
+
+    assert pp.n_vars == 2000 and pp.var[C.VAR_HVG].all()
+    assert C.LAYER_COUNTS in pp.layers and C.OBSM_PCA in pp.obsm
+    assert pp.obsm[C.OBSM_PCA].shape == (pp.n_obs, 50)
+    for key in (C.OBS_LABEL, C.OBS_SPLIT, C.OBS_LIBSIZE):
+        assert key in pp.obs
+    u = pp.uns[C.UNS_KEY]
+    assert u["label_source"] == "obs:cell_type" and u["seed"] == 0 and "scanpy" in u["versions"]
+    counts = pp.layers[C.LAYER_COUNTS]
+    assert np.allclose(counts.data, np.round(counts.data))
+    assert np.allclose(log_normalize(counts).toarray(), pp.X.toarray(), atol=1e-5)
+    # the full-gene library size is at least the HVG total
+    assert (pp.obs[C.OBS_LIBSIZE].to_numpy() >= np.asarray(counts.sum(1)).ravel() - 1e-3).all()
+
+
+def test_deterministic(small_counts_path):
+    raw = ad.read_h5ad(small_counts_path)[:400].copy()
+    cfg = PreprocessConfig(label_key="cell_type", n_top_genes=500, seed=3)
+    a, b = preprocess_adata(raw, cfg), preprocess_adata(raw, cfg)
+    assert (a.obs[C.OBS_SPLIT] == b.obs[C.OBS_SPLIT]).all()
+    assert np.allclose(np.abs(a.obsm[C.OBSM_PCA]), np.abs(b.obsm[C.OBSM_PCA]), atol=1e-4)
+
+
+def test_stratified_split_singletons_stay_in_train():
+    labels = pd.Series(["a"] * 10 + ["b"] * 2 + ["c"])
+    split = stratified_split(labels, 0.2, seed=0)
+    assert split[-1] == C.SPLIT_TRAIN
+    assert (split[10:12] == C.SPLIT_HOLDOUT).sum() == 1
+    assert (split[:10] == C.SPLIT_HOLDOUT).sum() == 2
+
+
+def test_leiden_labels_without_label_key(pbmc68k_counts_path):
+    raw = ad.read_h5ad(pbmc68k_counts_path)
+    out = preprocess_adata(raw, PreprocessConfig(label_key=None, n_top_genes=500))
+    assert out.uns[C.UNS_KEY]["label_source"] == C.LABEL_SOURCE_LEIDEN
+    assert out.obs[C.OBS_LABEL].nunique() >= 3
+    assert out.obs[C.OBS_LABEL].astype(str).str.startswith("leiden_").all()
+
+
+def test_pbmc68k_keeps_rare_bulk_labels(preprocessed_68k):
+    a = ad.read_h5ad(preprocessed_68k)
+    vc = a.obs[C.OBS_LABEL].value_counts()
+    assert vc["CD34+"] == 13 and vc["CD4+/CD45RA+/CD25- Naive T"] == 8
+    assert a.n_vars == 765  # fewer genes than n_top_genes: all kept
+
+
+# ------------------------------------------------------------------ formats
+def _toy_counts(n_cells=60, n_genes=80, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.poisson(2.0, size=(n_cells, n_genes)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"ct": np.where(np.arange(n_cells) % 3 == 0, "A", "B")},
+        index=[f"c{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    return ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv.gz", "csv_transposed", "mtx", "h5ad_layer"])
+def test_reads_every_format(tmp_path, fmt):
+    from garage.io import read_counts
+
+    a = _toy_counts()
+    df = pd.DataFrame(a.X.toarray(), index=a.obs_names, columns=a.var_names)
+    kwargs = {}
+    if fmt == "csv":
+        p = tmp_path / "x.csv"
+        df.to_csv(p)
+    elif fmt == "tsv.gz":
+        p = tmp_path / "x.tsv.gz"
+        df.to_csv(p, sep="\t", compression="gzip")
+    elif fmt == "csv_transposed":
+        p = tmp_path / "x.csv"
+        df.T.to_csv(p)
+        kwargs["transpose"] = True
+    elif fmt == "mtx":
+        import scipy.io
+
+        p = tmp_path / "mtx"
+        p.mkdir()
+        scipy.io.mmwrite(p / "matrix.mtx", sp.csr_matrix(a.X.T.astype(np.int64)))
+        pd.DataFrame({"id": a.var_names, "name": a.var_names, "t": "Gene Expression"}).to_csv(
+            p / "features.tsv", sep="\t", header=False, index=False)
+        pd.Series(a.obs_names).to_csv(p / "barcodes.tsv", sep="\t", header=False, index=False)
+        for f in ("matrix.mtx", "features.tsv", "barcodes.tsv"):
+            with open(p / f, "rb") as src, gzip.open(p / (f + ".gz"), "wb") as dst:
+                dst.write(src.read())
+            (p / f).unlink()
+    else:
+        b = a.copy()
+        b.layers["raw"] = b.X.copy()
+        b.X = sp.csr_matrix(np.log1p(b.X.toarray()))
+        p = tmp_path / "x.h5ad"
+        b.write_h5ad(p)
+        kwargs["layer"] = "raw"
+    got = read_counts(p, **kwargs)
+    assert got.shape == a.shape
+    assert list(got.var_names) == list(a.var_names)
+    assert np.array_equal(np.asarray(got.X.todense() if sp.issparse(got.X) else got.X), a.X.toarray())
+
+
+# -------------------------------------------------------- bad input (CLI)
+def _write(adata, path):
+    adata.write_h5ad(path)
+    return path
+
+
+def _bad_cases(tmp: Path, small: Path):
+    base = ad.read_h5ad(small)[:300].copy()
+    cases = {}
+
+    def mk(name, fn, args=("--label-key", "cell_type"), expect="", suffix=".h5ad"):
+        p = tmp / f"{name}{suffix}"
+        fn(p)
+        cases[name] = (p, list(args), expect)
+
+    def mod(f):
+        def w(p):
+            a = base.copy()
+            f(a)
+            _write(a, p)
+        return w
+
+    def non_integer(a):
+        a.X = a.X.astype(np.float32) * 1.5
+    mk("non_integer", mod(non_integer), expect="not integer counts")
+
+    def negative(a):
+        a.X = a.X.tocsr(); a.X.data[0] = -3
+    mk("negative", mod(negative), expect="negative")
+
+    def nan(a):
+        a.X = a.X.tocsr(); a.X.data[5] = np.nan
+    mk("nan", mod(nan), expect="NaN/inf")
+
+    def inf(a):
+        a.X = a.X.tocsr(); a.X.data[5] = np.inf
+    mk("inf", mod(inf), expect="NaN/inf")
+
+    def normalised(a):
+        a.X = sp.csr_matrix(np.log1p(a.X.toarray() / a.X.sum(1).A * 1e4))
+    mk("normalised", mod(normalised), expect="normalised or log-transformed")
+
+    mk("empty", lambda p: _write(base[:0].copy(), p), expect="empty matrix")
+    mk("qc_removes_all", lambda p: _write(base.copy(), p),
+       args=("--label-key", "cell_type", "--min-genes", "100000"), expect="no cells left after QC")
+    mk("one_cell", lambda p: _write(base[:1].copy(), p), expect="GARAGE needs at least 10")
+
+    def one_type(a):
+        a.obs["cell_type"] = "T"
+    mk("one_type", mod(one_type), expect="only one cell type")
+
+    def dup_genes(a):
+        names = list(a.var_names); names[1] = names[0]; a.var_names = names
+    mk("duplicate_genes", mod(dup_genes), expect="duplicate gene names")
+
+    def dup_cells(a):
+        names = list(a.obs_names); names[1] = names[0]; a.obs_names = names
+    mk("duplicate_cells", mod(dup_cells), expect="duplicate cell names")
+
+    mk("missing_label_key", lambda p: _write(base.copy(), p),
+       args=("--label-key", "no_such_column"), expect="not a column of obs")
+
+    def nan_labels(a):
+        lab = a.obs["cell_type"].astype(object); lab.iloc[:4] = np.nan
+        a.obs["cell_type"] = lab
+    mk("nan_labels", mod(nan_labels), expect="missing/empty labels")
+
+    def empty_labels(a):
+        lab = a.obs["cell_type"].astype(str); lab.iloc[:4] = ""
+        a.obs["cell_type"] = lab
+    mk("empty_labels", mod(empty_labels), expect="missing/empty labels")
+
+    def truncated(p):
+        data = small.read_bytes()
+        p.write_bytes(data[: len(data) // 3])
+    mk("truncated_h5ad", truncated, expect="could not read")
+
+    mk("garbage_h5ad", lambda p: p.write_bytes(b"this is not hdf5" * 100), expect="could not read")
+    mk("wrong_format", lambda p: p.write_text("%PDF-1.4"), suffix=".pdf", expect="unsupported input format")
+    mk("non_numeric_table", lambda p: p.write_text("cell,g1,g2\nc1,1,x\nc2,3,4\n"),
+       suffix=".csv", expect="non-numeric")
+    mk("missing_layer", lambda p: _write(base.copy(), p),
+       args=("--label-key", "cell_type", "--layer", "nope"), expect="layer 'nope' not found")
+    mk("mtx_folder_without_matrix", lambda p: p.mkdir(), suffix="_dir", expect="without matrix.mtx")
+    return cases
+
+
+def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path):
+    """Every bad input: exit 2, one `Error:` line naming the problem, no output, input unchanged."""
+    cases = _bad_cases(tmp_path, small_counts_path)
+    assert len(cases) >= 18
+    failures = []
+    for name, (path, args, expect) in cases.items():
+        before = _sha(path)
+        out = tmp_path / f"out_{name}"
+        proc = subprocess.run(
+            [*GARAGE, "preprocess", "--input", str(path), "--prefix", name, "--outdir", str(out), *args],
+            capture_output=True, text=True,
+        )
+        err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+        problems = []
+        if proc.returncode != 2:
+            problems.append(f"exit {proc.returncode}")
+        if len(err_lines) != 1 or expect not in err_lines[0]:
+            problems.append(f"stderr={proc.stderr.strip()[-300:]!r}")
+        if "Traceback" in proc.stderr:
+            problems.append("traceback")
+        if out.exists() and any(out.iterdir()):
+            problems.append(f"left files {list(out.iterdir())}")
+        if _sha(path) != before:
+            problems.append("input modified")
+        if problems:
+            failures.append((name, problems))
+    assert not failures, failures
+
+
+def test_unwritable_outdir(tmp_path, small_counts_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        proc = subprocess.run(
+            [*GARAGE, "preprocess", "--input", str(small_counts_path), "--prefix", "x",
+             "--outdir", str(ro / "sub"), "--label-key", "cell_type"],
+            capture_output=True, text=True,
+        )
+    finally:
+        ro.chmod(0o700)
+    if proc.returncode == 0:  # root ignores permission bits
+        pytest.skip("running as root: permission bits are not enforced")
+    assert proc.returncode == 2 and "Error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_singleton_type_is_kept_and_reported(small_counts_path):
+    a = ad.read_h5ad(small_counts_path)
+    plate = np.flatnonzero(a.obs["cell_type"] == "Platelet")
+    a = a[np.setdiff1d(np.arange(a.n_obs), plate[1:])].copy()  # 1 platelet left
+    out = preprocess_adata(a, PreprocessConfig(label_key="cell_type", n_top_genes=500))
+    assert list(out.uns[C.UNS_KEY]["singleton_types"]) == ["Platelet"]
+    assert out.obs.loc[out.obs[C.OBS_LABEL] == "Platelet", C.OBS_SPLIT].tolist() == [C.SPLIT_TRAIN]
+
+
+def test_config_validation():
+    with pytest.raises(GarageError, match="holdout"):
+        preprocess_adata(_toy_counts(), PreprocessConfig(label_key="ct", holdout_fraction=1.5))
