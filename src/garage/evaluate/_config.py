@@ -22,6 +22,10 @@ class EvaluateConfig:
         Cells per side in one balanced subsample (C2ST, MMD, gene statistics, KS).
     n_pcs
         Components of the shared PCA (fitted on real train cells).
+    pca_fit_fraction
+        Fraction of every type's train cells the PCA is fitted on; the rest are
+        the control's train side (both sides of a comparison then lie outside the
+        PCA fit, see ``_space``).
     c2st_classifier
         ``knn`` (fast, default) or ``rf`` (random forest) for the classifier two-sample test.
     c2st_neighbors
@@ -51,6 +55,7 @@ class EvaluateConfig:
     n_repeats: int = 3
     max_cells: int = 2000
     n_pcs: int = 50
+    pca_fit_fraction: float = 0.5
     c2st_classifier: Literal["knn", "rf"] = "knn"
     c2st_neighbors: int = 15
     cv_folds: int = 5
@@ -62,7 +67,7 @@ class EvaluateConfig:
     rare_threshold: float = 0.03
     privacy_max_cells: int = 20000
     plots: bool = True
-    umap_max_cells: int = 2500
+    umap_max_cells: int = 2000
 
     def validate(self) -> None:
         if self.n_repeats < 1:
@@ -71,6 +76,10 @@ class EvaluateConfig:
             raise GarageError(f"--max-cells must be >= 10, got {self.max_cells}", "pass e.g. 2000")
         if self.n_pcs < 2:
             raise GarageError(f"n_pcs must be >= 2, got {self.n_pcs}", "pass e.g. 50")
+        if not 0.0 < self.pca_fit_fraction < 1.0:
+            raise GarageError(
+                f"pca_fit_fraction must be in (0, 1), got {self.pca_fit_fraction}", "pass 0.5"
+            )
         if self.c2st_classifier not in ("knn", "rf"):
             raise GarageError(
                 f"unknown C2ST classifier {self.c2st_classifier!r}", "use knn or rf"

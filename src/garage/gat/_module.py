@@ -81,11 +81,30 @@ class GATClassifier(nn.Module):
     def classify(self, h: Tensor) -> Tensor:
         return self.classifier(F.dropout(h, p=self.dropout, training=self.training))
 
-    def forward(self, x: Tensor, edge_index: Tensor, *, return_attention: bool = False) -> GATOutput:
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        *,
+        return_attention: bool = False,
+        num_sampled_nodes: list[int] | None = None,
+        num_sampled_edges: list[int] | None = None,
+    ) -> GATOutput:
+        """Full forward pass.
+
+        With ``num_sampled_nodes`` / ``num_sampled_edges`` (per hop, as a
+        neighbour sampler returns them, nodes and edges ordered by hop), layer
+        ``i`` drops the last ``i`` hops, which no longer influence the seeds
+        (PyG's ``trim_to_layer``); logits are then valid for the seeds only.
+        """
         attention: list[Attention] = []
         h = x
         for i in range(self.n_layers):
-            h, att = self.layer(i, h, edge_index, return_attention=return_attention)
+            ei = edge_index
+            if num_sampled_nodes is not None and num_sampled_edges is not None and i > 0:
+                h = h[: sum(num_sampled_nodes[: len(num_sampled_nodes) - i])]
+                ei = edge_index[:, : sum(num_sampled_edges[: len(num_sampled_edges) - i])]
+            h, att = self.layer(i, h, ei, return_attention=return_attention)
             if att is not None:
                 attention.append(att)
         return GATOutput(self.classify(h), h, attention)

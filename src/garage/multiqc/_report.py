@@ -24,6 +24,11 @@ SECTION_PRIVACY = "garage-privacy"
 DEFAULT_CONFIG: dict[str, Any] = {
     "title": "GARAGE synthetic single-cell report",
     "subtitle": "Fidelity, rare cell types and privacy of synthetic cells against held-out real cells",
+    "intro_text": (
+        "Results of <code>garage evaluate</code>: how close the synthetic cells are to held-out real "
+        "cells, whether rare cell types survive, and whether synthetic cells give away training cells. "
+        "Every metric sits next to a control computed on real cells only."
+    ),
     "custom_logo": None,
     "report_section_order": {
         MODULE_ANCHOR: {"order": 1000},
@@ -34,6 +39,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "software_versions": {"order": -1000},
     },
     "export_plots": False,
+    # fixed names, so a title does not rename the outputs (docs/developer.md layout)
+    "output_fn_name": "multiqc_report.html",
+    "data_dir_name": "multiqc_data",
+    "plots_dir_name": "multiqc_plots",
 }
 
 #: Large binary outputs of the other stages; MultiQC never needs to open them.
@@ -105,7 +114,15 @@ def run_report(
             no_version_check=True,
             ignore=list(IGNORE_PATTERNS),
         )
-        result = multiqc.run(str(indir), cfg=cfg)
+        # MultiQC replaces the root logger's handlers and level; give the caller its logging back
+        root = logging.getLogger()
+        saved = (root.handlers[:], root.level, root.propagate)
+        try:
+            result = multiqc.run(str(indir), cfg=cfg)
+        finally:
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+            root.propagate = saved[2]
 
     html = outdir / "multiqc_report.html"
     if result.sys_exit_code != 0 or not html.is_file():
@@ -114,5 +131,5 @@ def run_report(
             f"MultiQC did not write a report from {indir}: {msg}",
             f"check that {indir} holds PREFIX.garage_metrics.json files from garage evaluate",
         )
-    logger.info("MultiQC report: %s", html)
+    logger.debug("MultiQC report: %s", html)
     return html

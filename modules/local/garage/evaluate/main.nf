@@ -14,9 +14,6 @@ process GARAGE_EVALUATE {
     path "${prefix}.{garage_metrics.json,per_type.tsv}", emit: multiqc_files
     tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"

@@ -11,9 +11,6 @@ process GARAGE_PREPROCESS {
     tuple val(meta), path("${prefix}.preprocessed.h5ad"), emit: h5ad
     tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"

@@ -1,0 +1,1 @@
+"""GARAGE benchmarks: speed/memory of each stage, and the method comparison."""

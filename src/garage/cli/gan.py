@@ -1,0 +1,79 @@
+"""``garage gan`` (train + generate) and ``garage generate`` (more cells from a saved model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._options import device_option, existing_file, outdir_option, prefix_option, seed_option, threads_option
+
+COMPOSITIONS = ["original", "balanced", "uniform-rare-boost"]
+
+
+def composition_options(f):
+    f = click.option("--cells-per-type", default=None, metavar="TYPE=N,...",
+                     help='Exact numbers for some types, e.g. "DC=200,Platelet=100"; the rest follow --composition.')(f)
+    f = click.option("--composition", type=click.Choice(COMPOSITIONS), default="original", show_default=True,
+                     help="Type proportions: as in train, equal, or rare types raised to an equal share.")(f)
+    f = click.option("--n-cells", type=click.IntRange(min=1), default=None,
+                     help="Synthetic cells to write (default: the number of train cells).")(f)
+    return f
+
+
+@click.command("gan")
+@click.option("--input", "input_", type=existing_file, required=True,
+              help="PREFIX.seeds.h5ad from `garage gat` (train cells and seeds).")
+@prefix_option
+@outdir_option
+@click.option("--mode", type=click.Choice(["garage", "original"]), default="garage", show_default=True,
+              help="garage: conditional hybrid-input WGAN-GP; original: the prototype "
+                   "(unconditional, real seeds fed directly, label-smoothed BCE), for comparison.")
+@click.option("--space", type=click.Choice(["latent", "gene"]), default="latent", show_default=True,
+              help="Where the adversarial game runs: a count-VAE latent space, or the HVGs directly.")
+@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True, help="Adversarial epochs.")
+@click.option("--ae-epochs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Autoencoder epochs (latent space).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--n-latent", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed-mix", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Probability that a cell's generator input includes a seed cell of its type.")
+@click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--gp-weight", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--lr-ae", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",
+              show_default=True, help="Count sampling; auto = nb in latent space, poisson otherwise.")
+@composition_options
+@click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="A type below this fraction of train cells is rare.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Write OUTDIR/PREFIX.gan.ckpt.pt every N epochs (0: never).")
+@click.option("--resume", is_flag=True, help="Continue from OUTDIR/PREFIX.gan.ckpt.pt.")
+@seed_option
+@device_option
+@threads_option
+def gan(input_: Path, prefix: str, outdir: Path, resume: bool, device: str, threads, **kwargs) -> None:
+    """Train the conditional GAN on train cells and write labelled synthetic counts."""
+    from ..gan import GANConfig, run_gan
+
+    out = run_gan(input_, outdir, prefix, GANConfig(**kwargs), device=device, threads=threads, resume=resume)
+    click.echo(str(out["h5ad"]))
+
+
+@click.command("generate")
+@click.option("--model", type=existing_file, required=True, help="PREFIX.generator.pt from `garage gan`.")
+@prefix_option
+@outdir_option
+@composition_options
+@seed_option
+@device_option
+def generate(model: Path, prefix: str, outdir: Path, n_cells, composition, cells_per_type, seed, device) -> None:
+    """More synthetic cells from a saved generator, without retraining."""
+    from ..gan import run_generate
+
+    out = run_generate(model, outdir, prefix, n_cells=n_cells, composition=composition,
+                       cells_per_type=cells_per_type, seed=seed, device=device)
+    click.echo(str(out["h5ad"]))

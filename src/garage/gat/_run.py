@@ -1,0 +1,312 @@
+"""Stage 1 end to end: preprocessed AnnData in, seeds AnnData + model + log out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .. import __version__
+from .. import constants as C
+from .._utils import (
+    atomic_path,
+    check_writable_dir,
+    resolve_device,
+    set_seed,
+    set_threads,
+    versions,
+    write_h5ad_atomic,
+    write_text_atomic,
+)
+from ..errors import GarageError
+from ._config import GATConfig
+from ._graph import CSRGraph, layerwise_inference
+from ._module import GATClassifier
+from ._score import AttentionCentrality, CellScores, combine_scores
+from ._seeds import SeedPlan, seed_quotas, select_seeds
+from ._train import LOG_COLUMNS, TrainData, TrainResult, check_memory, train_gat
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "garage-gat-1"
+SUFFIX_CHECKPOINT = ".gat.ckpt.pt"
+SCORE_FORMULA = (
+    "score = r^lam * p^(1-lam); r = within-type rank(c)/n_type; "
+    "c_j = mean over layers and heads of sum of alpha on edges j->i, i != j; "
+    "p = softmax probability of the cell's own label"
+)
+
+
+@dataclass
+class GATResult:
+    """In-memory result of :func:`gat_adata`."""
+
+    adata: Any  # the seeds AnnData
+    model: GATClassifier
+    payload: dict[str, Any]  # what PREFIX.gat.pt holds
+    train: TrainResult
+    scores: CellScores
+    plan: SeedPlan
+
+
+def check_input(adata, config: GATConfig) -> None:
+    """Fail clearly when *adata* is not a ``garage preprocess`` output."""
+    fix = "run `garage preprocess` on the counts first and pass its PREFIX.preprocessed.h5ad"
+    for where, key, store in (
+        ("obs", C.OBS_LABEL, adata.obs.columns),
+        ("obs", C.OBS_SPLIT, adata.obs.columns),
+        ("obsp", C.OBSP_CONNECTIVITIES, adata.obsp.keys()),
+    ):
+        if key not in store:
+            raise GarageError(f"input has no {where}[{key!r}]; it is not a preprocessed file", fix)
+    if config.features == "pca" and C.OBSM_PCA not in adata.obsm:
+        raise GarageError(f"input has no obsm[{C.OBSM_PCA!r}]; it is not a preprocessed file", fix)
+    if adata.n_obs < 2:
+        raise GarageError(f"input has {adata.n_obs} cell(s)", "provide at least 10 cells")
+    split = adata.obs[C.OBS_SPLIT].astype(str)
+    bad = set(split.unique()) - {C.SPLIT_TRAIN, C.SPLIT_HOLDOUT}
+    if bad:
+        raise GarageError(f"obs[{C.OBS_SPLIT!r}] has values {sorted(bad)}",
+                          f"use only {C.SPLIT_TRAIN!r}/{C.SPLIT_HOLDOUT!r} (rerun preprocess)")
+    if not (split == C.SPLIT_TRAIN).any():
+        raise GarageError("no train cells in the input", "rerun preprocess with a smaller --holdout-fraction")
+    if adata.obsp[C.OBSP_CONNECTIVITIES].shape != (adata.n_obs, adata.n_obs):
+        raise GarageError("obsp['connectivities'] does not match the cells", fix)
+    if adata.obs[C.OBS_LABEL].isna().any():
+        raise GarageError(f"obs[{C.OBS_LABEL!r}] has missing labels", fix)
+
+
+def _features(adata, config: GATConfig) -> np.ndarray:
+    if config.features == "pca":
+        x = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float32)
+    else:
+        x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+        x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise GarageError(f"{config.features} features contain NaN/inf", "rerun `garage preprocess`")
+    return x
+
+
+def _fingerprint(adata, n_edges: int, categories: list[str]) -> dict[str, Any]:
+    h = hashlib.sha1("\n".join(map(str, adata.obs_names)).encode()).hexdigest()
+    return {"n_cells": int(adata.n_obs), "n_edges": int(n_edges), "classes": list(categories),
+            "obs_names_sha1": h}
+
+
+def gat_adata(
+    adata,
+    config: GATConfig,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> GATResult:
+    """Train the GAT on a preprocessed AnnData, score cells and select seeds (in memory).
+
+    Training runs in a canonical node order (cells sorted by obs name), so the
+    fitted weights do not depend on the row order of the file; inference and
+    scoring run on the input order.
+    """
+    config.validate()
+    check_input(adata, config)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    set_seed(int(config.seed))
+
+    labels = adata.obs[C.OBS_LABEL].astype(str)
+    cat = pd.Categorical(labels)
+    categories = [str(c) for c in cat.categories]
+    y = np.asarray(cat.codes, dtype=np.int64)
+    is_train = (adata.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).to_numpy()
+
+    x = _features(adata, config)
+    center = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    x = x - center
+    scale = float(x.std(dtype=np.float64)) or 1.0
+    x = x / np.float32(scale)
+    graph = CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES])
+    n, n_edges = adata.n_obs, graph.num_edges
+    minibatch = n > config.minibatch_threshold
+    epochs = config.resolved_epochs(minibatch)
+    logger.info(
+        "GAT on %d cells, %d edges, %d %s features, %d types: %s, %d epochs, device %s",
+        n, n_edges, x.shape[1], config.features, len(categories),
+        "neighbour-sampled minibatches" if minibatch else "full batch", epochs, dev,
+    )
+    check_memory(n, n_edges, x.shape[1], config, minibatch=minibatch, device=dev)
+
+    # canonical order for training: sorted obs names (row order of the file cannot matter)
+    names = np.asarray(adata.obs_names, dtype=str)
+    if adata.obs_names.is_unique:
+        perm = np.argsort(names, kind="stable")
+    else:
+        logger.warning("obs names are not unique: training follows the row order of the file")
+        perm = np.arange(n)
+    perm_t = torch.from_numpy(perm)
+    data = TrainData(
+        x=torch.from_numpy(x)[perm_t].contiguous(),
+        y=torch.from_numpy(y)[perm_t].contiguous(),
+        train_idx=torch.from_numpy(np.flatnonzero(is_train[perm])),
+        holdout_idx=torch.from_numpy(np.flatnonzero(~is_train[perm])),
+        graph=graph.permuted(perm),
+        n_classes=len(categories),
+    )
+    fingerprint = _fingerprint(adata, n_edges, categories)
+    train = train_gat(data, config, device=dev, minibatch=minibatch, checkpoint=checkpoint,
+                      resume=resume, fingerprint=fingerprint)
+    model = train.model
+
+    # scoring: exact eval-mode inference on the input order, reading GATConv's alpha
+    chunk = n if not minibatch else config.inference_batch_size
+    centrality = AttentionCentrality(n, model.n_layers)
+    logits, emb = layerwise_inference(model, torch.from_numpy(x), graph, chunk_size=chunk,
+                                      device=dev, on_attention=centrality)
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    scores = combine_scores(centrality.result(), probs, y, config.score_weight)
+
+    plan = seed_quotas(labels, is_train, seed_fraction=config.seed_fraction,
+                       rare_threshold=config.rare_threshold, rare_min_seeds=config.rare_min_seeds)
+    seed_mask = select_seeds(labels, is_train, scores.score, adata.obs_names, plan)
+    chosen = pd.Series(labels[seed_mask]).value_counts()
+    plan.table["n_seeds"] = chosen.reindex(plan.table.index, fill_value=0).astype(int)
+    for t in plan.rare_types:
+        logger.info("rare type %r: %d seeds of %d train cells", t,
+                    plan.table.at[t, "n_seeds"], plan.table.at[t, "n_train"])
+
+    final = train.log[-1] if train.log else {}
+    pred = logits.argmax(1).numpy()
+    out = adata.copy()
+    out.obs[C.OBS_SCORE] = scores.score.astype(np.float64)
+    out.obs[C.OBS_SEED] = seed_mask
+    out.obsm[C.OBSM_GAT] = emb.numpy().astype(np.float32)
+    tab = plan.table
+    metrics = {
+        "holdout_balanced_accuracy": float(final.get("holdout_balanced_accuracy", np.nan)),
+        "train_balanced_accuracy": float(final.get("train_balanced_accuracy", np.nan)),
+        "final_loss": float(final.get("loss", np.nan)),
+        "holdout_accuracy": float(np.mean(pred[~is_train] == y[~is_train]))
+        if (~is_train).any() else float("nan"),
+    }
+    uns = dict(out.uns.get(C.UNS_KEY, {}))
+    uns["gat"] = {
+        "params": config.to_uns(),
+        **metrics,
+        "epochs": int(train.epochs),
+        "mode": "minibatch" if minibatch else "full-batch",
+        "device": dev.type,
+        "n_seeds": int(seed_mask.sum()),
+        "seed_types": [str(t) for t in tab.index],
+        "seed_counts": tab["n_seeds"].astype(int).to_numpy(),
+        "seed_quota": tab["quota"].astype(int).to_numpy(),
+        "n_train": tab["n_train"].astype(int).to_numpy(),
+        "is_rare": tab["is_rare"].astype(bool).to_numpy(),
+        "rare_types": np.asarray(plan.rare_types, dtype=object),
+        "score_formula": SCORE_FORMULA,
+        "versions": versions(),
+    }
+    out.uns[C.UNS_KEY] = uns
+    logger.info("selected %d seeds (%s); holdout balanced accuracy %.3f", int(seed_mask.sum()),
+                ", ".join(f"{t}: {c}" for t, c in tab["n_seeds"].items()),
+                metrics["holdout_balanced_accuracy"])
+
+    payload = {
+        "format": MODEL_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "hparams": dict(model.hparams),
+        "config": config.to_dict(),
+        "label_categories": categories,
+        "features": config.features,
+        "feature_center": torch.from_numpy(center),
+        "feature_scale": scale,
+        "var_names": [str(v) for v in adata.var_names] if config.features == "hvg" else [],
+        "epochs": int(train.epochs),
+        "mode": uns["gat"]["mode"],
+        "metrics": metrics,
+        "garage_version": __version__,
+        "versions": versions(),
+    }
+    return GATResult(out, model, payload, train, scores, plan)
+
+
+def load_gat(path: Path, device: str = "cpu") -> tuple[GATClassifier, dict[str, Any]]:
+    """Rebuild the trained classifier from ``PREFIX.gat.pt``; returns ``(model, payload)``."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GarageError(f"model {path} does not exist", "pass a PREFIX.gat.pt from `garage gat`") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise GarageError(f"{path} is not a GARAGE GAT model", "pass a PREFIX.gat.pt from `garage gat`")
+    hp = dict(payload["hparams"])
+    model = GATClassifier(hp.pop("in_dim"), hp.pop("n_classes"), **hp)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model.to(resolve_device(device)), payload
+
+
+def _log_tsv(rows: list[dict[str, float]]) -> str:
+    lines = ["\t".join(LOG_COLUMNS)]
+    for r in rows:
+        lines.append("\t".join(
+            str(int(r[c])) if c == "epoch" else f"{float(r[c]):.6g}" for c in LOG_COLUMNS
+        ))
+    return "\n".join(lines) + "\n"
+
+
+def run_gat(
+    input: Path,  # noqa: A002 - the documented contract name
+    outdir: Path,
+    prefix: str,
+    config: GATConfig,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    resume: bool = False,
+) -> dict[str, Path]:
+    """Read ``PREFIX.preprocessed.h5ad``; write seeds, model and log (atomically).
+
+    Returns ``{"h5ad": PREFIX.seeds.h5ad, "model": PREFIX.gat.pt, "log": PREFIX.gat_log.tsv}``.
+    A checkpoint ``PREFIX.gat.ckpt.pt`` is written every ``checkpoint_every``
+    epochs while training; ``resume=True`` continues from it; it is deleted on
+    success.
+    """
+    import anndata as ad
+
+    config.validate()
+    dev = resolve_device(device)
+    set_threads(threads)
+    input = Path(input)
+    if not input.is_file():
+        raise GarageError(f"input {input} does not exist",
+                          "pass the PREFIX.preprocessed.h5ad written by `garage preprocess`")
+    outdir = check_writable_dir(Path(outdir))
+    out = {
+        "h5ad": outdir / f"{prefix}{C.SUFFIX_SEEDS}",
+        "model": outdir / f"{prefix}{C.SUFFIX_GAT_MODEL}",
+        "log": outdir / f"{prefix}{C.SUFFIX_GAT_LOG}",
+    }
+    ckpt = outdir / f"{prefix}{SUFFIX_CHECKPOINT}"
+    if any(input.resolve() == p.resolve() for p in out.values()):
+        raise GarageError("an output would overwrite the input", "choose another --outdir or --prefix")
+    try:
+        adata = ad.read_h5ad(input)
+    except Exception as exc:
+        raise GarageError(
+            f"cannot read {input.name} as .h5ad ({type(exc).__name__})",
+            "pass the PREFIX.preprocessed.h5ad written by `garage preprocess`",
+        ) from None
+
+    res = gat_adata(adata, config, device=dev, checkpoint=ckpt, resume=resume)
+    res.adata.uns[C.UNS_KEY]["gat"]["sample"] = prefix
+    write_text_atomic(_log_tsv(res.train.log), out["log"])
+    with atomic_path(out["model"]) as tmp:
+        torch.save(res.payload, tmp)
+    write_h5ad_atomic(res.adata, out["h5ad"])
+    ckpt.unlink(missing_ok=True)
+    logger.info("wrote %s, %s, %s", out["h5ad"], out["model"], out["log"])
+    return out

@@ -1,0 +1,319 @@
+"""Training loop (full-batch or neighbour-sampled), checkpoints and the memory guard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._utils import atomic_path
+from ..errors import GarageError
+from ._config import GATConfig
+from ._graph import CSRGraph, NeighborSampler, layerwise_inference
+from ._module import GATClassifier, class_weights
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("epoch", "loss", "train_balanced_accuracy", "holdout_balanced_accuracy")
+CHECKPOINT_FORMAT = "garage-gat-ckpt-1"
+
+
+@dataclass
+class TrainData:
+    """Everything the loop needs, in one node order (CPU tensors)."""
+
+    x: Tensor  # float32 [N, F]
+    y: Tensor  # int64 [N] class codes
+    train_idx: Tensor  # int64
+    holdout_idx: Tensor  # int64
+    graph: CSRGraph
+    n_classes: int
+
+
+@dataclass
+class TrainResult:
+    model: GATClassifier
+    log: list[dict[str, float]] = field(default_factory=list)
+    epochs: int = 0
+    minibatch: bool = False
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean recall over the classes present in *y_true* (NaN when empty)."""
+    y_true = np.asarray(y_true)
+    if y_true.size == 0:
+        return float("nan")
+    support = np.bincount(y_true, minlength=n_classes)
+    hits = np.bincount(y_true[np.asarray(y_pred) == y_true], minlength=n_classes)
+    present = support > 0
+    return float(np.mean(hits[present] / support[present]))
+
+
+# --------------------------------------------------------------------- memory
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory on *device*: CUDA free memory, else MemAvailable capped by a cgroup limit."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            avail = 1 << 62
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            used = 0
+            for upath in ("/sys/fs/cgroup/memory.current",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
+                try:
+                    used = int(Path(upath).read_text().strip())
+                    break
+                except (OSError, ValueError):
+                    continue
+            avail = min(avail, max(0, int(raw) - used))
+        break
+    return int(avail)
+
+
+def estimate_memory_bytes(
+    n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *, minibatch: bool
+) -> int:
+    """Rough peak of training + inference (float32), from the graph size.
+
+    Per GAT layer, GATConv keeps ``nodes x heads x hidden`` activations (a few
+    copies) and ``edges x heads x (hidden + a few)`` for the gathered messages
+    and attention; training keeps every layer for backward and doubles that for
+    gradients.  Minibatch mode applies this to one sampled batch plus one
+    inference chunk, on top of the node features and embeddings of all cells.
+    """
+    L, H, C = config.n_layers, config.heads, config.hidden
+    width = H * C
+    base = n_nodes * in_dim * 4 + n_edges * 8 * 3 + n_nodes * width * 4 * 2
+
+    def layer_bytes(nodes: int, edges: int) -> int:
+        edges = edges + nodes  # self-loops
+        return 4 * (nodes * width * 4 + edges * H * (C + 4))
+
+    def train_bytes(nodes: int, edges: int) -> int:
+        return 2 * L * layer_bytes(nodes, edges) + 4 * nodes * in_dim * 2
+
+    if not minibatch:
+        return base + train_bytes(n_nodes, n_edges) + layer_bytes(n_nodes, n_edges)
+    k, b = config.num_neighbors, config.batch_size
+    fan = sum(k**i for i in range(1, L + 1))
+    nodes_b = min(n_nodes, b * (1 + fan))
+    edges_b = min(n_edges, b * fan)
+    avg_deg = n_edges / max(1, n_nodes)
+    chunk = min(n_nodes, config.inference_batch_size)
+    nodes_c = int(min(n_nodes, chunk * (1 + avg_deg)))
+    edges_c = int(min(n_edges, chunk * avg_deg))
+    return base + train_bytes(nodes_b, edges_b) + layer_bytes(nodes_c, edges_c)
+
+
+def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
+                 minibatch: bool, device: torch.device) -> int:
+    """Raise a :class:`GarageError` when the estimate exceeds the budget; return the estimate."""
+    need = estimate_memory_bytes(n_nodes, n_edges, in_dim, config, minibatch=minibatch)
+    if config.max_memory_gb is not None:
+        have, what = int(config.max_memory_gb * 1024**3), "--max-memory-gb"
+    else:
+        have, what = int(0.9 * available_memory_bytes(device)), f"available {device.type} memory"
+    gb = 1024**3
+    logger.info("memory estimate %.2f GB (%s: %.2f GB)", need / gb, what, have / gb)
+    if need > have:
+        if minibatch:
+            fix = (f"lower --batch-size (now {config.batch_size}), --num-neighbors "
+                   f"(now {config.num_neighbors}) or --inference-batch-size "
+                   f"(now {config.inference_batch_size}), or run on a larger node")
+        else:
+            fix = (f"use neighbour-sampled minibatches: set --minibatch-threshold below "
+                   f"{n_nodes} (e.g. 0) and, if needed, a smaller --batch-size, or run on a "
+                   "larger node")
+        raise GarageError(
+            f"the GAT needs about {need / gb:.1f} GB for {n_nodes} cells and {n_edges} edges "
+            f"({'minibatch' if minibatch else 'full-batch'}), more than the {what} "
+            f"({have / gb:.1f} GB)",
+            fix,
+        )
+    return need
+
+
+# ---------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, config: GATConfig, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GarageError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__})",
+            "delete it and rerun without --resume",
+        ) from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise GarageError(f"{path} is not a GARAGE GAT checkpoint", "delete it and rerun")
+    saved = dict(state["config"])
+    now = config.to_dict()
+    for d in (saved, now):
+        d.pop("checkpoint_every", None)
+        d.pop("max_memory_gb", None)
+    if saved != now or state["fingerprint"] != fingerprint:
+        diff = sorted(k for k in now if saved.get(k) != now.get(k))
+        what = f"options {diff}" if diff else "input data"
+        raise GarageError(
+            f"checkpoint {path.name} was written with different {what}",
+            "rerun with the same input and options, or delete the checkpoint",
+        )
+    return state
+
+
+# ------------------------------------------------------------------- training
+def train_gat(
+    data: TrainData,
+    config: GATConfig,
+    *,
+    device: torch.device,
+    minibatch: bool,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train the classifier; log per-epoch loss and balanced accuracies.
+
+    The caller seeds torch (``set_seed``) before calling, so initialisation,
+    dropout and sampling all derive from ``config.seed``.  With *checkpoint*,
+    model, optimizer, RNG states and log rows are saved every
+    ``config.checkpoint_every`` epochs; *resume* continues from that file and
+    reproduces the uninterrupted run (same RNG stream).
+    """
+    fingerprint = fingerprint or {}
+    epochs = config.resolved_epochs(minibatch)
+    model = GATClassifier(
+        data.x.shape[1], data.n_classes, hidden=config.hidden, heads=config.heads,
+        n_layers=config.n_layers, dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+    ).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    counts = torch.bincount(data.y[data.train_idx], minlength=data.n_classes)
+    weight = class_weights(counts, config.class_weight)
+    weight = None if weight is None else weight.to(device)
+    gen = torch.Generator().manual_seed(int(config.seed))
+
+    log: list[dict[str, float]] = []
+    start = 1
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = _load_checkpoint(checkpoint, config, fingerprint)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        gen.set_state(state["sampler_rng"])
+        log = [dict(r) for r in state["log"]]
+        start = int(state["epoch"]) + 1
+        logger.info("resuming from %s at epoch %d of %d", checkpoint, start, epochs)
+    elif resume:
+        logger.warning("--resume: no checkpoint at %s; starting from epoch 1", checkpoint)
+    resumed_from = start - 1
+
+    y_np = data.y.numpy()
+    tr_np, ho_np = data.train_idx.numpy(), data.holdout_idx.numpy()
+    if not minibatch:
+        x_d, y_d = data.x.to(device), data.y.to(device)
+        ei_d = data.graph.edge_index().to(device)
+        tr_d = data.train_idx.to(device)
+    else:
+        sampler = NeighborSampler(data.graph, [config.num_neighbors] * config.n_layers)
+
+    t0 = time.perf_counter()
+    from .._utils import progress
+
+    bar = progress(range(start, epochs + 1), desc="gat", unit="epoch", initial=start - 1,
+                   total=epochs)
+    for epoch in bar:
+        model.train()
+        if not minibatch:
+            opt.zero_grad(set_to_none=True)
+            out = model(x_d, ei_d)
+            loss = F.cross_entropy(out.logits[tr_d], y_d[tr_d], weight=weight)
+            loss.backward()
+            opt.step()
+            epoch_loss = float(loss.detach())
+            model.eval()
+            with torch.no_grad():
+                logits = model(x_d, ei_d).logits.cpu()
+        else:
+            total, seen = 0.0, 0
+            for batch in sampler.batches(data.train_idx, config.batch_size, gen):
+                opt.zero_grad(set_to_none=True)
+                out = model(data.x[batch.n_id].to(device), batch.edge_index.to(device),
+                            num_sampled_nodes=batch.num_sampled_nodes,
+                            num_sampled_edges=batch.num_sampled_edges)
+                target = data.y[batch.n_id[: batch.batch_size]].to(device)
+                loss = F.cross_entropy(out.logits[: batch.batch_size], target, weight=weight)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * batch.batch_size
+                seen += batch.batch_size
+            epoch_loss = total / max(1, seen)
+            logits, _ = layerwise_inference(model, data.x, data.graph,
+                                            chunk_size=config.inference_batch_size, device=device)
+        pred = logits.argmax(1).numpy()
+        row = {
+            "epoch": epoch,
+            "loss": epoch_loss,
+            "train_balanced_accuracy": balanced_accuracy(y_np[tr_np], pred[tr_np], data.n_classes),
+            "holdout_balanced_accuracy": balanced_accuracy(y_np[ho_np], pred[ho_np],
+                                                           data.n_classes),
+        }
+        log.append(row)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{epoch_loss:.3f}",
+                            holdout=f"{row['holdout_balanced_accuracy']:.3f}", refresh=False)
+        if epoch == start or epoch % 25 == 0 or epoch == epochs:
+            logger.info("epoch %d/%d loss %.4f train bal.acc %.3f holdout bal.acc %.3f",
+                        epoch, epochs, epoch_loss, row["train_balanced_accuracy"],
+                        row["holdout_balanced_accuracy"])
+        if (checkpoint is not None and config.checkpoint_every > 0
+                and epoch % config.checkpoint_every == 0 and epoch < epochs):
+            _save_checkpoint(checkpoint, {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "sampler_rng": gen.get_state(),
+                "log": log,
+                "config": config.to_dict(),
+                "fingerprint": fingerprint,
+            })
+    if hasattr(bar, "close"):
+        bar.close()
+    model.eval()
+    return TrainResult(model, log, epochs, minibatch, resumed_from,
+                       time.perf_counter() - t0)

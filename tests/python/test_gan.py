@@ -1,0 +1,315 @@
+"""Stage 2 (garage.gan): outputs, composition, round trip, determinism, quality, CLI, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from garage import constants as C
+from garage.errors import GarageError
+from garage.gan import TEST_OVERRIDES, GANConfig, GarageGAN, composition_counts, run_gan, run_generate
+
+REPO = Path(__file__).resolve().parents[2]
+GARAGE = [sys.executable, "-m", "garage.cli"] if (REPO / "src/garage/cli/__main__.py").exists() else ["garage"]
+TINY = {"epochs": 3, "ae_epochs": 2, "hidden": 32, "checkpoint_every": 0}
+
+
+def _fallback_seeds(pp: Path, out: Path) -> Path:
+    """FALLBACK seed marking, used only while garage.gat.run_gat is not importable:
+    10% of every type's train cells (at least one) and every cell of a rare type."""
+    from garage._utils import write_h5ad_atomic
+
+    a = ad.read_h5ad(pp)
+    rng = np.random.default_rng(0)
+    train = np.asarray(a.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN)
+    lab = a.obs[C.OBS_LABEL].astype(str).to_numpy()
+    seed = np.zeros(a.n_obs, dtype=bool)
+    for t in np.unique(lab[train]):
+        idx = np.flatnonzero(train & (lab == t))
+        k = len(idx) if len(idx) / train.sum() < 0.05 else max(1, round(0.1 * len(idx)))
+        seed[rng.choice(idx, k, replace=False)] = True
+    a.obs[C.OBS_SEED] = seed
+    a.obs[C.OBS_SCORE] = rng.random(a.n_obs).astype(np.float32)
+    return write_h5ad_atomic(a, out / "small.seeds.h5ad")
+
+
+@pytest.fixture(scope="session")
+def seeds_small(preprocessed_small, tmp_path_factory) -> Path:
+    """PREFIX.seeds.h5ad of the bundled subset: stage 1 with its test settings (or the fallback)."""
+    out = tmp_path_factory.mktemp("seeds_small")
+    try:
+        from garage.gat import TEST_OVERRIDES as GAT_TEST
+        from garage.gat import GATConfig, run_gat
+    except ImportError:
+        return _fallback_seeds(preprocessed_small, out)
+    return run_gat(preprocessed_small, out, "small", GATConfig(**GAT_TEST, seed=0))["h5ad"]
+
+
+@pytest.fixture(scope="session")
+def real_small(seeds_small):
+    return ad.read_h5ad(seeds_small)
+
+
+@pytest.fixture(scope="session")
+def trained_small(seeds_small, tmp_path_factory):
+    """The test-profile GAN on the bundled subset (trained once per session)."""
+    out = tmp_path_factory.mktemp("gan_small")
+    cfg = GANConfig(**TEST_OVERRIDES, seed=0)
+    t0 = time.perf_counter()
+    res = run_gan(seeds_small, out, "small", cfg, threads=2)
+    res["seconds"] = time.perf_counter() - t0
+    res["config"] = cfg
+    return res
+
+
+# ----------------------------------------------------------------------------- config / composition
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"seed_mix": 1.5}, "seed-mix"),
+        ({"seed_mix": -0.1}, "seed-mix"),
+        ({"batch_size": 1}, "batch-size"),
+        ({"n_cells": 0}, "n-cells"),
+        ({"composition": "rare"}, "composition"),
+        ({"space": "gene", "count_dist": "nb"}, "count-dist nb"),
+    ],
+)
+def test_config_rejects_bad_options(kw, match):
+    with pytest.raises(GarageError, match=match):
+        GANConfig(**kw).validate()
+
+
+def test_cells_per_type_parsing():
+    assert GANConfig(cells_per_type="DC=20, CD14+ Mono=3").cells_per_type == (("CD14+ Mono", 3), ("DC", 20))
+    assert GANConfig(cells_per_type={"DC": 2}).cells_per_type == (("DC", 2),)
+    for bad in ("DC", "DC=x", "DC=-1", "DC=1,DC=2"):
+        with pytest.raises(GarageError):
+            GANConfig(cells_per_type=bad)
+
+
+def test_composition_counts():
+    cats, n = ["A", "B", "R1", "R2"], [600, 380, 15, 5]
+    orig = composition_counts(cats, n, None, "original")
+    assert orig == {"A": 600, "B": 380, "R1": 15, "R2": 5}
+    bal = composition_counts(cats, n, 100, "balanced")
+    assert bal == {"A": 25, "B": 25, "R1": 25, "R2": 25}
+    boost = composition_counts(cats, n, 1000, "uniform-rare-boost", rare_threshold=0.05)
+    assert boost["R1"] == boost["R2"] == 250 and sum(boost.values()) == 1000
+    assert boost["A"] / boost["B"] == pytest.approx(600 / 380, rel=0.01)
+    fixed = composition_counts(cats, n, 200, "original", "R2=50")
+    assert fixed["R2"] == 50 and sum(fixed.values()) == 200
+    assert fixed["A"] > fixed["B"] > fixed["R1"]
+    with pytest.raises(GarageError, match="unknown cell type"):
+        composition_counts(cats, n, 100, "original", {"Neuron": 3})
+    with pytest.raises(GarageError, match="--n-cells is 10"):
+        composition_counts(cats, n, 10, "original", {"A": 11})
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_outputs_schema_counts_and_labels(trained_small, real_small):
+    syn = ad.read_h5ad(trained_small["h5ad"])
+    train = real_small[real_small.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN]
+    assert syn.n_obs == train.n_obs  # default n_cells = train cells
+    assert list(syn.var_names) == list(real_small.var_names)
+    assert sp.issparse(syn.X) and syn.X.dtype == np.float32
+    assert np.array_equal(syn.X.data, np.rint(syn.X.data)) and syn.X.data.min() >= 0
+    assert syn.obs[C.OBS_SYNTHETIC].all()
+    assert isinstance(syn.obs[C.OBS_CELL_TYPE].dtype, pd.CategoricalDtype)
+    # original composition: same per-type numbers as the train split
+    want = train.obs[C.OBS_LABEL].astype(str).value_counts().sort_index()
+    got = syn.obs[C.OBS_CELL_TYPE].astype(str).value_counts().sort_index()
+    assert got.to_dict() == want.to_dict()
+    # seed cell ids are seeds of the same type (or "")
+    sid = syn.obs[C.OBS_SEED_ID].astype(str)
+    seeded = sid != ""
+    assert 0.2 < seeded.mean() < 0.8  # seed_mix 0.5
+    seeds = real_small.obs.loc[real_small.obs[C.OBS_SEED].astype(bool)]
+    assert set(sid[seeded]) <= set(seeds.index)
+    assert (seeds.loc[sid[seeded], C.OBS_LABEL].astype(str).to_numpy()
+            == syn.obs.loc[seeded, C.OBS_CELL_TYPE].astype(str).to_numpy()).all()
+    # count-level realism: zero fraction and library size near the real train cells
+    real = train.layers[C.LAYER_COUNTS]
+    zf_syn = 1 - syn.X.nnz / np.prod(syn.shape)
+    zf_real = 1 - real.nnz / np.prod(real.shape)
+    assert abs(zf_syn - zf_real) < 0.05
+    lib_syn, lib_real = np.asarray(syn.X.sum(1)).ravel(), np.asarray(real.sum(1)).ravel()
+    assert 0.8 < np.median(lib_syn) / np.median(lib_real) < 1.25
+    # provenance and privacy
+    g = syn.uns[C.UNS_KEY]
+    assert g["seed"] == 0 and g["gan"]["seed_mix"] == 0.5 and "torch" in g["versions"]
+    assert g["exact_copies"] == 0
+    from garage.baselines import exact_copy_mask
+
+    assert exact_copy_mask(syn.X, real).sum() == 0
+
+
+def test_log_and_no_checkpoint_left(trained_small):
+    log = pd.read_csv(trained_small["log"], sep="\t")
+    cfg = trained_small["config"]
+    assert (log["phase"] == "ae").sum() == cfg.ae_epochs and (log["phase"] == "gan").sum() == cfg.epochs
+    assert np.isfinite(log.loc[log.phase == "gan", ["critic_loss", "gp", "generator_loss"]].to_numpy()).all()
+    assert not list(Path(trained_small["h5ad"]).parent.glob("*.ckpt.pt"))
+
+
+def test_test_profile_is_fast(trained_small):
+    # target < 30 s on an idle 2-core machine; generous bound for a shared CI box
+    assert trained_small["seconds"] < 120
+
+
+def test_generation_does_not_collapse(trained_small, real_small):
+    """A classifier trained on real cells must recognise most types among synthetic cells."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from garage._norm import log_normalize
+
+    train = real_small[real_small.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN]
+    pca = PCA(30, random_state=0).fit(log_normalize(train.layers[C.LAYER_COUNTS]).toarray())
+    clf = KNeighborsClassifier(15).fit(pca.transform(log_normalize(train.layers[C.LAYER_COUNTS]).toarray()),
+                                       train.obs[C.OBS_LABEL].astype(str))
+    syn = ad.read_h5ad(trained_small["h5ad"])
+    pred = clf.predict(pca.transform(log_normalize(syn.X).toarray()))
+    lab = syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()
+    n_types = train.obs[C.OBS_LABEL].nunique()
+    assert len(set(pred)) >= n_types - 2, f"synthetic cells look like only {sorted(set(pred))}"
+    assert (pred == lab).mean() > 0.6
+
+
+# ----------------------------------------------------------------------------- generate / load
+def test_generate_round_trip_reproduces_training_output(trained_small, tmp_path):
+    out = run_generate(trained_small["model"], tmp_path, "again", seed=0)
+    a, b = ad.read_h5ad(trained_small["h5ad"]), ad.read_h5ad(out["h5ad"])
+    assert (a.X != b.X).nnz == 0
+    assert (a.obs[C.OBS_CELL_TYPE].astype(str) == b.obs[C.OBS_CELL_TYPE].astype(str)).all()
+    c = ad.read_h5ad(run_generate(trained_small["model"], tmp_path, "other", seed=1)["h5ad"])
+    assert (a.X != c.X).nnz > 0
+
+
+def test_generate_composition_options(trained_small, tmp_path):
+    m = trained_small["model"]
+    syn = ad.read_h5ad(run_generate(m, tmp_path, "cpt", n_cells=90, cells_per_type="DC=40,Platelet=20",
+                                    seed=2)["h5ad"])
+    vc = syn.obs[C.OBS_CELL_TYPE].value_counts()
+    assert syn.n_obs == 90 and vc["DC"] == 40 and vc["Platelet"] == 20
+    bal = ad.read_h5ad(run_generate(m, tmp_path, "bal", n_cells=80, composition="balanced")["h5ad"])
+    assert bal.obs[C.OBS_CELL_TYPE].value_counts().eq(80 // bal.obs[C.OBS_CELL_TYPE].nunique()).all()
+    boost = ad.read_h5ad(run_generate(m, tmp_path, "boost", n_cells=300, composition="uniform-rare-boost")["h5ad"])
+    vcb = boost.obs[C.OBS_CELL_TYPE].value_counts()
+    assert vcb["Platelet"] >= 300 // boost.obs[C.OBS_CELL_TYPE].nunique() - 1
+    with pytest.raises(GarageError, match="unknown cell type"):
+        run_generate(m, tmp_path, "bad", cells_per_type="Neuron=5")
+
+
+def test_model_file_holds_no_encoder_or_critic(trained_small):
+    import torch
+
+    payload = torch.load(trained_small["model"], weights_only=True)
+    keys = payload["state_dict"].keys()
+    assert not any(k.startswith(("critic.", "vae.encoder.")) for k in keys)
+    assert payload["config"]["seed_mix"] == 0.5 and payload["categories"]
+    m = GarageGAN.load(trained_small["model"])
+    assert m.generate(n_cells=5, seed=0).n_obs == 5
+
+
+# ----------------------------------------------------------------------------- variants and errors
+def test_fixed_seed_is_deterministic_on_cpu(seeds_small, tmp_path):
+    cfg = GANConfig(**TINY, n_cells=50, seed=7)
+    a = ad.read_h5ad(run_gan(seeds_small, tmp_path / "a", "s", cfg)["h5ad"])
+    b = ad.read_h5ad(run_gan(seeds_small, tmp_path / "b", "s", cfg)["h5ad"])
+    assert (a.X != b.X).nnz == 0
+
+
+@pytest.mark.parametrize("kw", [{"space": "gene"}, {"mode": "original"}])
+def test_other_variants_run(seeds_small, real_small, tmp_path, kw):
+    syn = ad.read_h5ad(run_gan(seeds_small, tmp_path, "v", GANConfig(**TINY, **kw, n_cells=60))["h5ad"])
+    assert syn.n_obs == 60 and np.array_equal(syn.X.data, np.rint(syn.X.data))
+    if kw.get("mode") == "original":  # labels come from the seed cell fed to the generator
+        assert (syn.obs[C.OBS_SEED_ID] != "").all()
+        lab = real_small.obs.loc[syn.obs[C.OBS_SEED_ID], C.OBS_LABEL].astype(str).to_numpy()
+        assert (lab == syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()).all()
+
+
+def test_missing_seeds_column(preprocessed_small, tmp_path):
+    with pytest.raises(GarageError, match="garage gat"):
+        run_gan(preprocessed_small, tmp_path, "x", GANConfig(**TINY))
+    syn = ad.read_h5ad(run_gan(preprocessed_small, tmp_path, "x", GANConfig(**TINY, seed_mix=0.0, n_cells=20))["h5ad"])
+    assert (syn.obs[C.OBS_SEED_ID] == "").all()
+
+
+def test_memory_guard(seeds_small, monkeypatch):
+    import torch
+
+    from garage.gan import _model
+
+    m = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, batch_size=4096))
+    monkeypatch.setattr(_model, "_available_ram", lambda: 64 * 2**20)
+    with pytest.raises(GarageError, match="--batch-size"):
+        m.check_memory(torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(*args, **kw):
+    return subprocess.run([*GARAGE, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def test_cli_cuda_without_gpu_exits_2(seeds_small, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    r = _cli("gan", "--input", seeds_small, "--prefix", "c", "--outdir", tmp_path, "--device", "cuda")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "cuda" in r.stderr
+
+
+def test_cli_unknown_cells_per_type_exits_2(trained_small, tmp_path):
+    r = _cli("generate", "--model", trained_small["model"], "--prefix", "g", "--outdir", tmp_path,
+             "--cells-per-type", "Neuron=3")
+    assert r.returncode == 2 and "Neuron" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_generate(trained_small, tmp_path):
+    r = _cli("generate", "--model", trained_small["model"], "--prefix", "g", "--outdir", tmp_path,
+             "--n-cells", 25, "--seed", 4)
+    assert r.returncode == 0, r.stderr
+    assert ad.read_h5ad(tmp_path / "g.generated.h5ad").n_obs == 25
+
+
+def test_resume_after_sigkill(seeds_small, tmp_path):
+    """Kill `garage gan` mid-training, resume, and reach the same final epoch."""
+    args = ["gan", "--input", seeds_small, "--prefix", "r", "--outdir", tmp_path, "--ae-epochs", 3,
+            "--epochs", 400, "--hidden", 32, "--checkpoint-every", 1, "--n-cells", 30, "--threads", 1]
+    ckpt = tmp_path / "r.gan.ckpt.pt"
+    proc = subprocess.Popen([*GARAGE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            import torch
+
+            try:
+                if torch.load(ckpt, weights_only=True)["phase"] == "gan":
+                    break
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "r.synthetic.h5ad").exists()
+    r = _cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    log = pd.read_csv(tmp_path / "r.gan_log.tsv", sep="\t")
+    assert (log.phase == "gan").sum() == 400 and log.loc[log.phase == "gan", "epoch"].tolist() == list(range(1, 401))
+    assert not ckpt.exists()
+    assert ad.read_h5ad(tmp_path / "r.synthetic.h5ad").n_obs == 30

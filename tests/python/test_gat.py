@@ -1,0 +1,485 @@
+"""Stage 1 (GAT seed selection) on real data.
+
+The first block holds the tests that would have caught the prototype's bug
+(cells ranked by node id because the edge index was read instead of the
+attention coefficients): scores must come from ``alpha``, change when the
+trained attention changes, and not depend on row order.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from scipy.stats import spearmanr
+
+from garage import constants as C
+from garage._utils import set_threads
+from garage.errors import GarageError
+from garage.gat import TEST_OVERRIDES, GATConfig, gat_adata, load_gat, run_gat
+from garage.gat._graph import CSRGraph, NeighborSampler, layerwise_inference
+from garage.gat._score import AttentionCentrality, attention_centrality, combine_scores
+from garage.gat._seeds import seed_quotas, select_seeds
+
+GARAGE = [sys.executable, "-m", "garage.cli"]
+FAST = GATConfig(**TEST_OVERRIDES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # 2 shared cores: OpenMP spin-waits make 2 threads far slower than 1 under load
+    before = torch.get_num_threads()
+    set_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small(preprocessed_small) -> ad.AnnData:
+    return ad.read_h5ad(preprocessed_small)
+
+
+@pytest.fixture(scope="module")
+def res(small):
+    t0 = time.perf_counter()
+    out = gat_adata(small, FAST)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _x(adata) -> torch.Tensor:
+    x = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float32)
+    x = x - x.mean(0, dtype=np.float64).astype(np.float32)
+    return torch.from_numpy(x / np.float32(x.std(dtype=np.float64)))
+
+
+def _full_forward(model, adata):
+    graph = CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES])
+    model.eval()
+    with torch.no_grad():
+        return model(_x(adata), graph.edge_index(), return_attention=True), graph
+
+
+def _centrality_numpy(attention, n):
+    """Independent re-implementation of c_j from the returned (edge_index, alpha)."""
+    c = np.zeros(n)
+    for ei, alpha in attention:
+        src, dst = ei[0].numpy(), ei[1].numpy()
+        keep = src != dst
+        np.add.at(c, src[keep], alpha.numpy()[keep].mean(axis=1))
+    return c / len(attention)
+
+
+# ------------------------------------------------- the prototype's bug
+def test_score_is_computed_from_returned_alpha(res, small):
+    out, _ = _full_forward(res.model, small)
+    assert len(out.attention) == res.model.n_layers
+    for ei, alpha in out.attention:
+        # the edge index returned with alpha includes the self-loops GATConv added
+        assert (ei[0] == ei[1]).sum() == small.n_obs
+        assert alpha.shape == (ei.shape[1], FAST.heads)
+    c = _centrality_numpy(out.attention, small.n_obs)
+    np.testing.assert_allclose(res.scores.centrality, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(attention_centrality(out.attention, small.n_obs), c, rtol=1e-6)
+    probs = torch.softmax(out.logits.double(), 1).numpy()
+    codes = pd.Categorical(small.obs[C.OBS_LABEL].astype(str)).codes
+    again = combine_scores(c, probs, codes, FAST.score_weight).score
+    np.testing.assert_allclose(res.adata.obs[C.OBS_SCORE].to_numpy(), again, atol=1e-4)
+
+
+def test_centrality_follows_alpha_not_edge_index(res, small, monkeypatch):
+    """Replace the alpha GATConv returns by random weights: the centrality must follow."""
+    graph = CSRGraph.from_adjacency(small.obsp[C.OBSP_CONNECTIVITIES])
+    model = copy.deepcopy(res.model)
+    real_layer = model.layer
+    g = torch.Generator().manual_seed(1)
+    seen = []
+
+    def fake_layer(i, x, edge_index, *, return_attention=False):
+        h, att = real_layer(i, x, edge_index, return_attention=return_attention)
+        if att is None:
+            return h, att
+        ei, alpha = att
+        fake = torch.rand(alpha.shape, generator=g)
+        seen.append((ei.clone(), fake))
+        return h, (ei, fake)
+
+    monkeypatch.setattr(model, "layer", fake_layer)
+    acc = AttentionCentrality(small.n_obs, model.n_layers)
+    layerwise_inference(model, _x(small), graph, chunk_size=small.n_obs,
+                        device=torch.device("cpu"), on_attention=acc)
+    np.testing.assert_allclose(acc.result(), _centrality_numpy(seen, small.n_obs), rtol=1e-6)
+    assert spearmanr(acc.result(), res.scores.centrality)[0] < 0.95
+
+
+def test_scores_change_when_trained_attention_changes(res, small):
+    base, _ = _full_forward(res.model, small)
+    model = copy.deepcopy(res.model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for conv in model.convs:  # perturb only the attention vectors
+            conv.att_src.add_(torch.randn(conv.att_src.shape, generator=g))
+            conv.att_dst.add_(torch.randn(conv.att_dst.shape, generator=g))
+    pert, _ = _full_forward(model, small)
+    c0 = _centrality_numpy(base.attention, small.n_obs)
+    c1 = _centrality_numpy(pert.attention, small.n_obs)
+    assert np.abs(c0 - c1).max() > 0.05
+    assert spearmanr(c0, c1)[0] < 0.99
+    # and a different training seed gives a different attention ranking
+    other = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "seed": 7}))
+    assert not np.allclose(other.scores.centrality, res.scores.centrality, atol=1e-3)
+
+
+def test_target_sums_are_one_so_target_scatter_would_be_useless(res, small):
+    out, _ = _full_forward(res.model, small)
+    ei, alpha = out.attention[0]
+    per_target = np.zeros((small.n_obs, alpha.shape[1]))
+    np.add.at(per_target, ei[1].numpy(), alpha.numpy())
+    np.testing.assert_allclose(per_target, 1.0, atol=1e-4)
+
+
+def test_scores_do_not_follow_row_order(res):
+    n = res.adata.n_obs
+    assert abs(spearmanr(res.adata.obs[C.OBS_SCORE], np.arange(n))[0]) < 0.15
+    assert abs(spearmanr(res.scores.centrality, np.arange(n))[0]) < 0.15
+    labels = res.adata.obs[C.OBS_LABEL].astype(str).to_numpy()
+    for t in ("B", "CD14+ Mono", "Naive CD4 T"):
+        m = labels == t
+        assert abs(spearmanr(res.scores.centrality[m], np.flatnonzero(m))[0]) < 0.25, t
+
+
+def test_shuffled_cells_give_the_same_seed_cells(res, small):
+    perm = np.random.default_rng(3).permutation(small.n_obs)
+    shuffled = gat_adata(small[perm].copy(), FAST)
+    a, b = res.adata.obs, shuffled.adata.obs
+    assert set(a.index[a[C.OBS_SEED]]) == set(b.index[b[C.OBS_SEED]])
+    np.testing.assert_allclose(b[C.OBS_SCORE].reindex(a.index), a[C.OBS_SCORE], atol=1e-5)
+
+
+# ------------------------------------------------- seeds and quotas
+def test_rare_types_get_their_quota_and_only_train_cells_are_seeds(res):
+    obs = res.adata.obs
+    seeds = obs[obs[C.OBS_SEED]]
+    assert (seeds[C.OBS_SPLIT] == C.SPLIT_TRAIN).all()
+    train = obs[obs[C.OBS_SPLIT] == C.SPLIT_TRAIN][C.OBS_LABEL].value_counts()
+    got = seeds[C.OBS_LABEL].value_counts()
+    assert set(res.plan.rare_types) == {"DC", "Platelet"}
+    for t in ("DC", "Platelet"):
+        assert got[t] == min(train[t], FAST.rare_min_seeds), t
+    assert set(got.index) == set(train.index)  # every type is seeded
+    n_train = int(train.sum())
+    assert np.ceil(0.1 * n_train) <= len(seeds) <= np.ceil(0.1 * n_train) + 2 * 10
+    # within a type, the seeds are the top-scoring train cells
+    for t, grp in obs[obs[C.OBS_SPLIT] == C.SPLIT_TRAIN].groupby(C.OBS_LABEL, observed=True):
+        k = int(grp[C.OBS_SEED].sum())
+        top = grp.sort_values(C.OBS_SCORE, ascending=False).index[:k]
+        assert set(top) == set(grp.index[grp[C.OBS_SEED]]), t
+    gat = res.adata.uns[C.UNS_KEY]["gat"]
+    assert gat["n_seeds"] == len(seeds)
+    counts = dict(zip(gat["seed_types"], gat["seed_counts"]))
+    assert counts == got.to_dict()
+
+
+def test_quota_rules():
+    labels = pd.Series(["A"] * 900 + ["B"] * 80 + ["R"] * 15 + ["S"] * 5)
+    train = np.ones(len(labels), bool)
+    train[::5] = False
+    plan = seed_quotas(labels, train, seed_fraction=0.1, rare_threshold=0.03, rare_min_seeds=10)
+    tab = plan.table
+    assert plan.rare_types == ["R", "S"]
+    assert tab.at["R", "quota"] == 10 and tab.at["S", "quota"] == tab.at["S", "n_train"] == 4
+    assert tab.loc[["A", "B"], "quota"].sum() == int(np.ceil(0.1 * train.sum())) - 14
+    assert tab.at["A", "quota"] > 8 * tab.at["B", "quota"] > 0
+    # ties broken by name: the chosen set does not depend on row order
+    score = np.zeros(len(labels))
+    names = pd.Index([f"c{i:04d}" for i in range(len(labels))])
+    m1 = select_seeds(labels, train, score, names, plan)
+    p = np.random.default_rng(0).permutation(len(labels))
+    m2 = select_seeds(labels[p].reset_index(drop=True), train[p], score[p], names[p], plan)
+    assert set(names[m1]) == set(names[p][m2])
+
+
+def test_same_seed_is_deterministic(res, small):
+    again = gat_adata(small, FAST)
+    np.testing.assert_array_equal(again.scores.score, res.scores.score)
+    assert again.train.log == res.train.log
+    np.testing.assert_array_equal(again.adata.obs[C.OBS_SEED], res.adata.obs[C.OBS_SEED])
+
+
+def test_test_profile_is_fast_and_learns(res):
+    assert res.seconds < 20, res.seconds
+    assert res.adata.uns[C.UNS_KEY]["gat"]["holdout_balanced_accuracy"] > 0.75
+
+
+# ------------------------------------------------- graph machinery
+def test_chunked_inference_equals_full_graph(res, small):
+    graph = CSRGraph.from_adjacency(small.obsp[C.OBSP_CONNECTIVITIES])
+    cpu = torch.device("cpu")
+    a_full = AttentionCentrality(small.n_obs, res.model.n_layers)
+    full = layerwise_inference(res.model, _x(small), graph, chunk_size=10**9, device=cpu,
+                               on_attention=a_full)
+    a_chunk = AttentionCentrality(small.n_obs, res.model.n_layers)
+    chunk = layerwise_inference(res.model, _x(small), graph, chunk_size=97, device=cpu,
+                                on_attention=a_chunk)
+    torch.testing.assert_close(chunk[0], full[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunk[1], full[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a_chunk.result(), a_full.result(), rtol=1e-4, atol=1e-6)
+
+
+def test_neighbor_sampler_contract(small):
+    graph = CSRGraph.from_adjacency(small.obsp[C.OBSP_CONNECTIVITIES])
+    edges = set(zip(*graph.edge_index().tolist()))
+    sampler = NeighborSampler(graph, [5, 3])
+    seeds = torch.tensor([0, 10, 500, 1000])
+    b1 = sampler.sample(seeds, torch.Generator().manual_seed(0))
+    b2 = sampler.sample(seeds, torch.Generator().manual_seed(0))
+    assert torch.equal(b1.n_id, b2.n_id) and torch.equal(b1.edge_index, b2.edge_index)
+    assert b1.batch_size == 4 and torch.equal(b1.n_id[:4], seeds)
+    assert len(set(b1.n_id.tolist())) == b1.n_id.numel()
+    src, dst = b1.n_id[b1.edge_index[0]], b1.n_id[b1.edge_index[1]]
+    assert set(zip(src.tolist(), dst.tolist())) <= edges
+    into_seed = torch.bincount(b1.edge_index[1], minlength=b1.n_id.numel())[:4]
+    assert (into_seed == torch.minimum(graph.degree()[seeds], torch.tensor(5))).all()
+    assert (sampler._local == -1).all()  # scratch buffer is reset
+    assert sum(b1.num_sampled_nodes) == b1.n_id.numel()
+    assert sum(b1.num_sampled_edges) == b1.edge_index.shape[1]
+
+
+def test_trimmed_minibatch_forward_matches_untrimmed(res, small):
+    graph = CSRGraph.from_adjacency(small.obsp[C.OBSP_CONNECTIVITIES])
+    b = NeighborSampler(graph, [10, 10]).sample(torch.arange(0, 1000, 7),
+                                                torch.Generator().manual_seed(1))
+    x = _x(small)[b.n_id]
+    res.model.eval()
+    with torch.no_grad():
+        full = res.model(x, b.edge_index).logits[: b.batch_size]
+        trimmed = res.model(x, b.edge_index, num_sampled_nodes=b.num_sampled_nodes,
+                            num_sampled_edges=b.num_sampled_edges).logits
+    torch.testing.assert_close(trimmed[: b.batch_size], full, rtol=1e-4, atol=1e-5)
+
+
+def test_minibatch_mode(small):
+    cfg = GATConfig(**{**TEST_OVERRIDES, "minibatch_threshold": 0, "epochs": 3,
+                       "batch_size": 256, "inference_batch_size": 300})
+    out = gat_adata(small, cfg)
+    gat = out.adata.uns[C.UNS_KEY]["gat"]
+    assert gat["mode"] == "minibatch" and len(out.train.log) == 3
+    assert gat["holdout_balanced_accuracy"] > 0.5
+    counts = out.adata.obs[out.adata.obs[C.OBS_SEED]][C.OBS_LABEL].value_counts()
+    assert counts["Platelet"] == 10 and counts["DC"] == 10
+
+
+def test_hvg_features(small):
+    out = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "features": "hvg", "epochs": 3}))
+    assert out.adata.obsm[C.OBSM_GAT].shape == (small.n_obs, 16 * 2)
+    assert out.payload["var_names"] == list(small.var_names)
+
+
+# ------------------------------------------------- files, CLI, errors
+def test_run_gat_writes_the_contract(preprocessed_small, tmp_path, small):
+    out = run_gat(preprocessed_small, tmp_path, "s1", FAST, threads=1)
+    assert set(out) == {"h5ad", "model", "log"}
+    assert out["h5ad"].name == "s1.seeds.h5ad" and out["model"].name == "s1.gat.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in out.values())
+    s = ad.read_h5ad(out["h5ad"])
+    assert s.obs[C.OBS_SEED].dtype == bool and s.obs[C.OBS_SCORE].dtype.kind == "f"
+    assert s.obsm[C.OBSM_GAT].shape == (s.n_obs, FAST.hidden * FAST.heads)
+    gat = s.uns[C.UNS_KEY]["gat"]
+    assert gat["params"]["epochs"] == FAST.epochs and gat["sample"] == "s1"
+    assert 0 <= gat["holdout_balanced_accuracy"] <= 1
+    assert "preprocess" in s.uns[C.UNS_KEY]  # the preprocess provenance is kept
+    log = pd.read_csv(out["log"], sep="\t")
+    assert list(log.columns) == ["epoch", "loss", "train_balanced_accuracy",
+                                 "holdout_balanced_accuracy"]
+    assert log["epoch"].tolist() == list(range(1, FAST.epochs + 1))
+    assert log["loss"].iloc[-1] < log["loss"].iloc[0]
+    model, payload = load_gat(out["model"])
+    assert payload["config"] == FAST.to_dict()
+    assert payload["label_categories"] == sorted(small.obs[C.OBS_LABEL].astype(str).unique())
+    rebuilt, _ = _full_forward(model, small)
+    pred = np.asarray(payload["label_categories"])[rebuilt.logits.argmax(1).numpy()]
+    ho = (s.obs[C.OBS_SPLIT] == C.SPLIT_HOLDOUT).to_numpy()
+    acc = float(np.mean(pred[ho] == s.obs[C.OBS_LABEL].astype(str).to_numpy()[ho]))
+    assert acc == pytest.approx(gat["holdout_accuracy"], abs=1e-9)
+
+
+def test_cli_round_trip(preprocessed_small, tmp_path):
+    from garage.cli import main
+
+    r = CliRunner().invoke(main, [
+        "gat", "--input", str(preprocessed_small), "--prefix", "cli", "--outdir", str(tmp_path),
+        "--epochs", "4", "--hidden", "8", "--heads", "2", "--seed-fraction", "0.2",
+        "--rare-min-seeds", "5", "--class-weight", "sqrt", "--threads", "1",
+    ])
+    assert r.exit_code == 0, r.output
+    paths = [Path(p) for p in r.stdout.split()]
+    assert [p.name for p in paths] == ["cli.seeds.h5ad", "cli.gat.pt", "cli.gat_log.tsv"]
+    s = ad.read_h5ad(paths[0])
+    p = s.uns[C.UNS_KEY]["gat"]["params"]
+    assert (p["seed_fraction"], p["rare_min_seeds"], p["class_weight"]) == (0.2, 5, "sqrt")
+    assert s.obs[s.obs[C.OBS_SEED]][C.OBS_LABEL].value_counts()["Platelet"] == 5
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--seed-fraction", "0"], "--seed-fraction"),
+        (["--seed-fraction", "1.5"], "--seed-fraction"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_cli_rejects_bad_options(preprocessed_small, tmp_path, args, needle):
+    from garage.cli import main
+
+    r = CliRunner().invoke(main, ["gat", "--input", str(preprocessed_small), "--prefix", "x",
+                                  "--outdir", str(tmp_path), *args])
+    assert r.exit_code == 2 and needle in r.output
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_one_line_exit_2(preprocessed_small, tmp_path):
+    p = subprocess.run([*GARAGE, "gat", "--input", str(preprocessed_small), "--prefix", "x",
+                        "--outdir", str(tmp_path), "--device", "cuda"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "cuda" in lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_raw_counts_input_says_run_preprocess(small_counts_path, tmp_path):
+    from garage.cli import main
+
+    r = CliRunner().invoke(main, ["gat", "--input", str(small_counts_path), "--prefix", "x",
+                                  "--outdir", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "garage preprocess" in r.output and "garage_label" in r.output
+
+
+def test_missing_key_is_named(small):
+    broken = small.copy()
+    del broken.obsp[C.OBSP_CONNECTIVITIES]
+    with pytest.raises(GarageError, match="connectivities.*garage preprocess"):
+        gat_adata(broken, FAST)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"epochs": -1}, {"epochs": 0}, {"seed_fraction": 0.0}, {"seed_fraction": 1.2},
+     {"rare_threshold": 1.0}, {"heads": 0}, {"dropout": 1.0}, {"lr": 0.0},
+     {"class_weight": "inverse"}, {"features": "umap"}, {"rare_min_seeds": -1},
+     {"score_weight": 2.0}, {"max_memory_gb": 0.0}],
+)
+def test_config_validation(kw):
+    with pytest.raises(GarageError):
+        GATConfig(**kw).validate()
+
+
+def test_memory_guard_names_the_fix(small):
+    with pytest.raises(GarageError, match="--minibatch-threshold"):
+        gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "max_memory_gb": 1e-3}))
+    with pytest.raises(GarageError, match="--batch-size"):
+        gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "max_memory_gb": 1e-3,
+                                      "minibatch_threshold": 0}))
+
+
+# ------------------------------------------------- checkpoint / resume
+def test_resume_reproduces_the_uninterrupted_run(preprocessed_small, tmp_path, monkeypatch):
+    cfg = GATConfig(**{**TEST_OVERRIDES, "epochs": 12, "checkpoint_every": 5})
+    full = run_gat(preprocessed_small, tmp_path / "full", "r", cfg, threads=1)
+
+    import garage.gat._train as T
+
+    real = T.balanced_accuracy
+    calls = {"n": 0}
+
+    def crash_at_epoch_8(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2 * 7:  # two calls per epoch
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "balanced_accuracy", crash_at_epoch_8)
+    with pytest.raises(KeyboardInterrupt):
+        run_gat(preprocessed_small, tmp_path / "cut", "r", cfg, threads=1)
+    ckpt = tmp_path / "cut" / "r.gat.ckpt.pt"
+    assert ckpt.exists() and not (tmp_path / "cut" / "r.seeds.h5ad").exists()
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 5
+    monkeypatch.setattr(T, "balanced_accuracy", real)
+
+    # a checkpoint written with other options is refused, not silently used
+    with pytest.raises(GarageError, match="different options"):
+        run_gat(preprocessed_small, tmp_path / "cut", "r",
+                GATConfig(**{**TEST_OVERRIDES, "epochs": 12, "lr": 0.1}), threads=1, resume=True)
+
+    cut = run_gat(preprocessed_small, tmp_path / "cut", "r", cfg, threads=1, resume=True)
+    assert not ckpt.exists()
+    assert cut["log"].read_text() == full["log"].read_text()
+    a, b = ad.read_h5ad(full["h5ad"]).obs, ad.read_h5ad(cut["h5ad"]).obs
+    np.testing.assert_array_equal(a[C.OBS_SCORE], b[C.OBS_SCORE])
+
+
+def test_resume_after_sigkill(preprocessed_small, tmp_path):
+    epochs = 40
+    cmd = [*GARAGE, "gat", "--input", str(preprocessed_small), "--prefix", "k",
+           "--outdir", str(tmp_path), "--epochs", str(epochs), "--checkpoint-every", "2",
+           "--hidden", "16", "--heads", "2", "--threads", "1"]
+    ckpt = tmp_path / "k.gat.ckpt.pt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert ckpt.exists(), proc.communicate()[1].decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "k.seeds.h5ad").exists()  # killed mid-way: no final output
+    done_before = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 2 <= done_before < epochs
+
+    p = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming from" in p.stderr
+    assert not ckpt.exists()
+    log = pd.read_csv(tmp_path / "k.gat_log.tsv", sep="\t")
+    assert log["epoch"].tolist() == list(range(1, epochs + 1))
+    assert ad.read_h5ad(tmp_path / "k.seeds.h5ad").uns[C.UNS_KEY]["gat"]["epochs"] == epochs
+
+
+# ------------------------------------------------- full pbmc3k (slow)
+@pytest.mark.slow
+def test_pbmc3k_rare_quota_and_holdout_accuracy(pbmc3k_path, tmp_path):
+    from garage.preprocess import PreprocessConfig, run_preprocess
+
+    pp = run_preprocess(pbmc3k_path, tmp_path, "pbmc3k",
+                        PreprocessConfig(label_key="cell_type", seed=0))["h5ad"]
+    out = run_gat(pp, tmp_path, "pbmc3k", GATConfig(), threads=1)
+    s = ad.read_h5ad(out["h5ad"])
+    gat = s.uns[C.UNS_KEY]["gat"]
+    assert gat["holdout_balanced_accuracy"] >= 0.85
+    log = pd.read_csv(out["log"], sep="\t")
+    assert log["holdout_balanced_accuracy"].iloc[-1] == pytest.approx(
+        gat["holdout_balanced_accuracy"], abs=1e-5)
+    obs = s.obs
+    train = obs[obs[C.OBS_SPLIT] == C.SPLIT_TRAIN][C.OBS_LABEL].value_counts()
+    seeds = obs[obs[C.OBS_SEED]][C.OBS_LABEL].value_counts()
+    assert {"DC", "Platelet"} <= set(gat["rare_types"])
+    for t in ("DC", "Platelet"):
+        assert seeds[t] == min(train[t], 10), t

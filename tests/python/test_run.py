@@ -1,0 +1,112 @@
+"""`garage run`: samplesheet validation and the end-to-end in-process run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from garage.errors import GarageError
+from garage.run import read_samplesheet
+
+GARAGE = [sys.executable, "-m", "garage.cli"]
+
+
+def _sheet(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "samplesheet.csv"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("sample,label_key\na,cell_type\n", "missing column(s) ['counts']"),
+        ("sample,counts\n", "has no samples"),
+        ("sample,counts,label_key\na,{small},cell_type\na,{small},cell_type\n", "duplicate sample id 'a'"),
+        ("sample,counts,label_key\na,/no/such/file.h5ad,cell_type\n", "does not exist"),
+        ("sample,counts,label_key\nbad id,{small},cell_type\n", "has spaces/special characters"),
+        ("sample,counts,label_key,colour\na,{small},cell_type,red\n", "unknown column(s) ['colour']"),
+        ("sample,counts,label_key\na,,cell_type\n", "empty 'counts'"),
+    ],
+)
+def test_bad_samplesheets(tmp_path, small_counts_path, text, expect):
+    sheet = _sheet(tmp_path, text.format(small=small_counts_path))
+    with pytest.raises(GarageError, match=None) as exc:
+        read_samplesheet(sheet)
+    assert expect in str(exc.value)
+    # and through the CLI: one line, exit 2, nothing written
+    out = tmp_path / "out"
+    proc = subprocess.run([*GARAGE, "run", "--input", str(sheet), "--outdir", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")] == [
+        ln for ln in proc.stderr.splitlines() if ln.strip()
+    ]
+    assert expect in proc.stderr and not out.exists()
+
+
+def test_relative_paths_resolve_against_samplesheet(tmp_path, small_counts_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.h5ad").write_bytes(small_counts_path.read_bytes())
+    sheet = _sheet(tmp_path, "sample,counts,label_key\ns1,data/x.h5ad,cell_type\n")
+    (s,) = read_samplesheet(sheet)
+    assert s.counts == (data / "x.h5ad").resolve() and s.label_key == "cell_type"
+
+
+@pytest.fixture(scope="module")
+def test_profile_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_test_profile")
+    proc = subprocess.run([*GARAGE, "run", "--profile", "test", "--outdir", str(out)],
+                          capture_output=True, text=True)
+    return out, proc
+
+
+def test_profile_test_runs_every_stage(test_profile_run):
+    out, proc = test_profile_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for sample in ("pbmc3k_small", "pbmc68k_reduced"):
+        for rel in (f"preprocess/{sample}.preprocessed.h5ad", f"gat/{sample}.seeds.h5ad",
+                    f"gat/{sample}.gat.pt", f"gat/{sample}.gat_log.tsv",
+                    f"gan/{sample}.synthetic.h5ad", f"gan/{sample}.generator.pt",
+                    f"gan/{sample}.gan_log.tsv", f"evaluate/{sample}.garage_metrics.json",
+                    f"evaluate/{sample}.per_type.tsv"):
+            assert (out / rel).is_file(), rel
+        syn = ad.read_h5ad(out / f"gan/{sample}.synthetic.h5ad")
+        assert syn.obs["synthetic"].all()
+        data = syn.X.data
+        assert np.allclose(data, np.round(data)) and data.min() >= 0
+        metrics = json.loads((out / f"evaluate/{sample}.garage_metrics.json").read_text())
+        assert metrics["sample"] == sample
+        assert 0.0 <= metrics["metrics"]["c2st_auc"]["value"] <= 1.0
+    html = out / "multiqc" / "multiqc_report.html"
+    assert html.is_file() and "garage" in html.read_text().lower()
+    summary = (out / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()
+    assert len(summary) == 3 and all("\tok\t" in ln for ln in summary[1:])
+
+
+def test_bad_sample_fails_alone(tmp_path, pbmc68k_counts_path):
+    bad = ad.read_h5ad(pbmc68k_counts_path)
+    bad.X = bad.X * 0.5  # not integer counts any more
+    bad_path = tmp_path / "bad.h5ad"
+    bad.write_h5ad(bad_path)
+    sheet = _sheet(
+        tmp_path,
+        f"sample,counts,label_key\ngood,{pbmc68k_counts_path},bulk_labels\nbad,{bad_path},bulk_labels\n",
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*GARAGE, "run", "--input", str(sheet), "--outdir", str(out), "--profile", "test", "--no-report"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "1 of 2 samples completed" in proc.stderr
+    assert "bad: failed:" in proc.stderr and "not integer counts" in proc.stderr
+    assert (out / "evaluate" / "good.garage_metrics.json").is_file()
+    assert not list(out.rglob("bad.*"))  # nothing half-written for the bad sample
