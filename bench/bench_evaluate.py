@@ -75,20 +75,6 @@ def make_synthetic(pp_path: Path, n_cells: int, seed: int):
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=real.var_names.copy()))
 
 
-def _work_around_scanpy_neighbors() -> None:
-    """scanpy 1.11's pynndescent path (used above 4,096 cells) hands a scipy
-    ``csr_array`` to code that calls ``.getnnz`` and crashes with this scipy;
-    preprocess is not this benchmark's subject, so use the exact sklearn kNN."""
-    import functools
-
-    import scanpy as sc
-
-    if not getattr(sc.pp.neighbors, "_garage_bench", False):
-        patched = functools.partial(sc.pp.neighbors, transformer="sklearn")
-        patched._garage_bench = True
-        sc.pp.neighbors = patched
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=10_000)
@@ -104,8 +90,6 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     from garage.preprocess import PreprocessConfig, run_preprocess
-
-    _work_around_scanpy_neighbors()
 
     pp = work / "bench.preprocessed.h5ad"
     syn = work / "bench.synthetic.h5ad"

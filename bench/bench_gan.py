@@ -7,9 +7,9 @@ with the ARCHITECTURE.md definitions (a private re-implementation until
 ``garage evaluate`` exists):
 
 - shared space: log-normalised HVGs -> 50-PC PCA fitted on real train cells;
-- ``c2st_auc``: kNN (k=5) classifier, 5-fold stratified CV, balanced classes,
+- ``c2st_auc``: kNN (k=15) classifier, 5-fold stratified CV, balanced classes,
   real holdout vs synthetic; control = real holdout vs real train;
-- ``rare_agreement``: a kNN (k=15) classifier trained on real train cells,
+- ``rare_agreement``: a balanced logistic regression on standardised PCs trained on real train cells,
   fraction of synthetic rare cells assigned to their label (control: holdout);
 - ``dcr_ratio``: median distance to the nearest train cell, synthetic / holdout;
 - ``exact_copies``: synthetic count vectors equal to a train cell.
@@ -98,7 +98,7 @@ class Space:
         return self.pca.transform(self._ln(sp.csr_matrix(counts)).toarray())
 
 
-def c2st_auc(a, b, seed: int = 0, k: int = 5, reps: int = 3) -> tuple[float, float]:
+def c2st_auc(a, b, seed: int = 0, k: int = 15, reps: int = 3) -> tuple[float, float]:
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -116,12 +116,16 @@ def c2st_auc(a, b, seed: int = 0, k: int = 5, reps: int = 3) -> tuple[float, flo
 
 
 def score(space, train, holdout, syn, syn_labels, train_labels, hold_labels, train_counts, syn_counts):
-    from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from garage.baselines import exact_copy_mask
 
     auc, auc_sd = c2st_auc(holdout, syn)
-    clf = KNeighborsClassifier(15).fit(train, train_labels)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced",
+                                                             random_state=0)).fit(train, train_labels)
     pred = clf.predict(syn)
     per_type = {}
     for t in sorted(set(syn_labels)):
@@ -131,7 +135,9 @@ def score(space, train, holdout, syn, syn_labels, train_labels, hold_labels, tra
     nn = NearestNeighbors(n_neighbors=1).fit(train)
     d_syn = nn.kneighbors(syn)[0].ravel()
     d_hold = nn.kneighbors(holdout)[0].ravel()
+    rare_h = np.isin(hold_labels, RARE)
     return {
+        "dcr_ratio_rare": float(np.median(d_syn[rare_m]) / np.median(d_hold[rare_h])) if rare_m.any() else None,
         "c2st_auc": auc, "c2st_auc_std": auc_sd,
         "rare_agreement": float((pred[rare_m] == syn_labels[rare_m]).mean()) if rare_m.any() else None,
         "type_agreement": float((pred == syn_labels).mean()),
@@ -148,7 +154,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default="pbmc3k_default")
     ap.add_argument("--gan", nargs="*", default=[], help="GANConfig overrides KEY=VALUE (JSON values)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args(argv)

@@ -15,6 +15,7 @@ Writes bench/results/gat_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -84,12 +85,13 @@ def main() -> None:
                "--outdir", outdir, "--device", args.device, "--threads", str(args.threads),
                *args.gat_args]
         print("running:", shlex.join(map(str, cmd)), flush=True)
+        load = os.getloadavg()[0]  # the dev machine is shared: > 2 means contended cores
         m = measure(cmd)
         if m["rc"] != 0:
             raise SystemExit(f"garage gat failed on {name} (rc {m['rc']})")
         row = {"dataset": name, **_summary(outdir, name), "device": args.device,
                "threads": args.threads, "wall_s": round(m["wall_s"], 1),
-               "peak_mb": round(m["peak_mb"])}
+               "peak_mb": round(m["peak_mb"]), "load_1min_before": round(load, 1)}
         rows.append(row)
         print(row, flush=True)
     command = "python -m bench.bench_gat " + shlex.join(sys.argv[1:])

@@ -40,8 +40,9 @@ workflow GARAGE {
     //
     // Stage 4: fidelity, utility and privacy against the real holdout (with a real-vs-real control)
     //
+    // join by meta: a sample whose GAN failed under errorStrategy 'ignore' just drops out
     ch_evaluate_input = GARAGE_PREPROCESS.out.h5ad
-        .join(GARAGE_GAN.out.h5ad, failOnMismatch: true, failOnDuplicate: true)
+        .join(GARAGE_GAN.out.h5ad, failOnDuplicate: true)
     GARAGE_EVALUATE(ch_evaluate_input)
     ch_multiqc_files = ch_multiqc_files.mix(GARAGE_EVALUATE.out.multiqc_files.flatten())
 

@@ -82,6 +82,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; give the output the usual umask-based mode
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, final)

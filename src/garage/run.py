@@ -210,7 +210,7 @@ def run_samples(
         from .multiqc import run_report
 
         try:
-            html = run_report(outdir / "evaluate", outdir / "multiqc", title="GARAGE fidelity report")
+            html = run_report(outdir / "evaluate", outdir / "multiqc")
             logger.info("MultiQC report: %s", html)
         except Exception as exc:  # the report must not hide finished samples
             logger.error("MultiQC report failed: %s", exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import anndata as ad
 import numpy as np
@@ -31,6 +32,7 @@ from garage.evaluate import (
     PER_TYPE_COLUMNS,
     SUFFIX_PER_TYPE_PLOT,
     SUFFIX_UMAP,
+    TEST_OVERRIDES,
     EvaluateConfig,
     evaluate_adata,
 )
@@ -130,9 +132,12 @@ def test_independent_real_sample_scores_like_the_control(independent_result):
     for name in ("ari", "nmi"):
         v, c = m(doc, name)
         assert abs(v - c) < 0.15, name
-    for name in ("type_agreement", "rare_agreement", "tstr_macro_f1", "augment_macro_f1"):
+    for name in ("type_agreement", "tstr_macro_f1", "augment_macro_f1"):
         v, c = m(doc, name)
         assert abs(v - c) < 0.1, name
+    # rare types have 3-6 holdout cells here: their control recall moves in steps of 1/6
+    v, c = m(doc, "rare_agreement")
+    assert abs(v - c) < 0.25
     for name in ("dcr_ratio", "nndr_ratio"):
         v, c = m(doc, name)
         assert 0.9 < v < 1.1 and 0.9 < c < 1.1, name
@@ -192,13 +197,17 @@ def test_missing_type_is_flagged(independent):
 def test_shifted_set_is_detected(independent):
     real2, cells = independent
     x = dense_counts(cells)
-    top = np.argsort(-x.sum(axis=0))[:100]  # the 100 most expressed HVGs, doubled
-    x[:, top] = np.round(x[:, top] * 2.0)
+    top = np.argsort(-x.sum(axis=0))[:100]  # the 100 most expressed HVGs, tripled
+    x[:, top] = np.round(x[:, top] * 3.0)
     doc = evaluate_adata(real2, as_synthetic(cells, x), CFG)
     v, c = m(doc, "c2st_auc")
-    assert v > c + 0.07 and v > 0.55
+    assert v > c + 0.1 and v > 0.6
     v, c = m(doc, "mmd_rbf")
-    assert v > c + 0.002 and v > 5 * doc["metrics"]["mmd_rbf"]["control_std"]
+    assert v > c + 0.005 and v > 5 * doc["metrics"]["mmd_rbf"]["control_std"]
+    v, c = m(doc, "wasserstein_pca")
+    assert v > c
+    v, c = m(doc, "libsize_ks")
+    assert v > c + 0.1
 
 
 def test_per_gene_shuffled_cells_are_detected(independent):
@@ -219,19 +228,17 @@ def test_per_gene_shuffled_cells_are_detected(independent):
     assert abs(v - c) < 0.01
 
 
-def test_same_seed_same_numbers(independent):
-    real2, cells = independent
-    cfg = EvaluateConfig(n_repeats=1, max_cells=120, plots=False, seed=3)
-    a = evaluate_adata(real2, as_synthetic(cells), cfg)["metrics"]
-    b = evaluate_adata(real2, as_synthetic(cells), cfg)["metrics"]
-    assert a == b
-
-
 # --- bad input -------------------------------------------------------------------------
 
 
 def _syn(real, n=50):
     return as_synthetic(train_of(real)[:n])
+
+
+def test_test_overrides_are_a_valid_fast_config():
+    cfg = EvaluateConfig(**TEST_OVERRIDES)
+    cfg.validate()
+    assert cfg.n_repeats == 1 and cfg.max_cells <= 500
 
 
 def test_bad_inputs_raise_garage_error(real):
@@ -249,7 +256,7 @@ def test_bad_inputs_raise_garage_error(real):
     lognorm.X = sp.csr_matrix(np.log1p(syn.X.toarray() * 0.37), dtype=np.float32)
     cases["not integer counts"] = lognorm
     for msg, bad in cases.items():
-        with pytest.raises(GarageError, match=msg):
+        with pytest.raises(GarageError, match=re.escape(msg)):
             evaluate_adata(real, bad, CFG)
     raw = ad.AnnData(real.layers[C.LAYER_COUNTS].copy(), var=real.var[[]].copy())
     with pytest.raises(GarageError, match="not a GARAGE preprocessed file"):
@@ -258,10 +265,11 @@ def test_bad_inputs_raise_garage_error(real):
         evaluate_adata(real, syn, EvaluateConfig(n_repeats=0))
 
 
-def test_genes_in_another_order_are_aligned(real):
+def test_same_seed_same_numbers_genes_in_any_order(real):
+    """Fixed seed -> identical numbers; synthetic genes in another order are realigned."""
     syn = _syn(real, 200)
     shuffled = syn[:, np.random.default_rng(0).permutation(syn.n_vars)].copy()
-    cfg = EvaluateConfig(n_repeats=1, max_cells=100, plots=False)
+    cfg = EvaluateConfig(n_repeats=1, max_cells=100, plots=False, seed=3)
     assert evaluate_adata(real, syn, cfg)["metrics"] == evaluate_adata(real, shuffled, cfg)["metrics"]
 
 
@@ -311,7 +319,7 @@ def test_cli_mismatched_genes_exit_2_one_line_no_outputs(real, preprocessed_smal
     bad.write_h5ad(bad_path)
     out = tmp_path / "ev"
     res = CliRunner().invoke(main, [
-        "evaluate", "--real", str(preprocessed_small), "--synthetic", str(bad_path),
+        "-q", "evaluate", "--real", str(preprocessed_small), "--synthetic", str(bad_path),
         "--prefix", "bad", "--outdir", str(out),
     ])
     assert res.exit_code == 2

@@ -397,22 +397,25 @@ def test_memory_guard_names_the_fix(small):
 
 
 # ------------------------------------------------- checkpoint / resume
-def test_resume_reproduces_the_uninterrupted_run(preprocessed_small, tmp_path, monkeypatch):
-    cfg = GATConfig(**{**TEST_OVERRIDES, "epochs": 12, "checkpoint_every": 5})
+@pytest.mark.parametrize("mode", ["full-batch", "minibatch"])
+def test_resume_reproduces_the_uninterrupted_run(preprocessed_small, tmp_path, monkeypatch, mode):
+    extra = {} if mode == "full-batch" else {"minibatch_threshold": 0, "batch_size": 300}
+    cfg = GATConfig(**{**TEST_OVERRIDES, "epochs": 8, "checkpoint_every": 5, **extra})
     full = run_gat(preprocessed_small, tmp_path / "full", "r", cfg, threads=1)
+    assert ad.read_h5ad(full["h5ad"]).uns[C.UNS_KEY]["gat"]["mode"] == mode
 
     import garage.gat._train as T
 
     real = T.balanced_accuracy
     calls = {"n": 0}
 
-    def crash_at_epoch_8(*a, **k):
+    def crash_in_epoch_7(*a, **k):
         calls["n"] += 1
-        if calls["n"] > 2 * 7:  # two calls per epoch
+        if calls["n"] > 2 * 6:  # two calls per epoch: crash in epoch 7
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(T, "balanced_accuracy", crash_at_epoch_8)
+    monkeypatch.setattr(T, "balanced_accuracy", crash_in_epoch_7)
     with pytest.raises(KeyboardInterrupt):
         run_gat(preprocessed_small, tmp_path / "cut", "r", cfg, threads=1)
     ckpt = tmp_path / "cut" / "r.gat.ckpt.pt"
@@ -423,7 +426,8 @@ def test_resume_reproduces_the_uninterrupted_run(preprocessed_small, tmp_path, m
     # a checkpoint written with other options is refused, not silently used
     with pytest.raises(GarageError, match="different options"):
         run_gat(preprocessed_small, tmp_path / "cut", "r",
-                GATConfig(**{**TEST_OVERRIDES, "epochs": 12, "lr": 0.1}), threads=1, resume=True)
+                GATConfig(**{**TEST_OVERRIDES, "epochs": 8, "checkpoint_every": 5, **extra,
+                             "lr": 0.1}), threads=1, resume=True)
 
     cut = run_gat(preprocessed_small, tmp_path / "cut", "r", cfg, threads=1, resume=True)
     assert not ckpt.exists()

@@ -789,6 +789,8 @@ def test_module_evaluate(pipeline_run):
     metrics = json.loads(out["metrics"][0].read_text())
     assert metrics["sample"] == P68K and "c2st_auc" in metrics["metrics"]
     assert {p.name for p in out["multiqc_files"]} == {f"{P68K}.garage_metrics.json", f"{P68K}.per_type.tsv"}
+    # optional only for --no-plots; the default command line must produce both
+    assert {p.name for p in out.get("plots", [])} == {f"{P68K}.umap.png", f"{P68K}.per_type.png"}
 
 
 def test_module_multiqc(pipeline_run):
@@ -857,33 +859,39 @@ def _lint_copy(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(
-    "rel, old, new, expect",
-    [
-        # a missing closing brace at the end of the workflow
-        ("workflows/garage.nf", "multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]\n}",
-         "multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]\n", "Unexpected input"),
-        # a mistyped section label
-        ("modules/local/garage/gat/main.nf", "    output:\n", "    outptu:\n", "error:"),
-        # an undefined name
-        ("workflows/garage.nf", "GARAGE_GAT(GARAGE_PREPROCESS.out.h5ad)", "GARAGE_GAT(GARAGE_PREPROCES.out.h5ad)", "is not defined"),
-        # a broken config
-        ("conf/modules.config", "withName: 'GARAGE_GAT' {", "withName: 'GARAGE_GAT' ", "error:"),
-        # a config option that does not exist
-        ("nextflow.config", "        docker.enabled          = true\n", "        docker.enabeld          = true\n", "Unrecognized config option"),
-    ],
-    ids=["missing-brace", "bad-section-label", "undefined-name", "config-syntax", "config-typo"],
-)
-def test_nflint_catches_planted_error(tmp_path, rel, old, new, expect):
+#: (file, text, replacement, expected message): one planted error per file, all in one copy
+PLANTED = [
+    # a missing closing brace at the end of the workflow
+    ("workflows/garage.nf",
+     "multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]\n}",
+     "multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]\n",
+     "Unexpected input"),
+    # a mistyped section label
+    ("modules/local/garage/gat/main.nf", "    output:\n", "    outptu:\n", "Invalid process definition"),
+    # an undefined name
+    ("main.nf", "PIPELINE_INITIALISATION.out.samplesheet", "PIPELINE_INITIALISATON.out.samplesheet", "is not defined"),
+    # a broken config (missing brace)
+    ("conf/modules.config", "withName: 'GARAGE_GAT' {", "withName: 'GARAGE_GAT' ", "error:"),
+    # a config option that does not exist
+    ("nextflow.config", "        docker.enabled          = true\n", "        docker.enabeld          = true\n",
+     "Unrecognized config option 'docker.enabeld'"),
+]
+
+
+def test_nflint_catches_planted_errors(tmp_path):
+    """Plant one error per file in a temporary copy: the lint must fail and name each one."""
     root = _lint_copy(tmp_path)
-    target = root / rel
-    text = target.read_text()
-    assert old in text, f"planting site not found in {rel}"
-    target.write_text(text.replace(old, new, 1))
+    for rel, old, new, _ in PLANTED:
+        target = root / rel
+        text = target.read_text()
+        assert old in text, f"planting site not found in {rel}"
+        target.write_text(text.replace(old, new, 1))
     proc = _nflint(root)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert expect in proc.stdout, proc.stdout
-    assert rel.split("/")[-1] in proc.stdout
+    lines = proc.stdout.splitlines()
+    for rel, _, _, expect in PLANTED:
+        assert any(ln.startswith(rel + ":") and expect in ln for ln in lines), (
+            f"planted error in {rel} ({expect!r}) not reported:\n{proc.stdout}")
 
 
 def _hadolint() -> str | None:
@@ -910,3 +918,31 @@ def test_dockerignore_keeps_image_inputs():
     copied = re.findall(r"(?m)^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", (REPO / "Dockerfile").read_text())
     for entry in itertools.chain.from_iterable(c.split() for c in copied):
         assert entry.rstrip("/") not in [i.strip().rstrip("/") for i in ignore], f"{entry} is copied but ignored"
+
+
+STAGE_OF = {"GARAGE_PREPROCESS": "preprocess", "GARAGE_GAT": "gat", "GARAGE_GAN": "gan", "GARAGE_EVALUATE": "evaluate"}
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "modules").rglob("tests/nextflow.config")))
+def test_module_test_configs_use_known_flags(config, meta):
+    """The nf-test configs of the modules pass only flags the stage CLIs know."""
+    text = strip_comments((REPO / config).read_text())
+    found = re.findall(r"withName:\s*'([A-Z_]+)'\s*\{\s*ext\.args\s*=\s*(\{\s*\"[^\"]*\"\s*\}|'[^']*')", text)
+    assert found, f"no ext.args in {config}"
+    for process, value in found:
+        stage = STAGE_OF[process]
+        require_cli(stage)
+        args = evaluate(value.strip("{} \n"), {"meta": meta})
+        unknown = set(_flags(args)) - cli_flags(stage)
+        assert not unknown, f"{config}: {process} passes unknown flag(s) {sorted(unknown)}"
+
+
+def test_plugin_includes_are_declared():
+    """The lint allows `Plugin '...' does not exist` offline, so check the declaration here."""
+    declared = set(re.findall(r"id\s+'([\w-]+)@[\w.]+'", find_block(strip_comments((REPO / "nextflow.config").read_text()), r"(?m)^plugins")))
+    used = set()
+    for f in REPO.glob("**/*.nf"):
+        if ".venv" in f.parts or "tools" in f.parts:
+            continue
+        used |= set(re.findall(r"from\s+'plugin/([\w-]+)'", f.read_text()))
+    assert used and used <= declared, f"plugins used {sorted(used)} but declared {sorted(declared)}"

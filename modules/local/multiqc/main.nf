@@ -9,7 +9,7 @@ process MULTIQC {
     path extra_multiqc_config
 
     output:
-    path "*multiqc_report.html", emit: report
+    path "*.html", emit: report
     path "*_data", emit: data
     path "*_plots", optional: true, emit: plots
     tuple val("${task.process}"), val('multiqc'), eval('multiqc --version | sed "s/.* //"'), emit: versions_multiqc, topic: versions

@@ -31,8 +31,8 @@ def composition_options(f):
                    "(unconditional, real seeds fed directly, label-smoothed BCE), for comparison.")
 @click.option("--space", type=click.Choice(["latent", "gene"]), default="latent", show_default=True,
               help="Where the adversarial game runs: a count-VAE latent space, or the HVGs directly.")
-@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True, help="Adversarial epochs.")
-@click.option("--ae-epochs", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=600, show_default=True, help="Adversarial epochs.")
+@click.option("--ae-epochs", type=click.IntRange(min=1), default=60, show_default=True,
               help="Autoencoder epochs (latent space).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)
@@ -40,9 +40,13 @@ def composition_options(f):
 @click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seed-mix", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability that a cell's generator input includes a seed cell of its type.")
+@click.option("--seed-residual/--no-seed-residual", default=True, show_default=True,
+              help="Latent space: a seeded cell is its seed's latent code plus a generated offset.")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--type-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Adversarial batches draw type t with weight n_t^-x (0 uniform, 1 balanced).")
 @click.option("--gp-weight", type=click.FloatRange(min=0), default=10.0, show_default=True)
-@click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--lr-ae", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",
               show_default=True, help="Count sampling; auto = nb in latent space, poisson otherwise.")

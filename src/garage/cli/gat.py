@@ -35,7 +35,7 @@ _unit = click.FloatRange(0, 1, min_open=False, max_open=True)
 @click.option("--attention-dropout", type=_unit, default=0.1, show_default=True,
               help="Dropout on attention coefficients while training.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, show_default="auto: 100 "
-              "full-batch, 15 minibatch", help="Passes over the train cells.")
+              "full-batch, 5 minibatch", help="Passes over the train cells.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
               show_default=True, help="Adam learning rate.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)

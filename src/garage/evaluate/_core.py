@@ -163,11 +163,12 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
     )
     log.done("mmd_rbf")
 
-    log.start(f"wasserstein_pca (exact EMD, {nw} vs {nw} cells)")
+    d = int(min(cfg.wasserstein_n_pcs, space.n_pcs))
+    log.start(f"wasserstein_pca (exact EMD on {d} leading PCs, {nw} vs {nw} cells)")
     metrics["wasserstein_pca"] = _entry(
         "wasserstein_pca",
-        [wasserstein(H[h[:nw]], S[s[:nw]]) for h, s, _ in draws],
-        [wasserstein(H[h[:nw]], T[t[:nw]]) for h, _, t in draws],
+        [wasserstein(H[h[:nw], :d], S[s[:nw], :d]) for h, s, _ in draws],
+        [wasserstein(H[h[:nw], :d], T[t[:nw], :d]) for h, _, t in draws],
     )
     log.done("wasserstein_pca")
 

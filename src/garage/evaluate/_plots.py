@@ -109,9 +109,11 @@ def plot_per_type(
     ax.bar(x - w / 2, n_real, w, color=(0.35, 0.35, 0.35), label="real (train + holdout)")
     ax.bar(x + w / 2, table["n_synthetic"], w, color=(0.85, 0.33, 0.1), label="synthetic")
     ax.set_yscale("symlog", linthresh=1)
+    top = float(max(n_real.max(), table["n_synthetic"].max(), 1))
+    ax.set_ylim(0, top * 10)  # headroom for the legend
     ax.set_ylabel("cells")
     ax.set_title("cells per type")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
     ax = axes[1]
     agree = table["agreement"].to_numpy(dtype=float)
     ax.bar(x, np.nan_to_num(agree), 0.6, color=(0.85, 0.33, 0.1), label="synthetic agreement")
@@ -122,10 +124,10 @@ def plot_per_type(
         if miss:
             ax.text(i, 0.02, "missing", rotation=90, ha="center", va="bottom", color="red",
                     fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.18)
     ax.set_ylabel("agreement with a real-trained classifier")
     ax.set_title("label agreement per type")
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
     for ax in axes:
         ax.set_xticks(x)
         ax.set_xticklabels(types, rotation=45, ha="right", fontsize=8)

@@ -52,9 +52,14 @@ def _row_hashes(m: sp.csr_matrix) -> list[bytes]:
 
 
 def exact_copies(query: sp.csr_matrix, ref: sp.csr_matrix) -> int:
-    """Number of *query* rows whose counts equal the counts of some *ref* row."""
+    """Number of *query* rows whose counts equal the counts of some *ref* row.
+
+    All-zero rows are not counted: an empty cell reveals nothing about anyone.
+    """
+    query = sp.csr_matrix(query)
     ref_h = set(_row_hashes(ref))
-    return int(sum(h in ref_h for h in _row_hashes(query)))
+    nonempty = np.asarray((query != 0).sum(axis=1)).ravel() > 0
+    return int(sum(h in ref_h and ok for h, ok in zip(_row_hashes(query), nonempty)))
 
 
 def mia_auc(d_members: np.ndarray, d_nonmembers: np.ndarray) -> float:

@@ -86,8 +86,15 @@ class GANConfig:
         Latent size of the VAE, hidden width of every network, type-embedding size.
     seed_mix
         Probability that a generated cell's input includes a seed cell of its type.
+    seed_residual
+        Latent space: a seeded cell's code is its seed's latent code plus a
+        generated offset (otherwise the seed only enters through its projection).
     n_critic
         Critic steps per generator step.
+    type_balance
+        Adversarial minibatches draw a cell of type *t* with weight
+        ``n_t ** -type_balance`` (0: uniform; 1: every type equally often), so
+        rare types get enough critic and generator updates.
     gp_weight
         WGAN-GP gradient-penalty weight.
     lr_gan, lr_ae
@@ -116,17 +123,19 @@ class GANConfig:
 
     mode: Mode = "garage"
     space: Space = "latent"
-    epochs: int = 300
-    ae_epochs: int = 100
+    epochs: int = 600
+    ae_epochs: int = 60
     batch_size: int = 128
     noise_dim: int = 32
     n_latent: int = 16
     hidden: int = 256
     type_emb_dim: int = 16
     seed_mix: float = 0.5
+    seed_residual: bool = True
     n_critic: int = 5
+    type_balance: float = 0.5
     gp_weight: float = 10.0
-    lr_gan: float = 1e-4
+    lr_gan: float = 2e-4
     lr_ae: float = 1e-3
     label_smoothing: float = 0.9
     count_dist: CountDist = "auto"
@@ -180,6 +189,8 @@ class GANConfig:
         need(self.batch_size >= 2, "--batch-size must be >= 2", "pass e.g. 128")
         need(0.0 <= self.seed_mix <= 1.0, f"--seed-mix must be in [0, 1], got {self.seed_mix}",
              "pass e.g. 0.5 (0 = noise only)")
+        need(0.0 <= self.type_balance <= 1.0, f"--type-balance must be in [0, 1], got {self.type_balance}",
+             "pass e.g. 0.5")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
         need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")

@@ -30,7 +30,7 @@ from .._norm import log_normalize, log_normalize_torch
 from .._utils import versions
 from ..baselines import _row_hashes, synthetic_anndata
 from ..errors import GarageError
-from ._config import GANConfig
+from ._config import GANConfig, parse_cells_per_type
 from ._module import (
     ConditionalCritic,
     ConditionalGenerator,
@@ -139,7 +139,8 @@ class GANNet(nn.Module):
         elif space == "latent":
             self.vae = CountVAE(n_genes, cfg.n_latent, cfg.hidden)
             self.generator = ConditionalGenerator(
-                cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, cfg.n_latent
+                cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, cfg.n_latent,
+                residual=cfg.seed_residual,
             )
             self.critic = ConditionalCritic(cfg.n_latent, n_types, cfg.type_emb_dim, cfg.hidden)
         else:
@@ -400,7 +401,7 @@ class GarageGAN:
             "count_dist": dist,
             "n_per_type": {k: int(v) for k, v in n_per.items()},
             "composition": composition,
-            "cells_per_type": _h5_safe(dict(cells_per_type) if cells_per_type else ""),
+            "cells_per_type": _h5_safe(dict(parse_cells_per_type(cells_per_type) or ()) or ""),
             "n_cells": int(len(x)),
             "rare_types": list(meta["rare_types"]),
             "exact_copies": 0,

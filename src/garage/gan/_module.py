@@ -84,9 +84,11 @@ class ConditionalGenerator(nn.Module):
     """
 
     def __init__(self, noise_dim: int, n_types: int, emb_dim: int, seed_dim: int,
-                 hidden: int, out_dim: int, n_layers: int = 2):
+                 hidden: int, out_dim: int, n_layers: int = 2, residual: bool = False):
         super().__init__()
         self.noise_dim = noise_dim
+        # residual: a seeded cell is its seed's code plus a learned, noise-driven offset
+        self.residual = bool(residual and seed_dim == out_dim)
         self.type_emb = nn.Embedding(n_types, emb_dim)
         self.seed_proj = nn.Linear(seed_dim, emb_dim) if seed_dim > 0 else None
         in_dim = noise_dim + emb_dim + (emb_dim + 1 if seed_dim > 0 else 0)
@@ -100,6 +102,8 @@ class ConditionalGenerator(nn.Module):
                 seed_mask = noise.new_zeros(noise.shape[0])
             m = seed_mask.view(-1, 1).to(noise.dtype)
             parts += [m * self.seed_proj(seed_code), m]
+            out = self.net(torch.cat(parts, dim=1))
+            return out + m * seed_code if self.residual else out
         return self.net(torch.cat(parts, dim=1))
 
 

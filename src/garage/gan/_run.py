@@ -21,8 +21,8 @@ SUFFIX_GENERATED = ".generated.h5ad"
 
 #: fast settings for ``garage run --profile test`` (1,083 bundled cells)
 TEST_OVERRIDES: dict = {
-    "epochs": 40,
-    "ae_epochs": 25,
+    "epochs": 150,
+    "ae_epochs": 30,
     "hidden": 128,
     "batch_size": 128,
     "checkpoint_every": 0,

@@ -176,8 +176,13 @@ class Trainer:
         self.net.prepare_codes(self.data, self.device)
         return self.state.rows
 
-    def _batches(self):
-        perm = torch.randperm(self.data.n, generator=self.gen)
+    def _batches(self, balance: float = 0.0):
+        if balance > 0:  # type-balanced draws: a cell of type t has weight n_t ** -balance
+            n_t = torch.bincount(self.data.types).double()
+            w = n_t[self.data.types] ** (-balance)
+            perm = torch.multinomial(w, self.data.n, replacement=True, generator=self.gen)
+        else:
+            perm = torch.randperm(self.data.n, generator=self.gen)
         bs = self.cfg.batch_size
         n_b = max(1, self.data.n // bs)  # drop the ragged last batch (stable GP / LayerNorm stats)
         for b in range(n_b):
@@ -239,7 +244,7 @@ class Trainer:
         sums = np.zeros(4)
         n_d = n_g = 0
         step = 0
-        for idx in self._batches():
+        for idx in self._batches(cfg.type_balance if cfg.mode == "garage" else 0.0):
             types = self.data.types[idx]
             real = self._real(idx)
             if cfg.mode == "original":

@@ -13,7 +13,7 @@ ClassWeight = Literal["balanced", "sqrt", "none"]
 #: epochs used when ``GATConfig.epochs`` is None (auto): full-batch passes are
 #: one gradient step each, minibatch passes are ``n_train / batch_size`` steps.
 AUTO_EPOCHS_FULL = 100
-AUTO_EPOCHS_MINIBATCH = 15
+AUTO_EPOCHS_MINIBATCH = 5
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class GATConfig:
     attention_dropout
         Dropout on the attention coefficients while training (GATConv ``dropout``).
     epochs
-        Passes over the train cells; ``None`` (auto) = 100 full-batch, 15 minibatch.
+        Passes over the train cells; ``None`` (auto) = 100 full-batch, 5 minibatch
+        (a minibatch pass is ``n_train / batch_size`` gradient steps).
     lr, weight_decay
         Adam learning rate and L2 penalty.
     class_weight

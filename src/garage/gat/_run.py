@@ -107,8 +107,12 @@ def gat_adata(
     device: str | torch.device = "cpu",
     checkpoint: Path | None = None,
     resume: bool = False,
+    copy: bool = True,
 ) -> GATResult:
     """Train the GAT on a preprocessed AnnData, score cells and select seeds (in memory).
+
+    The result's ``adata`` is a copy of *adata* with the seed columns added
+    (``copy=False`` adds them to *adata* itself and saves memory).
 
     Training runs in a canonical node order (cells sorted by obs name), so the
     fitted weights do not depend on the row order of the file; inference and
@@ -181,7 +185,7 @@ def gat_adata(
 
     final = train.log[-1] if train.log else {}
     pred = logits.argmax(1).numpy()
-    out = adata.copy()
+    out = adata.copy() if copy else adata
     out.obs[C.OBS_SCORE] = scores.score.astype(np.float64)
     out.obs[C.OBS_SEED] = seed_mask
     out.obsm[C.OBSM_GAT] = emb.numpy().astype(np.float32)
@@ -301,7 +305,7 @@ def run_gat(
             "pass the PREFIX.preprocessed.h5ad written by `garage preprocess`",
         ) from None
 
-    res = gat_adata(adata, config, device=dev, checkpoint=ckpt, resume=resume)
+    res = gat_adata(adata, config, device=dev, checkpoint=ckpt, resume=resume, copy=False)
     res.adata.uns[C.UNS_KEY]["gat"]["sample"] = prefix
     write_text_atomic(_log_tsv(res.train.log), out["log"])
     with atomic_path(out["model"]) as tmp:

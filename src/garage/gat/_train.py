@@ -17,7 +17,7 @@ from torch import Tensor
 from .._utils import atomic_path
 from ..errors import GarageError
 from ._config import GATConfig
-from ._graph import CSRGraph, NeighborSampler, layerwise_inference
+from ._graph import CSRGraph, NeighborSampler
 from ._module import GATClassifier, class_weights
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,25 @@ def _load_checkpoint(path: Path, config: GATConfig, fingerprint: dict[str, Any])
 
 
 # ------------------------------------------------------------------- training
+@torch.no_grad()
+def _sampled_accuracy(model: GATClassifier, data: TrainData, sampler: NeighborSampler,
+                      config: GATConfig, device: torch.device, gen: torch.Generator) -> float:
+    """Holdout balanced accuracy in eval mode over neighbour-sampled batches."""
+    if data.holdout_idx.numel() == 0:
+        return float("nan")
+    model.eval()
+    preds, idx = [], []
+    for start in range(0, data.holdout_idx.numel(), config.batch_size):
+        b = sampler.sample(data.holdout_idx[start:start + config.batch_size], gen)
+        out = model(data.x[b.n_id].to(device), b.edge_index.to(device),
+                    num_sampled_nodes=b.num_sampled_nodes, num_sampled_edges=b.num_sampled_edges)
+        preds.append(out.logits[: b.batch_size].argmax(1).cpu())
+        idx.append(b.n_id[: b.batch_size])
+    model.train()
+    y = data.y[torch.cat(idx)].numpy()
+    return balanced_accuracy(y, torch.cat(preds).numpy(), data.n_classes)
+
+
 def train_gat(
     data: TrainData,
     config: GATConfig,
@@ -266,29 +285,41 @@ def train_gat(
             model.eval()
             with torch.no_grad():
                 logits = model(x_d, ei_d).logits.cpu()
+            pred = logits.argmax(1).numpy()
+            train_acc = balanced_accuracy(y_np[tr_np], pred[tr_np], data.n_classes)
+            holdout_acc = balanced_accuracy(y_np[ho_np], pred[ho_np], data.n_classes)
         else:
             total, seen = 0.0, 0
+            seen_idx, seen_pred = [], []
             for batch in sampler.batches(data.train_idx, config.batch_size, gen):
                 opt.zero_grad(set_to_none=True)
                 out = model(data.x[batch.n_id].to(device), batch.edge_index.to(device),
                             num_sampled_nodes=batch.num_sampled_nodes,
                             num_sampled_edges=batch.num_sampled_edges)
                 target = data.y[batch.n_id[: batch.batch_size]].to(device)
-                loss = F.cross_entropy(out.logits[: batch.batch_size], target, weight=weight)
+                logits_b = out.logits[: batch.batch_size]
+                loss = F.cross_entropy(logits_b, target, weight=weight)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * batch.batch_size
                 seen += batch.batch_size
+                seen_idx.append(batch.n_id[: batch.batch_size])
+                seen_pred.append(logits_b.detach().argmax(1).cpu())
             epoch_loss = total / max(1, seen)
-            logits, _ = layerwise_inference(model, data.x, data.graph,
-                                            chunk_size=config.inference_batch_size, device=device)
-        pred = logits.argmax(1).numpy()
+            # train: the minibatch predictions of this epoch (train mode, as they were made);
+            # holdout: eval mode on sampled neighbourhoods, with its own RNG stream so that
+            # the training stream (and --resume) is unaffected.  The exact figures over the
+            # full graph come from the final scoring pass (uns['garage']['gat']).
+            idx = torch.cat(seen_idx).numpy()
+            train_acc = balanced_accuracy(y_np[idx], torch.cat(seen_pred).numpy(), data.n_classes)
+            holdout_acc = _sampled_accuracy(model, data, sampler, config, device,
+                                            torch.Generator().manual_seed(
+                                                int(config.seed) * 100_003 + epoch))
         row = {
             "epoch": epoch,
             "loss": epoch_loss,
-            "train_balanced_accuracy": balanced_accuracy(y_np[tr_np], pred[tr_np], data.n_classes),
-            "holdout_balanced_accuracy": balanced_accuracy(y_np[ho_np], pred[ho_np],
-                                                           data.n_classes),
+            "train_balanced_accuracy": train_acc,
+            "holdout_balanced_accuracy": holdout_acc,
         }
         log.append(row)
         if hasattr(bar, "set_postfix"):

@@ -10,7 +10,7 @@ process GARAGE_EVALUATE {
     output:
     tuple val(meta), path("${prefix}.garage_metrics.json"), emit: metrics
     tuple val(meta), path("${prefix}.per_type.tsv"), emit: per_type
-    tuple val(meta), path("${prefix}.{umap,per_type}.png"), emit: plots
+    tuple val(meta), path("${prefix}.{umap,per_type}.png"), optional: true, emit: plots
     path "${prefix}.{garage_metrics.json,per_type.tsv}", emit: multiqc_files
     tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
 
