@@ -203,7 +203,8 @@ def test_generate_composition_options(trained_small, tmp_path):
     vc = syn.obs[C.OBS_CELL_TYPE].value_counts()
     assert syn.n_obs == 90 and vc["DC"] == 40 and vc["Platelet"] == 20
     bal = ad.read_h5ad(run_generate(m, tmp_path, "bal", n_cells=80, composition="balanced")["h5ad"])
-    assert bal.obs[C.OBS_CELL_TYPE].value_counts().eq(80 // bal.obs[C.OBS_CELL_TYPE].nunique()).all()
+    vcl = bal.obs[C.OBS_CELL_TYPE].value_counts()
+    assert bal.n_obs == 80 and vcl.max() - vcl.min() <= 1
     boost = ad.read_h5ad(run_generate(m, tmp_path, "boost", n_cells=300, composition="uniform-rare-boost")["h5ad"])
     vcb = boost.obs[C.OBS_CELL_TYPE].value_counts()
     assert vcb["Platelet"] >= 300 // boost.obs[C.OBS_CELL_TYPE].nunique() - 1
@@ -289,7 +290,7 @@ def test_cli_generate(trained_small, tmp_path):
 def test_resume_after_sigkill(seeds_small, tmp_path):
     """Kill `garage gan` mid-training, resume, and reach the same final epoch."""
     args = ["gan", "--input", seeds_small, "--prefix", "r", "--outdir", tmp_path, "--ae-epochs", 4,
-            "--epochs", 1000, "--hidden", 32, "--checkpoint-every", 1, "--n-cells", 30, "--threads", 1]
+            "--epochs", 300, "--hidden", 32, "--checkpoint-every", 1, "--n-cells", 30, "--threads", 1]
     ckpt = tmp_path / "r.gan.ckpt.pt"
     proc = subprocess.Popen([*GARAGE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -305,7 +306,7 @@ def test_resume_after_sigkill(seeds_small, tmp_path):
     assert r.returncode == 0, r.stderr
     log = pd.read_csv(tmp_path / "r.gan_log.tsv", sep="\t")
     assert log.loc[log.phase == "ae", "epoch"].tolist() == list(range(1, 5))
-    assert log.loc[log.phase == "gan", "epoch"].tolist() == list(range(1, 1001))
+    assert log.loc[log.phase == "gan", "epoch"].tolist() == list(range(1, 301))
     assert not ckpt.exists()
     assert ad.read_h5ad(tmp_path / "r.synthetic.h5ad").n_obs == 30
 
