@@ -40,6 +40,8 @@ def composition_options(f):
 @click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seed-mix", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability that a cell's generator input includes a seed cell of its type.")
+@click.option("--kl-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the VAE's KL term (latent space).")
 @click.option("--seed-residual/--no-seed-residual", default=True, show_default=True,
               help="Latent space: a seeded cell is its seed's latent code plus a generated offset.")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)

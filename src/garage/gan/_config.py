@@ -86,6 +86,9 @@ class GANConfig:
         Latent size of the VAE, hidden width of every network, type-embedding size.
     seed_mix
         Probability that a generated cell's input includes a seed cell of its type.
+    kl_weight
+        Final weight of the VAE's KL term (warmed up over the first half of
+        the autoencoder epochs); below 1 keeps more detail in the latent codes.
     seed_residual
         Latent space: a seeded cell's code is its seed's latent code plus a
         generated offset (otherwise the seed only enters through its projection).
@@ -131,6 +134,7 @@ class GANConfig:
     hidden: int = 256
     type_emb_dim: int = 16
     seed_mix: float = 0.5
+    kl_weight: float = 1.0
     seed_residual: bool = True
     n_critic: int = 5
     type_balance: float = 0.5
@@ -191,6 +195,7 @@ class GANConfig:
              "pass e.g. 0.5 (0 = noise only)")
         need(0.0 <= self.type_balance <= 1.0, f"--type-balance must be in [0, 1], got {self.type_balance}",
              "pass e.g. 0.5")
+        need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
         need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")

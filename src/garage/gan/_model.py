@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import __version__
 from .. import constants as C
-from .._norm import log_normalize, log_normalize_torch
+from .._norm import log_normalize
 from .._utils import versions
 from ..baselines import _row_hashes, synthetic_anndata
 from ..errors import GarageError
@@ -314,7 +314,10 @@ class GarageGAN:
             raise GarageError("this model was loaded for generation only", "train a new model with `garage gan`")
         self.net.to(device)
         gen = torch.Generator().manual_seed(int(self.config.seed))
-        trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, self.config.to_dict())
+        # options that do not change training may differ between a run and its --resume
+        train_opts = {k: v for k, v in self.config.to_dict().items()
+                      if k not in ("n_cells", "composition", "cells_per_type", "checkpoint_every")}
+        trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
         if resume:
             trainer.load_checkpoint()
         rows = trainer.fit()

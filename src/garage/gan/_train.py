@@ -193,7 +193,7 @@ class Trainer:
         vae, cfg = self.net.vae, self.cfg
         vae.train()
         warm = max(1, cfg.ae_epochs // 2)
-        kl_w = min(1.0, (self.state.epoch + 1) / warm)
+        kl_w = cfg.kl_weight * min(1.0, (self.state.epoch + 1) / warm)
         tot = np.zeros(3)
         nb = 0
         for idx in self._batches():

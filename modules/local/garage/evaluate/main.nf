@@ -23,6 +23,7 @@ process GARAGE_EVALUATE {
         --synthetic ${synthetic} \\
         --prefix ${prefix} \\
         --outdir . \\
+        --threads ${task.cpus} \\
         ${args}
     """
 
