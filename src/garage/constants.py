@@ -35,8 +35,13 @@ SUFFIX_GAT_LOG = ".gat_log.tsv"
 SUFFIX_SYNTHETIC = ".synthetic.h5ad"
 SUFFIX_GENERATOR = ".generator.pt"
 SUFFIX_GAN_LOG = ".gan_log.tsv"
+SUFFIX_GENERATED = ".generated.h5ad"
+SUFFIX_GAT_CKPT = ".gat.ckpt.pt"  # periodic checkpoints, deleted after success
+SUFFIX_GAN_CKPT = ".gan.ckpt.pt"
 SUFFIX_METRICS = ".garage_metrics.json"
 SUFFIX_PER_TYPE = ".per_type.tsv"
+SUFFIX_UMAP = ".umap.png"
+SUFFIX_PER_TYPE_PLOT = ".per_type.png"
 
 # label used when no --label-key is given and Leiden clusters stand in
 LABEL_SOURCE_LEIDEN = "leiden"

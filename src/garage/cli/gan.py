@@ -53,7 +53,7 @@ def composition_options(f):
 @click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",
               show_default=True, help="Count sampling; auto = nb in latent space, poisson otherwise.")
 @composition_options
-@click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+@click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.03,
               show_default=True, help="A type below this fraction of train cells is rare.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=10, show_default=True,
               help="Write OUTDIR/PREFIX.gan.ckpt.pt every N epochs (0: never).")

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import constants as C
+
 logger = logging.getLogger(__name__)
 
-SUFFIX_UMAP = ".umap.png"
-SUFFIX_PER_TYPE_PLOT = ".per_type.png"
+SUFFIX_UMAP = C.SUFFIX_UMAP
+SUFFIX_PER_TYPE_PLOT = C.SUFFIX_PER_TYPE_PLOT
 
 
 def _pyplot():

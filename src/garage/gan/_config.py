@@ -146,7 +146,7 @@ class GANConfig:
     n_cells: int | None = None
     composition: Composition = "original"
     cells_per_type: tuple[tuple[str, int], ...] | None = field(default=None)
-    rare_threshold: float = 0.05
+    rare_threshold: float = 0.03
     checkpoint_every: int = 10
     seed: int = 0
 
@@ -201,7 +201,7 @@ class GANConfig:
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")
         need(self.n_cells is None or (isinstance(self.n_cells, int) and self.n_cells >= 1),
              f"--n-cells must be >= 1, got {self.n_cells!r}", "pass a positive number or omit it")
-        need(0.0 < self.rare_threshold < 1.0, "--rare-threshold must be in (0, 1)", "pass e.g. 0.05")
+        need(0.0 < self.rare_threshold < 1.0, "--rare-threshold must be in (0, 1)", "pass e.g. 0.03")
         need(not (self.effective_space == "gene" and self.effective_count_dist == "nb"),
              "--count-dist nb needs the VAE dispersion of --space latent",
              "use --count-dist poisson/multinomial with --space gene or --mode original")

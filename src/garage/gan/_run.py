@@ -11,13 +11,13 @@ from .. import constants as C
 from .._utils import check_writable_dir, resolve_device, set_seed, set_threads, write_h5ad_atomic
 from ..errors import GarageError
 from ._config import GANConfig
-from ._model import GarageGAN, _h5_safe
+from ._model import GarageGAN, composition_counts, _h5_safe
 from ._train import write_log
 
 logger = logging.getLogger(__name__)
 
-SUFFIX_CKPT = ".gan.ckpt.pt"
-SUFFIX_GENERATED = ".generated.h5ad"
+SUFFIX_CKPT = C.SUFFIX_GAN_CKPT
+SUFFIX_GENERATED = C.SUFFIX_GENERATED
 
 #: fast settings for ``garage run --profile test`` (1,083 bundled cells)
 TEST_OVERRIDES: dict = {
@@ -67,6 +67,9 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     del adata
     if not model.meta["sample"]:
         model.meta["sample"] = prefix
+    # fail on a bad composition (unknown type, too few cells) before training, not after
+    composition_counts(model.meta["categories"], model.meta["train_type_counts"], config.n_cells,
+                       config.composition, config.cells_per_type, config.rare_threshold)
     model.check_memory(dev)
     if ckpt.exists() and not resume:
         logger.warning("ignoring an old checkpoint %s (pass --resume to continue it)", ckpt.name)

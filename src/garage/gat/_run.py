@@ -36,7 +36,7 @@ from ._train import LOG_COLUMNS, TrainData, TrainResult, check_memory, train_gat
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "garage-gat-1"
-SUFFIX_CHECKPOINT = ".gat.ckpt.pt"
+SUFFIX_CHECKPOINT = C.SUFFIX_GAT_CKPT
 SCORE_FORMULA = (
     "score = r^lam * p^(1-lam); r = within-type rank(c)/n_type; "
     "c_j = mean over layers and heads of sum of alpha on edges j->i, i != j; "
