@@ -49,3 +49,32 @@ LABEL_SOURCE_LEIDEN = "leiden"
 # --- the one normalisation every stage uses -------------------------------
 # X = log1p(counts / sum(counts over the HVGs) * TARGET_SUM), see garage._norm
 TARGET_SUM = 1e4
+
+# --- the metrics contract (evaluate writes it, the MultiQC plugin reads it) --
+#: metric name -> which direction is better, in report order
+METRIC_BETTER: dict[str, str] = {
+    "c2st_auc": "closer to 0.5",
+    "mmd_rbf": "lower",
+    "wasserstein_pca": "lower",
+    "mean_corr": "higher",
+    "var_corr": "higher",
+    "zero_frac_corr": "higher",
+    "libsize_ks": "lower",
+    "ari": "closer to control",
+    "nmi": "closer to control",
+    "rare_agreement": "higher",
+    "type_agreement": "higher",
+    "tstr_macro_f1": "higher",
+    "tstr_rare_f1": "higher",
+    "augment_macro_f1": "higher",
+    "dcr_ratio": "closer to 1",
+    "exact_copies": "zero",
+    "nndr_ratio": "closer to 1",
+    "mia_auc": "closer to 0.5",
+}
+METRIC_NAMES: tuple[str, ...] = tuple(METRIC_BETTER)
+PRIVACY_METRICS: tuple[str, ...] = ("dcr_ratio", "exact_copies", "nndr_ratio", "mia_auc")
+PER_TYPE_COLUMNS: tuple[str, ...] = (
+    "cell_type", "n_real_train", "n_real_holdout", "n_synthetic", "frac_real",
+    "frac_synthetic", "agreement", "mmd", "is_rare", "missing",
+)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from .. import constants as C
 from ._config import EvaluateConfig
 from ._metrics import (
     c2st_auc,
@@ -28,28 +29,9 @@ from ._utility import TypeClassifier, macro_f1
 
 logger = logging.getLogger(__name__)
 
-# metric name -> direction (the contract in docs/developer.md)
-BETTER: dict[str, str] = {
-    "c2st_auc": "closer to 0.5",
-    "mmd_rbf": "lower",
-    "wasserstein_pca": "lower",
-    "mean_corr": "higher",
-    "var_corr": "higher",
-    "zero_frac_corr": "higher",
-    "libsize_ks": "lower",
-    "ari": "closer to control",
-    "nmi": "closer to control",
-    "rare_agreement": "higher",
-    "type_agreement": "higher",
-    "tstr_macro_f1": "higher",
-    "tstr_rare_f1": "higher",
-    "augment_macro_f1": "higher",
-    "dcr_ratio": "closer to 1",
-    "exact_copies": "zero",
-    "nndr_ratio": "closer to 1",
-    "mia_auc": "closer to 0.5",
-}
-METRIC_NAMES: tuple[str, ...] = tuple(BETTER)
+# the contract (docs/developer.md) lives in constants
+BETTER: dict[str, str] = C.METRIC_BETTER
+METRIC_NAMES: tuple[str, ...] = C.METRIC_NAMES
 
 
 @dataclass

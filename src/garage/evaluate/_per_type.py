@@ -5,20 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import constants as C
 from ._metrics import mmd_rbf
 
-PER_TYPE_COLUMNS = (
-    "cell_type",
-    "n_real_train",
-    "n_real_holdout",
-    "n_synthetic",
-    "frac_real",
-    "frac_synthetic",
-    "agreement",
-    "mmd",
-    "is_rare",
-    "missing",
-)
+PER_TYPE_COLUMNS = C.PER_TYPE_COLUMNS
 
 
 def real_types(labels: dict[str, np.ndarray]) -> list[str]:

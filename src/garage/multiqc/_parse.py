@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .. import constants as C
+
 Better = Literal["higher", "lower", "closer to 0.5", "closer to 1", "closer to control", "zero"]
 BETTER_VALUES: tuple[str, ...] = (
     "higher",
@@ -33,41 +35,10 @@ BETTER_VALUES: tuple[str, ...] = (
     "zero",
 )
 
-#: Metric names in report order (docs/developer.md).
-METRIC_NAMES: tuple[str, ...] = (
-    "c2st_auc",
-    "mmd_rbf",
-    "wasserstein_pca",
-    "mean_corr",
-    "var_corr",
-    "zero_frac_corr",
-    "libsize_ks",
-    "ari",
-    "nmi",
-    "rare_agreement",
-    "type_agreement",
-    "tstr_macro_f1",
-    "tstr_rare_f1",
-    "augment_macro_f1",
-    "dcr_ratio",
-    "exact_copies",
-    "nndr_ratio",
-    "mia_auc",
-)
-PRIVACY_METRICS: tuple[str, ...] = ("dcr_ratio", "exact_copies", "nndr_ratio", "mia_auc")
-
-PER_TYPE_COLUMNS: tuple[str, ...] = (
-    "cell_type",
-    "n_real_train",
-    "n_real_holdout",
-    "n_synthetic",
-    "frac_real",
-    "frac_synthetic",
-    "agreement",
-    "mmd",
-    "is_rare",
-    "missing",
-)
+#: the contract shared with garage evaluate (docs/developer.md)
+METRIC_NAMES: tuple[str, ...] = C.METRIC_NAMES
+PRIVACY_METRICS: tuple[str, ...] = C.PRIVACY_METRICS
+PER_TYPE_COLUMNS: tuple[str, ...] = C.PER_TYPE_COLUMNS
 _PER_TYPE_INT = ("n_real_train", "n_real_holdout", "n_synthetic")
 _PER_TYPE_FLOAT = ("frac_real", "frac_synthetic", "agreement", "mmd")
 _PER_TYPE_BOOL = ("is_rare", "missing")
