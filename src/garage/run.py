@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import constants as C
 from .errors import GarageError
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,17 @@ def _config(cls, overrides: dict[str, Any], stage: str, seed: int | None = None)
     return cfg
 
 
+def _reuse(resume: bool, outputs: dict[str, Path]) -> dict[str, Path] | None:
+    """With --resume, a stage whose outputs all exist is not run again.
+
+    Outputs are only ever renamed into place when complete, so existing means finished.
+    """
+    if resume and all(p.is_file() for p in outputs.values()):
+        logger.info("reusing finished outputs: %s", ", ".join(p.name for p in outputs.values()))
+        return outputs
+    return None
+
+
 @dataclass
 class SampleResult:
     sample: str
@@ -184,13 +196,19 @@ def run_samples(
         try:
             pp_over = {"label_key": s.label_key, "layer": s.layer} | params.get("preprocess", {})
             pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
-            pp = outdir / "preprocess" / f"{s.sample}.preprocessed.h5ad"
-            if not (resume and pp.exists()):
-                pp = run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)["h5ad"]
+            pp = _reuse(resume, {"h5ad": outdir / "preprocess" / f"{s.sample}{C.SUFFIX_PREPROCESSED}"}) \
+                or run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)
+            pp = pp["h5ad"]
             logger.info("[%s] preprocess done", s.sample)
-            g = gat.run_gat(pp, outdir / "gat", s.sample, gat_cfg, device=device, threads=threads, resume=resume)
+            d = outdir / "gat"
+            g = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SEEDS}", "model": d / f"{s.sample}{C.SUFFIX_GAT_MODEL}",
+                                "log": d / f"{s.sample}{C.SUFFIX_GAT_LOG}"}) \
+                or gat.run_gat(pp, d, s.sample, gat_cfg, device=device, threads=threads, resume=resume)
             logger.info("[%s] gat done", s.sample)
-            gn = gan.run_gan(g["h5ad"], outdir / "gan", s.sample, gan_cfg, device=device, threads=threads, resume=resume)
+            d = outdir / "gan"
+            gn = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
+                                 "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}) \
+                or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume)
             logger.info("[%s] gan done", s.sample)
             e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg)
             logger.info("[%s] evaluate done", s.sample)

@@ -110,3 +110,17 @@ def test_bad_sample_fails_alone(tmp_path, pbmc68k_counts_path):
     assert "bad: failed:" in proc.stderr and "not integer counts" in proc.stderr
     assert (out / "evaluate" / "good.garage_metrics.json").is_file()
     assert not list(out.rglob("bad.*"))  # nothing half-written for the bad sample
+
+
+def test_resume_reuses_finished_stages(test_profile_run):
+    out, proc = test_profile_run
+    assert proc.returncode == 0
+    syn = out / "gan" / "pbmc3k_small.synthetic.h5ad"
+    seeds = out / "gat" / "pbmc3k_small.seeds.h5ad"
+    before = syn.stat().st_mtime_ns, seeds.stat().st_mtime_ns
+    again = subprocess.run([*GARAGE, "run", "--profile", "test", "--outdir", str(out), "--resume",
+                            "--no-report"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing finished outputs" in again.stderr
+    assert (syn.stat().st_mtime_ns, seeds.stat().st_mtime_ns) == before
+    assert (out / "evaluate" / "pbmc3k_small.garage_metrics.json").is_file()
