@@ -180,6 +180,7 @@ def _write_tables(name, rows, args, stage_times):
     RESULTS.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     df.to_csv(RESULTS / f"compare_{name}.csv", index=False)
+    rows = df.astype(object).where(df.notna(), None).to_dict("records")
     cmd = f"python -m bench --data {args.data} --label-key {args.label_key} --methods {args.methods}"
     ctrl = {}
     try:
@@ -187,18 +188,24 @@ def _write_tables(name, rows, args, stage_times):
         ctrl = {k: v.get("control") for k, v in cj["metrics"].items()}
     except (OSError, KeyError, ValueError):
         pass
-    cols = ["method", "train_s", "peak_mb"] + [c for c in TABLE_METRICS if c in df.columns]
+    cols = ["method", "train_s", "train_s_incl_gat", "peak_mb"] + [c for c in TABLE_METRICS if c in df.columns]
     lines = [f"# Method comparison: {name}", "", f"Command: `{cmd}`", "",
              f"Machine: {machine()}", "",
              "Every method trains on the same train split and is evaluated by `garage evaluate` "
              "against the same real holdout. `control` is the real holdout itself; the "
-             "`real-vs-real` row is each metric's control value (holdout vs train).", "",
+             "`real-vs-real` row is each metric's control value (holdout vs train). "
+             "`train_s` is the method's own training + generation in a child process; "
+             "`train_s_incl_gat` adds GARAGE's stage 1 (GAT) run.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and v != v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    def fmt(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
     for r in rows:
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
     if ctrl:
-        lines.append("| real-vs-real | | | " + " | ".join(fmt(ctrl.get(c)) for c in cols[3:]) + " |")
+        lines.append("| real-vs-real | | | | " + " | ".join(fmt(ctrl.get(c)) for c in cols[4:]) + " |")
     (RESULTS / f"compare_{name}.md").write_text("\n".join(lines) + "\n")
     _plot(df, name)
     print("\n".join(lines))
