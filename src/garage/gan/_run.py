@@ -19,11 +19,12 @@ logger = logging.getLogger(__name__)
 SUFFIX_CKPT = C.SUFFIX_GAN_CKPT
 SUFFIX_GENERATED = C.SUFFIX_GENERATED
 
-#: fast settings for ``garage run --profile test`` (1,083 bundled cells)
+#: fast settings for ``garage run --profile test`` (1,083 bundled cells): half the
+#: adversarial epochs of the defaults, which on the bundled PBMC subset measured C2ST 0.70 and
+#: rare agreement 0.78 in ~20 s (150 epochs / 30 AE epochs / 128 hidden: 0.76 and 0.41)
 TEST_OVERRIDES: dict = {
-    "epochs": 150,
-    "ae_epochs": 30,
-    "hidden": 128,
+    "epochs": 300,
+    "ae_epochs": 60,
     "batch_size": 128,
     "checkpoint_every": 0,
 }
