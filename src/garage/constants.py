@@ -43,6 +43,9 @@ SUFFIX_PER_TYPE = ".per_type.tsv"
 SUFFIX_UMAP = ".umap.png"
 SUFFIX_PER_TYPE_PLOT = ".per_type.png"
 
+# a type below this fraction of the cells is rare (GAT quotas, GAN boost, evaluate)
+RARE_THRESHOLD = 0.03
+
 # label used when no --label-key is given and Leiden clusters stand in
 LABEL_SOURCE_LEIDEN = "leiden"
 

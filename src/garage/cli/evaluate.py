@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..constants import RARE_THRESHOLD
+
 from pathlib import Path
 
 import click
@@ -32,7 +34,7 @@ from ._options import existing_file, outdir_option, prefix_option, seed_option
 @click.option("--c2st-classifier", type=click.Choice(["knn", "rf"]), default="knn",
               show_default=True, help="Classifier of the two-sample test.")
 @click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.03, show_default=True,
+              default=RARE_THRESHOLD, show_default=True,
               help="A type is rare below this fraction of real cells (same as garage gat).")
 @click.option("--leiden-resolution", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Fixed Leiden resolution for ari/nmi.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..constants import RARE_THRESHOLD
+
 from pathlib import Path
 
 import click
@@ -53,7 +55,7 @@ def composition_options(f):
 @click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",
               show_default=True, help="Count sampling; auto = nb in latent space, poisson otherwise.")
 @composition_options
-@click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.03,
+@click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=RARE_THRESHOLD,
               show_default=True, help="A type below this fraction of train cells is rare.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=10, show_default=True,
               help="Write OUTDIR/PREFIX.gan.ckpt.pt every N epochs (0: never).")

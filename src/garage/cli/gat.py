@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..constants import RARE_THRESHOLD
+
 from pathlib import Path
 
 import click
@@ -44,7 +46,7 @@ _unit = click.FloatRange(0, 1, min_open=False, max_open=True)
               help="Loss weight per type (balanced = the explicit rare priority).")
 @click.option("--seed-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Seeds as a fraction of train cells.")
-@click.option("--rare-threshold", type=_unit, default=0.03, show_default=True,
+@click.option("--rare-threshold", type=_unit, default=RARE_THRESHOLD, show_default=True,
               help="Types below this fraction of cells are rare.")
 @click.option("--rare-min-seeds", type=click.IntRange(min=0), default=10, show_default=True,
               help="Guaranteed seeds per rare type (all its train cells if fewer).")

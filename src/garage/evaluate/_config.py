@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import constants as C
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,7 +72,7 @@ class EvaluateConfig:
     leiden_resolution: float = 1.0
     leiden_neighbors: int = 15
     leiden_max_cells: int = 3000
-    rare_threshold: float = 0.03
+    rare_threshold: float = C.RARE_THRESHOLD
     privacy_max_cells: int = 20000
     plots: bool = True
     umap_max_cells: int = 2000

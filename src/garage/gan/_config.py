@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import constants as C
+
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -146,7 +148,7 @@ class GANConfig:
     n_cells: int | None = None
     composition: Composition = "original"
     cells_per_type: tuple[tuple[str, int], ...] | None = field(default=None)
-    rare_threshold: float = 0.03
+    rare_threshold: float = C.RARE_THRESHOLD
     checkpoint_every: int = 10
     seed: int = 0
 

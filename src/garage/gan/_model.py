@@ -57,7 +57,7 @@ def composition_counts(
     n_cells: int | None,
     composition: str = "original",
     cells_per_type=None,
-    rare_threshold: float = 0.03,
+    rare_threshold: float = C.RARE_THRESHOLD,
 ) -> dict[str, int]:
     """Number of synthetic cells per type.
 

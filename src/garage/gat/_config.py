@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import constants as C
+
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -77,7 +79,7 @@ class GATConfig:
     weight_decay: float = 5e-4
     class_weight: ClassWeight = "balanced"
     seed_fraction: float = 0.1
-    rare_threshold: float = 0.03
+    rare_threshold: float = C.RARE_THRESHOLD
     rare_min_seeds: int = 10
     score_weight: float = 0.5
     minibatch_threshold: int = 50_000
