@@ -1,12 +1,14 @@
 """How each GARAGE metric is titled, described and coloured in the report.
 
-Pure data (no MultiQC import).  ``better`` is the default direction; the value a
-metrics file gives wins when it is present.
+Pure data (no MultiQC import).  ``better`` (the default direction) comes from the
+metrics contract in ``garage.constants``; the value a metrics file gives wins when present.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .. import constants as C
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,6 @@ class MetricSpec:
         What the metric measures (one sentence, no trailing full stop).
     control
         What the control value is (real cells against real cells).
-    better
-        Default direction, one of the ``better`` values of the metrics schema.
     scale
         MultiQC colour scale (``-rev`` where lower is better).
     vmin, vmax
@@ -36,13 +36,13 @@ class MetricSpec:
     title: str
     description: str
     control: str
-    better: str
     scale: str
     vmin: float | None = None
     vmax: float | None = None
     decimals: int = 3
     group: str = "fidelity"
     short: str | None = None
+    better: str = "closer to control"
 
     @property
     def control_title(self) -> str:
@@ -63,96 +63,98 @@ METRIC_SPECS: dict[str, MetricSpec] = {
         "Classifier two-sample test: cross-validated AUC of a classifier telling synthetic from held-out "
         "real cells in PCA space; 0.5 means indistinguishable",
         f"the same test on {_RR}",
-        "closer to 0.5", "RdYlGn-rev", 0.5, 1.0, short="C2ST",
+        "RdYlGn-rev", 0.5, 1.0, short="C2ST",
     ),
     "mmd_rbf": MetricSpec(
         "MMD",
         "Maximum mean discrepancy (RBF kernels) between synthetic and held-out real cells in PCA space",
-        f"MMD of {_RR}", "lower", "RdYlGn-rev", 0.0, 0.05, 4,
+        f"MMD of {_RR}", "RdYlGn-rev", 0.0, 0.05, 4,
     ),
     "wasserstein_pca": MetricSpec(
         "Wasserstein",
         "Exact Wasserstein (earth mover's) distance between synthetic and held-out real cells in PCA space",
-        f"distance of {_RR}", "lower", "RdYlGn-rev", 0.0, None,
+        f"distance of {_RR}", "RdYlGn-rev", 0.0, None,
     ),
     "mean_corr": MetricSpec(
         "Mean corr", "Pearson correlation of per-gene means, synthetic vs held-out real cells",
-        f"the correlation of {_RR}", "higher", "RdYlGn", 0.0, 1.0,
+        f"the correlation of {_RR}", "RdYlGn", 0.0, 1.0,
     ),
     "var_corr": MetricSpec(
         "Var corr", "Pearson correlation of per-gene variances, synthetic vs held-out real cells",
-        f"the correlation of {_RR}", "higher", "RdYlGn", 0.0, 1.0,
+        f"the correlation of {_RR}", "RdYlGn", 0.0, 1.0,
     ),
     "zero_frac_corr": MetricSpec(
         "Zero-frac corr",
         "Pearson correlation of per-gene zero (dropout) fractions, synthetic vs held-out real cells",
-        f"the correlation of {_RR}", "higher", "RdYlGn", 0.0, 1.0,
+        f"the correlation of {_RR}", "RdYlGn", 0.0, 1.0,
     ),
     "libsize_ks": MetricSpec(
         "Library KS",
         "Kolmogorov-Smirnov statistic between library-size distributions, synthetic vs held-out real cells",
-        f"the statistic of {_RR}", "lower", "RdYlGn-rev", 0.0, 1.0,
+        f"the statistic of {_RR}", "RdYlGn-rev", 0.0, 1.0,
     ),
     "ari": MetricSpec(
         "ARI", "Adjusted Rand index between Leiden clusters of the synthetic cells and their cell-type labels",
-        "the same on real holdout cells", "closer to control", "RdYlGn", 0.0, 1.0, group="biology",
+        "the same on real holdout cells", "RdYlGn", 0.0, 1.0, group="biology",
     ),
     "nmi": MetricSpec(
         "NMI",
         "Normalised mutual information between Leiden clusters of the synthetic cells and their labels",
-        "the same on real holdout cells", "closer to control", "RdYlGn", 0.0, 1.0, group="biology",
+        "the same on real holdout cells", "RdYlGn", 0.0, 1.0, group="biology",
     ),
     "rare_agreement": MetricSpec(
         "Rare agreement",
         "Fraction of synthetic cells of a rare type that a classifier trained on real cells assigns to that "
         "type, averaged over the rare types (a rare type with no synthetic cells counts 0)",
         "the classifier's recall of the rare types on real holdout cells",
-        "higher", "RdYlGn", 0.0, 1.0, group="biology", short="Rare",
+        "RdYlGn", 0.0, 1.0, group="biology", short="Rare",
     ),
     "type_agreement": MetricSpec(
         "Type agreement",
         "Fraction of all synthetic cells that a classifier trained on real cells assigns to their own type",
-        "the classifier's accuracy on real holdout cells", "higher", "RdYlGn", 0.0, 1.0, group="biology",
+        "the classifier's accuracy on real holdout cells", "RdYlGn", 0.0, 1.0, group="biology",
     ),
     "tstr_macro_f1": MetricSpec(
         "TSTR F1", "Train on synthetic, test on real: macro F1 of a cell-type classifier on holdout cells",
-        "train on real, test on real: TRTR", "higher", "RdYlGn", 0.0, 1.0, group="utility",
+        "train on real, test on real: TRTR", "RdYlGn", 0.0, 1.0, group="utility",
         short="TSTR",
     ),
     "tstr_rare_f1": MetricSpec(
         "TSTR rare F1", "Train on synthetic, test on real: macro F1 over the rare cell types",
-        "train on real, test on real: TRTR", "higher", "RdYlGn", 0.0, 1.0, group="utility",
+        "train on real, test on real: TRTR", "RdYlGn", 0.0, 1.0, group="utility",
     ),
     "augment_macro_f1": MetricSpec(
         "Augment F1",
         "Macro F1 on real holdout cells of a classifier trained on real plus synthetic cells",
-        "trained on real cells only", "higher", "RdYlGn", 0.0, 1.0, group="utility",
+        "trained on real cells only", "RdYlGn", 0.0, 1.0, group="utility",
     ),
     "dcr_ratio": MetricSpec(
         "DCR ratio",
         "Distance to closest record: median distance of synthetic cells to their nearest training cell, "
         "over that of held-out real cells; well below 1 means synthetic cells sit closer to training cells "
         "than unseen real cells do (memorisation)",
-        _HALVES, "closer to 1", "RdYlGn", 0.5, 1.0, group="privacy", short="DCR",
+        _HALVES, "RdYlGn", 0.5, 1.0, group="privacy", short="DCR",
     ),
     "exact_copies": MetricSpec(
         "Exact copies", "Synthetic cells whose counts equal those of a training cell",
-        "held-out real cells whose counts equal those of a training cell", "zero", "Reds", 0.0, None, 0,
+        "held-out real cells whose counts equal those of a training cell", "Reds", 0.0, None, 0,
         group="privacy", short="Copies",
     ),
     "nndr_ratio": MetricSpec(
         "NNDR ratio",
         "Nearest-neighbour distance ratio (nearest / second-nearest training cell) of synthetic cells, over "
         "that of held-out real cells; well below 1 flags synthetic cells that copy one training cell",
-        _HALVES, "closer to 1", "RdYlGn", 0.5, 1.0, group="privacy", short="NNDR",
+        _HALVES, "RdYlGn", 0.5, 1.0, group="privacy", short="NNDR",
     ),
     "mia_auc": MetricSpec(
         "MIA AUC",
         "Membership-inference attack: AUC of telling training from held-out real cells by their distance "
         "to the nearest synthetic cell; 0.5 means no membership leak",
-        _HALVES, "closer to 0.5", "RdYlGn-rev", 0.5, 1.0, group="privacy", short="MIA",
+        _HALVES, "RdYlGn-rev", 0.5, 1.0, group="privacy", short="MIA",
     ),
 }
+# the direction of each metric is the contract's, not a second copy of it
+METRIC_SPECS = {k: replace(v, better=C.METRIC_BETTER[k]) for k, v in METRIC_SPECS.items()}
 
 GROUP_TITLES: dict[str, str] = {
     "fidelity": "Distribution fidelity",
@@ -177,5 +179,5 @@ def spec_for(name: str) -> MetricSpec:
     """The spec of *name*; unknown metrics (from a newer ``garage evaluate``) get a neutral one."""
     return METRIC_SPECS.get(
         name,
-        MetricSpec(name, name.replace("_", " "), "see garage evaluate", "closer to control", "GnBu", group="other"),
+        MetricSpec(name, name.replace("_", " "), "see garage evaluate", "GnBu", group="other"),
     )
