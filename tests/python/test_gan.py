@@ -83,6 +83,8 @@ def trained_small(seeds_small, tmp_path_factory):
         ({"n_cells": 0}, "n-cells"),
         ({"composition": "rare"}, "composition"),
         ({"space": "gene", "count_dist": "nb"}, "count-dist nb"),
+        ({"ema_decay": 1.0}, "ema-decay"),
+        ({"decoder_epochs": -1}, "decoder-epochs"),
     ],
 )
 def test_config_rejects_bad_options(kw, match):
@@ -159,6 +161,11 @@ def test_log_and_no_checkpoint_left(trained_small):
     cfg = trained_small["config"]
     assert (log["phase"] == "ae").sum() == cfg.ae_epochs and (log["phase"] == "gan").sum() == cfg.epochs
     assert np.isfinite(log.loc[log.phase == "gan", ["critic_loss", "gp", "generator_loss"]].to_numpy()).all()
+    # the dispersion refit runs once, then the decoder is fine-tuned on posterior means and its
+    # NB loss falls below the refit's (same codes, same cells: a decoder that got worse fails this)
+    disp, dec = log[log.phase == "disp"], log[log.phase == "decoder"]
+    assert len(disp) == 1 and dec["epoch"].tolist() == list(range(1, cfg.decoder_epochs + 1))
+    assert dec["ae_nll"].iloc[-1] < disp["ae_nll"].iloc[0]
     assert not list(Path(trained_small["h5ad"]).parent.glob("*.ckpt.pt"))
 
 
@@ -221,6 +228,37 @@ def test_model_file_holds_no_encoder_or_critic(trained_small):
     assert payload["config"]["seed_mix"] == 0.5 and payload["categories"]
     m = GarageGAN.load(trained_small["model"])
     assert m.generate(n_cells=5, seed=0).n_obs == 5
+
+
+def test_dispersion_refit_and_ema_on_real_cells(seeds_small, tmp_path):
+    """On real PBMC counts the training theta absorbs the spread of sampled codes, so the
+    refit at posterior means raises it; EMA weights are kept apart from the last weights."""
+    import torch
+
+    base = dict(TINY, ae_epochs=60, hidden=256, decoder_epochs=0)
+    models = {}
+    for name, kw in {"plain": {"refit_dispersion": False, "ema_decay": 0.0},
+                     "refit": {"refit_dispersion": True, "ema_decay": 0.9}}.items():
+        res = run_gan(seeds_small, tmp_path / name, "s", GANConfig(**base, **kw, n_cells=20, seed=3), threads=1)
+        models[name] = torch.load(res["model"], weights_only=True)["state_dict"]
+    theta = {k: float(v["vae.log_theta"].exp().median()) for k, v in models.items()}
+    assert theta["refit"] > 1.2 * theta["plain"], theta
+    assert not any(k.startswith("generator_ema.") for k in models["plain"])
+    ema = {k[len("generator_ema."):]: v for k, v in models["refit"].items() if k.startswith("generator_ema.")}
+    raw = {k[len("generator."):]: v for k, v in models["refit"].items() if k.startswith("generator.")}
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_model_saved_before_ema_still_loads(trained_small, tmp_path):
+    import torch
+
+    payload = torch.load(trained_small["model"], weights_only=True)
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("generator_ema.")}
+    old = tmp_path / "old.generator.pt"
+    torch.save(payload, old)
+    m = GarageGAN.load(old)
+    assert torch.equal(m.net.generator_ema.net[0].weight, m.net.generator.net[0].weight)
+    assert m.generate(n_cells=10, seed=1).n_obs == 10
 
 
 # ----------------------------------------------------------------------------- variants and errors

@@ -46,6 +46,12 @@ def composition_options(f):
               help="Weight of the VAE's KL term (latent space).")
 @click.option("--seed-residual/--no-seed-residual", default=True, show_default=True,
               help="Latent space: a seeded cell is its seed's latent code plus a generated offset.")
+@click.option("--refit-dispersion/--no-refit-dispersion", default=True, show_default=True,
+              help="Latent space: refit the NB dispersion at the cells' posterior means after the VAE phase.")
+@click.option("--decoder-epochs", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Latent space: decoder fine-tuning epochs on the cells' posterior means (0: skip).")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
+              help="Generate with a moving average of the generator's weights (0: the last weights).")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--type-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Adversarial batches draw type t with weight n_t^-x (0 uniform, 1 balanced).")

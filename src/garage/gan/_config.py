@@ -94,6 +94,18 @@ class GANConfig:
     seed_residual
         Latent space: a seeded cell's code is its seed's latent code plus a
         generated offset (otherwise the seed only enters through its projection).
+    refit_dispersion
+        Latent space: after the autoencoder phase, refit the NB dispersion with
+        the decoder fixed at the cells' posterior means (the way generation
+        decodes), so sampled counts are not noisier than real ones.
+    decoder_epochs
+        Latent space: epochs of decoder fine-tuning on the cells' posterior means
+        (encoder frozen) after the autoencoder phase, so the decoder is sharp for
+        the codes generation feeds it (0: skip).
+    ema_decay
+        ``garage`` mode: cells are generated with an exponential moving average
+        of the generator's weights, updated after every generator step with this
+        decay (0: use the last weights).
     n_critic
         Critic steps per generator step.
     type_balance
@@ -138,6 +150,9 @@ class GANConfig:
     seed_mix: float = 0.5
     kl_weight: float = 1.0
     seed_residual: bool = True
+    refit_dispersion: bool = True
+    decoder_epochs: int = 20
+    ema_decay: float = 0.99
     n_critic: int = 5
     type_balance: float = 0.5
     gp_weight: float = 10.0
@@ -181,7 +196,7 @@ class GANConfig:
              f"use one of {', '.join(COMPOSITIONS)}")
         need(self.count_dist in COUNT_DISTS, f"unknown --count-dist {self.count_dist!r}",
              f"use one of {', '.join(COUNT_DISTS)}")
-        for name in ("epochs", "ae_epochs", "checkpoint_every"):
+        for name in ("epochs", "ae_epochs", "decoder_epochs", "checkpoint_every"):
             v = getattr(self, name)
             need(isinstance(v, int) and v >= 0, f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}",
                  "pass a non-negative number")
@@ -197,6 +212,8 @@ class GANConfig:
              "pass e.g. 0.5 (0 = noise only)")
         need(0.0 <= self.type_balance <= 1.0, f"--type-balance must be in [0, 1], got {self.type_balance}",
              "pass e.g. 0.5")
+        need(0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}",
+             "pass e.g. 0.99 (0 = no averaging)")
         need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
         need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")

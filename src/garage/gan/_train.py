@@ -21,6 +21,7 @@ import torch
 from .._norm import log_normalize_torch
 from .._utils import atomic_path, progress
 from ..errors import GarageError
+from ._nn import nb_log_likelihood
 from ._module import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 LOG_COLUMNS = ("phase", "epoch", "ae_loss", "ae_nll", "ae_kl", "critic_loss", "distance", "gp",
                "generator_loss", "seconds")
 CKPT_FORMAT = "garage-gan-ckpt/1"
+# minibatch steps of the dispersion refit (it fits one number per gene, so a fixed budget
+# suffices at any data size; 400 x 128 cells converges on PBMC 3k, checked against 1,600)
+DISP_STEPS = 400
+DISP_LR = 0.05
+DECODER_LR = 3e-4  # decoder fine-tuning starts from a trained decoder: a small step
 
 
 @dataclass
@@ -99,6 +105,7 @@ class Trainer:
         betas = (0.5, 0.9) if config.mode == "garage" else (0.5, 0.999)
         self.opt_g = torch.optim.Adam(net.generator.parameters(), lr=config.lr_gan, betas=betas)
         self.opt_d = torch.optim.Adam(net.critic.parameters(), lr=config.lr_gan, betas=betas)
+        self.opt_dec = None
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
@@ -155,8 +162,10 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def fit(self) -> list:
         cfg = self.cfg
-        total = (cfg.ae_epochs if cfg.effective_space == "latent" else 0) + cfg.epochs
-        done = self.state.epoch + (cfg.ae_epochs if self.state.phase == "gan" and cfg.effective_space == "latent" else 0)
+        latent = cfg.effective_space == "latent"
+        pre = (cfg.ae_epochs + cfg.decoder_epochs) if latent else 0
+        total = pre + cfg.epochs
+        done = self.state.epoch + (pre if self.state.phase == "gan" else 0)
         if self.state.phase == "done":
             done = total
         with progress(total=total, initial=done, desc="gan", unit="epoch") as bar:
@@ -165,6 +174,12 @@ class Trainer:
                     self._ae_epoch()
                     bar.update(1)
                     self._maybe_checkpoint()
+                # both refits are quick and deterministic, so a resume repeats them
+                if cfg.refit_dispersion:
+                    self._refit_dispersion()
+                for epoch in range(cfg.decoder_epochs):
+                    self._decoder_epoch(epoch + 1)
+                    bar.update(1)
                 self.state = TrainState("gan", 0, self.state.rows)
             if self.state.phase == "gan":
                 self.net.prepare_codes(self.data, self.device)
@@ -211,6 +226,76 @@ class Trainer:
                                 time.perf_counter() - t0])
         if not all(math.isfinite(v) for v in tot):
             raise GarageError("autoencoder loss became NaN/inf", "lower --lr-ae or --batch-size")
+
+    def _refit_dispersion(self) -> None:
+        """Refit the NB inverse dispersion with the trained decoder fixed at each cell's posterior mean.
+
+        During autoencoder training theta also soaks up the spread of sampled codes
+        and encoder dropout, which generation (decoded codes, eval mode) does not
+        have, so it comes out too small and synthetic counts get too noisy (on PBMC
+        3k, decoding the train cells' own codes: C2ST 0.62 with the training theta,
+        0.56-0.575 refitted; bench/results/gan_summary.md).  Only theta moves here.
+        """
+        t0 = time.perf_counter()
+        vae = self.net.vae
+        vae.eval()
+        opt = torch.optim.Adam([vae.log_theta], lr=DISP_LR)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / DISP_STEPS)
+        step, tot, n = 0, 0.0, 0
+        while step < DISP_STEPS:
+            for idx in self._batches():
+                x = self.data.batch_counts(idx, self.device)
+                with torch.no_grad():
+                    mu = vae.proportions(vae.encode(x)[0]) * x.sum(1, keepdim=True)
+                nll = -nb_log_likelihood(x, mu, vae.theta).sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                nll.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if step > DISP_STEPS - 50:  # report the converged tail
+                    tot, n = tot + nll.item(), n + 1
+                if step >= DISP_STEPS:
+                    break
+        vae.train()
+        if not math.isfinite(tot):
+            raise GarageError("dispersion refit became NaN/inf", "rerun with --no-refit-dispersion")
+        self.state.rows.append(["disp", step, tot / max(n, 1), tot / max(n, 1), None, None, None, None, None,
+                                time.perf_counter() - t0])
+        logger.info("refitted NB dispersion at posterior means: median theta %.2f",
+                    float(vae.theta.detach().median()))
+
+    def _decoder_epoch(self, epoch: int) -> None:
+        """One epoch of decoder fine-tuning on each cell's posterior mean (encoder frozen).
+
+        The autoencoder phase trains the decoder on sampled codes, which blurs it;
+        generation decodes codes like the posterior means, so the decoder is refitted
+        to them (PBMC 3k, decoding the train cells' own codes and scored with
+        ``garage evaluate``: C2ST 0.57-0.59 before, 0.556 after 20 epochs).
+        """
+        t0 = time.perf_counter()
+        vae = self.net.vae
+        if self.opt_dec is None:
+            self.opt_dec = torch.optim.Adam(
+                [*vae.decoder.parameters(), *vae.px.parameters(), vae.log_theta], lr=DECODER_LR
+            )
+        vae.eval()  # no dropout in the (frozen) encoder
+        tot, nb = 0.0, 0
+        for idx in self._batches():
+            x = self.data.batch_counts(idx, self.device)
+            with torch.no_grad():
+                z = vae.encode(x)[0]
+            nll = -nb_log_likelihood(x, vae.proportions(z) * x.sum(1, keepdim=True), vae.theta).sum(1).mean()
+            self.opt_dec.zero_grad(set_to_none=True)
+            nll.backward()
+            self.opt_dec.step()
+            tot, nb = tot + nll.item(), nb + 1
+        vae.train()
+        tot /= max(nb, 1)
+        if not math.isfinite(tot):
+            raise GarageError("decoder fine-tuning loss became NaN/inf", "rerun with --decoder-epochs 0")
+        self.state.rows.append(["decoder", epoch, tot, tot, None, None, None, None, None,
+                                time.perf_counter() - t0])
 
     def _fake(self, types: torch.Tensor):
         """Generate a fake batch in the critic's representation (with gradients)."""
@@ -286,6 +371,8 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         g.loss.backward()
         self.opt_g.step()
+        if net.generator_ema is not None:
+            net.update_ema(cfg.ema_decay)
         sums[3] += g.loss.item()
 
 
