@@ -105,7 +105,7 @@ class GANConfig:
     ema_decay
         ``garage`` mode: cells are generated with an exponential moving average
         of the generator's weights, updated after every generator step with this
-        decay (0: use the last weights).
+        decay, warmed up as ``min(decay, (1+t)/(10+t))`` (0: use the last weights).
     n_critic
         Critic steps per generator step.
     type_balance

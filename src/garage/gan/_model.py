@@ -155,14 +155,20 @@ class GANNet(nn.Module):
         self.generator_ema = None
         if cfg.mode == "garage" and cfg.ema_decay > 0:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         n_lat = cfg.n_latent if self.vae is not None else 0
         self.register_buffer("z_mean", torch.zeros(n_lat))
         self.register_buffer("z_std", torch.ones(n_lat))
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
+        # warm-up (decay (1+t)/(10+t) until it reaches *decay*): short runs are not dragged
+        # back towards their first, untrained weights
+        t = int(self.ema_updates)
+        d = min(decay, (1.0 + t) / (10.0 + t))
         for pe, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            pe.lerp_(p, 1.0 - decay)
+            pe.lerp_(p, 1.0 - d)
+        self.ema_updates += 1
 
     @torch.no_grad()
     def prepare_codes(self, data: TrainData, device) -> None:
@@ -467,7 +473,7 @@ class GarageGAN:
         config = GANConfig(**{k: v for k, v in cfg_d.items() if k in known})
         net = GANNet(config, len(payload["var_names"]), len(payload["categories"]), payload["seed_dim"])
         missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
-        missing = [k for k in missing if not k.startswith(PRIVATE_PREFIXES)]
+        missing = [k for k in missing if not k.startswith(PRIVATE_PREFIXES) and k != "ema_updates"]
         ema_missing = [k for k in missing if k.startswith("generator_ema.")]
         if net.generator_ema is not None and ema_missing and len(ema_missing) == len(net.generator_ema.state_dict()):
             net.generator_ema.load_state_dict(net.generator.state_dict())  # a model saved before EMA existed
