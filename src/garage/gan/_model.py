@@ -478,7 +478,7 @@ class GarageGAN:
         if net.generator_ema is not None and ema_missing and len(ema_missing) == len(net.generator_ema.state_dict()):
             net.generator_ema.load_state_dict(net.generator.state_dict())  # a model saved before EMA existed
             missing = [k for k in missing if not k.startswith("generator_ema.")]
-        bad = [k for k in missing if not k.startswith(PRIVATE_PREFIXES)] + list(unexpected)
+        bad = missing + list(unexpected)
         if bad:
             raise GarageError(f"{path.name} does not match this GARAGE version (keys {bad[:3]})",
                               "retrain with `garage gan`")

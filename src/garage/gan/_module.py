@@ -65,11 +65,18 @@ class CountVAE(nn.Module):
     def theta(self) -> torch.Tensor:
         return self.log_theta.exp()
 
+    def mean_counts(self, counts: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """NB means of *counts* decoded from codes *z*: proportions x each cell's library size."""
+        return self.proportions(z) * counts.sum(1, keepdim=True)
+
+    def nb_nll(self, counts: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Mean per-cell NB negative log-likelihood of *counts* given means *mu* and theta."""
+        return -nb_log_likelihood(counts, mu, self.theta).sum(1).mean()
+
     def loss(self, counts: torch.Tensor, kl_weight: float = 1.0) -> VAELoss:
         mean, logvar = self.encode(counts)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        mu = self.proportions(z) * counts.sum(1, keepdim=True)
-        nll = -nb_log_likelihood(counts, mu, self.theta).sum(1).mean()
+        nll = self.nb_nll(counts, self.mean_counts(counts, z))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
         return VAELoss(nll + kl_weight * kl, nll, kl)
 

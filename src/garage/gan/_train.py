@@ -21,7 +21,6 @@ import torch
 from .._norm import log_normalize_torch
 from .._utils import atomic_path, progress
 from ..errors import GarageError
-from ._nn import nb_log_likelihood
 from ._module import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -246,9 +245,9 @@ class Trainer:
         while step < DISP_STEPS:
             for idx in self._batches():
                 x = self.data.batch_counts(idx, self.device)
-                with torch.no_grad():
-                    mu = vae.proportions(vae.encode(x)[0]) * x.sum(1, keepdim=True)
-                nll = -nb_log_likelihood(x, mu, vae.theta).sum(1).mean()
+                with torch.no_grad():  # only theta moves
+                    mu = vae.mean_counts(x, vae.encode(x)[0])
+                nll = vae.nb_nll(x, mu)
                 opt.zero_grad(set_to_none=True)
                 nll.backward()
                 opt.step()
@@ -286,7 +285,7 @@ class Trainer:
             x = self.data.batch_counts(idx, self.device)
             with torch.no_grad():
                 z = vae.encode(x)[0]
-            nll = -nb_log_likelihood(x, vae.proportions(z) * x.sum(1, keepdim=True), vae.theta).sum(1).mean()
+            nll = vae.nb_nll(x, vae.mean_counts(x, z))
             self.opt_dec.zero_grad(set_to_none=True)
             nll.backward()
             self.opt_dec.step()
