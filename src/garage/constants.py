@@ -9,6 +9,7 @@ from __future__ import annotations
 # --- AnnData keys ---------------------------------------------------------
 LAYER_COUNTS = "counts"  # raw integer counts (HVGs only after preprocess)
 OBS_LABEL = "garage_label"  # the label used by every stage (str categories)
+OBS_CONDITION = "garage_condition"  # optional condition/batch covariate (str categories)
 OBS_SPLIT = "garage_split"  # "train" | "holdout"
 SPLIT_TRAIN = "train"
 SPLIT_HOLDOUT = "holdout"
@@ -21,6 +22,10 @@ OBS_SCORE = "garage_score"  # GAT representativeness score
 OBS_SEED = "garage_seed"  # bool: selected as a seed cell
 OBSM_GAT = "X_gat"  # GAT node embedding
 UNS_KEY = "garage"  # parameters, versions, provenance
+# uns['garage'] entries every later stage reads (decided once, in preprocess)
+UNS_RARE_TYPES = "rare_types"  # list of rare types: the one definition of "rare"
+UNS_LABEL_KEY = "label_key"  # the user's label column name ("" when Leiden)
+UNS_CONDITION_KEY = "condition_key"  # the user's condition column name ("" when none)
 
 # synthetic cells
 OBS_CELL_TYPE = "cell_type"
@@ -43,7 +48,8 @@ SUFFIX_PER_TYPE = ".per_type.tsv"
 SUFFIX_UMAP = ".umap.png"
 SUFFIX_PER_TYPE_PLOT = ".per_type.png"
 
-# a type below this fraction of the cells is rare (GAT quotas, GAN boost, evaluate)
+# a type below this fraction of all cells after QC is rare; preprocess decides it once and
+# stores the list in uns['garage']['rare_types'], which GAT, GAN, evaluate and the report read
 RARE_THRESHOLD = 0.03
 
 # label used when no --label-key is given and Leiden clusters stand in

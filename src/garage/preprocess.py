@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import constants as C
+from ._meta import decide_rare_types
 from ._norm import log_normalize
 from ._utils import check_writable_dir, versions, write_h5ad_atomic
 from .errors import GarageError
@@ -32,6 +33,10 @@ class PreprocessConfig:
     ----------
     label_key
         obs column with cell types; ``None`` -> Leiden clusters become labels.
+    condition_key
+        Optional obs column with a condition or batch covariate (treatment arm,
+        donor, protocol); copied to ``obs['garage_condition']``, and the split is
+        stratified by type x condition.  ``None``: no covariate.
     layer
         .h5ad layer holding counts (default X).
     transpose
@@ -49,11 +54,16 @@ class PreprocessConfig:
         Fraction of every type held out for evaluation.
     leiden_resolution
         Resolution for label-free runs.
+    rare_threshold
+        A type holding less than this fraction of the cells after QC is rare.
+        Decided here once and stored in ``uns['garage']['rare_types']``; every
+        later stage reads that list.
     seed
         Feeds every random source (PCA, kNN, Leiden, split).
     """
 
     label_key: str | None = None
+    condition_key: str | None = None
     layer: str | None = None
     transpose: bool = False
     make_unique: bool = False
@@ -64,6 +74,7 @@ class PreprocessConfig:
     n_neighbors: int = 15
     holdout_fraction: float = 0.2
     leiden_resolution: float = 1.0
+    rare_threshold: float = C.RARE_THRESHOLD
     seed: int = 0
 
     def validate(self) -> None:
@@ -75,36 +86,46 @@ class PreprocessConfig:
             raise GarageError("--n-pcs must be >= 2", "pass e.g. 50")
         if self.n_neighbors < 2:
             raise GarageError("--n-neighbors must be >= 2", "pass e.g. 15")
+        if not 0.0 < self.rare_threshold < 1.0:
+            raise GarageError(
+                f"--rare-threshold must be in (0, 1), got {self.rare_threshold}", "pass e.g. 0.03"
+            )
+        if self.condition_key is not None and self.condition_key == self.label_key:
+            raise GarageError(
+                f"--condition-key and --label-key are the same column ({self.condition_key!r})",
+                "pass the cell-type column as --label-key and the covariate as --condition-key",
+            )
         if not 0.0 < self.holdout_fraction < 1.0:
             raise GarageError(
                 f"--holdout-fraction must be in (0, 1), got {self.holdout_fraction}", "pass e.g. 0.2"
             )
 
 
-def _clean_labels(adata, label_key: str) -> pd.Series:
+def _clean_labels(adata, label_key: str, what: str = "label") -> pd.Series:
+    option = f"--{what}-key"
     if label_key not in adata.obs.columns:
         cols = list(adata.obs.columns)
-        raise GarageError(
-            f"label key {label_key!r} is not a column of obs (columns: {cols[:10]})",
-            "pass --label-key with one of those columns, or omit it to use Leiden clusters",
-        )
+        fix = (f"pass {option} with one of those columns, or omit it to use Leiden clusters"
+               if what == "label" else f"pass {option} with one of those columns, or omit it")
+        raise GarageError(f"{what} key {label_key!r} is not a column of obs (columns: {cols[:10]})", fix)
     raw = adata.obs[label_key]
     labels = raw.astype("object")
     missing = labels.isna() | labels.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
     if missing.any():
         raise GarageError(
-            f"label column {label_key!r} has {int(missing.sum())} missing/empty labels",
-            "label every cell, or drop unlabelled cells before running",
+            f"{what} column {label_key!r} has {int(missing.sum())} missing/empty {what}s",
+            f"give every cell a {what}, or drop those cells before running",
         )
     return labels.astype(str).str.strip()
 
 
 def stratified_split(labels: pd.Series, holdout_fraction: float, seed: int) -> np.ndarray:
-    """Per-type holdout split. Returns an array of ``train``/``holdout``.
+    """Per-group holdout split. Returns an array of ``train``/``holdout``.
 
-    Every type with >= 2 cells keeps >= 1 cell in train and puts
-    ``max(1, round(f * n))`` (at most n - 1) in holdout; a type with a single
-    cell stays in train.  Loops over types, not cells.
+    *labels* are the strata (the type, or type x condition).  Every group with
+    >= 2 cells keeps >= 1 cell in train and puts ``max(1, round(f * n))`` (at
+    most n - 1) in holdout; a group with a single cell stays in train.  Loops
+    over groups, not cells.
     """
     rng = np.random.default_rng(seed)
     split = np.full(len(labels), C.SPLIT_TRAIN, dtype=object)
@@ -155,6 +176,8 @@ def preprocess_adata(adata, config: PreprocessConfig):
     if config.label_key is not None:
         labels = _clean_labels(adata, config.label_key)
         adata.obs[C.OBS_LABEL] = labels.values
+    if config.condition_key is not None:
+        adata.obs[C.OBS_CONDITION] = _clean_labels(adata, config.condition_key, "condition").values
 
     # light QC (scanpy's own filters)
     sc.pp.filter_cells(adata, min_genes=config.min_genes)
@@ -229,15 +252,30 @@ def preprocess_adata(adata, config: PreprocessConfig):
             "types with a single cell stay in train and cannot be evaluated: %s", singletons
         )
     adata.obs[C.OBS_LABEL] = pd.Categorical(lab)
+    strata = lab
+    conditions: list[str] = []
+    if config.condition_key is not None:
+        cond = adata.obs[C.OBS_CONDITION].astype(str)
+        conditions = sorted(cond.unique())
+        adata.obs[C.OBS_CONDITION] = pd.Categorical(cond, categories=conditions)
+        strata = lab + "\x1f" + cond  # every type x condition group is split on its own
     adata.obs[C.OBS_SPLIT] = pd.Categorical(
-        stratified_split(lab, config.holdout_fraction, config.seed),
+        stratified_split(strata, config.holdout_fraction, config.seed),
         categories=[C.SPLIT_TRAIN, C.SPLIT_HOLDOUT],
     )
+    rare = decide_rare_types(lab, config.rare_threshold)
+    if rare:
+        logger.info("rare types (< %.3g of %d cells): %s", config.rare_threshold, len(lab), rare)
 
     params = {k_: ("" if v is None else v) for k_, v in asdict(config).items()}
     adata.uns[C.UNS_KEY] = {
         "preprocess": params,
         "label_source": label_source,
+        C.UNS_LABEL_KEY: config.label_key or "",
+        C.UNS_CONDITION_KEY: config.condition_key or "",
+        "conditions": conditions,
+        C.UNS_RARE_TYPES: rare,
+        "rare_threshold": float(config.rare_threshold),
         "singleton_types": list(singletons),
         "n_cells_input": int(n_in),
         "n_cells_after_qc": int(n_qc),

@@ -24,7 +24,7 @@ from .errors import GarageError
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("sample", "counts")
-OPTIONAL_COLUMNS = ("label_key", "layer")
+OPTIONAL_COLUMNS = ("label_key", "condition_key", "layer")
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STAGES = ("preprocess", "gat", "gan", "evaluate")
 
@@ -35,6 +35,7 @@ class Sample:
     counts: Path
     label_key: str | None = None
     layer: str | None = None
+    condition_key: str | None = None
 
 
 def read_samplesheet(path: Path) -> list[Sample]:
@@ -89,7 +90,8 @@ def read_samplesheet(path: Path) -> list[Sample]:
                 "fix the path (relative paths resolve against the samplesheet's folder)",
             )
         samples.append(
-            Sample(sid, counts.resolve(), row.get("label_key") or None, row.get("layer") or None)
+            Sample(sid, counts.resolve(), row.get("label_key") or None, row.get("layer") or None,
+                   row.get("condition_key") or None)
         )
     return samples
 
@@ -194,7 +196,8 @@ def run_samples(
         t0 = time.perf_counter()
         logger.info("[%d/%d] sample %s", n, len(samples), s.sample)
         try:
-            pp_over = {"label_key": s.label_key, "layer": s.layer} | params.get("preprocess", {})
+            pp_over = {"label_key": s.label_key, "layer": s.layer, "condition_key": s.condition_key} \
+                | params.get("preprocess", {})
             pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
             pp = _reuse(resume, {"h5ad": outdir / "preprocess" / f"{s.sample}{C.SUFFIX_PREPROCESSED}"}) \
                 or run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..constants import RARE_THRESHOLD
+
 from ._options import existing_path, outdir_option, prefix_option, seed_option
 
 
@@ -15,6 +17,9 @@ from ._options import existing_path, outdir_option, prefix_option, seed_option
 @prefix_option
 @outdir_option
 @click.option("--label-key", default=None, help="obs column with cell types (default: Leiden clusters).")
+@click.option("--condition-key", default=None,
+              help="obs column with a condition or batch covariate (e.g. treatment, donor, protocol); "
+                   "the model is conditioned on it. Default: none.")
 @click.option("--layer", default=None, help=".h5ad layer holding raw counts (default: X).")
 @click.option("--transpose", is_flag=True, help="Table input is genes x cells.")
 @click.option("--make-unique", is_flag=True, help="Make duplicate gene names unique instead of failing.")
@@ -30,6 +35,9 @@ from ._options import existing_path, outdir_option, prefix_option, seed_option
               default=0.2, show_default=True, help="Per-type fraction held out for evaluation.")
 @click.option("--leiden-resolution", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Resolution when labels come from Leiden.")
+@click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=RARE_THRESHOLD, show_default=True,
+              help="A type below this fraction of the cells is rare; decided here once, read by every later stage.")
 @seed_option
 def preprocess(input_: Path, prefix: str, outdir: Path, **kwargs) -> None:
     """QC, HVGs, PCA, kNN graph and a stratified train/holdout split."""
