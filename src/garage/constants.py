@@ -27,10 +27,15 @@ UNS_RARE_TYPES = "rare_types"  # list of rare types: the one definition of "rare
 UNS_LABEL_KEY = "label_key"  # the user's label column name ("" when Leiden)
 UNS_CONDITION_KEY = "condition_key"  # the user's condition column name ("" when none)
 
-# synthetic cells
+# synthetic cells (PREFIX.synthetic.h5ad is shareable: it names no real cell)
 OBS_CELL_TYPE = "cell_type"
+OBS_SYN_CONDITION = "condition"  # the condition of a synthetic cell (models with a covariate)
 OBS_SYNTHETIC = "synthetic"
-OBS_SEED_ID = "garage_seed_cell"  # obs_name of the seed cell, "" when unseeded
+# seed provenance lives only in the PRIVATE PREFIX.provenance.tsv: lines starting with '#'
+# are a header (the first says PRIVATE), then TSV columns synthetic_cell, cell_type, seed_cell
+# (the real obs name of the seed cell, "" when the cell was generated from noise only)
+OBS_SEED_ID = "seed_cell"
+PROVENANCE_COLUMNS = ("synthetic_cell", "cell_type", OBS_SEED_ID)
 
 # --- file suffixes (PREFIX + suffix) ---------------------------------------
 SUFFIX_PREPROCESSED = ".preprocessed.h5ad"
@@ -40,6 +45,7 @@ SUFFIX_GAT_LOG = ".gat_log.tsv"
 SUFFIX_SYNTHETIC = ".synthetic.h5ad"
 SUFFIX_GENERATOR = ".generator.pt"
 SUFFIX_GAN_LOG = ".gan_log.tsv"
+SUFFIX_PROVENANCE = ".provenance.tsv"  # PRIVATE: which seed cell each synthetic cell came from
 SUFFIX_GENERATED = ".generated.h5ad"
 SUFFIX_GAT_CKPT = ".gat.ckpt.pt"  # periodic checkpoints, deleted after success
 SUFFIX_GAN_CKPT = ".gan.ckpt.pt"
