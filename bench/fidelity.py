@@ -1,0 +1,367 @@
+"""Multi-dataset fidelity benchmark with train / validation / test splits (issue 13).
+
+The protocol that keeps defaults honest:
+
+1. ``garage preprocess`` (seed 0) splits every dataset into train and a *test*
+   holdout, stratified by type.  Nothing is ever tuned on the test holdout.
+2. ``--split val`` drops the test cells and re-splits the train cells the same
+   way (20 % per type, another seed) into train' and a *validation* holdout.
+   Defaults are chosen on these validation runs.
+3. ``--split test`` trains on the full train split and reports the test holdout:
+   the table the README shows.
+
+Every method trains on the same cells and is scored by the same ``garage
+evaluate`` against the same holdout, for several training seeds (GAT, GAN and
+scVI seeds change; the split does not).  Each (dataset, split, method, seed)
+runs in a child process, so its wall time and peak memory are its own, and its
+metrics JSON is cached: rerunning the command only computes what is missing.
+
+Methods
+-------
+garage          GARAGE defaults (GAT seeds + hybrid-input GAN)
+garage_noseed   ablation: ``--seed-mix 0`` (no seed cells in the generator input)
+garage_random   ablation: seeds chosen at random, same quotas (``garage gat --seed-strategy random``)
+scvi            scvi-tools SCVI, posterior-predictive samples of train cells in train proportions
+knn_interp      within-type kNN interpolation in count space + Poisson sampling
+control         the real holdout itself (every metric's reference row)
+
+Extra GARAGE variants for development: ``--variant NAME='{"gan": {...}, "gat": {...}}'``
+adds a method ``garage@NAME`` whose GAN/GAT options override the defaults.
+
+Run:  python -m bench.fidelity --split val --seeds 0,1,2
+      python -m bench.fidelity --split test --seeds 0,1,2     (the reported table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._common import REPO, RESULTS, WORK, machine, measure
+
+DEFAULT_DATASETS = ("pbmc3k", "sc_mixology", "pbmc68k_reduced")
+METHODS = ("garage", "garage_noseed", "garage_random", "scvi", "knn_interp", "control")
+VAL_FRACTION = 0.2
+VAL_SEED = 1009  # the validation re-split's own seed (not the preprocess seed)
+#: metrics in the summary table: name -> how to read it
+TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "rare_spread_ratio",
+         "tstr_macro_f1", "tstr_rare_f1", "dcr_ratio", "mia_auc", "seed_mia_auc", "train_s")
+FID = WORK / "fidelity"
+
+
+# ------------------------------------------------------------------ datasets
+def dataset(name: str) -> tuple[Path, str, str | None]:
+    """(counts file, label key, condition key) of a benchmark dataset."""
+    try:  # the dataset registry (bench/datasets.py) knows more datasets and how to build them
+        from . import datasets as reg
+
+        spec = reg.DATASETS[name]
+        path = reg.build(name)
+        return Path(path), _get(spec, "label_key"), None
+    except (ImportError, KeyError, AttributeError):
+        pass
+    shared = REPO.parent / "shared" / "data"
+    known = {
+        "pbmc3k": (shared / "pbmc3k.h5ad", "cell_type"),
+        "sc_mixology": (shared / "sc_mixology.h5ad", "cell_type"),
+        "pbmc68k_reduced": (REPO / "src" / "garage" / "datasets" / "pbmc68k_reduced_counts.h5ad",
+                            "bulk_labels"),
+    }
+    if name not in known:
+        raise SystemExit(f"unknown dataset {name!r}; known: {sorted(known)}")
+    path, key = known[name]
+    return path, key, None
+
+
+def _get(spec, key):
+    return spec[key] if isinstance(spec, dict) else getattr(spec, key)
+
+
+def _garage(*args) -> list[str]:
+    return [sys.executable, "-m", "garage.cli", "-q", *map(str, args)]
+
+
+def prepare(name: str, split: str) -> Path:
+    """The preprocessed file whose holdout is the test (``split=test``) or validation set."""
+    d = FID / name
+    d.mkdir(parents=True, exist_ok=True)
+    test = d / f"{name}.preprocessed.h5ad"
+    if not test.exists():
+        path, key, cond = dataset(name)
+        cmd = ["preprocess", "--input", path, "--label-key", key, "--prefix", name, "--outdir", d, "--seed", 0]
+        if cond:
+            cmd += ["--condition-key", cond]
+        m = measure(_garage(*cmd))
+        if m["rc"] != 0:
+            raise SystemExit(f"{name}: preprocess failed")
+    if split == "test":
+        return test
+    val = d / f"{name}.val.preprocessed.h5ad"
+    if not val.exists():
+        _write_val(test, val)
+    return val
+
+
+def _write_val(test: Path, out: Path) -> None:
+    """Drop the test cells and re-split the train cells into train' / validation."""
+    import anndata as ad
+    import pandas as pd
+
+    from garage import constants as C
+    from garage.preprocess import stratified_split
+
+    a = ad.read_h5ad(test)
+    a = a[a.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN].copy()
+    strata = a.obs[C.OBS_LABEL].astype(str)
+    if C.OBS_CONDITION in a.obs:
+        strata = strata + "\x1f" + a.obs[C.OBS_CONDITION].astype(str)
+    a.obs[C.OBS_SPLIT] = pd.Categorical(stratified_split(strata, VAL_FRACTION, VAL_SEED),
+                                        categories=[C.SPLIT_TRAIN, C.SPLIT_HOLDOUT])
+    a.uns[C.UNS_KEY]["split"] = f"validation: {VAL_FRACTION:.0%} of the train cells per type, seed {VAL_SEED}"
+    a.write_h5ad(out)
+
+
+# ------------------------------------------------------------------ methods
+def _variant_opts(method: str, variants: dict) -> dict:
+    base = {"garage": {}, "garage_noseed": {"gan": {"seed_mix": 0.0}},
+            "garage_random": {"gat": {"seed_strategy": "random"}}}
+    if method in base:
+        return base[method]
+    if method.startswith("garage@"):
+        return variants[method.split("@", 1)[1]]
+    return {}
+
+
+def _opt_args(opts: dict) -> list[str]:
+    out = []
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(flag if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [flag, str(v)]
+    return out
+
+
+def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_epochs: int | None,
+            force: bool = False) -> dict | None:
+    """Train + evaluate one (dataset, split, method, seed); return its row (cached)."""
+    pp = prepare(name, split)
+    opts = _variant_opts(method, variants)
+    key = hashlib.sha1(json.dumps([method, opts, scvi_epochs], sort_keys=True).encode()).hexdigest()[:8]
+    out = FID / name / split / f"{method.replace('@', '_')}_s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / "row.json"
+    if done.exists() and not force:
+        row = json.loads(done.read_text())
+        if row.get("key") == key:
+            return row
+    t_gat = 0.0
+    if method.startswith("garage"):
+        gat_opts = opts.get("gat", {})
+        seeds = out / f"{name}.seeds.h5ad"
+        m = measure(_garage("gat", "--input", pp, "--prefix", name, "--outdir", out, "--seed", seed,
+                            *_opt_args(gat_opts)))
+        if m["rc"] != 0:
+            return _fail(done, key, "gat failed")
+        t_gat = m["wall_s"]
+        m = measure(_garage("gan", "--input", seeds, "--prefix", method.replace("@", "_"), "--outdir", out,
+                            "--seed", seed, "--checkpoint-every", 0, *_opt_args(opts.get("gan", {}))))
+    else:
+        seeds = None
+        cmd = [sys.executable, "-m", "bench", "--_train", method, "--_seeds", pp, "--_out", out,
+               "--seed", seed]
+        if scvi_epochs:
+            cmd += ["--scvi-epochs", scvi_epochs]
+        m = measure(cmd)
+    if m["rc"] != 0:
+        return _fail(done, key, "train failed")
+    syn = next(out.glob("*.synthetic.h5ad"))
+    ev = ["evaluate", "--real", pp, "--synthetic", syn, "--prefix", "eval", "--outdir", out / "evaluate",
+          "--seed", 0]
+    if seeds is not None and _evaluate_takes("--seeds"):
+        ev += ["--seeds", seeds]
+        prov = next(out.glob("*.provenance.tsv"), None)
+        if prov is not None and _evaluate_takes("--provenance"):
+            ev += ["--provenance", prov]
+    e = measure(_garage(*ev))
+    if e["rc"] != 0:
+        return _fail(done, key, "evaluate failed")
+    doc = json.loads((out / "evaluate" / "eval.garage_metrics.json").read_text())
+    row = {"dataset": name, "split": split, "method": method, "seed": seed, "key": key, "status": "ok",
+           "train_s": round(m["wall_s"] + t_gat, 1), "gan_s": round(m["wall_s"], 1),
+           "peak_mb": round(m["peak_mb"]), "metrics": doc["metrics"],
+           "per_type": str(out / "evaluate" / "eval.per_type.tsv"),
+           "rare_types": doc.get("rare_types", []), "n_cells": doc.get("n_cells", {})}
+    done.write_text(json.dumps(row, indent=1, default=float))
+    return row
+
+
+_HELP_CACHE: dict[str, str] = {}
+
+
+def _evaluate_takes(flag: str) -> bool:
+    import subprocess
+
+    if "evaluate" not in _HELP_CACHE:
+        _HELP_CACHE["evaluate"] = subprocess.run(_garage("evaluate", "--help"), capture_output=True,
+                                                 text=True).stdout
+    return flag in _HELP_CACHE["evaluate"]
+
+
+def _fail(done: Path, key: str, why: str) -> dict:
+    row = {"status": why, "key": key}
+    done.write_text(json.dumps(row))
+    print(f"  {done.parent.name}: {why}", flush=True)
+    return row
+
+
+# ------------------------------------------------------------------ summary
+def _value(row: dict, name: str):
+    m = row.get("metrics", {})
+    if name == "c2st_gap":
+        c = m.get("c2st_auc", {})
+        return None if c.get("value") is None else c["value"] - c["control"]
+    if name == "rare_agreement_control":
+        return m.get("rare_agreement", {}).get("control")
+    if name == "train_s":
+        return row.get("train_s")
+    return m.get(name, {}).get("value")
+
+
+def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
+    """One row per (dataset, method): mean over seeds and a 95 % t-interval half-width."""
+    import pandas as pd
+    from scipy import stats
+
+    recs = []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        rec = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"]}
+        rec.update({k: _value(r, k) for k in TABLE})
+        recs.append(rec)
+    df = pd.DataFrame(recs)
+    out = []
+    for (ds, meth), g in df.groupby(["dataset", "method"], sort=False):
+        rec = {"dataset": ds, "method": meth, "n_seeds": len(g)}
+        for k in TABLE:
+            v = pd.to_numeric(g[k], errors="coerce").dropna().to_numpy(float)
+            rec[k] = float(v.mean()) if v.size else np.nan
+            rec[k + "_hw"] = (float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+                              if v.size > 1 else np.nan)
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def targets(summary) -> list[str]:
+    """Issue 13's 'done means' per dataset, as pass/fail lines."""
+    lines = []
+    for ds, g in summary.groupby("dataset", sort=False):
+        by = {r["method"]: r for _, r in g.iterrows()}
+        ga, sc = by.get("garage"), by.get("scvi")
+        if ga is None:
+            continue
+        checks = []
+        if sc is not None:
+            checks.append(("C2ST gap <= scVI's", ga["c2st_gap"] <= sc["c2st_gap"],
+                           f"{ga['c2st_gap']:.3f} vs {sc['c2st_gap']:.3f}"))
+            if np.isfinite(ga["tstr_rare_f1"]) and np.isfinite(sc["tstr_rare_f1"]):
+                checks.append(("TSTR rare F1 >= scVI's", ga["tstr_rare_f1"] >= sc["tstr_rare_f1"],
+                               f"{ga['tstr_rare_f1']:.3f} vs {sc['tstr_rare_f1']:.3f}"))
+        if np.isfinite(ga["rare_agreement"]):
+            checks.append(("rare agreement >= control - 0.05",
+                           ga["rare_agreement"] >= ga["rare_agreement_control"] - 0.05,
+                           f"{ga['rare_agreement']:.3f} vs {ga['rare_agreement_control']:.3f}"))
+        if np.isfinite(ga["rare_spread_ratio"]):
+            checks.append(("rare spread ratio in 0.8-1.2", 0.8 <= ga["rare_spread_ratio"] <= 1.2,
+                           f"{ga['rare_spread_ratio']:.3f}"))
+        checks.append(("DCR ratio >= 0.95", ga["dcr_ratio"] >= 0.95, f"{ga['dcr_ratio']:.3f}"))
+        checks.append(("MIA AUC <= 0.55", ga["mia_auc"] <= 0.55, f"{ga['mia_auc']:.3f}"))
+        for what, ok, val in checks:
+            lines.append(f"- {ds}: {what}: {'PASS' if ok else 'FAIL'} ({val})")
+    return lines
+
+
+def write_report(summary, split: str, cmd: str, tag: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = RESULTS / f"fidelity_{split}{('_' + tag) if tag else ''}"
+    summary.to_csv(base.with_suffix(".csv"), index=False)
+
+    def cell(r, k):
+        v, hw = r[k], r.get(k + "_hw", np.nan)
+        if v is None or not np.isfinite(v):
+            return ""
+        f = "{:.0f}" if k == "train_s" else "{:.3f}"
+        return f.format(v) + (f" ± {f.format(hw)}" if np.isfinite(hw) else "")
+
+    lines = [f"# Fidelity on the {'test' if split == 'test' else 'validation'} split", "",
+             f"Command: `{cmd}`", "", f"Machine: {machine()}", "",
+             "Mean over training seeds ± the half-width of a 95 % t-interval over seeds. "
+             "`c2st_gap` = C2ST AUC minus its real-vs-real control in the same evaluation "
+             "(0 is perfect). `rare_agreement_control` is the real holdout's own agreement. "
+             "`train_s` includes GARAGE's GAT stage.", ""]
+    cols = ["method", "n_seeds", *TABLE]
+    for ds, g in summary.groupby("dataset", sort=False):
+        lines += [f"## {ds}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for _, r in g.iterrows():
+            lines.append("| " + " | ".join([r["method"], str(r["n_seeds"])] + [cell(r, k) for k in TABLE]) + " |")
+        lines.append("")
+    lines += ["## Issue 13 targets (GARAGE defaults)", "", *targets(summary), ""]
+    base.with_suffix(".md").write_text("\n".join(lines))
+    return base.with_suffix(".md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.fidelity", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
+    ap.add_argument("--split", choices=["val", "test"], default="val")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help='extra GARAGE variant, e.g. big=\'{"gan": {"n_latent": 32}}\' -> method garage@big')
+    ap.add_argument("--scvi-epochs", type=int, default=None, help="default: scvi-tools' own schedule")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--force", action="store_true", help="recompute cached rows")
+    args = ap.parse_args(argv)
+
+    variants = {}
+    for v in args.variant:
+        n, js = v.split("=", 1)
+        variants[n] = json.loads(js)
+    methods = args.methods.split(",") + [f"garage@{n}" for n in variants if f"garage@{n}" not in args.methods]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    t0 = time.time()
+    for name in args.datasets.split(","):
+        for method in methods:
+            for seed in (seeds if method != "control" else seeds[:1]):
+                t1 = time.time()
+                row = run_one(name, args.split, method, seed, variants, args.scvi_epochs, args.force)
+                if row:
+                    rows.append(row)
+                    if row.get("status") == "ok":
+                        m = row["metrics"]
+                        print(f"{name:16s} {method:22s} s{seed}  c2st {m['c2st_auc']['value']:.3f} "
+                              f"(ctrl {m['c2st_auc']['control']:.3f})  rare {_fmt(_value(row, 'rare_agreement'))}  "
+                              f"tstr_rare {_fmt(_value(row, 'tstr_rare_f1'))}  dcr {_fmt(_value(row, 'dcr_ratio'))}  "
+                              f"[{time.time() - t1:.0f}s]", flush=True)
+    summary = summarise(rows)
+    cmd = "python -m bench.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
+    path = write_report(summary, args.split, cmd, args.tag)
+    print(path.read_text())
+    print(f"total {time.time() - t0:.0f}s")
+
+
+def _fmt(v):
+    return "NA" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    main()
