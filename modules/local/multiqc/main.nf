@@ -1,7 +1,7 @@
 process MULTIQC {
     label 'process_single'
 
-    container 'ghcr.io/garage-sc/garage:0.1.0'
+    // container: conf/base.config (params.container_registry / container_tag)
 
     input:
     path multiqc_files, stageAs: "?/*"
@@ -12,7 +12,11 @@ process MULTIQC {
     path "*.html", emit: report
     path "*_data", emit: data
     path "*_plots", optional: true, emit: plots
-    tuple val("${task.process}"), val('multiqc'), eval('multiqc --version | sed "s/.* //"'), emit: versions_multiqc, topic: versions
+    // NOT on the `versions` topic: this process's input is collected from that topic, and a
+    // topic closes only when every process emitting into it has finished, so emitting here
+    // would make MULTIQC wait for itself forever. Its version reaches the report through
+    // multiqc_mqc_versions.yml (written below, merged by MultiQC with the pipeline's YAML).
+    tuple val("${task.process}"), val('multiqc'), eval('multiqc --version | sed "s/.* //"'), emit: versions_multiqc
 
     script:
     def args = task.ext.args ?: ''
@@ -20,6 +24,9 @@ process MULTIQC {
     def config = multiqc_config ? "--config ${multiqc_config}" : ''
     def extra_config = extra_multiqc_config ? "--config ${extra_multiqc_config}" : ''
     """
+    process_name='${task.process}'
+    printf '%s:\\n    multiqc: "%s"\\n' "\${process_name##*:}" "\$(multiqc --version | sed 's/.* //')" > multiqc_mqc_versions.yml
+
     multiqc \\
         --force \\
         ${args} \\

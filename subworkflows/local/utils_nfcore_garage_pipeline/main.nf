@@ -22,6 +22,7 @@ workflow PIPELINE_INITIALISATION {
     default_label_key // string: label column used when the samplesheet gives none
     outdir            // string: the results folder (params JSON goes to pipeline_info/)
     run_params        // map: every param of the run, recorded in pipeline_info/
+    methods_template  // string: --multiqc_methods_description, or null for the bundled one
 
     main:
 
@@ -40,6 +41,7 @@ workflow PIPELINE_INITIALISATION {
         validateParameters()
     }
     log.info(paramsSummaryLog(workflow))
+    warnIfNoContainerEngine()
 
     //
     // Record the parameters of this run next to its results
@@ -55,25 +57,39 @@ workflow PIPELINE_INITIALISATION {
     //
     def samplesheet = file(input, checkIfExists: true)
     def rows = samplesheetToList(input, "${projectDir}/assets/schema_input.json")
-    validateSampleIds(rows.collect { row -> row[0] })
+
+    // Each row is [meta, counts]: the schema's "meta" keys build the map (an empty cell is
+    // [] there); optional keys are normalised to a string or null here.
+    validateSampleIds(rows.collect { row -> row[0].id })
 
     ch_samplesheet = channel
         .fromList(rows)
         .map { row ->
-            def sample    = row[0]
-            def counts    = row[1]
-            def label_key = row[2]
-            def layer     = row[3]
+            def sheet_meta = row[0]
+            def counts     = row[1]
             def meta = [
-                id: sample,
-                label_key: label_key ?: default_label_key,
-                layer: layer ?: null
+                id: sheet_meta.id.toString(),
+                label_key: optionalColumn(sheet_meta.label_key) ?: default_label_key,
+                layer: optionalColumn(sheet_meta.layer),
+                condition_key: optionalColumn(sheet_meta.condition_key)
             ]
-            [meta, resolveCountsPath(counts, samplesheet, sample)]
+            [meta, resolveCountsPath(counts, samplesheet, meta.id)]
         }
 
+    //
+    // MultiQC custom content: the parameter summary and the methods description with citations
+    //
+    def methods_file = methods_template
+        ? file(methods_template, checkIfExists: true)
+        : file("${projectDir}/assets/methods_description_template.yml", checkIfExists: true)
+    ch_params_summary = channel.value(paramsSummaryMultiqc(paramsSummaryMap(workflow, parameters_schema: 'nextflow_schema.json'), workflow.manifest.name))
+        .collectFile(name: 'garage_params_summary_mqc.yaml')
+    ch_methods = channel.value(methodsDescriptionText(methods_file.text, methodsDescriptionFields()))
+        .collectFile(name: 'garage_methods_description_mqc.yaml')
+
     emit:
-    samplesheet = ch_samplesheet // channel: [ val(meta), path(counts) ]
+    samplesheet   = ch_samplesheet                 // channel: [ val(meta), path(counts) ]
+    multiqc_files = ch_params_summary.mix(ch_methods) // channel: path(*_mqc.yaml)
 }
 
 /*
@@ -87,14 +103,17 @@ workflow PIPELINE_COMPLETION {
     take:
     outdir          // string: the results folder
     multiqc_report  // channel: [ path(multiqc_report.html) ]
+    sample_status   // channel: [ list of status maps ] (one item; see sampleStatusRows)
 
     main:
     def summary_params = paramsSummaryMap(workflow)
     def report_list = []
+    def status_rows = []
     multiqc_report.subscribe { reports -> report_list = reports }
+    sample_status.subscribe { rows -> status_rows = rows }
 
     workflow.onComplete {
-        completionSummary(summary_params, outdir, report_list)
+        completionSummary(summary_params, outdir, report_list, status_rows)
     }
 
     workflow.onError {
@@ -188,7 +207,7 @@ def workflowVersionToYAML() {
 //
 // One summary block at the end of the run
 //
-def completionSummary(summary_params, outdir, report_list) {
+def completionSummary(summary_params, outdir, report_list, status_rows) {
     def status = workflow.success ? 'completed successfully' : 'completed with errors'
     def lines = [
         "-${'-' * 60}-",
@@ -201,6 +220,11 @@ def completionSummary(summary_params, outdir, report_list) {
     if (report_list) {
         lines << "  report   : ${report_list.collect { r -> r.toString() }.join(', ')}"
     }
+    if (status_rows) {
+        def failed = status_rows.findAll { row -> row.status != 'ok' }
+        lines << "  samples  : ${status_rows.size() - failed.size()} of ${status_rows.size()} completed (${outdir}/pipeline_info/garage_sample_status.tsv)"
+        failed.each { row -> lines << "  dropped  : ${row.sample} at ${row.stage} (exit ${row.exit_status}): ${row.message}" }
+    }
     if (summary_params?.containsKey('Core Nextflow options')) {
         lines << "  profile  : ${workflow.profile}"
     }
@@ -210,4 +234,197 @@ def completionSummary(summary_params, outdir, report_list) {
     } else {
         log.error(lines.join('\n'))
     }
+}
+
+//
+// An optional samplesheet cell: nf-schema gives [] for an empty one; values become strings
+//
+def optionalColumn(value) {
+    if (value == null || value == [] || value.toString().trim() == '') {
+        return null
+    }
+    return value.toString()
+}
+
+//
+// Without -profile docker/singularity/apptainer/podman the tasks need `garage` on PATH
+//
+def warnIfNoContainerEngine() {
+    if (!workflow.containerEngine) {
+        log.warn("No container engine is enabled (-profile docker, singularity, apptainer or podman): every task will run `garage` and `multiqc` from your PATH.")
+    }
+}
+
+/*
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    RUN SUMMARY: which samples completed, which were dropped and why
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    conf/base.config's errorStrategy writes one record per task that exited 2 to
+    workflow.workDir/garage-failed/<runName>/<PROCESS>.<sample>.tsv:
+        sample <TAB> process <TAB> exit status <TAB> the CLI's one-line error <TAB> work dir
+    The workflow compares the samples of the samplesheet with the samples each stage
+    emitted and takes the reason from those records.
+*/
+
+//
+// The failure records of this run (an empty list when nothing failed)
+//
+def readFailureRecords() {
+    def failed_dir = workflow.workDir.resolve('garage-failed').resolve(workflow.runName.toString())
+    if (!failed_dir.exists()) {
+        return []
+    }
+    def record_files = failed_dir.listFiles() ?: []
+    return record_files
+        .findAll { record_file -> record_file.name.endsWith('.tsv') }
+        .collect { record_file -> parseFailureRecord(record_file.text) }
+        .findAll { record -> record != null }
+}
+
+def parseFailureRecord(text) {
+    def fields = text.readLines().find { line -> line.trim() }?.split('\t', -1)
+    if (!fields || fields.size() < 4) {
+        return null
+    }
+    return [sample: fields[0], process: fields[1], exit_status: fields[2], message: fields[3], work_dir: fields.size() > 4 ? fields[4] : '']
+}
+
+//
+// stage_ids: [stage, sample id] pairs ('input' for the samplesheet); failures: parseFailureRecord maps.
+// One row per sample, sorted: status 'ok', or 'failed' with the first stage that has no output for it.
+//
+def sampleStatusRows(stage_ids, failures) {
+    def stages = ['GARAGE_PREPROCESS', 'GARAGE_GAT', 'GARAGE_GAN', 'GARAGE_EVALUATE']
+    def seen = stage_ids
+        .groupBy { entry -> entry[0].toString() }
+        .collectEntries { stage, entries -> [stage, entries.collect { entry -> entry[1].toString() }] }
+    def samples = (seen['input'] ?: []).unique().sort()
+    return samples.collect { sample ->
+        def lost_at = stages.find { stage -> !(seen[stage] ?: []).contains(sample) }
+        if (!lost_at) {
+            return [sample: sample, status: 'ok', stage: '', exit_status: '', message: '']
+        }
+        def record = failures.find { failure -> failure.sample == sample && failure.process == lost_at }
+        def message = record
+            ? record.message
+            : "${lost_at} produced no output; see that task's .command.err (its work dir is in pipeline_info/execution_trace_*.txt)".toString()
+        return [sample: sample, status: 'failed', stage: lost_at, exit_status: record ? record.exit_status.toString() : '', message: message]
+    }
+}
+
+def sampleStatusTsv(rows) {
+    def lines = ['sample\tstatus\tstage\texit_status\tmessage']
+    rows.each { row ->
+        lines << [row.sample, row.status, row.stage, row.exit_status, row.message]
+            .collect { value -> value.toString().replaceAll('[\\t\\r\\n]+', ' ') }
+            .join('\t')
+    }
+    return lines.join('\n') + '\n'
+}
+
+//
+// MultiQC custom content (a table section); every value is a JSON string, which YAML reads as-is
+//
+def sampleStatusMultiqc(rows) {
+    def failed = rows.findAll { row -> row.status != 'ok' }
+    def description = failed
+        ? "${rows.size() - failed.size()} of ${rows.size()} samples completed. A stage that rejects a sample's input (exit status 2) drops only that sample; the error it printed is listed here and in pipeline_info/garage_sample_status.tsv."
+        : "All ${rows.size()} samples completed every stage (pipeline_info/garage_sample_status.tsv)."
+    def lines = [
+        "id: 'garage-sample-status'",
+        "section_name: 'Sample status'",
+        "description: ${yamlString(description)}",
+        "plot_type: 'table'",
+        "pconfig:",
+        "  id: 'garage-sample-status-table'",
+        "  title: 'GARAGE: sample status'",
+        "  col1_header: 'Sample'",
+        "headers:",
+        "  status:",
+        "    title: 'Status'",
+        "  stage:",
+        "    title: 'Dropped at'",
+        "  exit_status:",
+        "    title: 'Exit status'",
+        "  message:",
+        "    title: 'Error'",
+        "data:",
+    ]
+    rows.each { row ->
+        lines << "  ${yamlString(row.sample)}:".toString()
+        ['status', 'stage', 'exit_status', 'message'].each { key ->
+            lines << "    ${key}: ${yamlString(row[key] ?: '')}".toString()
+        }
+    }
+    return lines.join('\n') + '\n'
+}
+
+def yamlString(value) {
+    return groovy.json.JsonOutput.toJson(value.toString())
+}
+
+def warnFailedSamples(rows) {
+    rows.findAll { row -> row.status != 'ok' }.each { row ->
+        log.warn("Sample '${row.sample}' was dropped at ${row.stage} (exit ${row.exit_status ?: '?'}): ${row.message}")
+    }
+}
+
+/*
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    REPORT: parameter summary and methods description (MultiQC custom content)
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+*/
+
+def htmlEscape(value) {
+    return value.toString().replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;').replace('"', '&quot;')
+}
+
+//
+// summary_params: nf-schema's paramsSummaryMap (group -> [param: value]) -> an HTML section
+//
+def paramsSummaryMultiqc(summary_params, pipeline_name) {
+    def html = []
+    summary_params.each { group, group_params ->
+        if (group_params) {
+            html << "    <p><b>${htmlEscape(group)}</b></p>".toString()
+            html << '    <dl class="dl-horizontal">'
+            group_params.keySet().sort().each { name ->
+                def value = group_params[name]
+                def shown = (value == null || value.toString() == '') ? '<span class="text-muted">not set</span>' : "<samp>${htmlEscape(value)}</samp>"
+                html << "        <dt>${htmlEscape(name)}</dt><dd>${shown}</dd>".toString()
+            }
+            html << '    </dl>'
+        }
+    }
+    def name = pipeline_name.toString()
+    def lines = [
+        "id: 'garage-params-summary'",
+        "section_name: ${yamlString(name + ' parameters')}",
+        "description: 'Parameters of this run that differ from the pipeline defaults, with the core Nextflow options (collected when the run started).'",
+        "section_href: ${yamlString('https://github.com/' + name)}",
+        "plot_type: 'html'",
+        "data: |",
+    ] + (html ?: ['    <p>All parameters at their defaults.</p>'])
+    return lines.join('\n') + '\n'
+}
+
+//
+// Values filled into assets/methods_description_template.yml (${...} placeholders)
+//
+def methodsDescriptionFields() {
+    def manifest = workflow.manifest
+    def doi = manifest.doi ? manifest.doi.toString() : ''
+    return [
+        pipeline_name: manifest.name.toString(),
+        pipeline_version: getWorkflowVersion(),
+        nextflow_version: workflow.nextflow.version.toString(),
+        command_line: htmlEscape(workflow.commandLine ?: ''),
+        container_engine: workflow.containerEngine ? workflow.containerEngine.toString() : 'no container engine',
+        doi_text: doi ? "(doi: <a href=\"https://doi.org/${doi.replace('https://doi.org/', '')}\">${doi.replace('https://doi.org/', '')}</a>)".toString() : '',
+    ]
+}
+
+def methodsDescriptionText(template_text, fields) {
+    def engine = new groovy.text.SimpleTemplateEngine()
+    return engine.createTemplate(template_text.toString()).make(fields).toString()
 }

@@ -2,7 +2,7 @@ process GARAGE_PREPROCESS {
     tag "${meta.id}"
     label 'process_medium'
 
-    container 'ghcr.io/garage-sc/garage:0.1.0'
+    // container: conf/base.config (params.container_registry / container_tag)
 
     input:
     tuple val(meta), path(counts)
