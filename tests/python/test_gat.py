@@ -3,7 +3,9 @@
 The first block holds the tests that would have caught the prototype's bug
 (cells ranked by node id because the edge index was read instead of the
 attention coefficients): scores must come from ``alpha``, change when the
-trained attention changes, and not depend on row order.
+trained attention changes, and not depend on row order.  Later blocks cover
+the one rare list (issue 15.4), the seed strategies and the degree-free
+centrality (issue 13.4) and sparse HVG features (issue 17.2).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from scipy.stats import spearmanr
 from garage import constants as C
 from garage._utils import set_threads
 from garage.errors import GarageError
-from garage.gat import TEST_OVERRIDES, GATConfig, gat_adata, load_gat, run_gat
+from garage.gat import OBS_SEED_REGION, TEST_OVERRIDES, GATConfig, gat_adata, load_gat, run_gat
+from garage.gat._features import NodeFeatures
 from garage.gat._graph import CSRGraph, NeighborSampler, layerwise_inference
 from garage.gat._score import AttentionCentrality, attention_centrality, combine_scores
-from garage.gat._seeds import seed_quotas, select_seeds
+from garage.gat._seeds import random_keys, region_core, seed_quotas, select_seeds
 
 GARAGE = [sys.executable, "-m", "garage.cli"]
 FAST = GATConfig(**TEST_OVERRIDES)
@@ -71,14 +74,35 @@ def _full_forward(model, adata):
         return model(_x(adata), graph.edge_index(), return_attention=True), graph
 
 
-def _centrality_numpy(attention, n):
+def _centrality_numpy(attention, n, kind="raw"):
     """Independent re-implementation of c_j from the returned (edge_index, alpha)."""
-    c = np.zeros(n)
+    c, edges = np.zeros(n), np.zeros(n)
     for ei, alpha in attention:
         src, dst = ei[0].numpy(), ei[1].numpy()
         keep = src != dst
-        np.add.at(c, src[keep], alpha.numpy()[keep].mean(axis=1))
-    return c / len(attention)
+        a = alpha.numpy().mean(axis=1)
+        if kind == "relative":  # times the number of cells the target attends over
+            a = a * np.bincount(dst, minlength=n)[dst]
+        np.add.at(c, src[keep], a[keep])
+        np.add.at(edges, src[keep], 1.0)
+    return c / len(attention) if kind == "raw" else c / edges
+
+
+def _degree(adata) -> np.ndarray:
+    return CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES]).degree().numpy()
+
+
+def _nearest_seed_distance(adata, seed_mask) -> pd.Series:
+    """Per type: mean PCA distance from its train cells to their nearest seed of the type."""
+    x = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float64)
+    lab = adata.obs[C.OBS_LABEL].astype(str).to_numpy()
+    train = (adata.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).to_numpy()
+    out = {}
+    for t in np.unique(lab):
+        cells, seeds = x[train & (lab == t)], x[np.asarray(seed_mask) & (lab == t)]
+        d2 = (cells**2).sum(1)[:, None] + (seeds**2).sum(1)[None] - 2 * cells @ seeds.T
+        out[t] = float(np.sqrt(np.maximum(d2, 0)).min(1).mean())
+    return pd.Series(out)
 
 
 # ------------------------------------------------- the prototype's bug
@@ -90,11 +114,17 @@ def test_score_is_computed_from_returned_alpha(res, small):
         assert (ei[0] == ei[1]).sum() == small.n_obs
         assert alpha.shape == (ei.shape[1], FAST.heads)
     c = _centrality_numpy(out.attention, small.n_obs)
-    np.testing.assert_allclose(res.scores.centrality, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.centralities["raw"], c, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(attention_centrality(out.attention, small.n_obs), c, rtol=1e-6)
+    rel = _centrality_numpy(out.attention, small.n_obs, "relative")
+    np.testing.assert_allclose(res.centralities["relative"], rel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(attention_centrality(out.attention, small.n_obs, "relative"), rel,
+                               rtol=1e-6)
+    assert FAST.centrality == "relative"
+    np.testing.assert_array_equal(res.scores.centrality, res.centralities["relative"])
     probs = torch.softmax(out.logits.double(), 1).numpy()
     codes = pd.Categorical(small.obs[C.OBS_LABEL].astype(str)).codes
-    again = combine_scores(c, probs, codes, FAST.score_weight).score
+    again = combine_scores(rel, probs, codes, FAST.score_weight).score
     np.testing.assert_allclose(res.adata.obs[C.OBS_SCORE].to_numpy(), again, atol=1e-4)
 
 
@@ -120,7 +150,10 @@ def test_centrality_follows_alpha_not_edge_index(res, small, monkeypatch):
     layerwise_inference(model, _x(small), graph, chunk_size=small.n_obs,
                         device=torch.device("cpu"), on_attention=acc)
     np.testing.assert_allclose(acc.result(), _centrality_numpy(seen, small.n_obs), rtol=1e-6)
-    assert spearmanr(acc.result(), res.scores.centrality)[0] < 0.95
+    assert spearmanr(acc.result(), res.centralities["raw"])[0] < 0.95
+    np.testing.assert_allclose(acc.relative(), _centrality_numpy(seen, small.n_obs, "relative"),
+                               rtol=1e-6)
+    assert spearmanr(acc.relative(), res.centralities["relative"])[0] < 0.5
 
 
 def test_scores_change_when_trained_attention_changes(res, small):
@@ -195,7 +228,8 @@ def test_quota_rules():
     labels = pd.Series(["A"] * 900 + ["B"] * 80 + ["R"] * 15 + ["S"] * 5)
     train = np.ones(len(labels), bool)
     train[::5] = False
-    plan = seed_quotas(labels, train, seed_fraction=0.1, rare_threshold=0.03, rare_min_seeds=10)
+    plan = seed_quotas(labels, train, seed_fraction=0.1, rare_types=["R", "S", "absent"],
+                       rare_min_seeds=10)
     tab = plan.table
     assert plan.rare_types == ["R", "S"]
     assert tab.at["R", "quota"] == 10 and tab.at["S", "quota"] == tab.at["S", "n_train"] == 4
@@ -208,6 +242,113 @@ def test_quota_rules():
     p = np.random.default_rng(0).permutation(len(labels))
     m2 = select_seeds(labels[p].reset_index(drop=True), train[p], score[p], names[p], plan)
     assert set(names[m1]) == set(names[p][m2])
+
+
+# ------------------------------------------------- one definition of rare (issue 15.4)
+def test_rare_types_come_from_uns_not_from_a_threshold(small, caplog):
+    """NK (5.7% of cells) is not rare by any threshold GAT would use, but uns says so."""
+    adata = small.copy()
+    frac = adata.obs[C.OBS_LABEL].value_counts(normalize=True)
+    assert frac["NK"] > 0.05 and set(adata.uns["garage"]["rare_types"]) == {"DC", "Platelet"}
+    adata.uns["garage"]["rare_types"] = ["DC", "NK", "Platelet"]
+    cfg = GATConfig(**{**TEST_OVERRIDES, "epochs": 2, "rare_threshold": 0.01})
+    with caplog.at_level("WARNING", logger="garage.gat._run"):
+        out = gat_adata(adata, cfg)
+    assert "--rare-threshold 0.01 is ignored" in caplog.text
+    assert out.plan.rare_types == ["DC", "NK", "Platelet"]
+    obs = out.adata.obs
+    n_train_nk = int(((obs[C.OBS_LABEL] == "NK") & (obs[C.OBS_SPLIT] == C.SPLIT_TRAIN)).sum())
+    assert round(cfg.seed_fraction * n_train_nk) < cfg.rare_min_seeds  # proportional would be less
+    assert int(obs.loc[obs[C.OBS_SEED], C.OBS_LABEL].value_counts()["NK"]) == cfg.rare_min_seeds
+    uns = out.adata.uns[C.UNS_KEY]
+    assert list(uns["rare_types"]) == ["DC", "NK", "Platelet"]  # recorded unchanged
+    assert uns["gat"]["rare_source"] == "preprocess"
+
+    # a file without the list (older preprocess): the deprecated threshold decides, and the
+    # decision is recorded so that later stages read the same list
+    del adata.uns["garage"]["rare_types"]
+    out = gat_adata(adata, GATConfig(**{**TEST_OVERRIDES, "epochs": 2, "rare_threshold": 0.065}))
+    assert out.plan.rare_types == ["DC", "FCGR3A+ Mono", "NK", "Platelet"]
+    assert list(out.adata.uns[C.UNS_KEY]["rare_types"]) == out.plan.rare_types
+    assert out.adata.uns[C.UNS_KEY]["gat"]["rare_source"].startswith("fallback threshold 0.065")
+
+
+# ------------------------------------------------- seed strategies (issue 13.4)
+def test_random_strategy_same_quotas_other_cells_reproducible(res, small):
+    rnd = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "seed_strategy": "random"}))
+    a, b = res.adata.obs, rnd.adata.obs
+    assert b.loc[b[C.OBS_SEED], C.OBS_LABEL].value_counts().to_dict() == \
+        a.loc[a[C.OBS_SEED], C.OBS_LABEL].value_counts().to_dict()
+    assert (b.loc[b[C.OBS_SEED], C.OBS_SPLIT] == C.SPLIT_TRAIN).all()
+    common = set(a.index[a[C.OBS_SEED]]) & set(b.index[b[C.OBS_SEED]])
+    assert len(common) < 0.5 * int(a[C.OBS_SEED].sum())  # mostly other cells (rare types overlap)
+    assert rnd.adata.uns[C.UNS_KEY]["gat"]["params"]["seed_strategy"] == "random"
+    assert (b[OBS_SEED_REGION] == -1).all()
+    # reproducible with --seed, different with another seed, independent of the row order
+    labels, train = b[C.OBS_LABEL].astype(str), (b[C.OBS_SPLIT] == C.SPLIT_TRAIN).to_numpy()
+    again = select_seeds(labels, train, random_keys(b.index, 0), b.index, rnd.plan)
+    np.testing.assert_array_equal(again, b[C.OBS_SEED].to_numpy())
+    other = select_seeds(labels, train, random_keys(b.index, 1), b.index, rnd.plan)
+    assert (other != again).sum() > 20
+    p = np.random.default_rng(0).permutation(len(b))
+    shuffled = select_seeds(labels.iloc[p], train[p], random_keys(b.index[p], 0), b.index[p],
+                            rnd.plan)
+    assert set(b.index[p][shuffled]) == set(b.index[again])
+    # uniform: over many draws, selection does not follow the GAT score
+    freq = np.mean([select_seeds(labels, train, random_keys(b.index, s), b.index, rnd.plan)
+                    for s in range(100)], axis=0)
+    mono = (labels == "CD14+ Mono").to_numpy() & train
+    q = rnd.plan.table.at["CD14+ Mono", "quota"]
+    assert freq[mono].mean() == pytest.approx(q / mono.sum(), rel=1e-9)
+    assert abs(spearmanr(freq[mono], rnd.scores.score[mono])[0]) < 0.25
+    assert spearmanr(res.adata.obs[C.OBS_SEED].to_numpy()[mono], rnd.scores.score[mono])[0] > 0.3
+
+
+def test_coverage_strategy_covers_each_type_better_than_score(res, small):
+    cov = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "seed_strategy": "coverage"}))
+    obs, plan = cov.adata.obs, cov.plan
+    seeds = obs[obs[C.OBS_SEED]]
+    assert seeds[C.OBS_LABEL].value_counts().to_dict() == \
+        res.adata.obs.loc[res.adata.obs[C.OBS_SEED], C.OBS_LABEL].value_counts().to_dict()
+    # the seeds reach the cells of their type better (measured: 13.2 vs 13.8 PCA units)
+    d_cov = _nearest_seed_distance(small, obs[C.OBS_SEED].to_numpy())
+    d_score = _nearest_seed_distance(small, res.adata.obs[C.OBS_SEED].to_numpy())
+    assert d_cov.mean() < 0.98 * d_score.mean(), (d_cov.mean(), d_score.mean())
+    assert (d_cov <= d_score * 1.05).sum() >= 7  # most types, not one outlier
+    # regions: exactly `quota` per type over its train cells, one seed each, the best core cell
+    train = obs[C.OBS_SPLIT] == C.SPLIT_TRAIN
+    assert (obs.loc[~train, OBS_SEED_REGION] == -1).all()
+    n_regions = obs[train].groupby(C.OBS_LABEL, observed=True)[OBS_SEED_REGION].nunique()
+    assert n_regions.to_dict() == plan.table["quota"].to_dict()
+    assert (seeds.groupby([C.OBS_LABEL, OBS_SEED_REGION], observed=True).size() == 1).all()
+    pca = np.asarray(small.obsm[C.OBSM_PCA], dtype=np.float64)
+    key = (obs[C.OBS_LABEL].astype(str) + "/" + obs[OBS_SEED_REGION].astype(str)).to_numpy()
+    tr = train.to_numpy()
+    core = np.zeros(len(obs), bool)
+    core[tr] = region_core(pca[tr], pd.factorize(key[tr])[0])
+    best = (pd.DataFrame({"k": key, "s": cov.scores.score})[tr & core]
+            .groupby("k")["s"].idxmax())
+    assert set(obs.index[best.to_numpy()]) == set(seeds.index)
+    # region 0 holds the type's best seed
+    top = seeds.sort_values(C.OBS_SCORE, ascending=False).groupby(C.OBS_LABEL, observed=True).head(1)
+    assert (top[OBS_SEED_REGION] == 0).all()
+    # independent of the row order
+    perm = np.random.default_rng(5).permutation(small.n_obs)
+    shuf = gat_adata(small[perm].copy(), GATConfig(**{**TEST_OVERRIDES, "seed_strategy": "coverage"}))
+    assert set(shuf.adata.obs_names[shuf.adata.obs[C.OBS_SEED]]) == set(seeds.index)
+
+
+def test_relative_centrality_does_not_follow_degree(res, small):
+    """The raw attention sum is mostly node degree; the relative one is not (issue 13.4)."""
+    deg = _degree(small)
+    raw = spearmanr(res.centralities["raw"], deg)[0]
+    rel = spearmanr(res.centralities["relative"], deg)[0]
+    assert raw > 0.6 and abs(rel) < 0.2, (raw, rel)  # measured 0.76 and -0.003
+    # it is still attention: uniform attention would give exactly 1 everywhere
+    assert res.centralities["relative"].std() > 0.05
+    raw_run = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "centrality": "raw"}))
+    np.testing.assert_array_equal(raw_run.scores.centrality, res.centralities["raw"])
+    assert raw_run.adata.uns[C.UNS_KEY]["gat"]["centrality"] == "raw"
 
 
 def test_same_seed_is_deterministic(res, small):
@@ -284,6 +425,38 @@ def test_hvg_features(small):
     out = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "features": "hvg", "epochs": 3}))
     assert out.adata.obsm[C.OBSM_GAT].shape == (small.n_obs, 16 * 2)
     assert out.payload["var_names"] == list(small.var_names)
+    assert out.payload["features_centred"] is False
+    mb = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "features": "hvg", "epochs": 2,
+                                       "minibatch_threshold": 0, "batch_size": 300,
+                                       "inference_batch_size": 250}))
+    assert mb.adata.uns[C.UNS_KEY]["gat"]["mode"] == "minibatch"
+
+
+def test_hvg_features_stay_sparse_and_exact(res, small):
+    """No dense cells x genes copy: rows are handed out sparse, with the same values."""
+    feats = NodeFeatures.fit(small.X)
+    assert feats.is_sparse and feats.bytes_per_row < 0.5 * 4 * small.n_vars
+    dense = small.X.toarray() / feats.scale
+    assert feats.scale == pytest.approx(float((small.X.toarray() - small.X.toarray().mean(0)).std()),
+                                        rel=1e-4)
+    idx = torch.tensor([5, 0, 700, 5])
+    rows = feats.rows(idx)
+    assert rows.layout == torch.sparse_csr
+    np.testing.assert_allclose(rows.to_dense().numpy(), dense[idx.numpy()], rtol=1e-6)
+    # a GAT on sparse rows, in chunks, equals the same GAT on the dense matrix at once
+    torch.manual_seed(0)
+    from garage.gat._module import GATClassifier
+
+    model = GATClassifier(small.n_vars, 9, hidden=8, heads=2).eval()
+    graph = CSRGraph.from_adjacency(small.obsp[C.OBSP_CONNECTIVITIES])
+    cpu = torch.device("cpu")
+    a_sp = AttentionCentrality(small.n_obs, model.n_layers)
+    sp_out = layerwise_inference(model, feats, graph, chunk_size=301, device=cpu, on_attention=a_sp)
+    a_de = AttentionCentrality(small.n_obs, model.n_layers)
+    de_out = layerwise_inference(model, torch.from_numpy(dense.astype(np.float32)), graph,
+                                 chunk_size=10**9, device=cpu, on_attention=a_de)
+    torch.testing.assert_close(sp_out[1], de_out[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a_sp.relative(), a_de.relative(), rtol=1e-4)
 
 
 # ------------------------------------------------- files, CLI, errors
@@ -381,7 +554,8 @@ def test_missing_key_is_named(small):
     [{"epochs": -1}, {"epochs": 0}, {"seed_fraction": 0.0}, {"seed_fraction": 1.2},
      {"rare_threshold": 1.0}, {"heads": 0}, {"dropout": 1.0}, {"lr": 0.0},
      {"class_weight": "inverse"}, {"features": "umap"}, {"rare_min_seeds": -1},
-     {"score_weight": 2.0}, {"max_memory_gb": 0.0}],
+     {"score_weight": 2.0}, {"max_memory_gb": 0.0}, {"seed_strategy": "best"},
+     {"centrality": "degree"}, {"coverage_space": "umap"}],
 )
 def test_config_validation(kw):
     with pytest.raises(GarageError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..constants import RARE_THRESHOLD
-
 from pathlib import Path
 
 import click
@@ -46,10 +44,23 @@ _unit = click.FloatRange(0, 1, min_open=False, max_open=True)
               help="Loss weight per type (balanced = the explicit rare priority).")
 @click.option("--seed-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.1,
               show_default=True, help="Seeds as a fraction of train cells.")
-@click.option("--rare-threshold", type=_unit, default=RARE_THRESHOLD, show_default=True,
-              help="Types below this fraction of cells are rare.")
+@click.option("--rare-threshold", type=_unit, default=None,
+              show_default="unused: preprocess decides the rare types",
+              help="Deprecated fallback: rare types are read from the input "
+                   "(uns['garage']['rare_types'], decided by `garage preprocess --rare-threshold`). "
+                   "Only for inputs without that list (default then 0.03); ignored otherwise.")
 @click.option("--rare-min-seeds", type=click.IntRange(min=0), default=10, show_default=True,
               help="Guaranteed seeds per rare type (all its train cells if fewer).")
+@click.option("--seed-strategy", type=click.Choice(["score", "random", "coverage"]),
+              default="score", show_default=True,
+              help="How each type's quota is filled: top score; uniformly at random (ablation); "
+                   "or the best-scoring cell of each of `quota` regions of the type (coverage).")
+@click.option("--centrality", type=click.Choice(["relative", "raw"]), default="relative",
+              show_default=True,
+              help="Attention centrality in the score: relative to a uniform share (about "
+                   "independent of degree) or the raw sum (grows with degree).")
+@click.option("--coverage-space", type=click.Choice(["pca", "gat"]), default="pca",
+              show_default=True, help="Coordinates the coverage strategy partitions types in.")
 @click.option("--score-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="lambda in score = centrality_rank^lambda * confidence^(1-lambda).")
 @click.option("--minibatch-threshold", type=click.IntRange(min=0), default=50_000,

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from .. import constants as C
-
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..errors import GarageError
 
 Features = Literal["pca", "hvg"]
 ClassWeight = Literal["balanced", "sqrt", "none"]
+#: how seeds are picked inside each type (the per-type quotas are the same for all)
+SeedStrategy = Literal["score", "random", "coverage"]
+#: attention centrality: attention received relative to a uniform share, or its raw sum
+Centrality = Literal["relative", "raw"]
+#: coordinates the coverage strategy partitions each type in
+CoverageSpace = Literal["pca", "gat"]
+
+#: obs column of the seeds file: the coverage region of every train cell, numbered inside
+#: its type by the score of the region's seed (0 = best); -1 for holdout cells, types
+#: without seeds and strategies without regions (score, random)
+OBS_SEED_REGION = "garage_seed_region"
 
 #: epochs used when ``GATConfig.epochs`` is None (auto): full-batch passes are
 #: one gradient step each, minibatch passes are ``n_train / batch_size`` steps.
@@ -46,9 +55,32 @@ class GATConfig:
     seed_fraction
         Seeds as a fraction of the train cells, in (0, 1].
     rare_threshold
-        Types whose fraction of all cells is below this are rare.
+        **Deprecated fallback, normally unused.**  Which types are rare is decided
+        once, by ``garage preprocess``, and read from ``uns['garage']['rare_types']``
+        (:func:`garage._meta.rare_types_of`).  This threshold (``None``:
+        ``constants.RARE_THRESHOLD``) only decides rarity for an input written
+        before preprocess recorded that list; with the list present it is ignored
+        (with a warning when it differs from the threshold preprocess used).
     rare_min_seeds
         Guaranteed seeds per rare type (all of its train cells when it has fewer).
+    seed_strategy
+        How each type's quota is filled (the quotas are the same for every strategy):
+        ``"score"`` takes the highest-scoring train cells; ``"random"`` takes train
+        cells uniformly at random (seeded by ``seed``; the ablation of issue 13.4);
+        ``"coverage"`` partitions the type's train cells into ``quota`` regions
+        (bisecting 2-means in ``coverage_space``, see :mod:`garage.gat._seeds`) and
+        takes the highest-scoring cell of each region, so that sub-states inside
+        one label all get seeds.
+    centrality
+        Attention centrality in the score: ``"relative"`` (attention a cell
+        receives divided by the uniform share ``1/(deg_i + 1)`` its neighbour
+        would give every cell, averaged over its neighbours; about independent of
+        degree) or ``"raw"`` (the summed attention, which grows with degree).  See
+        :mod:`garage.gat._score`.
+    coverage_space
+        Coordinates of the coverage strategy: ``"pca"`` (``obsm['X_pca']``, the
+        expression space the GAN and the evaluation work in) or ``"gat"`` (the GAT
+        embedding ``obsm['X_gat']``, trained to separate types).
     score_weight
         ``lambda`` in ``score = centrality_rank ** lambda * confidence ** (1 - lambda)``.
     minibatch_threshold
@@ -79,8 +111,11 @@ class GATConfig:
     weight_decay: float = 5e-4
     class_weight: ClassWeight = "balanced"
     seed_fraction: float = 0.1
-    rare_threshold: float = C.RARE_THRESHOLD
+    rare_threshold: float | None = None
     rare_min_seeds: int = 10
+    seed_strategy: SeedStrategy = "score"
+    centrality: Centrality = "relative"
+    coverage_space: CoverageSpace = "pca"
     score_weight: float = 0.5
     minibatch_threshold: int = 50_000
     batch_size: int = 1024
@@ -92,12 +127,15 @@ class GATConfig:
 
     def validate(self) -> None:
         def bad(opt: str, got: Any, want: str) -> GarageError:
-            return GarageError(f"--{opt} must be {want}, got {got!r}", f"pass {opt} {want}")
+            return GarageError(f"--{opt} must be {want}, got {got!r}", f"pass --{opt} {want}")
 
-        if self.features not in ("pca", "hvg"):
-            raise bad("features", self.features, "pca or hvg")
-        if self.class_weight not in ("balanced", "sqrt", "none"):
-            raise bad("class-weight", self.class_weight, "balanced, sqrt or none")
+        for name, kind in (("features", Features), ("class_weight", ClassWeight),
+                           ("seed_strategy", SeedStrategy), ("centrality", Centrality),
+                           ("coverage_space", CoverageSpace)):
+            allowed = get_args(kind)
+            if getattr(self, name) not in allowed:
+                raise bad(name.replace("_", "-"), getattr(self, name),
+                          "one of " + ", ".join(allowed))
         for name in ("n_layers", "hidden", "heads", "batch_size", "num_neighbors",
                      "inference_batch_size"):
             v = getattr(self, name)
@@ -121,8 +159,8 @@ class GATConfig:
             raise bad("weight-decay", self.weight_decay, ">= 0")
         if not 0.0 < self.seed_fraction <= 1.0:
             raise bad("seed-fraction", self.seed_fraction, "in (0, 1]")
-        if not 0.0 <= self.rare_threshold < 1.0:
-            raise bad("rare-threshold", self.rare_threshold, "in [0, 1)")
+        if self.rare_threshold is not None and not 0.0 <= self.rare_threshold < 1.0:
+            raise bad("rare-threshold", self.rare_threshold, "in [0, 1) (or omitted)")
         if not 0.0 <= self.score_weight <= 1.0:
             raise bad("score-weight", self.score_weight, "in [0, 1]")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:

@@ -23,6 +23,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from .._utils import progress
+from ._features import NodeFeatures
 from ._module import GATClassifier
 
 
@@ -180,7 +182,7 @@ AttentionHook = Callable[[int, Tensor, Tensor, Tensor], None]
 @torch.no_grad()
 def layerwise_inference(
     model: GATClassifier,
-    x: Tensor,
+    x: Tensor | NodeFeatures,
     graph: CSRGraph,
     *,
     chunk_size: int,
@@ -190,24 +192,33 @@ def layerwise_inference(
     """Exact eval-mode forward pass, layer by layer over chunks of target cells.
 
     Each chunk takes its targets with all their incoming edges, so the result
-    equals a full-graph forward while memory stays ``O(N * width + chunk edges)``.
+    equals a full-graph forward while memory stays ``O(N * width + chunk edges)``
+    (sparse HVG features are only taken row by row, see :class:`NodeFeatures`).
     With *on_attention*, every layer's ``alpha`` (as returned by GATConv, self
     loops included, restricted to edges into the chunk's targets) is passed on
     with global source/target ids.  Returns ``(logits, embedding)`` on CPU.
+    A progress bar (off without a TTY) counts layers x chunks.
     """
+    feats = x if isinstance(x, NodeFeatures) else NodeFeatures.from_tensor(x)
     was_training = model.training
     model.eval()
     n = graph.num_nodes
-    h = x
     chunk_size = max(1, min(int(chunk_size), n))
+    n_chunks = -(-n // chunk_size)
+    bar = progress(total=model.n_layers * n_chunks, desc="gat inference", unit="chunk",
+                   leave=False)
+    h: Tensor | None = None
     try:
         for i in range(model.n_layers):
             out = torch.empty(n, model.embedding_dim)
             for start in range(0, n, chunk_size):
                 stop = min(n, start + chunk_size)
-                sub = graph.in_subgraph(start, stop) if chunk_size < n else SubGraph(
-                    torch.arange(n), graph.edge_index(), n)
-                xs = h[sub.n_id] if chunk_size < n else h
+                if chunk_size < n:
+                    sub = graph.in_subgraph(start, stop)
+                    xs = feats.rows(sub.n_id) if i == 0 else h[sub.n_id]
+                else:
+                    sub = SubGraph(torch.arange(n), graph.edge_index(), n)
+                    xs = feats.all() if i == 0 else h
                 hs, att = model.layer(i, xs.to(device), sub.edge_index.to(device),
                                       return_attention=on_attention is not None)
                 out[start:stop] = hs[: sub.batch_size].cpu()
@@ -217,10 +228,12 @@ def layerwise_inference(
                     into_targets = ei[1] < sub.batch_size
                     ei, alpha = ei[:, into_targets], alpha[into_targets]
                     on_attention(i, sub.n_id[ei[0]], sub.n_id[ei[1]], alpha)
+                bar.update(1)
             h = out
         logits = torch.cat([
             model.classify(h[s:s + chunk_size].to(device)).cpu() for s in range(0, n, chunk_size)
         ])
     finally:
+        bar.close()
         model.train(was_training)
     return logits, h

@@ -27,6 +27,20 @@ class GATOutput:
     attention: list[Attention] = field(default_factory=list)
 
 
+def feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``F.dropout`` that also takes a sparse CSR input (HVG features).
+
+    Dropping an entry of a sparse row zeroes it and rescales the rest, exactly
+    as on the dense row (zeros stay zero), so only the stored values are drawn.
+    """
+    if x.layout == torch.sparse_csr:
+        if not training or p == 0.0:
+            return x
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
+                                       F.dropout(x.values(), p=p, training=True), size=x.shape)
+    return F.dropout(x, p=p, training=training)
+
+
 class GATClassifier(nn.Module):
     """Multi-head GAT for node classification.
 
@@ -71,8 +85,11 @@ class GATClassifier(nn.Module):
     def layer(
         self, i: int, x: Tensor, edge_index: Tensor, *, return_attention: bool = False
     ) -> tuple[Tensor, Attention | None]:
-        """Apply GAT layer *i*; with *return_attention*, also its ``(edge_index, alpha)``."""
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        """Apply GAT layer *i*; with *return_attention*, also its ``(edge_index, alpha)``.
+
+        *x* may be a sparse CSR tensor (HVG features into layer 0).
+        """
+        x = feature_dropout(x, self.dropout, self.training)
         if return_attention:
             h, (ei, alpha) = self.convs[i](x, edge_index, return_attention_weights=True)
             return F.elu(h), (ei, alpha)

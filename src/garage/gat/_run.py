@@ -15,6 +15,7 @@ import torch
 
 from .. import __version__
 from .. import constants as C
+from .._meta import rare_types_of
 from .._utils import (
     atomic_path,
     check_writable_dir,
@@ -26,22 +27,41 @@ from .._utils import (
     write_text_atomic,
 )
 from ..errors import GarageError
-from ._config import GATConfig
+from ._config import OBS_SEED_REGION, GATConfig
+from ._features import NodeFeatures
 from ._graph import CSRGraph, layerwise_inference
 from ._module import GATClassifier
 from ._score import AttentionCentrality, CellScores, combine_scores
-from ._seeds import SeedPlan, seed_quotas, select_seeds
+from ._seeds import (
+    SeedPlan,
+    coverage_regions,
+    random_keys,
+    region_core,
+    seed_quotas,
+    select_per_region,
+    select_seeds,
+)
 from ._train import LOG_COLUMNS, TrainData, TrainResult, check_memory, train_gat
 
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "garage-gat-1"
 SUFFIX_CHECKPOINT = C.SUFFIX_GAT_CKPT
-SCORE_FORMULA = (
-    "score = r^lam * p^(1-lam); r = within-type rank(c)/n_type; "
-    "c_j = mean over layers and heads of sum of alpha on edges j->i, i != j; "
-    "p = softmax probability of the cell's own label"
-)
+SCORE_FORMULAS = {
+    "relative": (
+        "score = r^lam * p^(1-lam); r = within-type rank(c)/n_type; "
+        "c_j = mean over layers, heads and edges j->i (i != j) of alpha[j->i] * n_i, "
+        "n_i = cells i attends over (deg_i + self-loop), i.e. attention relative to a "
+        "uniform share; p = softmax probability of the cell's own label"
+    ),
+    "raw": (
+        "score = r^lam * p^(1-lam); r = within-type rank(c)/n_type; "
+        "c_j = mean over layers and heads of sum of alpha on edges j->i, i != j; "
+        "p = softmax probability of the cell's own label"
+    ),
+}
+#: the formula of the default centrality
+SCORE_FORMULA = SCORE_FORMULAS[GATConfig().centrality]
 
 
 @dataclass
@@ -54,6 +74,10 @@ class GATResult:
     train: TrainResult
     scores: CellScores
     plan: SeedPlan
+    #: both attention centralities per cell ("raw", "relative"); the score uses config.centrality
+    centralities: dict[str, np.ndarray]
+    #: coverage region rank of every cell (the OBS_SEED_REGION column)
+    regions: np.ndarray
 
 
 def check_input(adata, config: GATConfig) -> None:
@@ -66,7 +90,9 @@ def check_input(adata, config: GATConfig) -> None:
     ):
         if key not in store:
             raise GarageError(f"input has no {where}[{key!r}]; it is not a preprocessed file", fix)
-    if config.features == "pca" and C.OBSM_PCA not in adata.obsm:
+    needs_pca = config.features == "pca" or (
+        config.seed_strategy == "coverage" and config.coverage_space == "pca")
+    if needs_pca and C.OBSM_PCA not in adata.obsm:
         raise GarageError(f"input has no obsm[{C.OBSM_PCA!r}]; it is not a preprocessed file", fix)
     if adata.n_obs < 2:
         raise GarageError(f"input has {adata.n_obs} cell(s)", "provide at least 10 cells")
@@ -83,15 +109,62 @@ def check_input(adata, config: GATConfig) -> None:
         raise GarageError(f"obs[{C.OBS_LABEL!r}] has missing labels", fix)
 
 
-def _features(adata, config: GATConfig) -> np.ndarray:
+def _features(adata, config: GATConfig) -> NodeFeatures:
+    """Normalised node features; HVGs stay sparse (no dense cells x genes copy)."""
     if config.features == "pca":
         x = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float32)
+        finite = np.isfinite(x).all()
     else:
-        x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-        x = x.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
+        x = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+        finite = np.isfinite(x.data).all()
+    if not finite:
         raise GarageError(f"{config.features} features contain NaN/inf", "rerun `garage preprocess`")
-    return x
+    return NodeFeatures.fit(x)
+
+
+def _rare_types(adata, config: GATConfig) -> tuple[list[str], str]:
+    """The rare types preprocess decided (``uns['garage']['rare_types']``) and where from.
+
+    ``config.rare_threshold`` is only a fallback for inputs without that list.
+    """
+    uns = adata.uns.get(C.UNS_KEY, {})
+    if C.UNS_RARE_TYPES in uns:
+        rare = rare_types_of(adata)
+        used = uns.get("rare_threshold")
+        given = config.rare_threshold
+        if given is not None and (used is None or not np.isclose(float(used), float(given))):
+            logger.warning(
+                "--rare-threshold %g is ignored: the input's rare types %s were decided by "
+                "`garage preprocess`%s; pass --rare-threshold to `garage preprocess` to change them",
+                given, rare, "" if used is None else f" with threshold {float(used):g}")
+        return rare, "preprocess"
+    thr = C.RARE_THRESHOLD if config.rare_threshold is None else float(config.rare_threshold)
+    return rare_types_of(adata, thr), f"fallback threshold {thr:g} (no uns['garage']['rare_types'])"
+
+
+def _choose_seeds(adata, config: GATConfig, labels: pd.Series, is_train: np.ndarray,
+                  score: np.ndarray, plan: SeedPlan, emb: np.ndarray,
+                  perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seed mask and region ranks for ``config.seed_strategy`` (same quotas for all)."""
+    names = adata.obs_names
+    regions = np.full(adata.n_obs, -1, dtype=np.int64)
+    if config.seed_strategy == "score":
+        return select_seeds(labels, is_train, score, names, plan), regions
+    if config.seed_strategy == "random":
+        return select_seeds(labels, is_train, random_keys(names, config.seed), names, plan), regions
+    # coverage: partition each type's train cells (in canonical name order) into quota regions
+    rows = perm[is_train[perm]]
+    types = [str(t) for t in plan.table.index]
+    codes = pd.Categorical(labels.to_numpy()[rows], categories=types).codes.astype(np.int64)
+    coords = (np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float64)
+              if config.coverage_space == "pca" else np.asarray(emb, dtype=np.float64))
+    region = coverage_regions(coords[rows], codes, plan.table["quota"].to_numpy(np.int64))
+    chosen, rank = select_per_region(region, codes, score[rows], np.asarray(names)[rows],
+                                     core=region_core(coords[rows], region))
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[rows[chosen]] = True
+    regions[rows] = rank
+    return mask, regions
 
 
 def _fingerprint(adata, n_edges: int, categories: list[str]) -> dict[str, Any]:
@@ -129,21 +202,19 @@ def gat_adata(
     y = np.asarray(cat.codes, dtype=np.int64)
     is_train = (adata.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).to_numpy()
 
-    x = _features(adata, config)
-    center = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    x = x - center
-    scale = float(x.std(dtype=np.float64)) or 1.0
-    x = x / np.float32(scale)
+    rare, rare_source = _rare_types(adata, config)
+    feats = _features(adata, config)
     graph = CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES])
     n, n_edges = adata.n_obs, graph.num_edges
     minibatch = n > config.minibatch_threshold
     epochs = config.resolved_epochs(minibatch)
     logger.info(
         "GAT on %d cells, %d edges, %d %s features, %d types: %s, %d epochs, device %s",
-        n, n_edges, x.shape[1], config.features, len(categories),
+        n, n_edges, feats.shape[1], config.features, len(categories),
         "neighbour-sampled minibatches" if minibatch else "full batch", epochs, dev,
     )
-    check_memory(n, n_edges, x.shape[1], config, minibatch=minibatch, device=dev)
+    check_memory(n, n_edges, feats.shape[1], config, minibatch=minibatch, device=dev,
+                 bytes_per_row=feats.bytes_per_row)
 
     # canonical order for training: sorted obs names (row order of the file cannot matter)
     names = np.asarray(adata.obs_names, dtype=str)
@@ -154,7 +225,7 @@ def gat_adata(
         perm = np.arange(n)
     perm_t = torch.from_numpy(perm)
     data = TrainData(
-        x=torch.from_numpy(x)[perm_t].contiguous(),
+        x=feats.permuted(perm),
         y=torch.from_numpy(y)[perm_t].contiguous(),
         train_idx=torch.from_numpy(np.flatnonzero(is_train[perm])),
         holdout_idx=torch.from_numpy(np.flatnonzero(~is_train[perm])),
@@ -169,25 +240,29 @@ def gat_adata(
     # scoring: exact eval-mode inference on the input order, reading GATConv's alpha
     chunk = n if not minibatch else config.inference_batch_size
     centrality = AttentionCentrality(n, model.n_layers)
-    logits, emb = layerwise_inference(model, torch.from_numpy(x), graph, chunk_size=chunk,
+    logits, emb = layerwise_inference(model, feats, graph, chunk_size=chunk,
                                       device=dev, on_attention=centrality)
+    del data
     probs = torch.softmax(logits.double(), dim=1).numpy()
-    scores = combine_scores(centrality.result(), probs, y, config.score_weight)
+    centralities = {"raw": centrality.raw(), "relative": centrality.relative()}
+    scores = combine_scores(centralities[config.centrality], probs, y, config.score_weight)
 
     plan = seed_quotas(labels, is_train, seed_fraction=config.seed_fraction,
-                       rare_threshold=config.rare_threshold, rare_min_seeds=config.rare_min_seeds)
-    seed_mask = select_seeds(labels, is_train, scores.score, adata.obs_names, plan)
+                       rare_types=rare, rare_min_seeds=config.rare_min_seeds)
+    seed_mask, regions = _choose_seeds(adata, config, labels, is_train, scores.score, plan,
+                                       emb.numpy(), perm)
     chosen = pd.Series(labels[seed_mask]).value_counts()
     plan.table["n_seeds"] = chosen.reindex(plan.table.index, fill_value=0).astype(int)
-    for t in plan.rare_types:
-        logger.info("rare type %r: %d seeds of %d train cells", t,
-                    plan.table.at[t, "n_seeds"], plan.table.at[t, "n_train"])
+    logger.info("rare types (%s): %s", rare_source, rare or "none")
+    logger.info("seed quotas (strategy %s, centrality %s):\n%s", config.seed_strategy,
+                config.centrality, plan.table.to_string())
 
     final = train.log[-1] if train.log else {}
     pred = logits.argmax(1).numpy()
     out = adata.copy() if copy else adata
     out.obs[C.OBS_SCORE] = scores.score.astype(np.float64)
     out.obs[C.OBS_SEED] = seed_mask
+    out.obs[OBS_SEED_REGION] = regions.astype(np.int32)
     out.obsm[C.OBSM_GAT] = emb.numpy().astype(np.float32)
     tab = plan.table
     metrics = {
@@ -198,6 +273,8 @@ def gat_adata(
         if (~is_train).any() else float("nan"),
     }
     uns = dict(out.uns.get(C.UNS_KEY, {}))
+    if C.UNS_RARE_TYPES not in uns:  # decided here (fallback): later stages read the same list
+        uns[C.UNS_RARE_TYPES] = list(rare)
     uns["gat"] = {
         "params": config.to_uns(),
         **metrics,
@@ -205,13 +282,17 @@ def gat_adata(
         "mode": "minibatch" if minibatch else "full-batch",
         "device": dev.type,
         "n_seeds": int(seed_mask.sum()),
+        "seed_strategy": config.seed_strategy,
+        "centrality": config.centrality,
+        "rare_source": rare_source,
         "seed_types": [str(t) for t in tab.index],
         "seed_counts": tab["n_seeds"].astype(int).to_numpy(),
         "seed_quota": tab["quota"].astype(int).to_numpy(),
         "n_train": tab["n_train"].astype(int).to_numpy(),
         "is_rare": tab["is_rare"].astype(bool).to_numpy(),
         "rare_types": np.asarray(plan.rare_types, dtype=object),
-        "score_formula": SCORE_FORMULA,
+        "score_formula": SCORE_FORMULAS[config.centrality],
+        "seed_region_column": OBS_SEED_REGION,
         "versions": versions(),
     }
     out.uns[C.UNS_KEY] = uns
@@ -226,8 +307,9 @@ def gat_adata(
         "config": config.to_dict(),
         "label_categories": categories,
         "features": config.features,
-        "feature_center": torch.from_numpy(center),
-        "feature_scale": scale,
+        "feature_center": torch.from_numpy(feats.center),
+        "feature_scale": feats.scale,
+        "features_centred": not feats.is_sparse,
         "var_names": [str(v) for v in adata.var_names] if config.features == "hvg" else [],
         "epochs": int(train.epochs),
         "mode": uns["gat"]["mode"],
@@ -235,7 +317,7 @@ def gat_adata(
         "garage_version": __version__,
         "versions": versions(),
     }
-    return GATResult(out, model, payload, train, scores, plan)
+    return GATResult(out, model, payload, train, scores, plan, centralities, regions)
 
 
 def load_gat(path: Path, device: str = "cpu") -> tuple[GATClassifier, dict[str, Any]]:

@@ -32,33 +32,66 @@ from torch_geometric.utils import scatter
 
 
 class AttentionCentrality:
-    """Accumulates ``c_j`` from ``(layer, src, dst, alpha)`` chunks (see module doc)."""
+    """Accumulates both centralities from ``(layer, src, dst, alpha)`` chunks (see module doc).
+
+    Each call must hold *all* incoming edges of its targets (self-loops
+    included), as :func:`~garage.gat._graph.layerwise_inference` and a
+    full-graph forward provide: the uniform share ``1 / n_i`` is counted from
+    them.  Every reduction is one PyG ``scatter``; nothing loops over nodes.
+    """
 
     def __init__(self, num_nodes: int, n_layers: int) -> None:
         self.num_nodes = int(num_nodes)
         self.n_layers = int(n_layers)
-        self.total = torch.zeros(self.num_nodes, dtype=torch.float64)
+        self.total = torch.zeros(self.num_nodes, dtype=torch.float64)  # sum of alpha, j -> i != j
+        self.lift = torch.zeros(self.num_nodes, dtype=torch.float64)  # sum of alpha * n_i
+        self.out_edges = torch.zeros(self.num_nodes, dtype=torch.float64)  # edges j -> i != j
         self.n_seen = 0
 
     def __call__(self, layer: int, src: Tensor, dst: Tensor, alpha: Tensor) -> None:
         self.add(src, dst, alpha)
 
     def add(self, src: Tensor, dst: Tensor, alpha: Tensor) -> None:
+        n = self.num_nodes
+        # n_i: how many cells target i attends over (its in-edges + the self-loop)
+        n_in = scatter(torch.ones(dst.numel(), dtype=torch.float64), dst, dim=0, dim_size=n,
+                       reduce="sum")
         keep = src != dst  # drop the self-loops GATConv added
+        src_k, dst_k = src[keep], dst[keep]
         per_edge = alpha[keep].to(torch.float64).mean(dim=1)  # mean over heads
-        self.total += scatter(per_edge, src[keep], dim=0, dim_size=self.num_nodes, reduce="sum")
+        self.total += scatter(per_edge, src_k, dim=0, dim_size=n, reduce="sum")
+        self.lift += scatter(per_edge * n_in[dst_k], src_k, dim=0, dim_size=n, reduce="sum")
+        self.out_edges += scatter(torch.ones_like(per_edge), src_k, dim=0, dim_size=n,
+                                  reduce="sum")
         self.n_seen += 1
 
-    def result(self) -> np.ndarray:
+    def raw(self) -> np.ndarray:
+        """``c_raw_j``: summed attention received, averaged over layers (grows with degree)."""
         return (self.total / self.n_layers).numpy()
 
+    def relative(self) -> np.ndarray:
+        """``c_rel_j``: attention received relative to the uniform share (1 for isolated cells)."""
+        out = torch.where(self.out_edges > 0, self.lift / self.out_edges.clamp(min=1),
+                          torch.ones_like(self.lift))
+        return out.numpy()
 
-def attention_centrality(attention: list[tuple[Tensor, Tensor]], num_nodes: int) -> np.ndarray:
-    """``c_j`` straight from a list of per-layer ``(edge_index, alpha)`` (full-graph forward)."""
+    def result(self, kind: str = "raw") -> np.ndarray:
+        """The centrality named *kind* (``"raw"`` or ``"relative"``)."""
+        if kind == "raw":
+            return self.raw()
+        if kind == "relative":
+            return self.relative()
+        raise ValueError(kind)
+
+
+def attention_centrality(
+    attention: list[tuple[Tensor, Tensor]], num_nodes: int, kind: str = "raw"
+) -> np.ndarray:
+    """A centrality straight from a list of per-layer ``(edge_index, alpha)`` (full-graph forward)."""
     acc = AttentionCentrality(num_nodes, len(attention))
     for ei, alpha in attention:
         acc.add(ei[0].cpu(), ei[1].cpu(), alpha.detach().cpu())
-    return acc.result()
+    return acc.result(kind)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torch import Tensor
 from .._utils import atomic_path
 from ..errors import GarageError
 from ._config import GATConfig
+from ._features import NodeFeatures
 from ._graph import CSRGraph, NeighborSampler
 from ._module import GATClassifier, class_weights
 
@@ -30,7 +31,7 @@ CHECKPOINT_FORMAT = "garage-gat-ckpt-1"
 class TrainData:
     """Everything the loop needs, in one node order (CPU tensors)."""
 
-    x: Tensor  # float32 [N, F]
+    x: NodeFeatures  # normalised [N, F], dense (PCA) or sparse (HVG)
     y: Tensor  # int64 [N] class codes
     train_idx: Tensor  # int64
     holdout_idx: Tensor  # int64
@@ -98,7 +99,8 @@ def available_memory_bytes(device: torch.device) -> int:
 
 
 def estimate_memory_bytes(
-    n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *, minibatch: bool
+    n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *, minibatch: bool,
+    bytes_per_row: float | None = None,
 ) -> int:
     """Rough peak of training + inference (float32), from the graph size.
 
@@ -107,17 +109,20 @@ def estimate_memory_bytes(
     and attention; training keeps every layer for backward and doubles that for
     gradients.  Minibatch mode applies this to one sampled batch plus one
     inference chunk, on top of the node features and embeddings of all cells.
+    *bytes_per_row* is one feature row's memory (default dense float32,
+    ``4 * in_dim``; sparse HVG rows are smaller, see ``NodeFeatures.bytes_per_row``).
     """
     L, H, C = config.n_layers, config.heads, config.hidden
     width = H * C
-    base = n_nodes * in_dim * 4 + n_edges * 8 * 3 + n_nodes * width * 4 * 2
+    row = 4.0 * in_dim if bytes_per_row is None else float(bytes_per_row)
+    base = int(n_nodes * row) + n_edges * 8 * 3 + n_nodes * width * 4 * 2
 
     def layer_bytes(nodes: int, edges: int) -> int:
         edges = edges + nodes  # self-loops
         return 4 * (nodes * width * 4 + edges * H * (C + 4))
 
     def train_bytes(nodes: int, edges: int) -> int:
-        return 2 * L * layer_bytes(nodes, edges) + 4 * nodes * in_dim * 2
+        return 2 * L * layer_bytes(nodes, edges) + int(nodes * row * 2)
 
     if not minibatch:
         return base + train_bytes(n_nodes, n_edges) + layer_bytes(n_nodes, n_edges)
@@ -133,9 +138,10 @@ def estimate_memory_bytes(
 
 
 def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
-                 minibatch: bool, device: torch.device) -> int:
+                 minibatch: bool, device: torch.device, bytes_per_row: float | None = None) -> int:
     """Raise a :class:`GarageError` when the estimate exceeds the budget; return the estimate."""
-    need = estimate_memory_bytes(n_nodes, n_edges, in_dim, config, minibatch=minibatch)
+    need = estimate_memory_bytes(n_nodes, n_edges, in_dim, config, minibatch=minibatch,
+                                 bytes_per_row=bytes_per_row)
     if config.max_memory_gb is not None:
         have, what = int(config.max_memory_gb * 1024**3), "--max-memory-gb"
     else:
@@ -202,7 +208,7 @@ def _sampled_accuracy(model: GATClassifier, data: TrainData, sampler: NeighborSa
     preds, idx = [], []
     for start in range(0, data.holdout_idx.numel(), config.batch_size):
         b = sampler.sample(data.holdout_idx[start:start + config.batch_size], gen)
-        out = model(data.x[b.n_id].to(device), b.edge_index.to(device),
+        out = model(data.x.rows(b.n_id).to(device), b.edge_index.to(device),
                     num_sampled_nodes=b.num_sampled_nodes, num_sampled_edges=b.num_sampled_edges)
         preds.append(out.logits[: b.batch_size].argmax(1).cpu())
         idx.append(b.n_id[: b.batch_size])
@@ -262,7 +268,7 @@ def train_gat(
     y_np = data.y.numpy()
     tr_np, ho_np = data.train_idx.numpy(), data.holdout_idx.numpy()
     if not minibatch:
-        x_d, y_d = data.x.to(device), data.y.to(device)
+        x_d, y_d = data.x.all().to(device), data.y.to(device)
         ei_d = data.graph.edge_index().to(device)
         tr_d = data.train_idx.to(device)
     else:
@@ -271,9 +277,11 @@ def train_gat(
     t0 = time.perf_counter()
     from .._utils import progress
 
-    bar = progress(range(start, epochs + 1), desc="gat", unit="epoch", initial=start - 1,
-                   total=epochs)
-    for epoch in bar:
+    # one tick per gradient step, so the ETA is right in minibatch mode too
+    steps = 1 if not minibatch else -(-data.train_idx.numel() // config.batch_size)
+    bar = progress(total=epochs * steps, initial=(start - 1) * steps, desc="gat training",
+                   unit="batch" if minibatch else "epoch")
+    for epoch in range(start, epochs + 1):
         model.train()
         if not minibatch:
             opt.zero_grad(set_to_none=True)
@@ -281,6 +289,7 @@ def train_gat(
             loss = F.cross_entropy(out.logits[tr_d], y_d[tr_d], weight=weight)
             loss.backward()
             opt.step()
+            bar.update(1)
             epoch_loss = float(loss.detach())
             model.eval()
             with torch.no_grad():
@@ -293,7 +302,7 @@ def train_gat(
             seen_idx, seen_pred = [], []
             for batch in sampler.batches(data.train_idx, config.batch_size, gen):
                 opt.zero_grad(set_to_none=True)
-                out = model(data.x[batch.n_id].to(device), batch.edge_index.to(device),
+                out = model(data.x.rows(batch.n_id).to(device), batch.edge_index.to(device),
                             num_sampled_nodes=batch.num_sampled_nodes,
                             num_sampled_edges=batch.num_sampled_edges)
                 target = data.y[batch.n_id[: batch.batch_size]].to(device)
@@ -301,6 +310,7 @@ def train_gat(
                 loss = F.cross_entropy(logits_b, target, weight=weight)
                 loss.backward()
                 opt.step()
+                bar.update(1)
                 total += float(loss.detach()) * batch.batch_size
                 seen += batch.batch_size
                 seen_idx.append(batch.n_id[: batch.batch_size])
@@ -322,9 +332,8 @@ def train_gat(
             "holdout_balanced_accuracy": holdout_acc,
         }
         log.append(row)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{epoch_loss:.3f}",
-                            holdout=f"{row['holdout_balanced_accuracy']:.3f}", refresh=False)
+        bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.3f}",
+                        holdout=f"{row['holdout_balanced_accuracy']:.3f}", refresh=False)
         if epoch == start or epoch % 25 == 0 or epoch == epochs:
             logger.info("epoch %d/%d loss %.4f train bal.acc %.3f holdout bal.acc %.3f",
                         epoch, epochs, epoch_loss, row["train_balanced_accuracy"],
@@ -343,8 +352,7 @@ def train_gat(
                 "config": config.to_dict(),
                 "fingerprint": fingerprint,
             })
-    if hasattr(bar, "close"):
-        bar.close()
+    bar.close()
     model.eval()
     return TrainResult(model, log, epochs, minibatch, resumed_from,
                        time.perf_counter() - t0)
