@@ -629,7 +629,7 @@ def fast_params(tparams) -> dict[str, Any]:
 def meta() -> dict[str, Any]:
     from garage.datasets import label_key
 
-    return {"id": P68K, "label_key": label_key(P68K), "layer": None}
+    return {"id": P68K, "label_key": label_key(P68K), "layer": None, "condition_key": None}
 
 
 @pytest.fixture(scope="module")
@@ -643,7 +643,12 @@ def test_modules_follow_conventions(modules):
     for m in modules.values():
         text = m.path.read_text()
         assert m.stub.strip(), f"{m.name} has no stub"
-        assert "topic: versions" in text, f"{m.name} publishes no versions on the topic"
+        if m.name == "MULTIQC":  # it consumes the versions topic: emitting into it would deadlock
+            assert not re.search(r"topic:\s*['\"]?versions", text), "MULTIQC must not emit into the versions topic"
+            assert m.evals, "MULTIQC still reports its version (emit, not topic)"
+        else:
+            assert "topic: versions" in text, f"{m.name} publishes no versions on the topic"
+        assert not re.search(r"(?m)^\s*container\s", text), f"{m.name}: images come from conf/base.config, not the module"
         if m.name != "MULTIQC":
             assert re.search(r"tag\s+\"\$\{meta\.id\}\"", text), f"{m.name} is not tagged with meta.id"
             assert m.inputs[0] == "meta", f"{m.name}: first input must be val(meta)"
@@ -668,11 +673,15 @@ def test_ext_args_render_for_every_process(tparams, meta):
     assert set(closures) == set(MODULES)
     cpu = render_ext_args("GARAGE_GAT", tparams, meta)
     gpu = render_ext_args("GARAGE_GAT", tparams | {"use_gpu": True}, meta)
-    assert "--device cpu" in cpu and "--device cuda" in gpu
+    assert "--device auto" in cpu and "--device cuda" in gpu
     assert "--device cuda" in render_ext_args("GARAGE_GAN", tparams | {"use_gpu": True}, meta)
-    pp = render_ext_args("GARAGE_PREPROCESS", tparams, meta | {"layer": "counts"})
+    assert "--device auto" in render_ext_args("GARAGE_GAN", tparams, meta)
+    pp = render_ext_args("GARAGE_PREPROCESS", tparams, meta | {"layer": "counts", "condition_key": "phase"})
     assert "--label-key 'bulk_labels'" in pp and "--layer 'counts'" in pp
-    assert "--layer" not in render_ext_args("GARAGE_PREPROCESS", tparams, meta)
+    assert "--condition-key 'phase'" in pp
+    assert f"--rare-threshold {tparams['rare_threshold']}" in pp  # rarity is decided once, in preprocess
+    plain = render_ext_args("GARAGE_PREPROCESS", tparams, meta)
+    assert "--layer" not in plain and "--condition-key" not in plain
 
 
 def _flags(args: str) -> dict[str, str]:
@@ -697,11 +706,13 @@ def cli_flags(stage: str) -> set[str]:
             for o in p.opts + p.secondary_opts if o.startswith("--")}
 
 
-@pytest.mark.parametrize("stage, process", [("gat", "GARAGE_GAT"), ("gan", "GARAGE_GAN"), ("evaluate", "GARAGE_EVALUATE")])
+@pytest.mark.parametrize("stage, process", [("preprocess", "GARAGE_PREPROCESS"), ("gat", "GARAGE_GAT"),
+                                            ("gan", "GARAGE_GAN"), ("evaluate", "GARAGE_EVALUATE")])
 def test_ext_args_flags_exist_in_cli(stage, process, tparams, meta):
     """Every flag conf/modules.config + -profile test pass to a stage is one its CLI knows."""
     require_cli(stage)
-    flags = set(_flags(render_ext_args(process, tparams | {"use_gpu": True}, meta)))
+    full_meta = meta | {"layer": "counts", "condition_key": "phase"}
+    flags = set(_flags(render_ext_args(process, tparams | {"use_gpu": True}, full_meta)))
     assert flags <= cli_flags(stage), f"`garage {stage}` has no option(s) {sorted(flags - cli_flags(stage))}"
 
 
@@ -946,3 +957,375 @@ def test_plugin_includes_are_declared():
             continue
         used |= set(re.findall(r"from\s+'plugin/([\w-]+)'", f.read_text()))
     assert used and used <= declared, f"plugins used {sorted(used)} but declared {sorted(declared)}"
+
+
+def test_module_preprocess_condition_key(tmp_path, modules, tparams, fast_params, meta, counts_file):
+    """A samplesheet `condition_key` reaches `garage preprocess --condition-key` and the output."""
+    import anndata as ad
+    import numpy as np
+
+    adata = ad.read_h5ad(counts_file)
+    adata.obs["donor"] = np.where(np.arange(adata.n_obs) % 2 == 0, "donor_a", "donor_b")
+    src = tmp_path / "with_donor.h5ad"
+    adata.write_h5ad(src)
+    m = modules["GARAGE_PREPROCESS"]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cmeta = meta | {"condition_key": "donor"}
+    staged = stage(workdir, m, {"counts": src})
+    script, ctx = render(m, stub=False, meta=cmeta, inputs=staged,
+                         ext_args=render_ext_args("GARAGE_PREPROCESS", fast_params, cmeta))
+    assert "--condition-key 'donor'" in script
+    run_task(m, workdir, script)
+    out = declared_outputs(m, ctx, workdir)
+    pp = ad.read_h5ad(out["h5ad"][0], backed="r")
+    assert set(pp.obs["garage_condition"].astype(str).unique()) == {"donor_a", "donor_b"}
+
+
+# ---------------------------------------------------------------------------------------
+# Groovy, run for real: the Nextflow language server's config parser locates each setting
+# (tools/nflint/NfEval.java) and the Groovy runtime in the same jar evaluates it
+# ---------------------------------------------------------------------------------------
+NFLINT_SETUP = REPO / "tools/nflint/setup.sh"
+
+
+@pytest.fixture(scope="session")
+def nf_classpath() -> str:
+    if not _have_java():
+        if IN_CI:
+            pytest.fail("java/javac not found but CI=true: the Groovy checks must run in CI")
+        pytest.skip("java/javac not found: cannot evaluate the pipeline's Groovy")
+    proc = subprocess.run(["bash", str(NFLINT_SETUP)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def config_settings(cp: str, rel: str) -> list[dict[str, Any]]:
+    proc = subprocess.run(["java", "-cp", cp, "NfEval", "config", str(REPO / rel)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def groovy(cp: str, script: str) -> Any:
+    proc = subprocess.run(["java", "-cp", cp, "NfEval", "groovy"], input=script,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{proc.stderr}\n--- script ---\n{script}"
+    return json.loads(proc.stdout)
+
+
+def _groovy_data(value: Any) -> str:
+    """A Groovy expression that rebuilds a JSON-able Python value."""
+    import base64
+
+    b64 = base64.b64encode(json.dumps(value).encode()).decode()
+    return f"new groovy.json.JsonSlurper().parseText(new String(java.util.Base64.decoder.decode('{b64}'), 'UTF-8'))"
+
+
+#: A context like Nextflow's TaskContext: an unknown name is an error, not null
+STRICT_CONTEXT = """
+class StrictContext extends LinkedHashMap {
+    Object get(Object key) {
+        if (!containsKey(key)) throw new MissingPropertyException(key.toString(), StrictContext)
+        return super.get(key)
+    }
+}
+def __strict(Map m) { def c = new StrictContext(); c.putAll(m); return c }
+"""
+
+
+def eval_closures(cp: str, cases: list[dict[str, Any]]) -> list[Any]:
+    """Call config closures the way Nextflow does (delegate = the task context, DELEGATE_FIRST),
+    all in one JVM. Each case: source, and the task/meta/params/workflow maps it sees;
+    ``task.workDir`` and ``workflow.workDir`` become java.nio Paths, as in Nextflow."""
+    calls = []
+    for n, case in enumerate(cases):
+        data = {k: case.get(k) or {} for k in ("task", "meta", "params", "workflow")}
+        calls.append(f"""
+__results << {{ ->
+    def __d = {_groovy_data(data)}
+    def __task = __strict(__d.task)
+    if (__task.containsKey('workDir')) __task.workDir = java.nio.file.Paths.get(__d.task.workDir)
+    def __wf = __strict(__d.workflow)
+    if (__wf.containsKey('workDir')) __wf.workDir = java.nio.file.Paths.get(__d.workflow.workDir)
+    def __ctx = __strict([task: __task, meta: __strict(__d.meta), params: __strict(__d.params), workflow: __wf])
+    def __cl = {case["source"].strip()}
+    __cl = __cl.rehydrate(__ctx, this, this)
+    __cl.resolveStrategy = Closure.DELEGATE_FIRST
+    def __r = __cl.call()
+    return __r == null ? null : (__r instanceof CharSequence ? __r.toString() : __r)
+}}.call()
+""")
+    return groovy(cp, STRICT_CONTEXT + "def __results = []\n" + "".join(calls) + "\nreturn __results\n")
+
+
+def eval_closure(cp: str, source: str, **context: Any) -> Any:
+    return eval_closures(cp, [{"source": source, **context}])[0]
+
+
+def nf_function(rel: str, name: str) -> str:
+    """The source of `def name(...) { ... }` in a .nf file."""
+    text = (REPO / rel).read_text()
+    m = re.search(rf"(?m)^def\s+{name}\s*\([^)]*\)\s*\{{", text)
+    assert m, f"no function {name} in {rel}"
+    body = find_block(text[m.start():], rf"def\s+{name}\s*\([^)]*\)")
+    return text[m.start(): m.start() + text[m.start():].index("{") + 1] + body + "}\n"
+
+
+UTILS_NF = "subworkflows/local/utils_nfcore_garage_pipeline/main.nf"
+
+
+def call_nf_functions(cp: str, names: list[str], call: str) -> Any:
+    """Run functions of the utils subworkflow, unchanged, with the Groovy runtime."""
+    return groovy(cp, "".join(nf_function(UTILS_NF, n) for n in names) + "\n" + call)
+
+
+@dataclass
+class Setting:
+    path: list[str]
+    source: str | None
+    value: Any
+    closure: bool
+
+
+def process_settings(cp: str, rel: str, profile: str | None = None) -> list[Setting]:
+    """Settings of the `process` scope (top level, or inside profiles.<profile>)."""
+    out = []
+    for e in config_settings(cp, rel):
+        if "include" in e:
+            continue
+        path = e["path"]
+        if profile is None and path[:1] == ["process"]:
+            out.append(Setting(path[1:], e["source"], e.get("value"), e["closure"]))
+        elif profile is not None and path[:3] == ["profiles", profile, "process"]:
+            out.append(Setting(path[3:], e["source"], e.get("value"), e["closure"]))
+    return out
+
+
+PROCESS_LABELS = {
+    "GARAGE_PREPROCESS": ["process_medium"], "GARAGE_GAT": ["process_gpu"], "GARAGE_GAN": ["process_gpu"],
+    "GARAGE_EVALUATE": ["process_medium"], "MULTIQC": ["process_single"],
+}
+FQN = "GARAGE_PIPELINE:GARAGE:{}"
+
+
+def _selector_matches(selector: str, process: str) -> bool:
+    """Nextflow's rule (ConfigSelectorResolver): a full regex match on the label, or on the simple
+    and on the fully qualified process name; a leading ! negates."""
+    kind, pattern = selector.split(":", 1)
+    neg = pattern.startswith("!")
+    pattern = pattern.lstrip("!").strip()
+    if kind == "withLabel":
+        hit = any(re.fullmatch(pattern, lab) for lab in PROCESS_LABELS[process])
+    else:
+        hit = any(re.fullmatch(pattern, n) for n in (process, FQN.format(process)))
+    return hit != neg
+
+
+def resolve_directive(settings: list[Setting], process: str, directive: str) -> Setting | None:
+    """The setting Nextflow applies: generic < withLabel < withName (later ones win)."""
+    rank = {"": 0, "withLabel": 1, "withName": 2}
+    best: tuple[int, int, Setting] | None = None
+    for i, s in enumerate(settings):
+        if s.path[-1] != directive:
+            continue
+        if len(s.path) == 1:
+            r = 0
+        elif len(s.path) == 2 and _selector_matches(s.path[0], process):
+            r = rank[s.path[0].split(":", 1)[0]]
+        else:
+            continue
+        if best is None or (r, i) >= (best[0], best[1]):
+            best = (r, i, s)
+    return best[2] if best else None
+
+
+@pytest.fixture(scope="module")
+def base_settings(nf_classpath) -> list[Setting]:
+    return process_settings(nf_classpath, "conf/base.config")
+
+
+#: exit status -> action, for the per-sample GARAGE stages and for MULTIQC
+EXPECTED_ACTION = {
+    1: ("finish", "finish"),        # internal error (traceback bug): stop the run
+    2: ("ignore", "finish"),        # bad input of one sample: drop it (MultiQC: stop)
+    104: ("retry", "retry"),        # connection reset / killed by the system
+    126: ("finish", "finish"),      # command not executable
+    127: ("finish", "finish"),      # command not found (broken image)
+    129: ("finish", "finish"),
+    130: ("retry", "retry"),        # SIGINT
+    134: ("retry", "retry"),        # SIGABRT
+    137: ("retry", "retry"),        # SIGKILL (out of memory)
+    139: ("retry", "retry"),        # SIGSEGV
+    140: ("retry", "retry"),        # SIGUSR2 (SLURM/SGE time limit)
+    143: ("retry", "retry"),        # SIGTERM
+    145: ("retry", "retry"),
+    146: ("finish", "finish"),
+    255: ("finish", "finish"),
+}
+
+
+def test_error_strategy_every_exit_code(nf_classpath, base_settings, tmp_path):
+    """conf/base.config's errorStrategy closures, evaluated by Groovy for each exit status."""
+    workdir = tmp_path / "work" / "ab" / "cdef"
+    workdir.mkdir(parents=True)
+    (workdir / ".command.err").write_text("12:00:00 INFO garage.preprocess: reading x.csv ...\nError: table x.csv is empty\n")
+    cases, expected = [], []
+    for process in ("GARAGE_PREPROCESS", "GARAGE_GAT", "GARAGE_GAN", "GARAGE_EVALUATE", "MULTIQC"):
+        setting = resolve_directive(base_settings, process, "errorStrategy")
+        assert setting is not None and setting.closure, f"{process}: errorStrategy must be a closure"
+        for code, (garage_action, mqc_action) in EXPECTED_ACTION.items():
+            cases.append({"source": setting.source,
+                          "task": {"exitStatus": code, "attempt": 1, "workDir": str(workdir), "process": FQN.format(process)},
+                          "meta": {"id": "s1"},
+                          "workflow": {"workDir": str(tmp_path / "work"), "runName": "run_a"}})
+            expected.append((process, code, mqc_action if process == "MULTIQC" else garage_action))
+    actions = eval_closures(nf_classpath, cases)
+    for (process, code, want), got in zip(expected, actions):
+        assert got == want, f"{process} exit {code}: {got!r}, expected {want!r}"
+    # the retries really get more: maxRetries > 0 and every resource closure scales with task.attempt
+    retries = resolve_directive(base_settings, "GARAGE_GAT", "maxRetries")
+    assert retries is not None and int(retries.value) >= 1
+    for process in PROCESS_LABELS:
+        for directive in ("memory", "time"):
+            s = resolve_directive(base_settings, process, directive)
+            assert s is not None and s.closure and "task.attempt" in s.source, f"{process} {directive}"
+    nf = (REPO / "nextflow.config").read_text()
+    assert re.search(r"resourceLimits\s*=\s*\[", nf), "retries must be capped by process.resourceLimits"
+
+
+def test_exit2_records_the_sample_and_its_error(nf_classpath, base_settings, tmp_path):
+    """Exit 2 writes the record the workflow reads back: sample, process, exit, the `Error:` line."""
+    wf_work = tmp_path / "work"
+    workdir = wf_work / "3f" / "a1b2c3"
+    workdir.mkdir(parents=True)
+    (workdir / ".command.err").write_text(
+        "12:00:00 INFO garage.preprocess: reading broken.csv ...\n"
+        "Error: table broken.csv has non-numeric columns, e.g. ['counts']. Fix: the first column must hold cell names\n")
+    setting = resolve_directive(base_settings, "GARAGE_PREPROCESS", "errorStrategy")
+    action = eval_closure(nf_classpath, setting.source,
+                          task={"exitStatus": 2, "attempt": 1, "workDir": str(workdir),
+                                "process": FQN.format("GARAGE_PREPROCESS")},
+                          meta={"id": "broken"}, workflow={"workDir": str(wf_work), "runName": "calm_curie"})
+    assert action == "ignore"
+    records = sorted((wf_work / "garage-failed" / "calm_curie").glob("*.tsv"))
+    assert [r.name for r in records] == ["GARAGE_PREPROCESS.broken.tsv"]
+    fields = records[0].read_text().rstrip("\n").split("\t")
+    assert fields[:3] == ["broken", "GARAGE_PREPROCESS", "2"]
+    assert fields[3].startswith("Error: table broken.csv has non-numeric columns")
+    # no stderr at all: still a record, still 'ignore'
+    empty = wf_work / "00" / "empty"
+    empty.mkdir(parents=True)
+    assert eval_closure(nf_classpath, setting.source,
+                        task={"exitStatus": 2, "attempt": 1, "workDir": str(empty), "process": "GARAGE_GAT"},
+                        meta={"id": "quiet"}, workflow={"workDir": str(wf_work), "runName": "calm_curie"}) == "ignore"
+    assert (wf_work / "garage-failed" / "calm_curie" / "GARAGE_GAT.quiet.tsv").is_file()
+    # the workflow reads the same folder back (readFailureRecords)
+    utils = (REPO / UTILS_NF).read_text()
+    assert "workflow.workDir.resolve('garage-failed').resolve(workflow.runName.toString())" in utils
+    assert "workflow.workDir.resolve('garage-failed').resolve(workflow.runName.toString())" in \
+        (REPO / "conf/base.config").read_text()
+    # and parses each record with parseFailureRecord
+    parsed = call_nf_functions(nf_classpath, ["parseFailureRecord"],
+                               f"return parseFailureRecord({_groovy_data(records[0].read_text())})")
+    assert parsed["sample"] == "broken" and parsed["process"] == "GARAGE_PREPROCESS" and parsed["exit_status"] == "2"
+    assert parsed["message"] == fields[3]
+
+
+STATUS_FUNCTIONS = ["sampleStatusRows", "sampleStatusTsv", "sampleStatusMultiqc", "yamlString"]
+
+
+def test_sample_status_table_and_report(nf_classpath, tmp_path):
+    """The workflow's run summary: which samples completed, where the others stopped and why."""
+    stage_ids = [["input", "a"], ["input", "b"], ["input", "c"],
+                 ["GARAGE_PREPROCESS", "a"], ["GARAGE_PREPROCESS", "c"],
+                 ["GARAGE_GAT", "a"], ["GARAGE_GAT", "c"],
+                 ["GARAGE_GAN", "a"], ["GARAGE_GAN", "c"],
+                 ["GARAGE_EVALUATE", "a"]]
+    failures = [{"sample": "b", "process": "GARAGE_PREPROCESS", "exit_status": "2",
+                 "message": "Error: counts must be non-negative integers: found -3 in \"b.csv\"", "work_dir": "/w/1"}]
+    result = call_nf_functions(
+        nf_classpath, STATUS_FUNCTIONS,
+        f"def rows = sampleStatusRows({_groovy_data(stage_ids)}, {_groovy_data(failures)})\n"
+        "return [rows: rows, tsv: sampleStatusTsv(rows), mqc: sampleStatusMultiqc(rows)]")
+    rows = {r["sample"]: r for r in result["rows"]}
+    assert [r["sample"] for r in result["rows"]] == ["a", "b", "c"]
+    assert rows["a"]["status"] == "ok"
+    assert rows["b"] | {} == {"sample": "b", "status": "failed", "stage": "GARAGE_PREPROCESS", "exit_status": "2",
+                              "message": failures[0]["message"]}
+    assert rows["c"]["status"] == "failed" and rows["c"]["stage"] == "GARAGE_EVALUATE"
+    assert ".command.err" in rows["c"]["message"]  # no record: the message says where to look
+    tsv = list(csv.DictReader(result["tsv"].splitlines(), delimiter="\t"))
+    assert [t["sample"] for t in tsv] == ["a", "b", "c"] and tsv[1]["message"] == failures[0]["message"]
+
+    # the MultiQC custom content renders as a table section with the error text
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load(result["mqc"])
+    assert doc["plot_type"] == "table" and doc["data"]["b"]["message"] == failures[0]["message"]
+    report_dir = tmp_path / "mqc_in"
+    report_dir.mkdir()
+    (report_dir / "garage_sample_status_mqc.yaml").write_text(result["mqc"])
+    html = _multiqc(report_dir, tmp_path / "mqc_out")
+    assert 'id="garage-sample-status"' in html and "non-negative integers" in html
+
+
+def _multiqc(indir: Path, outdir: Path) -> str:
+    proc = subprocess.run([str(VENV_BIN / "multiqc"), "--force", "--config", str(REPO / "assets/multiqc_config.yml"),
+                           "--outdir", str(outdir), str(indir)],
+                          capture_output=True, text=True, timeout=300, env=task_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return (outdir / "multiqc_report.html").read_text()
+
+
+def test_params_summary_and_methods_render_in_multiqc(nf_classpath, tmp_path):
+    """The parameter summary and methods description (utils subworkflow) make report sections."""
+    summary = {"Core Nextflow options": {"runName": "calm_curie", "profile": "test,docker",
+                                         "commandLine": "nextflow run garage-sc/garage -profile test,docker"},
+               "Input/output options": {"input": "sheet.csv", "outdir": "results"},
+               "GAT seed selection options": {"rare_threshold": 0.03, "gat_args": "--hidden 16 <b>"}}
+    template = (REPO / "assets/methods_description_template.yml").read_text()
+    fields_src = nf_function(UTILS_NF, "methodsDescriptionFields")
+    keys = set(re.findall(r"(?m)^\s*(\w+):", fields_src.split("return [", 1)[1]))
+    placeholders = set(re.findall(r"\$\{(\w+)\}", template))
+    assert placeholders and placeholders <= keys, f"template placeholders {placeholders - keys} are never filled"
+    assert template.count("$") == len(re.findall(r"\$\{\w+\}", template)), "a stray $ breaks SimpleTemplateEngine"
+    fields = {k: f"<{k}>" for k in keys} | {"command_line": "nextflow run garage-sc/garage -profile test,docker",
+                                           "doi_text": ""}
+    out = call_nf_functions(
+        nf_classpath, ["htmlEscape", "yamlString", "paramsSummaryMultiqc", "methodsDescriptionText"],
+        f"return [params: paramsSummaryMultiqc({_groovy_data(summary)}, 'garage-sc/garage'), "
+        f"methods: methodsDescriptionText({_groovy_data(template)}, {_groovy_data(fields)})]")
+    yaml = pytest.importorskip("yaml")
+    p, mth = yaml.safe_load(out["params"]), yaml.safe_load(out["methods"])
+    assert p["plot_type"] == "html" and "rare_threshold" in p["data"] and "&lt;b&gt;" in p["data"]
+    assert mth["plot_type"] == "html" and "nextflow run garage-sc/garage" in mth["data"]
+    for cite in ("10.1038/nbt.3820", "10.1093/bioinformatics/btw354", "10.1186/s13059-017-1382-0", "1710.10903"):
+        assert cite in mth["data"]
+    indir = tmp_path / "in"
+    indir.mkdir()
+    (indir / "garage_params_summary_mqc.yaml").write_text(out["params"])
+    (indir / "garage_methods_description_mqc.yaml").write_text(out["methods"])
+    html = _multiqc(indir, tmp_path / "out")
+    assert 'id="garage-params-summary"' in html and 'id="garage-methods-description"' in html
+    assert "Graph Attention Networks" in html
+
+
+def test_multiqc_version_reaches_report_without_topic(modules, tmp_path):
+    """MULTIQC writes multiqc_mqc_versions.yml in its task dir; MultiQC merges it into Software Versions."""
+    m = modules["MULTIQC"]
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "garage_software_mqc_versions.yml").write_text("GARAGE_GAT:\n    garage: 0.1.0\n")
+    # MultiQC makes no report from version files alone; the status table is always there
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "garage_sample_status_mqc.yaml").write_text(
+        "id: 'garage-sample-status'\nsection_name: 'Sample status'\nplot_type: 'table'\ndata:\n  a:\n    status: 'ok'\n")
+    script, _ = render(m, stub=False, meta=None, inputs={"multiqc_files": ["1/garage_software_mqc_versions.yml",
+                                                                           "2/garage_sample_status_mqc.yaml"],
+                                                         "multiqc_config": REPO / "assets/multiqc_config.yml",
+                                                         "extra_multiqc_config": []}, ext_args="")
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=task_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    versions = (tmp_path / "multiqc_data" / "multiqc_software_versions.txt").read_text()
+    table = {row["Sample"]: row for row in csv.DictReader(versions.splitlines(), delimiter="\t")}
+    assert re.match(r"^\d+\.\d+", table["MULTIQC"]["multiqc"]), versions
+    assert table["GARAGE_GAT"]["garage"] == "0.1.0", versions

@@ -24,8 +24,9 @@ process MULTIQC {
     def config = multiqc_config ? "--config ${multiqc_config}" : ''
     def extra_config = extra_multiqc_config ? "--config ${extra_multiqc_config}" : ''
     """
-    process_name='${task.process}'
-    printf '%s:\\n    multiqc: "%s"\\n' "\${process_name##*:}" "\$(multiqc --version | sed 's/.* //')" > multiqc_mqc_versions.yml
+    printf '%s:\\n    multiqc: "%s"\\n' \\
+        "\$(echo '${task.process}' | sed 's/.*://')" \\
+        "\$(multiqc --version | sed 's/.* //')" > multiqc_mqc_versions.yml
 
     multiqc \\
         --force \\
