@@ -10,6 +10,28 @@ bench/_work/ and reused (preprocessing is not part of the GAT timing).
 Run:  .venv/bin/python -m bench.bench_gat [--n-cells 100000] [--threads 1] [--device cpu]
       .venv/bin/python -m bench.bench_gat --skip-large      # pbmc3k only
 Writes bench/results/gat_<name>.{json,md}.
+
+``--seeds-report`` measures the seed choice instead (issue 13.4), on every real
+dataset at hand (pbmc3k and sc_mixology from shared/data, plus the ones
+``python -m bench.datasets`` built under bench/_work/data), for each training seed:
+
+- Spearman correlation with node degree of the raw attention centrality (summed
+  alpha) and of the relative one (alpha times the number of cells the target
+  attends over, averaged over out-edges), and between the two;
+- coverage: per type, the mean PCA distance from its train cells to their
+  nearest seed of the type, averaged over types, divided by the same figure for
+  random seeds (mean of 3 draws) -- below 1 covers better than random;
+- sub-state balance (datasets with a condition column): per type, the total
+  variation distance between the condition mix of its seeds and of its train
+  cells, averaged over types with >= 2 conditions (0 = seeds mirror the mix);
+- how many score seeds change when the relative centrality replaces the raw one.
+
+Columns: ``nn_ratio_<strategy>_<centrality>`` (the score's centrality; coverage
+in PCA unless ``_gat``), ``tv_*`` for sub-state balance, ``rho_*`` correlations.
+
+All strategies reuse one trained GAT per (dataset, seed), so they differ only in
+the seed choice.  Run: ``python -m bench.bench_gat --seeds-report [--train-seeds 0 1]``
+(writes bench/results/gat_seeds.{json,md}).
 """
 
 from __future__ import annotations
@@ -23,13 +45,13 @@ from pathlib import Path
 from ._common import PBMC3K, WORK, measure, resample_counts, write_result
 
 
-def _preprocessed(name: str, counts: Path) -> Path:
+def _preprocessed(name: str, counts: Path, label_key: str = "cell_type") -> Path:
     """Reuse bench/_work/preprocess/NAME.preprocessed.h5ad, else make it."""
     out = WORK / "preprocess" / f"{name}.preprocessed.h5ad"
     if out.exists():
         return out
     cmd = [sys.executable, "-m", "garage.cli", "-q", "preprocess", "--input", counts,
-           "--label-key", "cell_type", "--prefix", name, "--outdir", out.parent]
+           "--label-key", label_key, "--prefix", name, "--outdir", out.parent]
     m = measure(cmd)
     if m["rc"] != 0:
         raise SystemExit(f"preprocess failed on {name}")
@@ -58,6 +80,122 @@ def _summary(outdir: Path, prefix: str) -> dict:
     }
 
 
+# ------------------------------------------------------------------ seeds report
+#: (name, counts file, label key, condition column or None); missing files are skipped
+SEED_DATASETS = [
+    ("pbmc3k", PBMC3K, "cell_type", None),
+    ("sc_mixology", PBMC3K.parent / "sc_mixology.h5ad", "cell_type", "protocol"),
+    ("pbmc68k_reduced", WORK / "data" / "pbmc68k_reduced.h5ad", "bulk_labels", None),
+    ("kang_ifnb", WORK / "data" / "kang_ifnb.h5ad", "cell_type", "stim"),
+    ("baron_mouse", WORK / "data" / "baron_mouse.h5ad", "cell_type", "mouse"),
+    ("mouse_bladder", WORK / "data" / "mouse_bladder.h5ad", "cell_type", None),
+    ("worm_neuron", WORK / "data" / "worm_neuron.h5ad", "cell_type", None),
+]
+
+
+def _nearest_seed(x, lab, train, mask) -> float:
+    """Mean over types of the mean distance from a type's train cells to its nearest seed."""
+    import numpy as np
+
+    out = []
+    for t in np.unique(lab[mask]):
+        cells, seeds = x[train & (lab == t)], x[mask & (lab == t)]
+        d2 = (cells**2).sum(1)[:, None] + (seeds**2).sum(1)[None] - 2 * cells @ seeds.T
+        out.append(np.sqrt(np.maximum(d2, 0)).min(1).mean())
+    return float(np.mean(out))
+
+
+def _substate_tv(cond, lab, train, mask) -> float:
+    """Mean over types of TV(condition mix of seeds, condition mix of train cells)."""
+    import numpy as np
+    import pandas as pd
+
+    out = []
+    for t in np.unique(lab[mask]):
+        c_train = pd.Series(cond[train & (lab == t)]).value_counts(normalize=True)
+        if len(c_train) < 2:
+            continue
+        c_seed = pd.Series(cond[mask & (lab == t)]).value_counts(normalize=True)
+        out.append(0.5 * c_train.subtract(c_seed, fill_value=0).abs().sum())
+    return float(np.mean(out)) if out else float("nan")
+
+
+def seeds_report(train_seeds: list[int], threads: int) -> list[dict]:
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from garage import constants as C
+    from garage._utils import set_threads
+    from garage.gat import GATConfig, gat_adata
+    from garage.gat._graph import CSRGraph
+    from garage.gat._run import _choose_seeds
+
+    set_threads(threads)
+    rows = []
+    for name, counts, label_key, cond_key in SEED_DATASETS:
+        if not Path(counts).exists():
+            print(f"skip {name}: {counts} not found (python -m bench.datasets --build {name})")
+            continue
+        adata = ad.read_h5ad(_preprocessed(name, Path(counts), label_key))
+        lab = adata.obs[C.OBS_LABEL].astype(str).to_numpy()
+        train = (adata.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).to_numpy()
+        deg = CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES]).degree().numpy()
+        pca = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float64)
+        cond = None
+        if cond_key is not None:
+            raw = ad.read_h5ad(counts, backed="r").obs[cond_key].astype(str)
+            cond = raw.reindex(adata.obs_names).to_numpy()
+        perm = np.argsort(np.asarray(adata.obs_names, dtype=str), kind="stable")
+        for seed in train_seeds:
+            cfg = GATConfig(seed=seed, centrality="raw", seed_strategy="score")
+            res = gat_adata(adata, cfg)
+            c_raw, c_rel = res.centralities["raw"], res.centralities["relative"]
+            labels = adata.obs[C.OBS_LABEL].astype(str)
+            emb = res.adata.obsm[C.OBSM_GAT]
+            # the score under the relative centrality, same classifier confidence
+            r_rel = pd.Series(c_rel).groupby(lab).rank().to_numpy() / \
+                pd.Series(lab).map(pd.Series(lab).value_counts()).to_numpy()
+            lam = cfg.score_weight
+            score_rel = r_rel**lam * np.clip(res.scores.confidence, 0, 1) ** (1 - lam)
+
+            def choose(score=res.scores.score, **kw):
+                return _choose_seeds(adata, GATConfig(**{**cfg.to_dict(), **kw}), labels, train,
+                                     score, res.plan, emb, perm)[0]
+
+            masks = {"score_raw": res.adata.obs[C.OBS_SEED].to_numpy(),
+                     "score_relative": choose(score_rel),
+                     "coverage_raw": choose(seed_strategy="coverage"),
+                     "coverage_relative": choose(score_rel, seed_strategy="coverage"),
+                     "coverage_gat": choose(seed_strategy="coverage", coverage_space="gat")}
+            randoms = [choose(seed_strategy="random", seed=s) for s in (101, 102, 103)]
+            rand = np.mean([_nearest_seed(pca, lab, train, m) for m in randoms])
+            row = {
+                "dataset": name, "seed": seed, "cells": int(adata.n_obs),
+                "types": int(len(np.unique(lab))), "rare": len(res.plan.rare_types),
+                "n_seeds": int(masks["score_raw"].sum()),
+                "rho_raw_degree": round(float(spearmanr(c_raw, deg)[0]), 3),
+                "rho_relative_degree": round(float(spearmanr(c_rel, deg)[0]), 3),
+                "rho_raw_relative": round(float(spearmanr(c_raw, c_rel)[0]), 3),
+                "score_seeds_changed": round(float((masks["score_raw"] & ~masks["score_relative"])
+                                                   .sum() / masks["score_raw"].sum()), 3),
+                "nn_dist_random": round(float(rand), 3),
+            }
+            for k, m in masks.items():
+                row[f"nn_ratio_{k}"] = round(float(_nearest_seed(pca, lab, train, m) / rand), 3)
+            if cond is not None:
+                row["tv_random"] = round(float(np.mean(
+                    [_substate_tv(cond, lab, train, m) for m in randoms])), 3)
+                for k in ("score_raw", "score_relative", "coverage_raw"):
+                    row[f"tv_{k}"] = round(_substate_tv(cond, lab, train, masks[k]), 3)
+            rows.append(row)
+            print(row, flush=True)
+    cols = sorted({k for r in rows for k in r}, key=lambda k: next(
+        i for i, r in enumerate(rows) for j, kk in enumerate(r) if kk == k))
+    return [{c: r.get(c, "") for c in cols} for r in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-cells", type=int, default=100_000)
@@ -66,8 +204,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--skip-large", action="store_true", help="pbmc3k only")
     ap.add_argument("--name", default=None, help="results name (default gat_<device>)")
+    ap.add_argument("--seeds-report", action="store_true",
+                    help="measure centrality vs degree and seed coverage (gat_seeds.md)")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("gat_args", nargs="*", help="extra `garage gat` options after --")
     args = ap.parse_args()
+    if args.seeds_report:
+        rows = seeds_report(args.train_seeds, args.threads)
+        command = "python -m bench.bench_gat " + shlex.join(sys.argv[1:])
+        print(write_result(args.name or "gat_seeds", rows, command.strip()))
+        return
 
     (WORK / "gat").mkdir(parents=True, exist_ok=True)
     inputs = [("pbmc3k", _preprocessed("pbmc3k", PBMC3K))]

@@ -92,17 +92,22 @@ def _degree(adata) -> np.ndarray:
     return CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES]).degree().numpy()
 
 
-def _nearest_seed_distance(adata, seed_mask) -> pd.Series:
-    """Per type: mean PCA distance from its train cells to their nearest seed of the type."""
-    x = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float64)
+def _nearest_seed_distance(adata, seed_mask, n_pcs: int = 10) -> pd.DataFrame:
+    """Per type: mean and max distance from its train cells to their nearest seed of the type.
+
+    In the leading *n_pcs* PCs, where the structure inside a PBMC type lives; over all
+    50 PCs noise dimensions dominate every distance (see bench/results/gat_seeds.md).
+    """
+    x = np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float64)[:, :n_pcs]
     lab = adata.obs[C.OBS_LABEL].astype(str).to_numpy()
     train = (adata.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).to_numpy()
     out = {}
     for t in np.unique(lab):
         cells, seeds = x[train & (lab == t)], x[np.asarray(seed_mask) & (lab == t)]
         d2 = (cells**2).sum(1)[:, None] + (seeds**2).sum(1)[None] - 2 * cells @ seeds.T
-        out[t] = float(np.sqrt(np.maximum(d2, 0)).min(1).mean())
-    return pd.Series(out)
+        d = np.sqrt(np.maximum(d2, 0)).min(1)
+        out[t] = {"mean": float(d.mean()), "max": float(d.max())}
+    return pd.DataFrame(out).T
 
 
 # ------------------------------------------------- the prototype's bug
@@ -120,11 +125,11 @@ def test_score_is_computed_from_returned_alpha(res, small):
     np.testing.assert_allclose(res.centralities["relative"], rel, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(attention_centrality(out.attention, small.n_obs, "relative"), rel,
                                rtol=1e-6)
-    assert FAST.centrality == "relative"
-    np.testing.assert_array_equal(res.scores.centrality, res.centralities["relative"])
+    assert FAST.centrality == "raw"
+    np.testing.assert_array_equal(res.scores.centrality, res.centralities["raw"])
     probs = torch.softmax(out.logits.double(), 1).numpy()
     codes = pd.Categorical(small.obs[C.OBS_LABEL].astype(str)).codes
-    again = combine_scores(rel, probs, codes, FAST.score_weight).score
+    again = combine_scores(c, probs, codes, FAST.score_weight).score
     np.testing.assert_allclose(res.adata.obs[C.OBS_SCORE].to_numpy(), again, atol=1e-4)
 
 
@@ -310,11 +315,14 @@ def test_coverage_strategy_covers_each_type_better_than_score(res, small):
     seeds = obs[obs[C.OBS_SEED]]
     assert seeds[C.OBS_LABEL].value_counts().to_dict() == \
         res.adata.obs.loc[res.adata.obs[C.OBS_SEED], C.OBS_LABEL].value_counts().to_dict()
-    # the seeds reach the cells of their type better (measured: 13.2 vs 13.8 PCA units)
+    # the seeds reach the cells of their type better: on average and for the worst-covered
+    # cell (measured over training seeds 0-3: mean 0.965-0.976 vs 0.995-1.008 of random
+    # seeds, worst cell 0.948-0.966 vs 1.021-1.059)
     d_cov = _nearest_seed_distance(small, obs[C.OBS_SEED].to_numpy())
     d_score = _nearest_seed_distance(small, res.adata.obs[C.OBS_SEED].to_numpy())
-    assert d_cov.mean() < 0.98 * d_score.mean(), (d_cov.mean(), d_score.mean())
-    assert (d_cov <= d_score * 1.05).sum() >= 7  # most types, not one outlier
+    assert d_cov["mean"].mean() < 0.985 * d_score["mean"].mean(), (d_cov, d_score)
+    assert d_cov["max"].mean() < 0.97 * d_score["max"].mean(), (d_cov, d_score)
+    assert (d_cov["mean"] <= d_score["mean"] * 1.03).sum() >= 7  # most types, not one
     # regions: exactly `quota` per type over its train cells, one seed each, the best core cell
     train = obs[C.OBS_SPLIT] == C.SPLIT_TRAIN
     assert (obs.loc[~train, OBS_SEED_REGION] == -1).all()
@@ -346,9 +354,15 @@ def test_relative_centrality_does_not_follow_degree(res, small):
     assert raw > 0.6 and abs(rel) < 0.2, (raw, rel)  # measured 0.76 and -0.003
     # it is still attention: uniform attention would give exactly 1 everywhere
     assert res.centralities["relative"].std() > 0.05
-    raw_run = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "centrality": "raw"}))
-    np.testing.assert_array_equal(raw_run.scores.centrality, res.centralities["raw"])
-    assert raw_run.adata.uns[C.UNS_KEY]["gat"]["centrality"] == "raw"
+    rel_run = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "centrality": "relative"}))
+    np.testing.assert_array_equal(rel_run.scores.centrality, res.centralities["relative"])
+    gat = rel_run.adata.uns[C.UNS_KEY]["gat"]
+    assert gat["centrality"] == "relative" and "n_i" in gat["score_formula"]
+    # same quotas, other cells: the score now ranks by relative attention
+    a, b = res.adata.obs, rel_run.adata.obs
+    assert b.loc[b[C.OBS_SEED], C.OBS_LABEL].value_counts().to_dict() == \
+        a.loc[a[C.OBS_SEED], C.OBS_LABEL].value_counts().to_dict()
+    assert (a[C.OBS_SEED] != b[C.OBS_SEED]).sum() > 20
 
 
 def test_same_seed_is_deterministic(res, small):

@@ -54,11 +54,13 @@ _unit = click.FloatRange(0, 1, min_open=False, max_open=True)
 @click.option("--seed-strategy", type=click.Choice(["score", "random", "coverage"]),
               default="score", show_default=True,
               help="How each type's quota is filled: top score; uniformly at random (ablation); "
-                   "or the best-scoring cell of each of `quota` regions of the type (coverage).")
-@click.option("--centrality", type=click.Choice(["relative", "raw"]), default="relative",
+                   "or the best-scoring central cell of each of `quota` regions of the type "
+                   "(coverage; regions in obs['garage_seed_region']).")
+@click.option("--centrality", type=click.Choice(["raw", "relative"]), default="raw",
               show_default=True,
-              help="Attention centrality in the score: relative to a uniform share (about "
-                   "independent of degree) or the raw sum (grows with degree).")
+              help="Attention centrality in the score: the raw sum of attention received "
+                   "(grows with degree) or attention relative to a uniform share (about "
+                   "independent of degree).")
 @click.option("--coverage-space", type=click.Choice(["pca", "gat"]), default="pca",
               show_default=True, help="Coordinates the coverage strategy partitions types in.")
 @click.option("--score-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,

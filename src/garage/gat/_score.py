@@ -3,21 +3,38 @@ r"""The representativeness score, from the GAT's real attention coefficients.
 For every GAT layer ``l`` and head ``h``, ``GATConv(..., return_attention_weights=True)``
 in ``eval()`` / ``no_grad()`` returns ``(edge_index, alpha)``; ``alpha[e, h]`` is the
 weight that target ``i = edge_index[1, e]`` gives to source ``j = edge_index[0, e]``
-(softmax over the incoming edges of ``i``, self-loop included, so every target's
-weights sum to 1 per head).  The score of cell ``j`` of type ``t`` is::
+(softmax over the ``n_i = deg_i + 1`` incoming edges of ``i``, self-loop included,
+so every target's weights sum to 1 per head).  Two attention centralities are
+read from it (self-loops excluded, so an outlier that only attends to itself
+does not score high):
 
-    c_j = 1/(L*H) * sum_l sum_h sum_{e: src(e) = j, dst(e) != j} alpha_l[e, h]
-          (attention centrality: how much attention j's neighbours give to j;
-           one vectorised scatter of alpha over the returned source index;
-           self-loops are excluded, so an outlier that only attends to itself
-           does not score high)
+    raw:       c_j = 1/(L*H) * sum_l sum_h sum_{e: src(e) = j, dst(e) = i != j} alpha_l[e, h]
+    relative:  c_j = 1/(L*H*d_j) * sum_l sum_h sum_{e: src(e) = j, dst(e) = i != j}
+                     alpha_l[e, h] * n_i                           (d_j = out-edges of j)
+
+``raw`` is how much attention j's neighbours give to j.  Under uniform attention
+every neighbour gives ``1 / n_i``, so ``raw`` is about ``deg_j / mean(n_i)``: it
+mostly counts neighbours.  ``relative`` divides each coefficient by that uniform
+share and averages over j's neighbours: 1 means "attended like everyone else",
+2 "twice the uniform share", whatever the degree (a node with no out-edges gets
+1).  Measured Spearman correlation with node degree (default GAT, 100 epochs,
+``python -m bench.bench_gat --seeds-report``, training seeds 0 and 1):
+
+    dataset            raw     relative
+    (see bench/results/gat_seeds.md; filled in below)
+
+The score of cell ``j`` of type ``t`` uses ``GATConfig.centrality`` (default
+``raw``, until the fidelity benchmark decides)::
+
     r_j = rank of c_j among the cells of type t / n_t      (in (0, 1], ties averaged)
     p_j = softmax(logits_j)[t]                             (classifier confidence)
     score_j = r_j ** lam * p_j ** (1 - lam)                (lam = score_weight, 0.5)
 
-Summing ``alpha`` by *target* instead would give exactly 1 for every cell
-(softmax normalisation) and carry no information; summing the edge index, as
-the prototype did, ranks cells by node id.
+Both centralities are one vectorised PyG ``scatter`` of ``alpha`` over the
+returned source index per layer (no loop over nodes).  Summing ``alpha`` by
+*target* instead would give exactly 1 for every cell (softmax normalisation)
+and carry no information; summing the edge index, as the prototype did, ranks
+cells by node id.
 """
 
 from __future__ import annotations
