@@ -7,7 +7,12 @@ Leiden clusters become the labels and ``uns['garage']`` says so.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,11 +23,14 @@ import scipy.sparse as sp
 from . import constants as C
 from ._meta import decide_rare_types
 from ._norm import log_normalize
-from ._utils import check_writable_dir, versions, write_h5ad_atomic
+from ._utils import check_writable_dir, progress, versions, write_h5ad_atomic
 from .errors import GarageError
-from .io import read_counts, validate_counts
+from .io import as_csr32, inspect_counts, read_counts, validate_counts
 
 logger = logging.getLogger(__name__)
+
+#: stored values per chunk when scanning the full-gene matrix (a few tens of MB of temporaries)
+SCAN_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class PreprocessConfig:
         later stage reads that list.
     seed
         Feeds every random source (PCA, kNN, Leiden, split).
+    max_memory_gb
+        Memory budget for the pre-flight estimate; ``None``: the available
+        memory (MemAvailable, capped by a cgroup limit).  A property of the
+        machine, not of the result, so it is not saved with the parameters.
     """
 
     label_key: str | None = None
@@ -76,8 +88,13 @@ class PreprocessConfig:
     leiden_resolution: float = 1.0
     rare_threshold: float = C.RARE_THRESHOLD
     seed: int = 0
+    max_memory_gb: float | None = None
 
     def validate(self) -> None:
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise GarageError(
+                f"--max-memory-gb must be > 0, got {self.max_memory_gb}", "pass e.g. 16, or omit it"
+            )
         if self.min_genes < 0 or self.min_cells < 0:
             raise GarageError("--min-genes and --min-cells must be >= 0", "pass non-negative values")
         if self.n_top_genes < 2:
@@ -99,6 +116,9 @@ class PreprocessConfig:
             raise GarageError(
                 f"--holdout-fraction must be in (0, 1), got {self.holdout_fraction}", "pass e.g. 0.2"
             )
+
+
+_UNSAVED = ("max_memory_gb",)  # config fields that describe the machine, not the result
 
 
 def _clean_labels(adata, label_key: str, what: str = "label") -> pd.Series:
@@ -162,64 +182,251 @@ def _knn_transformer(n_obs: int, k: int, seed: int):
     return _CSRMatrixNNDescent(n_neighbors=k, metric="euclidean", random_state=seed, n_jobs=-1)
 
 
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Log how long a step took (PCA and kNN cannot report progress to a bar)."""
+    logger.info("%s ...", name)
+    t0 = time.perf_counter()
+    yield
+    logger.info("%s: %.1f s", name, time.perf_counter() - t0)
+
+
+def _row_chunks(X: sp.csr_matrix, max_values: int = SCAN_CHUNK):
+    """Row ranges ``(r0, r1)`` of CSR *X* holding about *max_values* stored values each."""
+    indptr = X.indptr
+    n = X.shape[0]
+    r0 = 0
+    while r0 < n:
+        r1 = int(np.searchsorted(indptr, indptr[r0] + max_values, side="right")) - 1
+        r1 = min(n, max(r1, r0 + 1))
+        yield r0, r1
+        r0 = r1
+
+
+def _scan(X: sp.csr_matrix, desc: str):
+    """Row chunks of *X* as ``(r0, r1, data, indices, row_of_value)`` views, with a progress bar."""
+    chunks = list(_row_chunks(X))
+    for r0, r1 in progress(chunks, desc=desc, unit="chunk", leave=False):
+        a, b = int(X.indptr[r0]), int(X.indptr[r1])
+        lengths = np.diff(X.indptr[r0:r1 + 1])
+        rows = np.repeat(np.arange(r0, r1, dtype=np.int64), lengths)
+        yield r0, r1, X.data[a:b], X.indices[a:b], rows
+
+
+def _per_row(values, rows_local, n_rows: int) -> np.ndarray:
+    """Sum of *values* per row (float64), rows given as local 0..n_rows-1 ids."""
+    return np.bincount(rows_local, weights=values, minlength=n_rows)
+
+
+def _qc_counts(X: sp.csr_matrix, min_genes: int):
+    """scanpy's QC counts without a copy of X: genes detected per cell, then the
+    cells that pass, then the cells each gene is detected in among those cells."""
+    n_obs, n_vars = X.shape
+    n_genes = np.zeros(n_obs, dtype=np.int64)
+    for r0, r1, data, _idx, rows in _scan(X, "QC: genes per cell"):
+        n_genes[r0:r1] = np.bincount(rows[data > 0] - r0, minlength=r1 - r0)
+    keep_cells = n_genes >= min_genes
+    n_cells = np.zeros(n_vars, dtype=np.int64)
+    for _r0, _r1, data, idx, rows in _scan(X, "QC: cells per gene"):
+        sel = (data > 0) & keep_cells[rows]
+        n_cells += np.bincount(idx[sel], minlength=n_vars)
+    return n_genes, keep_cells, n_cells
+
+
+def _library_sizes(X: sp.csr_matrix, keep_cells: np.ndarray, keep_genes: np.ndarray) -> np.ndarray:
+    """Total counts over the kept genes, for the kept cells (float32)."""
+    lib = np.zeros(X.shape[0], dtype=np.float64)
+    for r0, r1, data, idx, rows in _scan(X, "library sizes"):
+        sel = keep_genes[idx]
+        lib[r0:r1] = _per_row(data[sel], rows[sel] - r0, r1 - r0)
+    return lib[keep_cells].astype(np.float32)
+
+
+def _seurat_v3(X: sp.csr_matrix, keep_cells: np.ndarray, keep_genes: np.ndarray,
+               n_top: int, span: float = 0.3) -> pd.DataFrame:
+    """scanpy's ``highly_variable_genes(flavor='seurat_v3')`` (one batch) on the kept
+    cells and genes of *X*, without copying X.
+
+    Same formulas as scanpy 1.11 (float64 sums; a value's square in the data's
+    dtype, as scanpy's kernel does; the clip at ``reg_std * sqrt(n) + mean``;
+    the same double argsort for ranks), computed chunk by chunk.  Returns the
+    columns scanpy adds to ``var``, for the kept genes.
+    """
+    from skmisc.loess import loess
+
+    n_vars = X.shape[1]
+    n_obs = int(keep_cells.sum())
+    s1 = np.zeros(n_vars)
+    s2 = np.zeros(n_vars)
+    for _r0, _r1, data, idx, rows in _scan(X, "HVG: mean and variance"):
+        sel = keep_cells[rows]
+        d = data[sel]
+        i = idx[sel]
+        s1 += np.bincount(i, weights=d.astype(np.float64), minlength=n_vars)
+        s2 += np.bincount(i, weights=(d * d).astype(np.float64), minlength=n_vars)
+    genes = np.flatnonzero(keep_genes)
+    mean = s1[genes] / n_obs
+    var = s2[genes] / n_obs - (s1[genes] / n_obs) ** 2
+    if n_obs != 1:
+        var *= n_obs / (n_obs - 1)
+
+    not_const = var > 0
+    estimat_var = np.zeros(len(genes), dtype=np.float64)
+    model = loess(np.log10(mean[not_const]), np.log10(var[not_const]), span=span, degree=2)
+    model.fit()
+    estimat_var[not_const] = model.outputs.fitted_values
+    reg_std = np.sqrt(10**estimat_var)
+    clip_val = np.full(n_vars, np.inf)
+    clip_val[genes] = reg_std * np.sqrt(n_obs) + mean
+
+    c1 = np.zeros(n_vars)
+    c2 = np.zeros(n_vars)
+    for _r0, _r1, data, idx, rows in _scan(X, "HVG: clipped variance"):
+        sel = keep_cells[rows]
+        i = idx[sel]
+        e = np.minimum(data[sel].astype(np.float64), clip_val[i])
+        c1 += np.bincount(i, weights=e, minlength=n_vars)
+        c2 += np.bincount(i, weights=e**2, minlength=n_vars)
+    norm_var = (1 / ((n_obs - 1) * np.square(reg_std))) * (
+        (n_obs * np.square(mean)) + c2[genes] - 2 * c1[genes] * mean
+    )
+    ranked = np.argsort(np.argsort(-norm_var[None, :], axis=1), axis=1)[0].astype(np.float32)
+    hvg = ranked < n_top
+    ranked[~hvg] = np.nan
+    return pd.DataFrame({
+        C.VAR_HVG: hvg,
+        "highly_variable_rank": ranked,
+        "means": mean,
+        "variances": var,
+        "variances_norm": norm_var.astype(np.float64),
+    })
+
+
+def _extract(X: sp.csr_matrix, keep_cells: np.ndarray, genes: np.ndarray) -> sp.csr_matrix:
+    """``X[keep_cells][:, genes]`` (genes sorted) as CSR float32, built in two passes
+    over X so the only new array is the result itself."""
+    n_vars = X.shape[1]
+    col_map = np.full(n_vars, -1, dtype=np.int64)
+    col_map[genes] = np.arange(len(genes))
+    row_nnz = np.zeros(X.shape[0], dtype=np.int64)
+    for r0, r1, _data, idx, rows in _scan(X, "HVG counts: size"):
+        sel = col_map[idx] >= 0
+        row_nnz[r0:r1] = np.bincount(rows[sel] - r0, minlength=r1 - r0)
+    row_nnz = row_nnz[keep_cells]
+    nnz = int(row_nnz.sum())
+    itype = np.int32 if max(nnz, len(genes)) < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(len(row_nnz) + 1, dtype=itype)
+    np.cumsum(row_nnz, out=indptr[1:])
+    data_out = np.empty(nnz, dtype=np.float32)
+    idx_out = np.empty(nnz, dtype=itype)
+    pos = 0
+    for _r0, _r1, data, idx, rows in _scan(X, "HVG counts: copy"):
+        sel = (col_map[idx] >= 0) & keep_cells[rows]
+        k = int(sel.sum())
+        data_out[pos:pos + k] = data[sel]
+        idx_out[pos:pos + k] = col_map[idx[sel]]
+        pos += k
+    return sp.csr_matrix((data_out, idx_out, indptr), shape=(len(row_nnz), len(genes)))
+
+
 def preprocess_adata(adata, config: PreprocessConfig):
-    """Run preprocessing on an in-memory AnnData of counts; returns a new AnnData."""
+    """Run preprocessing on an in-memory AnnData of counts; returns a new AnnData.
+
+    *adata* is not modified and its X is never copied whole: QC and HVG
+    statistics are computed chunk by chunk on it, and only the HVG counts of
+    the kept cells are copied out.  The result carries X, obs, var and uns of
+    the input (not its layers, obsm or obsp).
+    """
+    return _preprocess(adata, config, owned=False)
+
+
+def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
+    """*owned*: the caller hands *adata* over; its X is released once the HVG
+    counts are extracted, so the full-gene matrix and the HVG matrices are not
+    all held while PCA and kNN run."""
+    import anndata as ad
     import scanpy as sc
 
     config.validate()
-    validate_counts(adata)
-    adata = adata.copy()
-    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    with _step("validating counts"):
+        validate_counts(adata)
+    X = as_csr32(adata.X)
+    if owned:
+        adata.X = None  # X (local) is now the only reference
     n_in = adata.n_obs
 
+    obs = adata.obs.copy()
     labels = None
     if config.label_key is not None:
         labels = _clean_labels(adata, config.label_key)
-        adata.obs[C.OBS_LABEL] = labels.values
+        obs[C.OBS_LABEL] = labels.values
     if config.condition_key is not None:
-        adata.obs[C.OBS_CONDITION] = _clean_labels(adata, config.condition_key, "condition").values
+        obs[C.OBS_CONDITION] = _clean_labels(adata, config.condition_key, "condition").values
 
-    # light QC (scanpy's own filters)
-    sc.pp.filter_cells(adata, min_genes=config.min_genes)
-    if adata.n_obs == 0:
+    # light QC: scanpy's filter_cells(min_genes) then filter_genes(min_cells)
+    with _step("QC"):
+        n_genes, keep_cells, n_cells = _qc_counts(X, config.min_genes)
+    obs["n_genes"] = n_genes
+    n_qc = int(keep_cells.sum())
+    if n_qc == 0:
         raise GarageError(
             f"no cells left after QC (min_genes={config.min_genes})", "lower --min-genes"
         )
-    if adata.n_obs < 10:
+    if n_qc < 10:
         raise GarageError(
-            f"only {adata.n_obs} cells left after QC; GARAGE needs at least 10", "provide more cells"
+            f"only {n_qc} cells left after QC; GARAGE needs at least 10", "provide more cells"
         )
-    sc.pp.filter_genes(adata, min_cells=config.min_cells)
-    if adata.n_vars < 2:
+    var = adata.var.copy()
+    var["n_cells"] = n_cells
+    keep_genes = n_cells >= config.min_cells
+    n_genes_qc = int(keep_genes.sum())
+    if n_genes_qc < 2:
         raise GarageError(
             f"fewer than 2 genes left after QC (min_cells={config.min_cells})", "lower --min-cells"
         )
-    n_qc = adata.n_obs
     if n_qc < n_in:
         logger.info("QC removed %d of %d cells", n_in - n_qc, n_in)
 
     # library size over all genes, before the HVG subset (reported only; the
     # shared space normalises by HVG totals, see garage._norm)
-    lib = np.asarray(adata.X.sum(axis=1)).ravel()
-    adata.obs[C.OBS_LIBSIZE] = lib.astype(np.float32)
+    lib = _library_sizes(X, keep_cells, keep_genes)
 
-    n_top = int(min(config.n_top_genes, adata.n_vars))
-    if n_top < adata.n_vars:
-        sc.pp.highly_variable_genes(
-            adata, flavor="seurat_v3", n_top_genes=n_top, subset=True, span=0.3
-        )
+    n_top = int(min(config.n_top_genes, n_genes_qc))
+    uns = copy.deepcopy(dict(adata.uns))
+    genes = np.flatnonzero(keep_genes)
+    if n_top < n_genes_qc:
+        with _step(f"highly variable genes (seurat_v3, {n_top} of {n_genes_qc})"):
+            hvg = _seurat_v3(X, keep_cells, keep_genes, n_top)
+        for col in hvg.columns:
+            values = np.zeros(len(var), dtype=hvg[col].dtype)
+            values[genes] = hvg[col].to_numpy()
+            var[col] = values
+        genes = genes[hvg[C.VAR_HVG].to_numpy()]
+        uns["hvg"] = {"flavor": "seurat_v3"}
     else:
-        adata.var[C.VAR_HVG] = True
-    adata.layers[C.LAYER_COUNTS] = adata.X.copy()
-    adata.X = log_normalize(adata.layers[C.LAYER_COUNTS])
+        var[C.VAR_HVG] = True
+    with _step(f"copying HVG counts ({n_qc} cells x {len(genes)} genes)"):
+        counts = _extract(X, keep_cells, genes)
+    del X  # with owned=True this frees the full-gene matrix
+
+    # obs/var subset by anndata itself (drops unused categories as before)
+    meta = ad.AnnData(obs=obs, var=var)[keep_cells, genes].copy()
+    meta.obs[C.OBS_LIBSIZE] = lib
+    adata = ad.AnnData(
+        X=log_normalize(counts), obs=meta.obs, var=meta.var, uns=uns,
+        layers={C.LAYER_COUNTS: counts},
+    )
+    del meta, counts
 
     n_pcs = int(min(config.n_pcs, adata.n_obs - 1, adata.n_vars - 1))
-    sc.pp.pca(adata, n_comps=n_pcs, svd_solver="arpack", random_state=config.seed)
+    with _step(f"PCA ({n_pcs} components, sparse, implicit centring)"):
+        sc.pp.pca(adata, n_comps=n_pcs, svd_solver="arpack", random_state=config.seed)
     k = int(min(config.n_neighbors, adata.n_obs - 1))
-    sc.pp.neighbors(
-        adata, n_neighbors=k, use_rep=C.OBSM_PCA, random_state=config.seed,
-        transformer=_knn_transformer(adata.n_obs, k, config.seed),
-    )
+    with _step(f"kNN graph (k={k}, {'pynndescent' if adata.n_obs >= 4096 else 'exact'})"):
+        sc.pp.neighbors(
+            adata, n_neighbors=k, use_rep=C.OBSM_PCA, random_state=config.seed,
+            transformer=_knn_transformer(adata.n_obs, k, config.seed),
+        )
 
     label_source = "obs:" + str(config.label_key)
     if labels is None:
@@ -267,7 +474,8 @@ def preprocess_adata(adata, config: PreprocessConfig):
     if rare:
         logger.info("rare types (< %.3g of %d cells): %s", config.rare_threshold, len(lab), rare)
 
-    params = {k_: ("" if v is None else v) for k_, v in asdict(config).items()}
+    params = {k_: ("" if v is None else v) for k_, v in asdict(config).items()
+              if k_ not in _UNSAVED}
     adata.uns[C.UNS_KEY] = {
         "preprocess": params,
         "label_source": label_source,
@@ -287,21 +495,163 @@ def preprocess_adata(adata, config: PreprocessConfig):
     return adata
 
 
+# --------------------------------------------------------------------- memory
+GB = 1024**3
+#: resident size of the interpreter with scanpy, numba and pynndescent loaded (measured ~0.45 GB)
+BASE_BYTES = int(0.6 * GB)
+#: bytes held per stored count while reading, on top of the CSR matrix it becomes
+#: (8 bytes a value: float32 count + int32 gene index); see ``estimate_memory_bytes``
+READ_BYTES_PER_VALUE = {
+    "h5ad": 0,         # CSR read straight into its final arrays
+    "h5ad_csc": 8,     # CSC read, then converted to CSR
+    "h5ad_dense": 8,   # dense rows to CSR blocks, then concatenated
+    "table": 8,        # as dense h5ad
+    "10x_h5": 24,      # scanpy reads every dataset (int64 indices), gene-expression subset copy
+    "10x_mtx": 32,     # scipy's COO (int64 values), float32 copy, CSR, CSC -> CSR
+    "memory": 0,       # already in memory (tables are checked after reading)
+}
+#: share of the stored counts that falls on the HVGs, as a multiple of the share of
+#: genes kept (HVGs are the expressed genes: 1.6x on PBMC 3k; 2.5x is the margin)
+HVG_VALUE_FACTOR = 2.5
+#: bytes per cell for PCA (float64 scores and arpack work space) and the kNN graph
+#: (pynndescent's heaps, search tree and graph, the umap connectivities; ~230 measured
+#: at 100,000 cells), per component and per neighbour
+PCA_BYTES_PER_CELL_PC = 40
+KNN_BYTES_PER_CELL_NEIGHBOUR = 300
+
+
+def layout_of(info) -> str:
+    """The READ_BYTES_PER_VALUE key of a :class:`garage.io.CountsInfo`."""
+    if info.fmt == "h5ad":
+        return "h5ad_dense" if info.dense else ("h5ad_csc" if info.csc else "h5ad")
+    return info.fmt
+
+
+def estimate_memory_bytes(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
+                          layout: str = "h5ad") -> int:
+    """Peak resident memory of ``garage preprocess``, from the input's shape and stored values.
+
+    Three phases, the peak being the largest:
+
+    - reading: the CSR matrix (8 bytes a value) plus what the reader holds on
+      top of it (``READ_BYTES_PER_VALUE``);
+    - QC and HVG selection: the CSR matrix, scan temporaries, and the HVG counts
+      copied out of it;
+    - after the full matrix is released: HVG counts, log-normalised values and
+      one transient copy of either, PCA and the kNN graph.
+
+    Linear in cells and in stored values; no term is cells x genes.
+    """
+    full = 8 * nnz + 8 * (n_obs + 1)
+    n_top = min(config.n_top_genes, n_vars)
+    hvg = int(full * min(1.0, HVG_VALUE_FACTOR * n_top / max(1, n_vars)))
+    scan = 40 * (1 << 22)  # SCAN_CHUNK values x ~40 bytes of per-chunk temporaries
+    read = full + READ_BYTES_PER_VALUE.get(layout, 16) * nnz
+    select = full + hvg + scan
+    k = min(config.n_neighbors, max(1, n_obs - 1))
+    post = (3 * hvg + PCA_BYTES_PER_CELL_PC * config.n_pcs * n_obs
+            + KNN_BYTES_PER_CELL_NEIGHBOUR * k * n_obs)
+    return int(BASE_BYTES + max(read, select, post))
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable, capped by the cgroup memory limit when there is one (containers, SLURM)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            return 1 << 62
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            raw = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            try:
+                used = int(Path(usage).read_text().strip())
+            except (OSError, ValueError):
+                used = 0
+            avail = min(avail, max(0, int(raw) - used))
+        break
+    return int(avail)
+
+
+def check_memory(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
+                 layout: str = "h5ad", available_bytes: int | None = None) -> int:
+    """Raise a :class:`GarageError` when the estimate exceeds the budget; return the estimate.
+
+    The budget is ``config.max_memory_gb`` when set, else *available_bytes*
+    when given, else 90% of :func:`available_memory_bytes`.
+    """
+    need = estimate_memory_bytes(n_obs, n_vars, nnz, config, layout=layout)
+    if config.max_memory_gb is not None:
+        have, what = int(config.max_memory_gb * GB), "--max-memory-gb"
+    elif available_bytes is not None:
+        have, what = int(available_bytes), "available memory"
+    else:
+        have, what = int(0.9 * available_memory_bytes()), "available memory"
+    logger.info("memory estimate %.2f GB for %d cells x %d genes, %d stored counts (%s: %.2f GB)",
+                need / GB, n_obs, n_vars, nnz, what, have / GB)
+    if need > have:
+        fixes = [f"run on a node with at least {need / GB:.0f} GB free"]
+        if layout not in ("h5ad", "memory"):
+            fixes.append("convert the counts to a sparse (CSR) .h5ad, which reads with the least memory")
+        if config.n_top_genes > 500 and n_vars > config.n_top_genes:
+            fixes.append(f"lower --n-top-genes (now {config.n_top_genes})")
+        fixes.append("or split the sample into batches")
+        raise GarageError(
+            f"preprocessing {n_obs} cells x {n_vars} genes ({nnz} stored counts) needs about "
+            f"{need / GB:.1f} GB, more than the {what} ({have / GB:.1f} GB)",
+            "; ".join(fixes),
+        )
+    return need
+
+
 def run_preprocess(
-    counts: Path, outdir: Path, prefix: str, config: PreprocessConfig
+    counts: Path, outdir: Path, prefix: str, config: PreprocessConfig, *,
+    available_bytes: int | None = None,
 ) -> dict[str, Path]:
-    """Read *counts*, preprocess, and write ``PREFIX.preprocessed.h5ad`` atomically."""
+    """Read *counts*, preprocess, and write ``PREFIX.preprocessed.h5ad`` atomically.
+
+    A pre-flight memory estimate from the file's shape and stored values
+    (:func:`check_memory`) runs before anything heavy; tables, whose size is
+    only known once read, are checked right after reading.  *available_bytes*
+    overrides the measured available memory (``config.max_memory_gb`` wins
+    over both).
+    """
     config.validate()
     outdir = check_writable_dir(Path(outdir))
     out = outdir / f"{prefix}{C.SUFFIX_PREPROCESSED}"
     if Path(counts).resolve() == out.resolve():
         raise GarageError("output would overwrite the input", "choose another --outdir or --prefix")
-    adata = read_counts(
-        counts, layer=config.layer, transpose=config.transpose, make_unique=config.make_unique
-    )
-    result = preprocess_adata(adata, config)
+    info = inspect_counts(counts, layer=config.layer, transpose=config.transpose)
+    checked = info.n_obs is not None and info.nnz is not None
+    if checked:
+        check_memory(info.n_obs, info.n_vars, info.nnz, config, layout=layout_of(info),
+                     available_bytes=available_bytes)
+    with _step(f"reading {Path(counts).name}"):
+        adata = read_counts(
+            counts, layer=config.layer, transpose=config.transpose, make_unique=config.make_unique
+        )
+    if not checked:
+        check_memory(adata.n_obs, adata.n_vars, int(adata.X.nnz), config, layout="memory",
+                     available_bytes=available_bytes)
+    result = _preprocess(adata, config, owned=True)
+    del adata
     result.uns[C.UNS_KEY]["sample"] = prefix
-    write_h5ad_atomic(result, out)
+    with _step(f"writing {out.name}"):
+        write_h5ad_atomic(result, out)
     n_train = int((result.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).sum())
     logger.info(
         "wrote %s: %d cells (%d train, %d holdout) x %d HVGs, %d types",

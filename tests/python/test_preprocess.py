@@ -124,9 +124,34 @@ def _toy_counts(n_cells=60, n_genes=80, seed=0):
     return ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=var)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv.gz", "csv_transposed", "mtx", "h5ad_layer"])
-def test_reads_every_format(tmp_path, fmt):
-    from garage.io import read_counts
+def _write_10x_h5(a, path):
+    """A Cell Ranger v3 .h5 (genes x cells CSC, i.e. cells x genes CSR) of *a*."""
+    import h5py
+
+    X = sp.csr_matrix(a.X)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["data"] = X.data.astype(np.int32)
+        g["indices"] = X.indices.astype(np.int64)
+        g["indptr"] = X.indptr.astype(np.int64)
+        g["shape"] = np.array([a.n_vars, a.n_obs], dtype=np.int32)
+        g["barcodes"] = np.array(a.obs_names, dtype="S")
+        feat = g.create_group("features")
+        feat["id"] = np.array(a.var_names, dtype="S")
+        feat["name"] = np.array(a.var_names, dtype="S")
+        feat["feature_type"] = np.array([b"Gene Expression"] * a.n_vars)
+        feat["genome"] = np.array([b"GRCh38"] * a.n_vars)
+        feat["_all_tag_keys"] = np.array([b"genome"])
+
+
+FORMATS = ["csv", "tsv.gz", "csv_transposed", "mtx", "h5ad_layer", "h5ad_dense", "h5ad_csc", "10x_h5"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reads_every_format_sparse(tmp_path, fmt):
+    """Every format comes back as CSR float32 with the right values; the shape and
+    stored values known from metadata (for the pre-flight estimate) match."""
+    from garage.io import inspect_counts, read_counts
 
     a = _toy_counts()
     df = pd.DataFrame(a.X.toarray(), index=a.obs_names, columns=a.var_names)
@@ -154,17 +179,124 @@ def test_reads_every_format(tmp_path, fmt):
             with open(p / f, "rb") as src, gzip.open(p / (f + ".gz"), "wb") as dst:
                 dst.write(src.read())
             (p / f).unlink()
-    else:
+    elif fmt == "h5ad_layer":
         b = a.copy()
         b.layers["raw"] = b.X.copy()
         b.X = sp.csr_matrix(np.log1p(b.X.toarray()))
         p = tmp_path / "x.h5ad"
         b.write_h5ad(p)
         kwargs["layer"] = "raw"
+    elif fmt == "h5ad_dense":
+        p = tmp_path / "x.h5ad"
+        ad.AnnData(X=a.X.toarray().astype(np.float64), obs=a.obs, var=a.var).write_h5ad(p)
+    elif fmt == "h5ad_csc":
+        p = tmp_path / "x.h5ad"
+        ad.AnnData(X=sp.csc_matrix(a.X), obs=a.obs, var=a.var).write_h5ad(p)
+    else:
+        p = tmp_path / "x.h5"
+        _write_10x_h5(a, p)
+    before = _sha(p)
     got = read_counts(p, **kwargs)
+    assert isinstance(got.X, sp.csr_matrix) and got.X.dtype == np.float32
     assert got.shape == a.shape
     assert list(got.var_names) == list(a.var_names)
-    assert np.array_equal(np.asarray(got.X.todense() if sp.issparse(got.X) else got.X), a.X.toarray())
+    assert list(got.obs_names) == list(a.obs_names)
+    assert np.array_equal(got.X.toarray(), a.X.toarray())
+    if fmt.startswith("h5ad") and fmt != "h5ad_layer":
+        assert list(got.obs["ct"]) == list(a.obs["ct"])
+    info = inspect_counts(p, **kwargs)
+    if fmt in ("mtx", "h5ad_layer", "h5ad_csc", "10x_h5"):
+        assert (info.n_obs, info.n_vars, info.nnz) == (a.n_obs, a.n_vars, a.X.nnz)
+    elif fmt == "h5ad_dense":
+        assert (info.n_obs, info.n_vars, info.dense) == (a.n_obs, a.n_vars, True)
+        assert info.nnz == pytest.approx(a.X.nnz, rel=0.05)  # estimated from sampled rows
+    assert _sha(p) == before  # inputs are only read
+
+
+def _peak_alloc(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("fmt", ["h5ad_dense", "csv"])
+def test_dense_inputs_read_without_a_dense_copy(tmp_path, small_counts_path, monkeypatch, fmt):
+    """A dense-X .h5ad and a csv (real PBMC cells, all genes) are read chunk by chunk
+    into CSR: peak allocations stay far below one dense float32 copy of the matrix."""
+    from garage import io
+
+    real = ad.read_h5ad(small_counts_path)
+    real = real[: 1083 if fmt == "h5ad_dense" else 300].copy()
+    dense = np.asarray(real.X.toarray(), dtype=np.float64)
+    if fmt == "h5ad_dense":
+        p = tmp_path / "dense.h5ad"
+        ad.AnnData(X=dense, obs=real.obs, var=real.var).write_h5ad(p)
+    else:
+        p = tmp_path / "cells.csv"
+        pd.DataFrame(dense.astype(np.int64), index=real.obs_names, columns=real.var_names).to_csv(p)
+    del dense
+    dense_f32 = real.n_obs * real.n_vars * 4
+    monkeypatch.setattr(io, "CHUNK_VALUES", 1 << 18)  # small chunks, as a large file would see
+    got, peak = _peak_alloc(lambda: io.read_counts(p))
+    assert isinstance(got.X, sp.csr_matrix) and got.X.dtype == np.float32
+    assert (got.X != sp.csr_matrix(real.X, dtype=np.float32)).nnz == 0
+    assert peak < dense_f32 / 3, f"peak {peak / 2**20:.1f} MB vs dense {dense_f32 / 2**20:.1f} MB"
+
+
+def test_preprocess_leaves_the_input_untouched(small_counts_path):
+    raw = ad.read_h5ad(small_counts_path)[:300].copy()
+    X = raw.X
+    ref = X.copy()
+    obs_cols = list(raw.obs.columns)
+    out = preprocess_adata(raw, PreprocessConfig(label_key="cell_type", n_top_genes=300))
+    assert raw.X is X and (X != ref).nnz == 0 and X.dtype == ref.dtype
+    assert list(raw.obs.columns) == obs_cols and raw.n_vars == ref.shape[1]
+    assert out.layers[C.LAYER_COUNTS].shape == (300, 300)
+
+
+def test_memory_preflight_stops_before_reading(tmp_path, small_counts_path):
+    """Told the machine has 50 MB, preprocess refuses with the estimate and advice,
+    before reading (so in well under a second) and without writing anything."""
+    import time
+
+    from garage.preprocess import check_memory, estimate_memory_bytes, run_preprocess
+
+    cfg = PreprocessConfig(label_key="cell_type")
+    t0 = time.perf_counter()
+    with pytest.raises(GarageError, match=r"needs about .* GB, more than the available memory") as e:
+        run_preprocess(small_counts_path, tmp_path / "out", "x", cfg, available_bytes=50 << 20)
+    assert time.perf_counter() - t0 < 2
+    assert "--n-top-genes" in str(e.value) and "node with at least" in str(e.value)
+    assert not any((tmp_path / "out").iterdir())
+    with pytest.raises(GarageError, match="--max-memory-gb"):
+        check_memory(1000, 2000, 10**6, PreprocessConfig(max_memory_gb=0.01))
+    # linear in cells: 1,000,000 PBMC-like cells fit the 24 GB machine, 10x more cells ~10x memory
+    one_m = estimate_memory_bytes(10**6, 13_713, 787 * 10**6, PreprocessConfig())
+    assert one_m < 20 * 2**30
+    ten_m = estimate_memory_bytes(10**7, 13_713, 787 * 10**7, PreprocessConfig())
+    assert 8 < ten_m / one_m < 10.5
+
+
+def test_device_auto_is_the_default_and_resolves_to_cpu_here():
+    import torch
+
+    from garage._utils import resolve_device
+    from garage.cli import main
+
+    for name in ("gat", "gan", "generate", "run"):
+        cmd = main.get_command(None, name)
+        (opt,) = [p for p in cmd.params if p.name == "device"]
+        assert opt.default == "auto", name
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: auto resolves to cuda")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(GarageError, match="no CUDA GPU"):
+        resolve_device("cuda")
 
 
 # -------------------------------------------------------- bad input (CLI)
@@ -251,6 +383,8 @@ def _bad_cases(tmp: Path, small: Path):
     mk("missing_layer", lambda p: _write(base.copy(), p),
        args=("--label-key", "cell_type", "--layer", "nope"), expect="layer 'nope' not found")
     mk("mtx_folder_without_matrix", lambda p: p.mkdir(), suffix="_dir", expect="without matrix.mtx")
+    mk("too_little_memory", lambda p: _write(base.copy(), p),
+       args=("--label-key", "cell_type", "--max-memory-gb", "0.01"), expect="needs about")
     return cases
 
 

@@ -36,10 +36,11 @@ def seed_option(f):
 def device_option(f):
     return click.option(
         "--device",
-        type=click.Choice(["cpu", "cuda", "auto"]),
-        default="cpu",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
         show_default=True,
-        help="Torch device; cuda fails clearly when no GPU is visible.",
+        help="Torch device. auto: cuda when torch sees a GPU, else cpu; cuda fails clearly "
+             "when no GPU is visible.",
     )(f)
 
 

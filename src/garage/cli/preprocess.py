@@ -38,9 +38,17 @@ from ._options import existing_path, outdir_option, prefix_option, seed_option
 @click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=RARE_THRESHOLD, show_default=True,
               help="A type below this fraction of the cells is rare; decided here once, read by every later stage.")
+@click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              show_default="available memory",
+              help="Memory budget for the pre-flight estimate (made from the input's shape and "
+                   "stored counts before reading it).")
 @seed_option
 def preprocess(input_: Path, prefix: str, outdir: Path, **kwargs) -> None:
-    """QC, HVGs, PCA, kNN graph and a stratified train/holdout split."""
+    """QC, HVGs, PCA, kNN graph and a stratified train/holdout split.
+
+    Reading and QC stay sparse (memory linear in the stored counts); a run
+    that would not fit in memory stops before reading, with advice.
+    """
     from ..preprocess import PreprocessConfig, run_preprocess
 
     out = run_preprocess(input_, outdir, prefix, PreprocessConfig(**kwargs))
