@@ -22,6 +22,7 @@ test fails (rather than guessing) on anything else.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import itertools
 import json
@@ -987,6 +988,8 @@ def test_module_preprocess_condition_key(tmp_path, modules, tparams, fast_params
 # (tools/nflint/NfEval.java) and the Groovy runtime in the same jar evaluates it
 # ---------------------------------------------------------------------------------------
 NFLINT_SETUP = REPO / "tools/nflint/setup.sh"
+#: short-lived JVMs: the C1 compiler only starts faster than the full tiered JIT
+JVM_FLAGS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto")
 
 
 @pytest.fixture(scope="session")
@@ -1000,15 +1003,20 @@ def nf_classpath() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def config_settings(cp: str, rel: str) -> list[dict[str, Any]]:
-    proc = subprocess.run(["java", "-cp", cp, "NfEval", "config", str(REPO / rel)],
+@functools.lru_cache(maxsize=None)
+def _config_settings_json(cp: str, rel: str, mtime: float) -> str:
+    proc = subprocess.run(["java", *JVM_FLAGS, "-cp", cp, "NfEval", "config", str(REPO / rel)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return proc.stdout
+
+
+def config_settings(cp: str, rel: str) -> list[dict[str, Any]]:
+    return json.loads(_config_settings_json(cp, rel, (REPO / rel).stat().st_mtime))
 
 
 def groovy(cp: str, script: str) -> Any:
-    proc = subprocess.run(["java", "-cp", cp, "NfEval", "groovy"], input=script,
+    proc = subprocess.run(["java", *JVM_FLAGS, "-cp", cp, "NfEval", "groovy"], input=script,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{proc.stderr}\n--- script ---\n{script}"
     return json.loads(proc.stdout)
@@ -1203,23 +1211,24 @@ def test_exit2_records_the_sample_and_its_error(nf_classpath, base_settings, tmp
         "12:00:00 INFO garage.preprocess: reading broken.csv ...\n"
         "Error: table broken.csv has non-numeric columns, e.g. ['counts']. Fix: the first column must hold cell names\n")
     setting = resolve_directive(base_settings, "GARAGE_PREPROCESS", "errorStrategy")
-    action = eval_closure(nf_classpath, setting.source,
-                          task={"exitStatus": 2, "attempt": 1, "workDir": str(workdir),
-                                "process": FQN.format("GARAGE_PREPROCESS")},
-                          meta={"id": "broken"}, workflow={"workDir": str(wf_work), "runName": "calm_curie"})
-    assert action == "ignore"
+    empty = wf_work / "00" / "empty"  # a task that printed nothing: still a record, still 'ignore'
+    empty.mkdir(parents=True)
+    actions = eval_closures(nf_classpath, [
+        {"source": setting.source,
+         "task": {"exitStatus": 2, "attempt": 1, "workDir": str(workdir), "process": FQN.format("GARAGE_PREPROCESS")},
+         "meta": {"id": "broken"}, "workflow": {"workDir": str(wf_work), "runName": "calm_curie"}},
+        {"source": resolve_directive(base_settings, "GARAGE_GAT", "errorStrategy").source,
+         "task": {"exitStatus": 2, "attempt": 1, "workDir": str(empty), "process": "GARAGE_GAT"},
+         "meta": {"id": "quiet"}, "workflow": {"workDir": str(wf_work), "runName": "calm_curie"}},
+    ])
+    assert actions == ["ignore", "ignore"]
     records = sorted((wf_work / "garage-failed" / "calm_curie").glob("*.tsv"))
-    assert [r.name for r in records] == ["GARAGE_PREPROCESS.broken.tsv"]
-    fields = records[0].read_text().rstrip("\n").split("\t")
+    assert [r.name for r in records] == ["GARAGE_GAT.quiet.tsv", "GARAGE_PREPROCESS.broken.tsv"]
+    fields = records[1].read_text().rstrip("\n").split("\t")
     assert fields[:3] == ["broken", "GARAGE_PREPROCESS", "2"]
     assert fields[3].startswith("Error: table broken.csv has non-numeric columns")
-    # no stderr at all: still a record, still 'ignore'
-    empty = wf_work / "00" / "empty"
-    empty.mkdir(parents=True)
-    assert eval_closure(nf_classpath, setting.source,
-                        task={"exitStatus": 2, "attempt": 1, "workDir": str(empty), "process": "GARAGE_GAT"},
-                        meta={"id": "quiet"}, workflow={"workDir": str(wf_work), "runName": "calm_curie"}) == "ignore"
-    assert (wf_work / "garage-failed" / "calm_curie" / "GARAGE_GAT.quiet.tsv").is_file()
+    assert records[0].read_text().split("\t")[3] == "(no error message on stderr)"
+    records = records[1:]
     # the workflow reads the same folder back (readFailureRecords)
     utils = (REPO / UTILS_NF).read_text()
     assert "workflow.workDir.resolve('garage-failed').resolve(workflow.runName.toString())" in utils
@@ -1232,100 +1241,488 @@ def test_exit2_records_the_sample_and_its_error(nf_classpath, base_settings, tmp
     assert parsed["message"] == fields[3]
 
 
-STATUS_FUNCTIONS = ["sampleStatusRows", "sampleStatusTsv", "sampleStatusMultiqc", "yamlString"]
+STATUS_STAGE_IDS = [["input", "a"], ["input", "b"], ["input", "c"],
+                    ["GARAGE_PREPROCESS", "a"], ["GARAGE_PREPROCESS", "c"],
+                    ["GARAGE_GAT", "a"], ["GARAGE_GAT", "c"],
+                    ["GARAGE_GAN", "a"], ["GARAGE_GAN", "c"],
+                    ["GARAGE_EVALUATE", "a"]]
+STATUS_FAILURES = [{"sample": "b", "process": "GARAGE_PREPROCESS", "exit_status": "2",
+                    "message": "Error: counts must be non-negative integers: found -3 in \"b.csv\"", "work_dir": "/w/1"}]
+PARAMS_SUMMARY = {"Core Nextflow options": {"runName": "calm_curie", "profile": "test,docker",
+                                            "commandLine": "nextflow run garage-sc/garage -profile test,docker"},
+                  "Input/output options": {"input": "sheet.csv", "outdir": "results"},
+                  "GAT seed selection options": {"rare_threshold": 0.03, "gat_args": "--hidden 16 <b>"}}
 
 
-def test_sample_status_table_and_report(nf_classpath, tmp_path):
+def _methods_fields() -> set[str]:
+    src = nf_function(UTILS_NF, "methodsDescriptionFields")
+    return set(re.findall(r"(?m)^\s*(\w+):", src.split("return [", 1)[1]))
+
+
+@pytest.fixture(scope="module")
+def report_run(nf_classpath, modules, tmp_path_factory) -> dict[str, Any]:
+    """The utils subworkflow's report functions, run once with the Groovy runtime, and the
+    MULTIQC module's exact command run once on what they produce (plus a versions YAML)."""
+    template = (REPO / "assets/methods_description_template.yml").read_text()
+    fields = {k: f"<{k}>" for k in _methods_fields()} | {
+        "command_line": "nextflow run garage-sc/garage -profile test,docker", "doi_text": ""}
+    out = call_nf_functions(
+        nf_classpath,
+        ["sampleStatusRows", "sampleStatusTsv", "sampleStatusMultiqc", "yamlString", "htmlEscape",
+         "paramsSummaryMultiqc", "methodsDescriptionText", "failIfNoSampleCompleted"],
+        "def error(msg) { throw new IllegalStateException(msg.toString()) }\n"
+        f"def rows = sampleStatusRows({_groovy_data(STATUS_STAGE_IDS)}, {_groovy_data(STATUS_FAILURES)})\n"
+        "def all_failed = rows.collect { r -> r + [status: 'failed'] }\n"
+        "def verdict = { rs -> try { failIfNoSampleCompleted(rs, 'results'); return 'ok' } catch (IllegalStateException e) { return e.message } }\n"
+        "return [rows: rows, tsv: sampleStatusTsv(rows), mqc: sampleStatusMultiqc(rows),\n"
+        f"        params: paramsSummaryMultiqc({_groovy_data(PARAMS_SUMMARY)}, 'garage-sc/garage'),\n"
+        f"        methods: methodsDescriptionText({_groovy_data(template)}, {_groovy_data(fields)}),\n"
+        "        some_ok: verdict(rows), none_ok: verdict(all_failed)]")
+    work = tmp_path_factory.mktemp("multiqc_task")
+    files = {"garage_sample_status_mqc.yaml": out["mqc"], "garage_params_summary_mqc.yaml": out["params"],
+             "garage_methods_description_mqc.yaml": out["methods"],
+             "garage_software_mqc_versions.yml": "GARAGE_GAT:\n    garage: 0.1.0\n"}
+    staged = []
+    for n, (name, text) in enumerate(files.items(), start=1):  # stageAs "?/*"
+        (work / str(n)).mkdir()
+        (work / str(n) / name).write_text(text)
+        staged.append(f"{n}/{name}")
+    m = modules["MULTIQC"]
+    script, _ = render(m, stub=False, meta=None, ext_args="",
+                       inputs={"multiqc_files": staged, "multiqc_config": REPO / "assets/multiqc_config.yml",
+                               "extra_multiqc_config": []})
+    run_task(m, work, script, timeout=300)
+    out["html"] = (work / "multiqc_report.html").read_text()
+    out["versions"] = (work / "multiqc_data" / "multiqc_software_versions.txt").read_text()
+    return out
+
+
+def test_sample_status_table_and_report(report_run):
     """The workflow's run summary: which samples completed, where the others stopped and why."""
-    stage_ids = [["input", "a"], ["input", "b"], ["input", "c"],
-                 ["GARAGE_PREPROCESS", "a"], ["GARAGE_PREPROCESS", "c"],
-                 ["GARAGE_GAT", "a"], ["GARAGE_GAT", "c"],
-                 ["GARAGE_GAN", "a"], ["GARAGE_GAN", "c"],
-                 ["GARAGE_EVALUATE", "a"]]
-    failures = [{"sample": "b", "process": "GARAGE_PREPROCESS", "exit_status": "2",
-                 "message": "Error: counts must be non-negative integers: found -3 in \"b.csv\"", "work_dir": "/w/1"}]
-    result = call_nf_functions(
-        nf_classpath, STATUS_FUNCTIONS,
-        f"def rows = sampleStatusRows({_groovy_data(stage_ids)}, {_groovy_data(failures)})\n"
-        "return [rows: rows, tsv: sampleStatusTsv(rows), mqc: sampleStatusMultiqc(rows)]")
-    rows = {r["sample"]: r for r in result["rows"]}
-    assert [r["sample"] for r in result["rows"]] == ["a", "b", "c"]
+    rows = {r["sample"]: r for r in report_run["rows"]}
+    assert [r["sample"] for r in report_run["rows"]] == ["a", "b", "c"]
     assert rows["a"]["status"] == "ok"
-    assert rows["b"] | {} == {"sample": "b", "status": "failed", "stage": "GARAGE_PREPROCESS", "exit_status": "2",
-                              "message": failures[0]["message"]}
+    assert rows["b"] == {"sample": "b", "status": "failed", "stage": "GARAGE_PREPROCESS", "exit_status": "2",
+                         "message": STATUS_FAILURES[0]["message"]}
     assert rows["c"]["status"] == "failed" and rows["c"]["stage"] == "GARAGE_EVALUATE"
     assert ".command.err" in rows["c"]["message"]  # no record: the message says where to look
-    tsv = list(csv.DictReader(result["tsv"].splitlines(), delimiter="\t"))
-    assert [t["sample"] for t in tsv] == ["a", "b", "c"] and tsv[1]["message"] == failures[0]["message"]
-
-    # the MultiQC custom content renders as a table section with the error text
+    tsv = list(csv.DictReader(report_run["tsv"].splitlines(), delimiter="\t"))
+    assert [t["sample"] for t in tsv] == ["a", "b", "c"] and tsv[1]["message"] == STATUS_FAILURES[0]["message"]
     yaml = pytest.importorskip("yaml")
-    doc = yaml.safe_load(result["mqc"])
-    assert doc["plot_type"] == "table" and doc["data"]["b"]["message"] == failures[0]["message"]
-    report_dir = tmp_path / "mqc_in"
-    report_dir.mkdir()
-    (report_dir / "garage_sample_status_mqc.yaml").write_text(result["mqc"])
-    html = _multiqc(report_dir, tmp_path / "mqc_out")
-    assert 'id="garage-sample-status"' in html and "non-negative integers" in html
+    doc = yaml.safe_load(report_run["mqc"])
+    assert doc["plot_type"] == "table" and doc["data"]["b"]["message"] == STATUS_FAILURES[0]["message"]
+    # rendered by the MULTIQC module's command
+    assert 'id="garage-sample-status"' in report_run["html"] and "non-negative integers" in report_run["html"]
+    # some samples dropped: the run goes on; all dropped: it fails (after the report)
+    assert report_run["some_ok"] == "ok"
+    assert report_run["none_ok"].startswith("Every sample failed")
 
 
-def _multiqc(indir: Path, outdir: Path) -> str:
-    proc = subprocess.run([str(VENV_BIN / "multiqc"), "--force", "--config", str(REPO / "assets/multiqc_config.yml"),
-                           "--outdir", str(outdir), str(indir)],
-                          capture_output=True, text=True, timeout=300, env=task_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return (outdir / "multiqc_report.html").read_text()
-
-
-def test_params_summary_and_methods_render_in_multiqc(nf_classpath, tmp_path):
+def test_params_summary_and_methods_in_the_report(report_run):
     """The parameter summary and methods description (utils subworkflow) make report sections."""
-    summary = {"Core Nextflow options": {"runName": "calm_curie", "profile": "test,docker",
-                                         "commandLine": "nextflow run garage-sc/garage -profile test,docker"},
-               "Input/output options": {"input": "sheet.csv", "outdir": "results"},
-               "GAT seed selection options": {"rare_threshold": 0.03, "gat_args": "--hidden 16 <b>"}}
     template = (REPO / "assets/methods_description_template.yml").read_text()
-    fields_src = nf_function(UTILS_NF, "methodsDescriptionFields")
-    keys = set(re.findall(r"(?m)^\s*(\w+):", fields_src.split("return [", 1)[1]))
     placeholders = set(re.findall(r"\$\{(\w+)\}", template))
-    assert placeholders and placeholders <= keys, f"template placeholders {placeholders - keys} are never filled"
+    assert placeholders and placeholders <= _methods_fields(), "template placeholders that are never filled"
     assert template.count("$") == len(re.findall(r"\$\{\w+\}", template)), "a stray $ breaks SimpleTemplateEngine"
-    fields = {k: f"<{k}>" for k in keys} | {"command_line": "nextflow run garage-sc/garage -profile test,docker",
-                                           "doi_text": ""}
-    out = call_nf_functions(
-        nf_classpath, ["htmlEscape", "yamlString", "paramsSummaryMultiqc", "methodsDescriptionText"],
-        f"return [params: paramsSummaryMultiqc({_groovy_data(summary)}, 'garage-sc/garage'), "
-        f"methods: methodsDescriptionText({_groovy_data(template)}, {_groovy_data(fields)})]")
     yaml = pytest.importorskip("yaml")
-    p, mth = yaml.safe_load(out["params"]), yaml.safe_load(out["methods"])
+    p, mth = yaml.safe_load(report_run["params"]), yaml.safe_load(report_run["methods"])
     assert p["plot_type"] == "html" and "rare_threshold" in p["data"] and "&lt;b&gt;" in p["data"]
     assert mth["plot_type"] == "html" and "nextflow run garage-sc/garage" in mth["data"]
     for cite in ("10.1038/nbt.3820", "10.1093/bioinformatics/btw354", "10.1186/s13059-017-1382-0", "1710.10903"):
         assert cite in mth["data"]
-    indir = tmp_path / "in"
-    indir.mkdir()
-    (indir / "garage_params_summary_mqc.yaml").write_text(out["params"])
-    (indir / "garage_methods_description_mqc.yaml").write_text(out["methods"])
-    html = _multiqc(indir, tmp_path / "out")
+    html = report_run["html"]
     assert 'id="garage-params-summary"' in html and 'id="garage-methods-description"' in html
-    assert "Graph Attention Networks" in html
+    assert "Graph Attention Networks" in html and "rare_threshold" in html
 
 
-def test_multiqc_version_reaches_report_without_topic(modules, tmp_path):
-    """MULTIQC writes multiqc_mqc_versions.yml in its task dir; MultiQC merges it into Software Versions."""
-    m = modules["MULTIQC"]
-    (tmp_path / "1").mkdir()
-    (tmp_path / "1" / "garage_software_mqc_versions.yml").write_text("GARAGE_GAT:\n    garage: 0.1.0\n")
-    # MultiQC makes no report from version files alone; the status table is always there
-    (tmp_path / "2").mkdir()
-    (tmp_path / "2" / "garage_sample_status_mqc.yaml").write_text(
-        "id: 'garage-sample-status'\nsection_name: 'Sample status'\nplot_type: 'table'\ndata:\n  a:\n    status: 'ok'\n")
-    script, _ = render(m, stub=False, meta=None, inputs={"multiqc_files": ["1/garage_software_mqc_versions.yml",
-                                                                           "2/garage_sample_status_mqc.yaml"],
-                                                         "multiqc_config": REPO / "assets/multiqc_config.yml",
-                                                         "extra_multiqc_config": []}, ext_args="")
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=task_env(), capture_output=True, text=True, timeout=300)
+def test_multiqc_version_reaches_report_without_topic(report_run):
+    """MULTIQC writes multiqc_mqc_versions.yml in its task dir; MultiQC merges it with the
+    pipeline's versions YAML into the Software Versions section."""
+    table = {row["Sample"]: row for row in csv.DictReader(report_run["versions"].splitlines(), delimiter="\t")}
+    assert re.match(r"^\d+\.\d+", table["MULTIQC"]["multiqc"]), report_run["versions"]
+    assert table["GARAGE_GAT"]["garage"] == "0.1.0", report_run["versions"]
+
+
+# ---------------------------------------------------------------------------------------
+# Topic channels: no process may wait for a topic it emits into (a silent, endless hang)
+# ---------------------------------------------------------------------------------------
+NF_SOURCES = ("main.nf", "workflows", "subworkflows", "modules")
+
+
+def _nf_files(root: Path) -> list[Path]:
+    files = []
+    for item in NF_SOURCES:
+        p = root / item
+        files += [p] if p.is_file() else sorted(p.rglob("*.nf"))
+    return files
+
+
+def _statements(body: str) -> list[str]:
+    """Groovy statements of a workflow body: a line continues while brackets are open or the
+    next line starts with `.` (a method chain)."""
+    lines = [ln.rstrip() for ln in strip_comments(body).splitlines()]
+    out, buf, depth = [], [], 0
+    for i, line in enumerate(lines):
+        if not line.strip() and not buf:
+            continue
+        buf.append(line.strip())
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+        nxt = next((ln.strip() for ln in lines[i + 1:] if ln.strip()), "")
+        if depth <= 0 and not nxt.startswith(".") and not line.strip().endswith((".", ",", "?", ":", "+", "=")):
+            out.append(" ".join(buf))
+            buf, depth = [], 0
+    if buf:
+        out.append(" ".join(buf))
+    return out
+
+
+def _call_args(stmt: str, name: str) -> list[str] | None:
+    m = re.match(rf"^{name}\s*\(", stmt)
+    if not m:
+        return None
+    depth, i = 1, m.end()
+    while depth and i < len(stmt):
+        depth += {"(": 1, ")": -1}.get(stmt[i], 0)
+        i += 1
+    return split_top_level(stmt[m.end(): i - 1])
+
+
+@dataclass
+class NfWorkflow:
+    name: str
+    takes: list[str]
+    statements: list[str]
+
+
+def parse_pipeline(root: Path) -> tuple[dict[str, set[str]], dict[str, NfWorkflow], dict[str, str]]:
+    """(process -> topics it emits into, workflow name -> workflow, include alias -> real name)."""
+    emits: dict[str, set[str]] = {}
+    workflows: dict[str, NfWorkflow] = {}
+    aliases: dict[str, str] = {}
+    for f in _nf_files(root):
+        text = f.read_text()  # blocks are cut from the raw text: `//` also occurs inside strings
+        for m in re.finditer(r"(?m)^\s*include\s*\{([^}]*)\}", text):
+            for part in m.group(1).split(";"):
+                am = re.match(r"\s*(\w+)(?:\s+as\s+(\w+))?\s*$", part)
+                if am:
+                    aliases[am.group(2) or am.group(1)] = am.group(1)
+        for m in re.finditer(r"(?m)^process\s+(\w+)\s*\{", text):
+            body = find_block(text[m.start():], rf"process\s+{m.group(1)}")
+            out = _section(body, "output", ("when", "script", "shell", "exec", "stub"))
+            out = "\n".join(ln for ln in out.splitlines() if not ln.strip().startswith("//"))
+            emits[m.group(1)] = set(re.findall(r"topic:\s*['\"]?(\w+)", out))
+        text = strip_comments(text)  # workflows: comments hold apostrophes, strings hold no `//`
+        for m in re.finditer(r"(?m)^workflow(?:\s+(\w+))?\s*\{", text):
+            name = m.group(1) or f"<entry:{f.name}>"
+            body = find_block(text[m.start():], r"workflow" + (rf"\s+{m.group(1)}" if m.group(1) else r""))
+            take = _section(body, "take", ("main", "emit"))
+            main = _section(body, "main", ("emit",)) or body
+            takes = [ln.strip().split()[0] for ln in strip_comments(take).splitlines() if ln.strip()]
+            main = strip_comments(main)
+            workflows[name] = NfWorkflow(name, takes, _statements(main))
+    return emits, workflows, aliases
+
+
+def topic_deadlocks(root: Path) -> list[str]:
+    """Processes that consume (directly, through channels, functions or subworkflows) a topic
+    they, or a process downstream of them, emit into."""
+    emits, workflows, aliases = parse_pipeline(root)
+    consumes: dict[str, set[str]] = {p: set() for p in emits}       # process -> topics upstream of it
+    tainted: dict[str, dict[str, set[str]]] = {w: {} for w in workflows}  # workflow -> name -> topics
+
+    def topics_of(expr: str, scope: dict[str, set[str]]) -> set[str]:
+        found = set(re.findall(r"\b[Cc]hannel\s*\.\s*topic\s*\(\s*['\"](\w+)['\"]", expr))
+        for name, topics in scope.items():
+            if re.search(rf"(?<![\w.]){re.escape(name)}\b", expr):
+                found |= topics
+        return found
+
+    changed = True
+    while changed:
+        changed = False
+        for wf in workflows.values():
+            scope = tainted[wf.name]
+            for stmt in wf.statements:
+                am = re.match(r"^(?:def\s+)?(\w+)\s*=(?!=)\s*(.+)$", stmt)
+                if am:
+                    t = topics_of(am.group(2), scope)
+                    if not t <= scope.get(am.group(1), set()):
+                        scope[am.group(1)] = scope.get(am.group(1), set()) | t
+                        changed = True
+                for callee in list(aliases) + list(workflows):
+                    args = _call_args(stmt, callee)
+                    if args is None:
+                        continue
+                    real = aliases.get(callee, callee)
+                    t = set().union(*(topics_of(a, scope) for a in args)) if args else set()
+                    if not t:
+                        continue
+                    if real in emits and not t <= consumes[real]:
+                        consumes[real] |= t
+                        changed = True
+                    if real in workflows:
+                        inner = tainted[real]
+                        for arg, take in zip(args, workflows[real].takes):
+                            ta = topics_of(arg, scope)
+                            if ta and not ta <= inner.get(take, set()):
+                                inner[take] = inner.get(take, set()) | ta
+                                changed = True
+                    out_key = f"{callee}.out"
+                    if not t <= scope.get(out_key, set()):
+                        scope[out_key] = scope.get(out_key, set()) | t
+                        changed = True
+    return sorted(f"{p} consumes topic '{t}' and emits into it" for p in consumes for t in consumes[p] & emits[p])
+
+
+def test_no_process_emits_into_a_topic_it_consumes():
+    emits, workflows, _ = parse_pipeline(REPO)
+    assert emits["MULTIQC"] == set() and emits["GARAGE_GAT"] == {"versions"}
+    assert any("channel.topic('versions')" in s for w in workflows.values() for s in w.statements)
+    assert topic_deadlocks(REPO) == []
+
+
+def _pipeline_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "pipeline"
+    root.mkdir()
+    for item in NF_SOURCES:
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    return root
+
+
+@pytest.mark.parametrize("rel, old, new", [
+    # MultiQC's version back on the topic it reads (the hang of issue 14)
+    ("modules/local/multiqc/main.nf", "emit: versions_multiqc\n", "emit: versions_multiqc, topic: versions\n"),
+    # a per-sample stage fed from the topic through a function
+    ("workflows/garage.nf", "GARAGE_EVALUATE(ch_evaluate_input)",
+     "GARAGE_EVALUATE(ch_evaluate_input.combine(softwareVersionsToYAML(channel.topic('versions')).collect()))"),
+    # through a channel variable, then into a process whose output feeds another emitter
+    ("workflows/garage.nf", "    GARAGE_GAN(GARAGE_GAT.out.h5ad)\n",
+     "    ch_all_versions = channel.topic('versions').collect()\n"
+     "    GARAGE_GAN(GARAGE_GAT.out.h5ad.combine(ch_all_versions).map { row -> row[0..1] })\n"),
+])
+def test_topic_deadlock_check_catches_planted_cycles(tmp_path, rel, old, new):
+    root = _pipeline_copy(tmp_path)
+    target = root / rel
+    text = target.read_text()
+    assert old in text, f"planting site not found in {rel}"
+    target.write_text(text.replace(old, new, 1))
+    found = topic_deadlocks(root)
+    assert found, f"planted topic cycle in {rel} not detected"
+
+
+# ---------------------------------------------------------------------------------------
+# Images and GPUs: the config closures, evaluated by Groovy for each engine / executor
+# ---------------------------------------------------------------------------------------
+def _manifest_version() -> str:
+    m = re.search(r"(?m)^\s*version\s*=\s*'([^']+)'", find_block(strip_comments((REPO / "nextflow.config").read_text()), r"(?m)^manifest"))
+    return m.group(1)
+
+
+def _pyproject_version() -> str:
+    return re.search(r'(?m)^version = "([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+
+
+def test_image_names_and_tag_come_from_params(nf_classpath, base_settings):
+    params = default_params()
+    assert params["container_tag"] == _manifest_version() == _pyproject_version()
+    cpu = f"{params['container_registry']}/garage:{params['container_tag']}"
+    cuda = f"{params['container_registry']}/garage-cuda:{params['container_tag']}"
+    cases, want = [], []
+    for process in PROCESS_LABELS:
+        setting = resolve_directive(base_settings, process, "container")
+        assert setting is not None and setting.closure, f"{process}: no container from params"
+        for use_gpu in (False, True):
+            cases.append({"source": setting.source, "params": params | {"use_gpu": use_gpu}})
+            want.append((process, use_gpu, cuda if use_gpu and process in ("GARAGE_GAT", "GARAGE_GAN") else cpu))
+    got = eval_closures(nf_classpath, cases)
+    for (process, use_gpu, image), value in zip(want, got):
+        assert value == image, f"{process} use_gpu={use_gpu}: {value} != {image}"
+    # a mirror: every name follows the registry param
+    mirror = eval_closures(nf_classpath, [{"source": resolve_directive(base_settings, "GARAGE_GAN", "container").source,
+                                           "params": params | {"use_gpu": True, "container_registry": "registry.example.org/lab"}}])
+    assert mirror == [f"registry.example.org/lab/garage-cuda:{params['container_tag']}"]
+    # make image / make image-gpu build exactly these names
+    proc = subprocess.run(["make", "-n", "image", "image-gpu"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    versions = (tmp_path / "multiqc_data" / "multiqc_software_versions.txt").read_text()
-    table = {row["Sample"]: row for row in csv.DictReader(versions.splitlines(), delimiter="\t")}
-    assert re.match(r"^\d+\.\d+", table["MULTIQC"]["multiqc"]), versions
-    assert table["GARAGE_GAT"]["garage"] == "0.1.0", versions
+    assert f"-t {cpu}" in proc.stdout and "VARIANT=cpu" in proc.stdout
+    assert f"-t {cuda}" in proc.stdout and "VARIANT=cuda" in proc.stdout
+
+
+def test_dockerfile_builds_both_variants():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"(?m)^ARG VARIANT=cpu$", text)
+    assert 'cpu)  spec="torch==${TORCH_VERSION}+cpu"' in text and 'cuda) spec="torch==${TORCH_VERSION}"' in text
+    assert "download.pytorch.org/whl/cpu" in text  # the CPU wheel for real users, no host paths
+    assert "/opt/wheels" not in text and "127.0.0.1" not in text
+
+
+GPU_EXPECT = [  # (container engine, executor) -> containerOptions for GAT/GAN under -profile gpu
+    ("docker", None, "--gpus all"),
+    ("singularity", None, "--nv"),
+    ("apptainer", None, "--nv"),
+    ("podman", None, "--device nvidia.com/gpu=all"),
+    (None, None, ""),
+    ("singularity", "slurm", "--nv"),
+    ("docker", "awsbatch", ""),          # AWS Batch attaches the GPU itself (accelerator)
+    ("docker", "google-batch", ""),
+    ("docker", "k8s", ""),
+]
+
+
+def _profile_settings(cp: str, profile: str) -> list[dict[str, Any]]:
+    return [e for e in config_settings(cp, "nextflow.config") if e["path"][:2] == ["profiles", profile]]
+
+
+def _profile_value(settings: list[dict[str, Any]], *path: str) -> dict[str, Any] | None:
+    return next((e for e in settings if e["path"][2:] == list(path)), None)
+
+
+def test_gpu_profile(nf_classpath):
+    gpu = _profile_settings(nf_classpath, "gpu")
+    assert _profile_value(gpu, "params", "use_gpu")["value"] is True
+    for engine in ("singularity", "apptainer", "docker"):
+        wl = _profile_value(gpu, engine, "envWhitelist")
+        assert wl and "CUDA_VISIBLE_DEVICES" in wl["value"].split(","), f"{engine}.envWhitelist"
+    assert _profile_value(gpu, "process", "withLabel:process_gpu", "accelerator")["value"] == 1
+    opts = _profile_value(gpu, "process", "withLabel:process_gpu", "containerOptions")
+    assert opts["closure"]
+    got = eval_closures(nf_classpath, [
+        {"source": opts["source"], "task": {"executor": executor}, "workflow": {"containerEngine": engine}}
+        for engine, executor, _ in GPU_EXPECT])
+    for (engine, executor, want), value in zip(GPU_EXPECT, got):
+        assert (value or "") == want, f"engine={engine} executor={executor}: {value!r} != {want!r}"
+    # only the GPU-labelled processes get any of it
+    for e in gpu:
+        if e["path"][2:3] == ["process"]:
+            assert e["path"][3] == "withLabel:process_gpu", e["path"]
+
+
+def test_slurm_and_awsbatch_ask_for_a_gpu_only_under_the_gpu_profile(nf_classpath):
+    slurm = _profile_settings(nf_classpath, "slurm")
+    cluster = _profile_value(slurm, "process", "withLabel:process_gpu", "clusterOptions")
+    queue = _profile_value(slurm, "process", "withLabel:process_gpu", "queue")
+    assert cluster["closure"] and queue["closure"]
+    off, on, q_off, q_on = eval_closures(nf_classpath, [
+        {"source": cluster["source"], "params": {"use_gpu": False}},
+        {"source": cluster["source"], "params": {"use_gpu": True}},
+        {"source": queue["source"], "params": {"use_gpu": False}},
+        {"source": queue["source"], "params": {"use_gpu": True}},
+    ])
+    assert not off and "--gres=gpu:1" in on
+    assert q_off == _profile_value(slurm, "process", "queue")["value"] and q_on != q_off
+    for e in slurm:  # no other SLURM setting requests a GPU
+        if e is not cluster and "gres" in json.dumps(e):
+            pytest.fail(f"unconditional GPU request in slurm profile: {e['path']}")
+    aws = _profile_settings(nf_classpath, "awsbatch")
+    assert str(_profile_value(aws, "workDir")["value"]).startswith("s3://")
+    aq = _profile_value(aws, "process", "withLabel:process_gpu", "queue")
+    a_off, a_on = eval_closures(nf_classpath, [{"source": aq["source"], "params": {"use_gpu": u}} for u in (False, True)])
+    assert a_off == _profile_value(aws, "process", "queue")["value"] and a_on != a_off
+
+
+def test_usage_documents_each_gpu_combination():
+    usage = (REPO / "docs/usage.md").read_text()
+    for combo in ("-profile docker,gpu", "-profile singularity,gpu", "-profile apptainer,gpu",
+                  "-profile slurm,singularity,gpu", "-profile awsbatch,gpu"):
+        assert combo in usage, f"docs/usage.md does not show {combo}"
+    assert "CUDA_VISIBLE_DEVICES" in usage and "--gres=gpu:1" in usage
+    # the Singularity/Apptainer route from a local Docker image, with the cache name Nextflow
+    # looks for (SingularityCache.simpleName: registry/name:tag -> registry-name-tag.img)
+    params = default_params()
+    image = f"{params['container_registry']}/garage:{params['container_tag']}"
+    cached = image.replace(":", "-").replace("/", "-") + ".img"
+    assert f"docker-daemon://{image}" in usage and cached in usage
+
+
+WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
+
+
+def _tool(name: str) -> str:
+    exe = VENV_BIN / name
+    if exe.exists():
+        return str(exe)
+    if shutil.which(name):
+        return shutil.which(name)
+    if IN_CI:
+        pytest.fail(f"{name} not found but CI=true: install the `test` extra")
+    pytest.skip(f"{name} not found: pip install the `test` extra")
+
+
+def test_github_workflows_validate_offline():
+    assert {w.name for w in WORKFLOWS} >= {"release-images.yml", "nf-test.yml"}
+    proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                           *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", str(REPO / ".github/workflows")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_github_workflows_build_release_images_and_run_nf_test():
+    yaml = pytest.importorskip("yaml")
+    rel = yaml.safe_load((REPO / ".github/workflows/release-images.yml").read_text())
+    on = rel.get("on", rel.get(True))
+    assert "tags" in on["push"] and "branches" not in on["push"]
+    matrix = rel["jobs"]["image"]["strategy"]["matrix"]["include"]
+    assert {(m["variant"], m["target"], m["image"]) for m in matrix} == {("cpu", "image", "garage"),
+                                                                        ("cuda", "image-gpu", "garage-cuda")}
+    steps = " ".join(s.get("run", "") for s in rel["jobs"]["image"]["steps"])
+    assert "docker push" in steps and "make" in steps and "garage run --profile test" in steps
+    nft = yaml.safe_load((REPO / ".github/workflows/nf-test.yml").read_text())
+    on = nft.get("on", nft.get(True))
+    assert "push" in on
+    runs = " ".join(s.get("run", "") for s in nft["jobs"]["nf-test"]["steps"])
+    assert "nf-test test --profile +docker --ci" in runs and "make image" in runs
+
+
+# ---------------------------------------------------------------------------------------
+# nf-test files: every module has a real and a -stub test; assertions stay on stable values
+# ---------------------------------------------------------------------------------------
+NF_TESTS = sorted(REPO.glob("modules/**/tests/main.nf.test")) + sorted((REPO / "tests").glob("*.nf.test"))
+
+
+def test_nf_tests_cover_every_module_with_stub_and_real_runs():
+    for name, path in MODULES.items():
+        test = path.parent / "tests/main.nf.test"
+        text = test.read_text()
+        assert f'process "{name}"' in text
+        assert text.count('options "-stub"') >= 1, f"{name}: no -stub test"
+        assert len(re.findall(r'(?m)^\s*test\("', text)) >= 2, f"{name}: needs a real and a stub test"
+    pipeline = (REPO / "tests/default.nf.test").read_text()
+    assert 'options "-stub"' in pipeline
+    assert "garage_sample_status.tsv" in pipeline
+    bad = (REPO / "tests/bad_sample.nf.test").read_text()
+    assert "samplesheet_test_bad_sample.csv" in bad and "workflow.success" in bad
+
+
+def test_nf_tests_snapshot_only_stable_values():
+    """Snapshots hold names, counts, keys and versions; float-bearing files stay out of them."""
+    for test in NF_TESTS:
+        text = strip_comments(test.read_text())
+        for m in re.finditer(r"snapshot\((.*?)\)\.match\(", text, re.S):
+            body = m.group(1)
+            assert ".json" not in body or "keySet" in body, f"{test}: snapshots a JSON with floats"
+            assert not re.search(r"\bpath\([^)]*\.(h5ad|pt|png)", body), f"{test}: snapshots binary/float files"
+    nftignore = (REPO / "tests/.nftignore").read_text()
+    for pattern in ("evaluate/*.{json,tsv,png}", "gan/*.{h5ad,pt,tsv}", "multiqc/multiqc_report.html"):
+        assert pattern in nftignore
+
+
+def test_bad_sample_sheet_has_one_broken_sample():
+    """The bad-sample nf-test's sheet: a good sample and one that `garage preprocess` rejects (exit 2)."""
+    sheet = REPO / "assets/samplesheet_test_bad_sample.csv"
+    rows = read_sheet(sheet)
+    assert sheet_errors(rows) == []  # the sheet itself is valid; one sample's data is not
+    broken = [r for r in rows if r["sample"] == "not_counts"]
+    assert len(rows) == 2 and broken
+    proc = subprocess.run([str(VENV_BIN / "garage"), "preprocess", "--input", str(resolve_counts(broken[0]["counts"], sheet)),
+                           "--prefix", "not_counts", "--outdir", "."], capture_output=True, text=True, timeout=120,
+                          cwd=tempfile_dir())
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("Error:"), proc.stderr
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="garage_bad_")

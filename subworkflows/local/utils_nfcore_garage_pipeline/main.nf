@@ -112,6 +112,15 @@ workflow PIPELINE_COMPLETION {
     multiqc_report.subscribe { reports -> report_list = reports }
     sample_status.subscribe { rows -> status_rows = rows }
 
+    //
+    // Dropping bad samples keeps a batch going; dropping all of them is a setup problem (an
+    // unknown flag in --<stage>_args, no GPU under -profile gpu): once the report exists, fail.
+    //
+    multiqc_report
+        .map { reports -> [reports: reports] }
+        .combine(sample_status.map { rows -> [rows: rows] })
+        .map { _reports, status -> failIfNoSampleCompleted(status.rows, outdir) }
+
     workflow.onComplete {
         completionSummary(summary_params, outdir, report_list, status_rows)
     }
@@ -361,6 +370,13 @@ def sampleStatusMultiqc(rows) {
 
 def yamlString(value) {
     return groovy.json.JsonOutput.toJson(value.toString())
+}
+
+def failIfNoSampleCompleted(rows, outdir) {
+    if (rows && rows.every { row -> row.status != 'ok' }) {
+        error("Every sample failed (first: ${rows[0].sample} at ${rows[0].stage}: ${rows[0].message}). A setting common to all samples is wrong; see ${outdir}/pipeline_info/garage_sample_status.tsv and the MultiQC report.")
+    }
+    return rows
 }
 
 def warnFailedSamples(rows) {
