@@ -18,16 +18,19 @@ dataset at hand (pbmc3k and sc_mixology from shared/data, plus the ones
 - Spearman correlation with node degree of the raw attention centrality (summed
   alpha) and of the relative one (alpha times the number of cells the target
   attends over, averaged over out-edges), and between the two;
-- coverage: per type, the mean PCA distance from its train cells to their
-  nearest seed of the type, averaged over types, divided by the same figure for
-  random seeds (mean of 3 draws) -- below 1 covers better than random;
+- coverage: per type, the mean PCA distance (50 PCs; ``nn10``: the leading 10)
+  from its train cells to their nearest seed of the type, and the largest such
+  distance (``worst``, the worst-covered cell), averaged over types, divided by
+  the same figure for random seeds (mean of 3 draws) -- below 1 covers better
+  than random;
 - sub-state balance (datasets with a condition column): per type, the total
   variation distance between the condition mix of its seeds and of its train
   cells, averaged over types with >= 2 conditions (0 = seeds mirror the mix);
 - how many score seeds change when the relative centrality replaces the raw one.
 
-Columns: ``nn_ratio_<strategy>_<centrality>`` (the score's centrality; coverage
-in PCA unless ``_gat``), ``tv_*`` for sub-state balance, ``rho_*`` correlations.
+Columns: ``{nn,nn10,worst}_ratio_<strategy>_<centrality>`` (the centrality of
+the score; coverage regions in PCA unless ``_gat``), ``tv_*`` sub-state balance,
+``rho_*`` Spearman correlations.
 
 All strategies reuse one trained GAT per (dataset, seed), so they differ only in
 the seed choice.  Run: ``python -m bench.bench_gat --seeds-report [--train-seeds 0 1]``
@@ -93,16 +96,25 @@ SEED_DATASETS = [
 ]
 
 
-def _nearest_seed(x, lab, train, mask) -> float:
-    """Mean over types of the mean distance from a type's train cells to its nearest seed."""
+def _nearest_seed(x, lab, train, mask) -> dict[str, float]:
+    """Distances from a type's train cells to its nearest seed, averaged over types.
+
+    ``nn``: mean over cells, all PCs; ``nn10``: the same in the leading 10 PCs;
+    ``worst``: the farthest cell of the type (all PCs).
+    """
     import numpy as np
 
-    out = []
+    out = {"nn": [], "nn10": [], "worst": []}
     for t in np.unique(lab[mask]):
         cells, seeds = x[train & (lab == t)], x[mask & (lab == t)]
-        d2 = (cells**2).sum(1)[:, None] + (seeds**2).sum(1)[None] - 2 * cells @ seeds.T
-        out.append(np.sqrt(np.maximum(d2, 0)).min(1).mean())
-    return float(np.mean(out))
+        for key, cols in (("nn", slice(None)), ("nn10", slice(0, 10))):
+            c, s = cells[:, cols], seeds[:, cols]
+            d2 = (c**2).sum(1)[:, None] + (s**2).sum(1)[None] - 2 * c @ s.T
+            d = np.sqrt(np.maximum(d2, 0)).min(1)
+            out[key].append(d.mean())
+            if key == "nn":
+                out["worst"].append(d.max())
+    return {k: float(np.mean(v)) for k, v in out.items()}
 
 
 def _substate_tv(cond, lab, train, mask) -> float:
@@ -170,7 +182,7 @@ def seeds_report(train_seeds: list[int], threads: int) -> list[dict]:
                      "coverage_relative": choose(score_rel, seed_strategy="coverage"),
                      "coverage_gat": choose(seed_strategy="coverage", coverage_space="gat")}
             randoms = [choose(seed_strategy="random", seed=s) for s in (101, 102, 103)]
-            rand = np.mean([_nearest_seed(pca, lab, train, m) for m in randoms])
+            rand = pd.DataFrame([_nearest_seed(pca, lab, train, m) for m in randoms]).mean()
             row = {
                 "dataset": name, "seed": seed, "cells": int(adata.n_obs),
                 "types": int(len(np.unique(lab))), "rare": len(res.plan.rare_types),
@@ -180,10 +192,14 @@ def seeds_report(train_seeds: list[int], threads: int) -> list[dict]:
                 "rho_raw_relative": round(float(spearmanr(c_raw, c_rel)[0]), 3),
                 "score_seeds_changed": round(float((masks["score_raw"] & ~masks["score_relative"])
                                                    .sum() / masks["score_raw"].sum()), 3),
-                "nn_dist_random": round(float(rand), 3),
+                "nn_dist_random": round(float(rand["nn"]), 3),
             }
             for k, m in masks.items():
-                row[f"nn_ratio_{k}"] = round(float(_nearest_seed(pca, lab, train, m) / rand), 3)
+                d = _nearest_seed(pca, lab, train, m)
+                row[f"nn_ratio_{k}"] = round(d["nn"] / rand["nn"], 3)
+                if k in ("score_raw", "score_relative", "coverage_raw"):
+                    row[f"nn10_ratio_{k}"] = round(d["nn10"] / rand["nn10"], 3)
+                    row[f"worst_ratio_{k}"] = round(d["worst"] / rand["worst"], 3)
             if cond is not None:
                 row["tv_random"] = round(float(np.mean(
                     [_substate_tv(cond, lab, train, m) for m in randoms])), 3)
@@ -191,9 +207,41 @@ def seeds_report(train_seeds: list[int], threads: int) -> list[dict]:
                     row[f"tv_{k}"] = round(_substate_tv(cond, lab, train, masks[k]), 3)
             rows.append(row)
             print(row, flush=True)
-    cols = sorted({k for r in rows for k in r}, key=lambda k: next(
-        i for i, r in enumerate(rows) for j, kk in enumerate(r) if kk == k))
+    return _same_columns(rows)
+
+
+_STRATEGIES = ("score_raw", "score_relative", "coverage_raw", "coverage_relative", "coverage_gat")
+SEED_COLUMNS = (
+    "dataset", "seed", "cells", "types", "rare", "n_seeds", "rho_raw_degree",
+    "rho_relative_degree", "rho_raw_relative", "score_seeds_changed", "nn_dist_random",
+    *(f"{m}_ratio_{k}" for m in ("nn", "nn10", "worst") for k in _STRATEGIES),
+    "tv_random", *(f"tv_{k}" for k in _STRATEGIES),
+)
+
+
+def _same_columns(rows: list[dict]) -> list[dict]:
+    """Every row with every column present in any row, in SEED_COLUMNS order ("" where missing)."""
+    have = {k for r in rows for k in r}
+    cols = [c for c in SEED_COLUMNS if c in have] + sorted(have - set(SEED_COLUMNS))
     return [{c: r.get(c, "") for c in cols} for r in rows]
+
+
+def append_seeds_summary(md: Path, rows: list[dict]) -> None:
+    """Append the mean and range over datasets x training seeds of every ratio column."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    cols = [c for c in df.columns if c.startswith(("rho_", "nn", "worst_", "tv_", "score_seeds"))]
+    lines = ["", "## Over all datasets and training seeds", "",
+             "| column | mean | min | max | rows |", "|---|---|---|---|---|"]
+    for c in cols:
+        v = pd.to_numeric(df[c], errors="coerce").dropna()
+        lines.append(f"| {c} | {v.mean():.3f} | {v.min():.3f} | {v.max():.3f} | {len(v)} |")
+    lines += ["", "Ratios are to random seeds with the same per-type quotas (below 1: seeds closer "
+              "to the cells of their type); `tv_*`: condition mix of seeds vs train cells, per "
+              "type (0 = same mix); `rho_*`: Spearman correlation over all cells."]
+    with open(md, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -212,7 +260,9 @@ def main() -> None:
     if args.seeds_report:
         rows = seeds_report(args.train_seeds, args.threads)
         command = "python -m bench.bench_gat " + shlex.join(sys.argv[1:])
-        print(write_result(args.name or "gat_seeds", rows, command.strip()))
+        md = write_result(args.name or "gat_seeds", rows, command.strip())
+        append_seeds_summary(md, rows)
+        print(md)
         return
 
     (WORK / "gat").mkdir(parents=True, exist_ok=True)

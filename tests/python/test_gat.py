@@ -486,6 +486,10 @@ def test_run_gat_writes_the_contract(preprocessed_small, tmp_path, small):
     assert gat["params"]["epochs"] == FAST.epochs and gat["sample"] == "s1"
     assert 0 <= gat["holdout_balanced_accuracy"] <= 1
     assert "preprocess" in s.uns[C.UNS_KEY]  # the preprocess provenance is kept
+    # the one rare list passes through unchanged; the default strategy writes no regions
+    assert list(s.uns[C.UNS_KEY]["rare_types"]) == list(small.uns[C.UNS_KEY]["rare_types"])
+    assert list(gat["rare_types"]) == ["DC", "Platelet"] and gat["rare_source"] == "preprocess"
+    assert gat["seed_strategy"] == "score" and (s.obs[OBS_SEED_REGION] == -1).all()
     log = pd.read_csv(out["log"], sep="\t")
     assert list(log.columns) == ["epoch", "loss", "train_balanced_accuracy",
                                  "holdout_balanced_accuracy"]
@@ -508,6 +512,8 @@ def test_cli_round_trip(preprocessed_small, tmp_path):
         "gat", "--input", str(preprocessed_small), "--prefix", "cli", "--outdir", str(tmp_path),
         "--epochs", "4", "--hidden", "8", "--heads", "2", "--seed-fraction", "0.2",
         "--rare-min-seeds", "5", "--class-weight", "sqrt", "--threads", "1",
+        "--seed-strategy", "coverage", "--centrality", "relative", "--coverage-space", "gat",
+        "--rare-threshold", "0.03",  # deprecated, accepted (the pipeline still passes it)
     ])
     assert r.exit_code == 0, r.output
     paths = [Path(p) for p in r.stdout.split()]
@@ -515,7 +521,11 @@ def test_cli_round_trip(preprocessed_small, tmp_path):
     s = ad.read_h5ad(paths[0])
     p = s.uns[C.UNS_KEY]["gat"]["params"]
     assert (p["seed_fraction"], p["rare_min_seeds"], p["class_weight"]) == (0.2, 5, "sqrt")
+    assert (p["seed_strategy"], p["centrality"], p["coverage_space"]) == \
+        ("coverage", "relative", "gat")
     assert s.obs[s.obs[C.OBS_SEED]][C.OBS_LABEL].value_counts()["Platelet"] == 5
+    assert (s.obs.loc[s.obs[C.OBS_SEED], OBS_SEED_REGION] >= 0).all()
+    assert load_gat(paths[1])[1]["config"]["seed_strategy"] == "coverage"
 
 
 @pytest.mark.parametrize(

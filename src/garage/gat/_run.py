@@ -156,11 +156,11 @@ def _choose_seeds(adata, config: GATConfig, labels: pd.Series, is_train: np.ndar
     rows = perm[is_train[perm]]
     types = [str(t) for t in plan.table.index]
     codes = pd.Categorical(labels.to_numpy()[rows], categories=types).codes.astype(np.int64)
-    coords = (np.asarray(adata.obsm[C.OBSM_PCA], dtype=np.float64)
-              if config.coverage_space == "pca" else np.asarray(emb, dtype=np.float64))
-    region = coverage_regions(coords[rows], codes, plan.table["quota"].to_numpy(np.int64))
+    space = adata.obsm[C.OBSM_PCA] if config.coverage_space == "pca" else emb
+    coords = np.asarray(space)[rows].astype(np.float64)  # train cells only
+    region = coverage_regions(coords, codes, plan.table["quota"].to_numpy(np.int64))
     chosen, rank = select_per_region(region, codes, score[rows], np.asarray(names)[rows],
-                                     core=region_core(coords[rows], region))
+                                     core=region_core(coords, region))
     mask = np.zeros(adata.n_obs, dtype=bool)
     mask[rows[chosen]] = True
     regions[rows] = rank
@@ -236,13 +236,13 @@ def gat_adata(
     train = train_gat(data, config, device=dev, minibatch=minibatch, checkpoint=checkpoint,
                       resume=resume, fingerprint=fingerprint)
     model = train.model
+    del data  # the training copy (canonical order); inference reads feats in input order
 
     # scoring: exact eval-mode inference on the input order, reading GATConv's alpha
     chunk = n if not minibatch else config.inference_batch_size
     centrality = AttentionCentrality(n, model.n_layers)
     logits, emb = layerwise_inference(model, feats, graph, chunk_size=chunk,
                                       device=dev, on_attention=centrality)
-    del data
     probs = torch.softmax(logits.double(), dim=1).numpy()
     centralities = {"raw": centrality.raw(), "relative": centrality.relative()}
     scores = combine_scores(centralities[config.centrality], probs, y, config.score_weight)

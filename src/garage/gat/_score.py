@@ -17,11 +17,28 @@ every neighbour gives ``1 / n_i``, so ``raw`` is about ``deg_j / mean(n_i)``: it
 mostly counts neighbours.  ``relative`` divides each coefficient by that uniform
 share and averages over j's neighbours: 1 means "attended like everyone else",
 2 "twice the uniform share", whatever the degree (a node with no out-edges gets
-1).  Measured Spearman correlation with node degree (default GAT, 100 epochs,
-``python -m bench.bench_gat --seeds-report``, training seeds 0 and 1):
+1).  Measured Spearman correlation with node degree over all cells (default
+GAT, 100 epochs, training seeds 0 / 1; ``python -m bench.bench_gat
+--seeds-report``, bench/results/gat_seeds.md):
 
-    dataset            raw     relative
-    (see bench/results/gat_seeds.md; filled in below)
+    dataset (cells)           raw            relative
+    pbmc3k (2,638)            0.845 / 0.848  -0.094 / -0.102
+    sc_mixology (1,021)       0.921 / 0.922  -0.024 /  0.071
+    pbmc68k_reduced (700)     0.612 / 0.632  -0.293 / -0.240
+    kang_ifnb (1,556)         0.732 / 0.806  -0.330 / -0.264
+    baron_mouse (1,886)       0.725 / 0.705  -0.121 / -0.216
+    mouse_bladder (2,100)     0.663 / 0.673  -0.234 / -0.232
+    worm_neuron (4,186)       0.703 / 0.686  -0.390 / -0.435
+    bundled pbmc3k_small, test profile: 0.76 (raw), -0.003 (relative)
+
+So ``raw`` mostly counts neighbours; ``relative`` is far less tied to degree
+(a weak negative residue on some data) and ranks cells differently (Spearman
+with ``raw`` 0.12-0.43; 41-92% of score seeds change).  Degree is not useless
+for seeds, though: kNN hubs sit near their type's centre, so ``raw`` score seeds
+lie closer to the other cells of their type than random seeds (mean
+nearest-seed distance 0.96-0.98 of random's), while ``relative`` score seeds lie
+farther (1.01-1.16).  Which one makes better synthetic cells is for the
+fidelity benchmark to decide; the default stays ``raw``.
 
 The score of cell ``j`` of type ``t`` uses ``GATConfig.centrality`` (default
 ``raw``, until the fidelity benchmark decides)::
