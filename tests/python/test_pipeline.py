@@ -1726,3 +1726,42 @@ def tempfile_dir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="garage_bad_")
+
+
+def _inputs_of_call(wf: NfWorkflow, callee: str) -> set[str]:
+    """Every process output (`X.out.name`), take, topic and function that flows into a call,
+    following the workflow's assignments in order."""
+    deps: dict[str, set[str]] = {}
+    token = re.compile(r"\b[Cc]hannel\s*\.\s*topic\s*\(\s*['\"]\w+['\"]\s*\)|\b[A-Z][A-Z0-9_]*\.out\.\w+|\b\w+(?=\s*\()|\b\w+\b")
+
+    def expand(expr: str) -> set[str]:
+        out: set[str] = set()
+        for tok in token.findall(expr):
+            tok = re.sub(r"\s+", "", tok)
+            out |= deps.get(tok, set()) | {tok}
+        return out
+
+    found: set[str] = set()
+    for stmt in wf.statements:
+        am = re.match(r"^(?:def\s+)?(\w+)\s*=(?!=)\s*(.+)$", stmt)
+        if am:
+            deps[am.group(1)] = expand(am.group(2))
+        args = _call_args(stmt, callee)
+        if args is not None:
+            found |= set().union(*(expand(a) for a in args))
+    return found
+
+
+def test_multiqc_receives_every_report_input():
+    """The evaluate metrics, tables and PNGs, the sample status, the versions from the topic and
+    the parameter summary / methods YAMLs all flow into MULTIQC's input."""
+    _, workflows, _ = parse_pipeline(REPO)
+    fed = _inputs_of_call(workflows["GARAGE"], "MULTIQC")
+    for source in ("GARAGE_EVALUATE.out.multiqc_files", "GARAGE_EVALUATE.out.plots", "channel.topic('versions')",
+                   "softwareVersionsToYAML", "sampleStatusMultiqc", "ch_report_files"):
+        assert source in fed, f"{source} does not reach MULTIQC"
+    # ch_report_files is the initialisation's parameter summary + methods description
+    main = _inputs_of_call(workflows["<entry:main.nf>"], "GARAGE_PIPELINE")
+    assert "PIPELINE_INITIALISATION.out.multiqc_files" in main
+    init = strip_comments((REPO / UTILS_NF).read_text())
+    assert "paramsSummaryMultiqc(" in init and "methodsDescriptionText(" in init

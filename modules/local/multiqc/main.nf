@@ -1,7 +1,7 @@
 process MULTIQC {
     label 'process_single'
 
-    // container: conf/base.config (params.container_registry / container_tag)
+    // container: set in conf/base.config from the container_registry / container_tag parameters
 
     input:
     path multiqc_files, stageAs: "?/*"

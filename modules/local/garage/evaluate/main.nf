@@ -2,7 +2,7 @@ process GARAGE_EVALUATE {
     tag "${meta.id}"
     label 'process_medium'
 
-    // container: conf/base.config (params.container_registry / container_tag)
+    // container: set in conf/base.config from the container_registry / container_tag parameters
 
     input:
     tuple val(meta), path(real), path(synthetic)
