@@ -580,6 +580,17 @@ def test_samplesheet_test_is_valid():
     assert [s.sample for s in read_samplesheet(sheet)] == ["pbmc3k_small", "pbmc68k_reduced"]
 
 
+def test_samplesheet_meta_keys():
+    """nf-schema builds the meta map from the schema's `meta` keys; condition_key is optional."""
+    props = json.loads((REPO / "assets/schema_input.json").read_text())["items"]["properties"]
+    assert {k: v.get("meta") for k, v in props.items()} == {
+        "sample": ["id"], "counts": None, "label_key": ["label_key"], "layer": ["layer"],
+        "condition_key": ["condition_key"]}
+    assert sheet_errors([{"sample": "a", "counts": "a.h5ad", "condition_key": "donor"}]) == []
+    utils = strip_comments((REPO / UTILS_NF).read_text())
+    assert "condition_key: optionalColumn(sheet_meta.condition_key)" in utils
+
+
 @pytest.mark.parametrize(
     "rows, why",
     [
@@ -590,6 +601,7 @@ def test_samplesheet_test_is_valid():
         ([{"sample": "a", "counts": "a.h5ad", "batch": "1"}], "Additional properties"),
         ([{"sample": "a", "counts": "my file.h5ad"}], "does not match"),
         ([{"sample": "a", "counts": "a.h5ad", "label_key": "it's"}], "does not match"),
+        ([{"sample": "a", "counts": "a.h5ad", "condition_key": "it's"}], "does not match"),
         ([], "should be non-empty"),
     ],
 )
