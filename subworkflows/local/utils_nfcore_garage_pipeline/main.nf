@@ -436,7 +436,7 @@ def methodsDescriptionFields() {
         nextflow_version: workflow.nextflow.version.toString(),
         command_line: htmlEscape(workflow.commandLine ?: ''),
         container_engine: workflow.containerEngine ? workflow.containerEngine.toString() : 'no container engine',
-        doi_text: doi ? "(doi: <a href=\"https://doi.org/${doi.replace('https://doi.org/', '')}\">${doi.replace('https://doi.org/', '')}</a>)".toString() : '',
+        doi_text: doi ? " (doi: <a href=\"https://doi.org/${doi.replace('https://doi.org/', '')}\">${doi.replace('https://doi.org/', '')}</a>)".toString() : '',
     ]
 }
 
