@@ -79,6 +79,7 @@ METRIC_BETTER: dict[str, str] = {
     "nmi": "closer to control",
     "rare_agreement": "higher",
     "type_agreement": "higher",
+    "rare_spread_ratio": "closer to 1",
     "tstr_macro_f1": "higher",
     "tstr_rare_f1": "higher",
     "augment_macro_f1": "higher",
@@ -86,10 +87,36 @@ METRIC_BETTER: dict[str, str] = {
     "exact_copies": "zero",
     "nndr_ratio": "closer to 1",
     "mia_auc": "closer to 0.5",
+    "rare_dcr_ratio": "closer to 1",
+    "seed_mia_auc": "closer to control",
+    "seed_nn_share": "closer to control",
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRIC_BETTER)
-PRIVACY_METRICS: tuple[str, ...] = ("dcr_ratio", "exact_copies", "nndr_ratio", "mia_auc")
+PRIVACY_METRICS: tuple[str, ...] = (
+    "dcr_ratio", "exact_copies", "nndr_ratio", "mia_auc", "rare_dcr_ratio", "seed_mia_auc",
+    "seed_nn_share",
+)
+#: every metric entry holds these fields (ci_*: 95% interval; n_real: real holdout cells per draw)
+METRIC_FIELDS: tuple[str, ...] = (
+    "value", "std", "control", "control_std", "better", "ci_low", "ci_high", "control_ci_low",
+    "control_ci_high", "n_real",
+)
 PER_TYPE_COLUMNS: tuple[str, ...] = (
     "cell_type", "n_real_train", "n_real_holdout", "n_synthetic", "frac_real",
     "frac_synthetic", "agreement", "mmd", "is_rare", "missing",
+    # appended by the second wave (diagnosis and privacy per type)
+    "agreement_ci_low", "agreement_ci_high", "agreement_control", "agreement_control_ci_low",
+    "agreement_control_ci_high",
+    "c2st", "c2st_ci_low", "c2st_ci_high", "c2st_control", "c2st_control_ci_low",
+    "c2st_control_ci_high", "c2st_n",
+    "spread_ratio", "spread_ratio_ci_low", "spread_ratio_ci_high", "spread_ratio_control",
+    "dcr_ratio", "dcr_ratio_ci_low", "dcr_ratio_ci_high", "dcr_ratio_control",
 )
+#: PREFIX.per_condition.tsv (written only when the real file has a condition): one row per
+#: condition x metric (cell_type "all"), plus one condition-effect row per type x condition
+PER_CONDITION_COLUMNS: tuple[str, ...] = (
+    "condition", "reference", "cell_type", "metric", "value", "std", "ci_low", "ci_high",
+    "control", "control_std", "control_ci_low", "control_ci_high", "better", "n_real",
+    "n_synthetic",
+)
+SUFFIX_PER_CONDITION = ".per_condition.tsv"

@@ -7,7 +7,10 @@ rare DC 32 and Platelet 14), so every expected answer is known:
   file) must score like the control;
 * copies of train cells must be caught by the privacy metrics;
 * a dropped type must be flagged; a shifted set and per-gene-shuffled cells
-  must be told apart from real cells.
+  must be told apart from real cells;
+* a "memoriser" that re-emits its seed cells must fail ``privacy_ok`` while the
+  independent real sample passes it, and a condition effect that synthetic
+  cells lose must show against its real-vs-real control.
 """
 
 from __future__ import annotations
@@ -34,38 +37,45 @@ from garage.evaluate import (
     SUFFIX_UMAP,
     TEST_OVERRIDES,
     EvaluateConfig,
+    differs,
     evaluate_adata,
+    verdict,
 )
 
-# the contract in docs/developer.md
+# the contract in docs/developer.md (the original metrics, then the second wave's)
 CONTRACT_METRICS = (
     "c2st_auc mmd_rbf wasserstein_pca mean_corr var_corr zero_frac_corr libsize_ks ari nmi "
-    "rare_agreement type_agreement tstr_macro_f1 tstr_rare_f1 augment_macro_f1 dcr_ratio "
-    "exact_copies nndr_ratio mia_auc"
+    "rare_agreement type_agreement rare_spread_ratio tstr_macro_f1 tstr_rare_f1 augment_macro_f1 "
+    "dcr_ratio exact_copies nndr_ratio mia_auc rare_dcr_ratio seed_mia_auc seed_nn_share"
 ).split()
+SEED_METRICS = {"seed_mia_auc", "seed_nn_share"}
+ENTRY_FIELDS = {"value", "std", "control", "control_std", "better", "ci_low", "ci_high",
+                "control_ci_low", "control_ci_high", "n_real"}
 CONTRACT_COLUMNS = (
     "cell_type n_real_train n_real_holdout n_synthetic frac_real frac_synthetic agreement mmd "
     "is_rare missing"
 ).split()
 BETTER_VALUES = {"higher", "lower", "closer to 0.5", "closer to 1", "closer to control", "zero"}
 
-CFG = EvaluateConfig(n_repeats=3, plots=False)
+CFG = EvaluateConfig(n_repeats=3, plots=False, per_type_max_cells=150)
 
 
 # --- building synthetic sets from real cells ----------------------------------------
 
 
-def as_synthetic(cells: ad.AnnData, counts=None) -> ad.AnnData:
-    """A synthetic-format AnnData: counts in X, obs cell_type/synthetic/seed id."""
+def as_synthetic(cells: ad.AnnData, counts=None, condition=None) -> ad.AnnData:
+    """A synthetic-format AnnData: counts in X, obs cell_type/synthetic (no seed column: the
+    shareable file names no real cell), obs condition when given."""
     X = sp.csr_matrix(cells.layers[C.LAYER_COUNTS] if counts is None else counts, dtype=np.float32)
     obs = pd.DataFrame(
         {
             C.OBS_CELL_TYPE: pd.Categorical(cells.obs[C.OBS_LABEL].astype(str).to_numpy()),
             C.OBS_SYNTHETIC: True,
-            C.OBS_SEED_ID: "",
         },
-        index=[f"syn{i}" for i in range(X.shape[0])],
+        index=[f"s_syn{i}" for i in range(X.shape[0])],
     )
+    if condition is not None:
+        obs[C.OBS_SYN_CONDITION] = pd.Categorical(np.asarray(condition, dtype=str))
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=cells.var_names.copy()))
 
 
@@ -100,10 +110,36 @@ def independent(real):
     return real[keep].copy(), real[out].copy()
 
 
+def central_seeds(real: ad.AnnData, fraction: float = 0.1, rare_min: int = 10) -> np.ndarray:
+    """GAT-like seeds: per type the most central train cells (smallest mean distance to their 15
+    nearest train cells in the preprocess PCA), rare types at least *rare_min*.  Central cells are
+    'hubs', close to everything: the case the seed attack's null has to control for."""
+    from sklearn.neighbors import NearestNeighbors
+
+    tr = np.flatnonzero(real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN)
+    x = real.obsm[C.OBSM_PCA][tr, :30]
+    lab = real.obs[C.OBS_LABEL].astype(str).to_numpy()[tr]
+    d, _ = NearestNeighbors(n_neighbors=16).fit(x).kneighbors(x)
+    centre = d[:, 1:].mean(axis=1)
+    rare = set(real.uns[C.UNS_KEY][C.UNS_RARE_TYPES])
+    out = []
+    for t in np.unique(lab):
+        idx = np.flatnonzero(lab == t)
+        q = max(1, int(round(fraction * len(idx))))
+        q = min(len(idx), max(q, rare_min)) if t in rare else q
+        out.extend(tr[idx[np.argsort(centre[idx])[:q]]])
+    return real.obs_names[np.sort(out)].to_numpy()
+
+
 @pytest.fixture(scope="module")
-def independent_result(independent):
+def independent_seeds(independent):
+    return central_seeds(independent[0])
+
+
+@pytest.fixture(scope="module")
+def independent_result(independent, independent_seeds):
     real2, cells = independent
-    return evaluate_adata(real2, as_synthetic(cells), CFG)
+    return evaluate_adata(real2, as_synthetic(cells), CFG, seeds=list(independent_seeds))
 
 
 def m(doc, name):
@@ -144,25 +180,90 @@ def test_independent_real_sample_scores_like_the_control(independent_result):
     v, c = m(doc, "mia_auc")
     assert abs(v - 0.5) < 0.07 and abs(c - 0.5) < 0.07
     assert m(doc, "exact_copies") == (0, 0)
+    # the seed attack on hub-like seeds: an independent sample scores like its null
+    v, c = m(doc, "seed_mia_auc")
+    assert abs(v - c) < 0.1
+    assert doc["privacy_ok"] is True and doc["privacy_reasons"] == []
     table = doc["per_type"]
     assert not table["missing"].any()
     assert table.loc[table["is_rare"], "cell_type"].tolist() == ["DC", "Platelet"]
 
 
-def test_schema_means_and_stds(independent_result):
+def test_schema_means_stds_and_intervals(independent_result):
     doc = independent_result
     assert list(doc["metrics"]) == CONTRACT_METRICS == list(METRIC_NAMES)
     for name, e in doc["metrics"].items():
-        assert set(e) == {"value", "std", "control", "control_std", "better"}, name
+        assert set(e) == ENTRY_FIELDS == set(C.METRIC_FIELDS), name
         assert e["better"] in BETTER_VALUES and e["better"] == BETTER[name]
+        if name == "seed_nn_share":  # needs --provenance
+            assert e["value"] is None and e["ci_low"] is None
+            continue
         assert e["value"] is not None and math.isfinite(e["value"]), name
         assert e["std"] is not None and e["std"] >= 0, name
-    # subsampled metrics really vary between repeats (std estimated from 3 draws)
-    assert doc["metrics"]["c2st_auc"]["std"] > 0 and doc["metrics"]["mmd_rbf"]["control_std"] > 0
-    assert doc["n_cells"]["synthetic"] == doc["per_type"]["n_synthetic"].sum()
-    assert list(doc["per_type"].columns) == CONTRACT_COLUMNS == list(PER_TYPE_COLUMNS)
+        # the interval holds the value; an estimate (not the exact_copies count) has a spread
+        assert e["ci_low"] <= e["value"] <= e["ci_high"], name
+        assert e["control_ci_low"] <= e["control"] <= e["control_ci_high"], name
+        assert e["n_real"] >= 1, name
+        if name != "exact_copies":
+            assert e["ci_high"] > e["ci_low"] and e["std"] > 0, name
+    # agreement is no longer reported as exact: the judge's training cells are resampled
+    for name in ("type_agreement", "rare_agreement"):
+        assert doc["metrics"][name]["std"] > 0 and doc["metrics"][name]["control_std"] > 0
+    # rare figures say on how many real holdout cells they rest
+    rare_n = doc["rare_n_real_holdout"]
+    assert set(rare_n) == {"DC", "Platelet"} and all(n >= 2 for n in rare_n.values())
+    assert doc["metrics"]["rare_agreement"]["n_real"] == sum(rare_n.values())
+    assert doc["metrics"]["tstr_rare_f1"]["n_real"] == sum(rare_n.values())
+    # the value uses the whole holdout; its interval comes from draws of half of it, so holdout
+    # sampling error is in every interval
     sub = doc["params"]["subsample"]
-    assert sub["two_sample"] == min(doc["n_cells"]["real_holdout"], sub["train_reference"])
+    n_h = doc["n_cells"]["real_holdout"]
+    assert sub["two_sample"] == min(n_h, sub["train_reference"])
+    assert sub["two_sample_half"] == min(n_h // 2, sub["train_reference"])
+    assert doc["metrics"]["c2st_auc"]["n_real"] == sub["two_sample"]
+    assert doc["n_cells"]["synthetic"] == doc["per_type"]["n_synthetic"].sum()
+    assert list(doc["per_type"].columns) == list(PER_TYPE_COLUMNS)
+    assert list(PER_TYPE_COLUMNS)[: len(CONTRACT_COLUMNS)] == CONTRACT_COLUMNS  # appended only
+    assert doc["params"]["rare_types_source"] == "preprocess"
+
+
+def test_an_independent_sample_reads_as_no_difference(independent_result):
+    """Value and control intervals overlap for real data the evaluation never saw."""
+    m_ = independent_result["metrics"]
+    for name in ("c2st_auc", "mmd_rbf", "mean_corr", "type_agreement", "rare_agreement",
+                 "tstr_macro_f1", "dcr_ratio", "mia_auc", "seed_mia_auc"):
+        assert differs(m_[name]) is False, (name, m_[name])
+        assert verdict(m_[name]) == "no difference"
+
+
+def test_verdict_reads_direction():
+    base = {"ci_low": 0.60, "ci_high": 0.70, "control_ci_low": 0.45, "control_ci_high": 0.55,
+            "value": 0.65, "control": 0.5}
+    assert differs(base) is True
+    assert verdict({**base, "better": "closer to 0.5"}) == "worse than control"
+    assert verdict({**base, "better": "higher"}) == "better than control"
+    assert verdict({**base, "better": "closer to control"}) == "differs from control"
+    assert verdict({**base, "control_ci_high": 0.61, "better": "higher"}) == "no difference"
+    assert verdict({**base, "ci_low": None}) == "no interval"
+
+
+def test_per_type_diagnosis_columns(independent_result):
+    table = independent_result["per_type"].set_index("cell_type")
+    # enough cells: a per-type C2ST next to its control; too few (rare types): NA with its n
+    big = table[table["c2st_n"] >= 10]
+    assert len(big) >= 3 and big["c2st"].notna().all() and big["c2st_control"].notna().all()
+    assert (big["c2st"] - big["c2st_control"]).abs().max() < 0.2
+    small = table[table["c2st_n"] < 10]
+    assert small["c2st"].isna().all() and {"DC", "Platelet"} <= set(small.index)
+    # independent real cells are as spread as real holdout cells, and no closer to train cells
+    for col in ("spread_ratio", "dcr_ratio"):
+        ok = table[col].notna()
+        assert ok.sum() >= 7, col
+        assert (table.loc[ok, f"{col}_ci_low"] <= table.loc[ok, col]).all()
+        assert (table.loc[ok, col] <= table.loc[ok, f"{col}_ci_high"]).all()
+        assert table.loc[~table["is_rare"] & ok, col].between(0.8, 1.25).all(), table[col]
+    v, c = m(independent_result, "rare_spread_ratio")
+    assert 0.6 < v < 1.5 and 0.6 < c < 1.5
 
 
 def test_copies_of_training_cells_are_caught(real):
@@ -228,6 +329,136 @@ def test_per_gene_shuffled_cells_are_detected(independent):
     assert abs(v - c) < 0.01
 
 
+# --- seed-aware privacy ---------------------------------------------------------------
+
+
+def memoriser(real: ad.AnnData, seeds: np.ndarray, n: int, seed: int = 0):
+    """Every synthetic cell is a near-copy of a seed: the seed's counts, Poisson-resampled with a
+    random library-size factor.  Returns (synthetic AnnData, provenance table)."""
+    rng = np.random.default_rng(seed)
+    pos = pd.Series(np.arange(real.n_obs), index=real.obs_names)
+    pick = rng.choice(seeds, n)
+    rows = pos[pick].to_numpy()
+    x = np.asarray(real.layers[C.LAYER_COUNTS][rows].todense(), dtype=np.float64)
+    x = rng.poisson(x * rng.uniform(0.8, 1.2, (n, 1))).astype(np.float32)
+    syn = as_synthetic(real[rows], x)
+    prov = pd.DataFrame({"synthetic_cell": syn.obs_names, "cell_type": syn.obs[C.OBS_CELL_TYPE],
+                         C.OBS_SEED_ID: pick})
+    return syn, prov
+
+
+def test_memoriser_fails_privacy(independent, independent_seeds):
+    real2, _ = independent
+    syn, prov = memoriser(real2, independent_seeds, 600)
+    doc = evaluate_adata(real2, syn, CFG, seeds=list(independent_seeds), provenance=prov)
+    assert m(doc, "exact_copies") == (0, 0)  # near-copies, not copies
+    v, c = m(doc, "seed_mia_auc")
+    assert v > 0.9 and v > c + 0.3, (v, c)
+    assert differs(doc["metrics"]["seed_mia_auc"])
+    v, c = m(doc, "seed_nn_share")
+    assert v > 0.8 and c < 0.3, (v, c)
+    assert doc["privacy_ok"] is False
+    text = " ".join(doc["privacy_reasons"])
+    assert "seed_mia_auc" in text and "seed_nn_share" in text
+    assert doc["params"]["seeds_given"] and doc["params"]["provenance_given"]
+
+
+def test_seed_files_that_do_not_belong_are_errors(real):
+    syn = _syn(real, 20)
+    with pytest.raises(GarageError, match="not train cells of the real file"):
+        evaluate_adata(real, syn, CFG, seeds=["no_such_cell"])
+    holdout = real.obs_names[real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT][:2]
+    with pytest.raises(GarageError, match="not train cells"):
+        evaluate_adata(real, syn, CFG, seeds=list(holdout))
+    prov = pd.DataFrame({"synthetic_cell": ["elsewhere"], "cell_type": ["B"],
+                         C.OBS_SEED_ID: [real.obs_names[0]]})
+    with pytest.raises(GarageError, match="not in the synthetic file"):
+        evaluate_adata(real, syn, CFG, provenance=prov)
+    with pytest.raises(GarageError, match="lacks column"):
+        evaluate_adata(real, syn, CFG, provenance=prov.drop(columns=[C.OBS_SEED_ID]))
+
+
+def test_rare_types_come_from_preprocess(real):
+    """One definition of rare: the list preprocess wrote wins over --rare-threshold."""
+    from garage.evaluate import _prepare
+
+    syn = _syn(real, 50)
+    cfg = EvaluateConfig(rare_threshold=0.5, plots=False)
+    space = _prepare(real, syn, cfg)
+    assert space.rare == sorted(real.uns[C.UNS_KEY][C.UNS_RARE_TYPES]) == ["DC", "Platelet"]
+    assert space.rare_source == "preprocess"
+    old = real.copy()
+    del old.uns[C.UNS_KEY][C.UNS_RARE_TYPES]  # a file from before preprocess recorded it
+    space = _prepare(old, syn, cfg)
+    assert space.rare_source == "threshold" and len(space.rare) > 2
+
+
+# --- conditions ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditioned(independent):
+    """The independent split with a real-data condition: half of every type's cells are 'stim',
+    where 100 HVGs (ranked 100-200 by expression in that type) are induced: each gets Poisson(3)
+    extra counts, a known per-type effect."""
+    real2, cells = independent
+    rng = np.random.default_rng(5)
+    lab2 = real2.obs[C.OBS_LABEL].astype(str).to_numpy()
+    x2 = dense_counts(real2)
+    top_genes = {t: np.argsort(-x2[lab2 == t].sum(axis=0))[100:200] for t in np.unique(lab2)}
+
+    def perturb(a: ad.AnnData) -> ad.AnnData:
+        a = a.copy()
+        x = dense_counts(a)
+        lab = a.obs[C.OBS_LABEL].astype(str).to_numpy()
+        cond = np.where(rng.random(a.n_obs) < 0.5, "stim", "ctrl")
+        for t in np.unique(lab):
+            top = top_genes[t]
+            rows = np.flatnonzero((lab == t) & (cond == "stim"))
+            x[np.ix_(rows, top)] += rng.poisson(3.0, (len(rows), len(top)))
+        a.layers[C.LAYER_COUNTS] = sp.csr_matrix(x)
+        a.obs[C.OBS_CONDITION] = pd.Categorical(cond)
+        a.uns[C.UNS_KEY] = {**a.uns[C.UNS_KEY], C.UNS_CONDITION_KEY: "treatment"}
+        return a
+
+    return perturb(real2), perturb(cells)
+
+
+def test_condition_effect_and_per_condition_metrics(conditioned):
+    real2, cells = conditioned
+    cond = cells.obs[C.OBS_CONDITION].astype(str).to_numpy()
+    cfg = EvaluateConfig(n_repeats=3, plots=False, per_type_max_cells=150, condition_min_cells=8)
+    kept = evaluate_adata(real2, as_synthetic(cells, condition=cond), cfg)
+    # a generator that ignores the condition: same cells, conditions shuffled within type
+    lab = cells.obs[C.OBS_LABEL].astype(str).to_numpy()
+    shuffled = cond.copy()
+    rng = np.random.default_rng(0)
+    for t in np.unique(lab):
+        idx = np.flatnonzero(lab == t)
+        shuffled[idx] = cond[rng.permutation(idx)]
+    lost = evaluate_adata(real2, as_synthetic(cells, condition=shuffled), cfg)
+
+    c = kept["conditions"]
+    assert c["key"] == "treatment" and c["levels"] == ["ctrl", "stim"] and c["synthetic_has_condition"]
+    assert set(c["metrics"]) == {"ctrl", "stim"}
+    for level in ("ctrl", "stim"):
+        e = c["metrics"][level]["c2st_auc"]
+        assert e["ci_low"] <= e["value"] <= e["ci_high"] and differs(e) is False, e
+        assert c["n_cells"][level]["synthetic"] == int((cond == level).sum())
+    eff_kept = {r["cell_type"]: r for r in c["effect"]}
+    eff_lost = {r["cell_type"]: r for r in lost["conditions"]["effect"]}
+    assert len(eff_kept) >= 4 and set(eff_kept) == set(eff_lost)
+    for t, r in eff_kept.items():
+        assert r["condition"] == "stim" or r["reference"] == "stim"
+        assert r["value"] > 0.5 and abs(r["value"] - r["control"]) < 0.25, (t, r)
+        assert eff_lost[t]["value"] < r["value"] - 0.3, (t, eff_lost[t], r)
+        assert eff_lost[t]["ci_high"] < r["control"], (t, eff_lost[t])
+    table = kept["per_condition"]
+    assert list(table.columns) == list(C.PER_CONDITION_COLUMNS)
+    assert set(table.loc[table["cell_type"] == "all", "condition"]) == {"ctrl", "stim"}
+    assert (table["metric"] == "condition_lfc_corr").sum() == len(eff_kept)
+
+
 # --- bad input -------------------------------------------------------------------------
 
 
@@ -238,7 +469,7 @@ def _syn(real, n=50):
 def test_test_overrides_are_a_valid_fast_config():
     cfg = EvaluateConfig(**TEST_OVERRIDES)
     cfg.validate()
-    assert cfg.n_repeats == 1 and cfg.max_cells <= 500
+    assert cfg.n_repeats >= 2 and cfg.max_cells <= 500  # >= 2 draws: every metric has an interval
 
 
 def test_bad_inputs_raise_garage_error(real):
@@ -277,14 +508,25 @@ def test_same_seed_same_numbers_genes_in_any_order(real):
 
 
 def test_cli_writes_all_outputs(real, preprocessed_small, tmp_path):
-    syn = _syn(real, 400)
+    syn = _syn(real, 400)  # copies of the first 400 train cells
     syn_path = tmp_path / "s1.synthetic.h5ad"
     syn.write_h5ad(syn_path)
+    seeds = central_seeds(real)
+    seeds_ad = ad.AnnData(obs=pd.DataFrame({C.OBS_SEED: real.obs_names.isin(seeds)},
+                                           index=real.obs_names.copy()))
+    seeds_path = tmp_path / "s1.seeds.h5ad"
+    seeds_ad.write_h5ad(seeds_path)
+    copied = train_of(real).obs_names[:400].to_numpy()
+    prov_path = tmp_path / "s1.provenance.tsv"
+    prov = pd.DataFrame({"synthetic_cell": syn.obs_names, "cell_type": syn.obs[C.OBS_CELL_TYPE],
+                         C.OBS_SEED_ID: np.where(np.isin(copied, seeds), copied, "")})
+    prov_path.write_text("# PRIVATE: names real training cells\n" + prov.to_csv(sep="\t", index=False))
     out = tmp_path / "ev"
     res = CliRunner().invoke(main, [
         "evaluate", "--real", str(preprocessed_small), "--synthetic", str(syn_path),
-        "--prefix", "s1", "--outdir", str(out), "--n-repeats", "1", "--max-cells", "150",
-        "--wasserstein-max-cells", "100",
+        "--seeds", str(seeds_path), "--provenance", str(prov_path),
+        "--prefix", "s1", "--outdir", str(out), "--n-repeats", "3", "--max-cells", "150",
+        "--wasserstein-max-cells", "100", "--umap-max-cells", "300",
     ])
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in out.iterdir())
@@ -294,23 +536,47 @@ def test_cli_writes_all_outputs(real, preprocessed_small, tmp_path):
         assert (out / f"s1{png}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((out / f"s1{C.SUFFIX_METRICS}").read_text())
     for key in ("sample", "garage_version", "versions", "params", "n_cells", "metrics",
-                "rare_types", "missing_types"):
+                "rare_types", "missing_types", "privacy_ok", "privacy_reasons", "privacy_notes",
+                "rare_n_real_holdout"):
         assert key in doc
-    assert doc["sample"] == "s1" and doc["params"]["n_repeats"] == 1
+    assert "conditions" not in doc  # no condition in the real file: as before
+    assert doc["sample"] == "s1" and doc["params"]["n_repeats"] == 3
+    assert doc["params"]["seeds"] == seeds_path.name
     assert set(doc["n_cells"]) == {"real_train", "real_holdout", "synthetic"}
     assert list(doc["metrics"]) == CONTRACT_METRICS
     for e in doc["metrics"].values():
-        assert set(e) == {"value", "std", "control", "control_std", "better"}
+        assert set(e) == ENTRY_FIELDS
     assert doc["metrics"]["exact_copies"]["value"] == 400
+    # copies of training cells, some of them seeds: every privacy alarm goes off
+    assert doc["privacy_ok"] is False
+    assert doc["metrics"]["seed_nn_share"]["value"] > 0.9
+    assert any("exact_copies" in r for r in doc["privacy_reasons"])
     table = pd.read_csv(out / f"s1{C.SUFFIX_PER_TYPE}", sep="\t")
-    assert list(table.columns) == CONTRACT_COLUMNS
+    assert list(table.columns) == list(PER_TYPE_COLUMNS)
     assert set(table["cell_type"]) == set(real.obs[C.OBS_LABEL].astype(str))
     # the MultiQC plugin (written against the same contract) reads both files cleanly
     parse = pytest.importorskip("garage.multiqc._parse")
     parsed = parse.parse_metrics_json((out / f"s1{C.SUFFIX_METRICS}").read_text())
     assert not [p for p in parsed.problems if "missing" in p or "not" in p]
+    assert parsed.privacy_ok is False and parsed.metrics["c2st_auc"].ci_low is not None
     rows, problems = parse.parse_per_type_tsv((out / f"s1{C.SUFFIX_PER_TYPE}").read_text())
     assert not problems and len(rows) == len(table)
+
+
+def test_cli_bad_provenance_exit_2_no_outputs(real, preprocessed_small, tmp_path):
+    syn_path = tmp_path / "s.synthetic.h5ad"
+    _syn(real, 30).write_h5ad(syn_path)
+    prov_path = tmp_path / "s.provenance.tsv"
+    prov_path.write_text("# PRIVATE\nsynthetic_cell\tcell_type\tseed_cell\nother_run_syn0\tB\tx\n")
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(main, [
+        "-q", "evaluate", "--real", str(preprocessed_small), "--synthetic", str(syn_path),
+        "--provenance", str(prov_path), "--prefix", "s", "--outdir", str(out),
+    ])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error:") and "Fix:" in err[0]
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_cli_mismatched_genes_exit_2_one_line_no_outputs(real, preprocessed_small, tmp_path):

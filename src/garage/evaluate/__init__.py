@@ -8,9 +8,10 @@ fixed seeds, and report mean and standard deviation.  See docs/metrics.md.
 
 Library API
 -----------
-``run_evaluate(real, synthetic, outdir, prefix, config)`` reads the files and
-writes ``PREFIX.garage_metrics.json``, ``PREFIX.per_type.tsv``,
-``PREFIX.umap.png`` and ``PREFIX.per_type.png`` atomically (all or none).
+``run_evaluate(real, synthetic, outdir, prefix, config, seeds=None, provenance=None)``
+reads the files and writes ``PREFIX.garage_metrics.json``, ``PREFIX.per_type.tsv``,
+``PREFIX.per_condition.tsv`` (with a condition), ``PREFIX.umap.png`` and
+``PREFIX.per_type.png`` atomically (all or none).
 ``evaluate_adata(real, synthetic, config)`` does the same in memory and returns
 the metrics document (plus ``per_type`` as a DataFrame).
 """
@@ -29,7 +30,9 @@ from .._utils import atomic_path, check_writable_dir, versions
 from ..errors import GarageError
 from ._config import TEST_OVERRIDES, EvaluateConfig
 from ._core import BETTER, METRIC_NAMES, Result, evaluate_space, params_of
+from ._intervals import differs, verdict
 from ._per_type import PER_TYPE_COLUMNS
+from ._privacy import PRIVACY_THRESHOLDS
 from ._plots import SUFFIX_PER_TYPE_PLOT, SUFFIX_UMAP
 from ._space import build_space, check_real, check_synthetic
 
@@ -45,22 +48,39 @@ __all__ = [
     "PER_TYPE_COLUMNS",
     "SUFFIX_UMAP",
     "SUFFIX_PER_TYPE_PLOT",
+    "PRIVACY_THRESHOLDS",
+    "differs",
+    "verdict",
 ]
 
 
-def _prepare(real, synthetic, config: EvaluateConfig):
+def _prepare(real, synthetic, config: EvaluateConfig, seeds=None, provenance=None):
+    from ._seeds import attach, read_provenance, read_seed_names
+
     config.validate()
     check_real(real)
     synthetic = check_synthetic(real, synthetic)
+    if seeds is None and C.OBS_SEED in real.obs.columns:
+        logger.info("evaluate: the real file marks seed cells (obs['%s']); using them", C.OBS_SEED)
+        seeds = real
+    seed_names = read_seed_names(seeds)
+    prov = read_provenance(provenance)
     t0 = time.perf_counter()
-    space = build_space(real, synthetic, config.n_pcs, config.seed, config.pca_fit_fraction)
+    space = build_space(real, synthetic, config.n_pcs, config.seed, config.pca_fit_fraction,
+                        pca_max_cells=config.pca_max_cells, rare_threshold=config.rare_threshold)
+    if seeds is not None or prov is not None:
+        attach(space, seed_names, prov, synthetic.obs_names)
     logger.info("evaluate: shared space built in %.1fs", time.perf_counter() - t0)
     return space
 
 
 def _document(result: Result, space, config: EvaluateConfig, sample: str, extra: dict) -> dict:
-    params = params_of(config) | {"n_pcs_used": space.n_pcs, "subsample": result.subsample}
-    return {
+    params = params_of(config) | {
+        "n_pcs_used": space.n_pcs, "subsample": result.subsample,
+        "rare_types_source": space.rare_source,
+        "seeds_given": space.seed is not None, "provenance_given": space.provenance is not None,
+    }
+    doc = {
         "sample": sample,
         "garage_version": __version__,
         "versions": versions(),
@@ -68,9 +88,16 @@ def _document(result: Result, space, config: EvaluateConfig, sample: str, extra:
         "n_cells": result.n_cells,
         "metrics": result.metrics,
         "rare_types": result.rare_types,
+        "rare_n_real_holdout": result.rare_n_real_holdout,
         "missing_types": result.missing_types,
+        "privacy_ok": result.privacy_ok,
+        "privacy_reasons": result.privacy_reasons,
+        "privacy_notes": result.privacy_notes,
         "timings_s": result.timings,
     }
+    if result.conditions is not None:
+        doc["conditions"] = result.conditions
+    return doc
 
 
 def _sample_of(real, sample: str | None) -> str:
@@ -98,6 +125,8 @@ def evaluate_adata(
     *,
     sample: str | None = None,
     threads: int | None = 1,
+    seeds=None,
+    provenance=None,
 ) -> dict:
     """Evaluate in memory (no files, no plots).
 
@@ -114,19 +143,28 @@ def evaluate_adata(
         Sample id recorded in the document (default: ``real.uns['garage']['sample']``).
     threads
         BLAS/OpenMP threads while evaluating (``None``: the libraries' default).
+    seeds
+        Seed cells: a ``PREFIX.seeds.h5ad`` path, an AnnData with ``obs['garage_seed']``,
+        or a list of real obs names.  Enables ``seed_mia_auc``.
+    provenance
+        ``PREFIX.provenance.tsv`` path or a DataFrame with its columns.  Enables
+        ``seed_nn_share`` (and the seed metrics, via the seeds it names).
 
     Returns
     -------
     dict
         The ``PREFIX.garage_metrics.json`` document, plus ``per_type`` (a DataFrame
-        with the ``PREFIX.per_type.tsv`` columns).
+        with the ``PREFIX.per_type.tsv`` columns) and, with a condition,
+        ``per_condition`` (the ``PREFIX.per_condition.tsv`` table).
     """
     config = config or EvaluateConfig()
     with _threads(threads):
-        space = _prepare(real, synthetic, config)
+        space = _prepare(real, synthetic, config, seeds, provenance)
         result = evaluate_space(space, config)
     doc = _document(result, space, config, _sample_of(real, sample), {})
     doc["per_type"] = result.per_type
+    if result.per_condition is not None:
+        doc["per_condition"] = result.per_condition
     return doc
 
 
@@ -148,12 +186,15 @@ def _read(path: Path, what: str):
         ) from None
 
 
-def output_paths(outdir: Path, prefix: str, plots: bool = True) -> dict[str, Path]:
+def output_paths(outdir: Path, prefix: str, plots: bool = True,
+                 conditions: bool = False) -> dict[str, Path]:
     outdir = Path(outdir)
     out = {
         "metrics": outdir / f"{prefix}{C.SUFFIX_METRICS}",
         "per_type": outdir / f"{prefix}{C.SUFFIX_PER_TYPE}",
     }
+    if conditions:
+        out["per_condition"] = outdir / f"{prefix}{C.SUFFIX_PER_CONDITION}"
     if plots:
         out["umap"] = outdir / f"{prefix}{SUFFIX_UMAP}"
         out["per_type_plot"] = outdir / f"{prefix}{SUFFIX_PER_TYPE_PLOT}"
@@ -168,48 +209,62 @@ def run_evaluate(
     config: EvaluateConfig | None = None,
     *,
     threads: int | None = 1,
+    seeds: Path | None = None,
+    provenance: Path | None = None,
 ) -> dict[str, Path]:
     """Read, evaluate, and write every output atomically (all files or none).
 
     ``threads`` caps BLAS/OpenMP threads (``None``: the libraries' default).
+    ``seeds`` (``PREFIX.seeds.h5ad``) and ``provenance`` (the PRIVATE
+    ``PREFIX.provenance.tsv``) enable the seed-aware privacy metrics.
 
     Returns
     -------
     dict
-        ``metrics``, ``per_type`` and, with ``config.plots``, ``umap`` and
-        ``per_type_plot`` paths.
+        ``metrics``, ``per_type``, ``per_condition`` (real files with a condition)
+        and, with ``config.plots``, ``umap`` and ``per_type_plot`` paths.
     """
     import numpy as np
 
     from ._plots import plot_per_type, plot_umap
-    from ._report import metrics_json, per_type_tsv
+    from ._report import metrics_json, per_condition_tsv, per_type_tsv
 
     config = config or EvaluateConfig()
     config.validate()
     if not prefix or "/" in prefix:
         raise GarageError(f"invalid --prefix {prefix!r}", "pass a sample id without '/'")
     t_start = time.perf_counter()
-    outdir = check_writable_dir(Path(outdir))
-    paths = output_paths(outdir, prefix, config.plots)
-    inputs = {Path(real).resolve(), Path(synthetic).resolve()}
-    if any(p.resolve() in inputs for p in paths.values()):
-        raise GarageError("an output would overwrite an input", "choose another --outdir or --prefix")
-
+    for path, what in ((seeds, "seeds"), (provenance, "provenance")):
+        if path is not None and not Path(path).is_file():
+            raise GarageError(f"{what} file {path} does not exist", "check the path")
     logger.info("evaluate: reading %s and %s", real, synthetic)
     real_ad = _read(real, "real")
     check_real(real_ad)
+    from .._meta import condition_key_of
+
+    has_cond = condition_key_of(real_ad) is not None
+    outdir = check_writable_dir(Path(outdir))
+    paths = output_paths(outdir, prefix, config.plots, has_cond)
+    inputs = {Path(p).resolve() for p in (real, synthetic, seeds, provenance) if p is not None}
+    if any(p.resolve() in inputs for p in paths.values()):
+        raise GarageError("an output would overwrite an input", "choose another --outdir or --prefix")
     syn_ad = _read(synthetic, "synthetic")
     with _threads(threads):
-        space = _prepare(real_ad, syn_ad, config)
-        del syn_ad
+        space = _prepare(real_ad, syn_ad, config, seeds, provenance)
+        del syn_ad, real_ad
         result = evaluate_space(space, config)
-    doc = _document(
-        result, space, config, prefix, {"real": Path(real).name, "synthetic": Path(synthetic).name}
-    )
+    extra = {"real": Path(real).name, "synthetic": Path(synthetic).name}
+    if seeds is not None:
+        extra["seeds"] = Path(seeds).name
+    if provenance is not None:
+        extra["provenance"] = Path(provenance).name
+    doc = _document(result, space, config, prefix, extra)
 
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
         tmp["per_type"].write_text(per_type_tsv(result.per_type))
+        if "per_condition" in tmp:
+            tmp["per_condition"].write_text(per_condition_tsv(result.per_condition))
         if config.plots:
             t0 = time.perf_counter()
             logger.info("evaluate: plots ...")
@@ -221,10 +276,15 @@ def run_evaluate(
             si = rng.permutation(space.n("synthetic"))[:m]
             real_x = np.r_[P["train"], P["holdout"]][ri]
             real_l = np.r_[L["train"], L["holdout"]][ri]
+            cond = None
+            K = space.conditions
+            if K is not None:
+                cond = (np.r_[K["train"], K["holdout"]][ri],
+                        K["synthetic"][si] if "synthetic" in K else None, space.condition_key)
             plot_umap(
                 tmp["umap"], real_x, real_l, P["synthetic"][si], L["synthetic"][si],
                 list(result.per_type["cell_type"]), seed=config.seed,
-                title=f"{prefix}: real vs synthetic cells (shared PCA space)",
+                title=f"{prefix}: real vs synthetic cells (shared PCA space)", conditions=cond,
             )
             plot_per_type(
                 tmp["per_type_plot"], result.per_type, result.holdout_recall,
@@ -239,9 +299,10 @@ def run_evaluate(
             os.chmod(t, 0o666 & ~umask)
     m = doc["metrics"]
     logger.info(
-        "evaluate: wrote %s (c2st_auc %.3f vs control %.3f; %d rare, %d missing types) in %.1fs",
+        "evaluate: wrote %s (c2st_auc %.3f vs control %.3f; %d rare, %d missing types; "
+        "privacy_ok %s) in %.1fs",
         paths["metrics"], m["c2st_auc"]["value"] or float("nan"),
         m["c2st_auc"]["control"] or float("nan"), len(doc["rare_types"]),
-        len(doc["missing_types"]), doc["timings_s"]["total"],
+        len(doc["missing_types"]), doc["privacy_ok"], doc["timings_s"]["total"],
     )
     return paths

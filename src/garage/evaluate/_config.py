@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from .. import constants as C
-
 from dataclasses import dataclass
 from typing import Literal
 
+from .. import constants as C
 from ..errors import GarageError
 
 
@@ -19,9 +18,13 @@ class EvaluateConfig:
     seed
         Feeds every random draw (subsamples, CV folds, Leiden, UMAP).
     n_repeats
-        Repeated balanced subsamples; every subsampled metric reports mean and std.
+        Draws of the real cells (random halves of the holdout, or stratified
+        bootstrap resamples); every metric reports the mean over draws, their
+        standard deviation and a 95% interval (``value ± t(0.975, B-1) * std``).
+        One draw gives no interval.
     max_cells
-        Cells per side in one balanced subsample (C2ST, MMD, gene statistics, KS).
+        Cells per side in one balanced subsample (C2ST, MMD, gene statistics, KS);
+        a draw never takes more than half of the real holdout cells.
     n_pcs
         Components of the shared PCA (fitted on real train cells).
     pca_fit_fraction
@@ -47,11 +50,29 @@ class EvaluateConfig:
         Leiden on a kNN graph of PCA coordinates, on equal-sized subsamples of
         synthetic and real holdout cells.
     rare_threshold
-        A type is rare if it holds less than this fraction of the real cells
-        (same default as the GAT stage).
+        Fallback only: used when the real file has no ``uns['garage']['rare_types']``
+        (files written before preprocess recorded the list).
     privacy_max_cells
-        At most this many synthetic cells enter the distance-based privacy metrics
-        (``exact_copies`` always uses every synthetic cell).
+        At most this many cells of each query set (synthetic, holdout, train
+        members, seeds) enter a nearest-neighbour search; the reference sets are
+        every train (or synthetic) cell, so the cost is linear in cells
+        (``exact_copies`` always hashes every synthetic cell).
+    pca_max_cells
+        At most this many PCA-fit train cells are densified to fit the PCA
+        (stratified by type; rare types keep all their cells).
+    classifier_max_cells
+        At most this many cells train one cell-type classifier (judge, TSTR).
+    per_type_min_cells, per_type_max_cells
+        Per-type C2ST needs at least ``per_type_min_cells`` cells per side in a draw
+        (else NA); per-type pools hold at most ``per_type_max_cells`` cells per set.
+    seed_neighbors
+        k of the centrality (mean distance to the k nearest real cells) that matches
+        each seed with a non-member of the same type in ``seed_mia_auc``.
+    condition_min_cells
+        A type x condition group enters the condition effect with at least this many
+        cells in each of real holdout, real train and synthetic cells.
+    per_condition
+        With a condition in the real file, compute the headline metrics per condition.
     plots
         Write ``PREFIX.umap.png`` and ``PREFIX.per_type.png``.
     umap_max_cells
@@ -59,7 +80,7 @@ class EvaluateConfig:
     """
 
     seed: int = 0
-    n_repeats: int = 3
+    n_repeats: int = 10
     max_cells: int = 2000
     n_pcs: int = 50
     pca_fit_fraction: float = 0.5
@@ -73,7 +94,14 @@ class EvaluateConfig:
     leiden_neighbors: int = 15
     leiden_max_cells: int = 3000
     rare_threshold: float = C.RARE_THRESHOLD
-    privacy_max_cells: int = 20000
+    privacy_max_cells: int = 5000
+    pca_max_cells: int = 10000
+    classifier_max_cells: int = 5000
+    per_type_min_cells: int = 10
+    per_type_max_cells: int = 500
+    seed_neighbors: int = 10
+    condition_min_cells: int = 10
+    per_condition: bool = True
     plots: bool = True
     umap_max_cells: int = 2000
 
@@ -112,14 +140,24 @@ class EvaluateConfig:
             )
         if self.privacy_max_cells < 2 or self.umap_max_cells < 10:
             raise GarageError("privacy_max_cells/umap_max_cells too small", "raise them")
+        if self.pca_max_cells < 10 or self.classifier_max_cells < 10:
+            raise GarageError("pca_max_cells/classifier_max_cells must be >= 10", "raise them")
+        if self.per_type_min_cells < 2 or self.per_type_max_cells < self.per_type_min_cells:
+            raise GarageError(
+                "per_type_min_cells must be >= 2 and <= per_type_max_cells", "pass e.g. 10 and 500"
+            )
+        if self.seed_neighbors < 1 or self.condition_min_cells < 2:
+            raise GarageError("seed_neighbors must be >= 1, condition_min_cells >= 2", "raise them")
 
 
 # fast settings for `garage run --profile test` and the Nextflow test profile
 TEST_OVERRIDES: dict = {
-    "n_repeats": 1,
+    "n_repeats": 5,
     "max_cells": 500,
     "wasserstein_max_cells": 300,
     "leiden_max_cells": 500,
     "privacy_max_cells": 2000,
+    "classifier_max_cells": 2000,
+    "per_type_max_cells": 200,
     "umap_max_cells": 500,
 }

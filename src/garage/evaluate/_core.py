@@ -1,4 +1,20 @@
-"""The evaluation protocol: every metric, its control, repeated balanced subsamples."""
+"""The evaluation protocol: every metric, its control, and a 95% interval from draws of the real cells.
+
+Draws (``n_repeats`` = B of them, each with its own random stream):
+
+* two-sample metrics (C2ST, MMD, Wasserstein, gene statistics, library size,
+  Leiden, per-type C2ST) take a random **half** of the real holdout cells (at
+  most ``max_cells``) and as many synthetic and train-reference cells: the spread
+  over draws is a delete-half jackknife estimate of the holdout sampling error
+  (Shao & Wu 1989), never zero because the holdout is small;
+* classifier metrics (agreement, TSTR) train and test on **stratified bootstrap**
+  resamples of the real cells (Efron & Tibshirani 1993);
+* privacy metrics take random halves of bounded query pools; per-type and seed
+  metrics bootstrap the cells of each type / the matched seed pairs.
+
+``value`` and ``control`` are the means over draws, ``std``/``control_std`` the
+standard deviations, and ``ci_*`` the 95% intervals ``mean ± t(0.975, B-1) * std``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +28,10 @@ import pandas as pd
 
 from .. import constants as C
 from ._config import EvaluateConfig
+from ._intervals import entry, summarise
 from ._metrics import (
     c2st_auc,
+    c2st_auc_loo,
     gene_stats,
     leiden_ari_nmi,
     libsize_ks,
@@ -22,9 +40,21 @@ from ._metrics import (
     pearson,
     wasserstein,
 )
-from ._per_type import per_type_mmd, per_type_table, rare_types, real_types
-from ._privacy import exact_copies, mia_auc, nn_distances, nndr, safe_ratio
-from ._space import Space
+from ._per_type import per_type_mmd, per_type_table, real_types
+from ._privacy import (
+    PRIVACY_THRESHOLDS,
+    exact_copies,
+    loo_distances,
+    match_by_centrality,
+    mia_auc,
+    nn_distances,
+    nn_search,
+    nndr,
+    paired_auc,
+    privacy_verdict,
+    safe_ratio,
+)
+from ._space import Space, stratified_cap
 from ._utility import TypeClassifier, macro_f1
 
 logger = logging.getLogger(__name__)
@@ -44,8 +74,14 @@ class Result:
     missing_types: list[str]
     n_cells: dict[str, int]
     subsample: dict[str, int]
-    holdout_recall: dict[str, float] = field(default_factory=dict)
+    holdout_recall: dict[str, float] = field(default_factory=dict)  # per-type agreement control
     timings: dict[str, float] = field(default_factory=dict)
+    privacy_ok: bool = True
+    privacy_reasons: list[str] = field(default_factory=list)
+    privacy_notes: list[str] = field(default_factory=list)
+    rare_n_real_holdout: dict[str, int] = field(default_factory=dict)
+    conditions: dict | None = None
+    per_condition: pd.DataFrame | None = None
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -53,17 +89,18 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
 
 
-def _mean_std(vals: list[float]) -> tuple[float | None, float | None]:
-    arr = np.asarray([v for v in vals if v is not None and np.isfinite(v)], dtype=float)
-    if arr.size == 0:
-        return None, None
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+def _e(name: str, vals, ctrl, n_real: int | None = None, point=None, cpoint=None) -> dict:
+    return entry(name, vals, ctrl, BETTER.get(name, "closer to control"), n_real, point, cpoint)
 
 
-def _entry(name: str, vals: list[float], ctrl: list[float]) -> dict:
-    v, vs = _mean_std(vals)
-    c, cs = _mean_std(ctrl)
-    return {"value": v, "std": vs, "control": c, "control_std": cs, "better": BETTER[name]}
+def _mean(x) -> float | None:
+    x = [float(v) for v in x if v is not None and np.isfinite(v)]
+    return float(np.mean(x)) if x else None
+
+
+#: full-size draws that give a two-sample metric's value when the holdout is small
+#: (every such draw holds the same holdout cells; only the other side is resampled)
+N_VALUE_DRAWS = 3
 
 
 def _fmt(x) -> str:
@@ -71,25 +108,27 @@ def _fmt(x) -> str:
 
 
 class _Log:
-    """Logs each metric as it is finished, with its control and time taken."""
+    """Logs each metric group as it starts and each metric as it is finished."""
 
-    def __init__(self, metrics: dict, timings: dict) -> None:
-        self.metrics, self.timings = metrics, timings
+    def __init__(self, metrics: dict, timings: dict, prefix: str = "") -> None:
+        self.metrics, self.timings, self.prefix = metrics, timings, prefix
         self.t0 = time.perf_counter()
 
     def start(self, what: str) -> None:
-        logger.info("evaluate: %s ...", what)
+        logger.info("evaluate: %s%s ...", self.prefix, what)
         self.t0 = time.perf_counter()
 
     def done(self, *names: str, group: str | None = None) -> None:
         dt = time.perf_counter() - self.t0
         self.timings[group or names[0]] = round(dt, 3)
         for n in names:
-            e = self.metrics[n]
+            e = self.metrics.get(n)
+            if e is None:
+                continue
             logger.info(
-                "  %-17s %s ± %s (control %s ± %s; better: %s) [%.1fs]",
-                n, _fmt(e["value"]), _fmt(e["std"]), _fmt(e["control"]), _fmt(e["control_std"]),
-                e["better"], dt,
+                "  %-17s %s [%s, %s] (control %s [%s, %s]; better: %s) [%.1fs]",
+                n, _fmt(e["value"]), _fmt(e["ci_low"]), _fmt(e["ci_high"]), _fmt(e["control"]),
+                _fmt(e["control_ci_low"]), _fmt(e["control_ci_high"]), e["better"], dt,
             )
 
 
@@ -97,225 +136,533 @@ def _perm(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
     return rng.permutation(n)[:m]
 
 
-def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
-    """Compute every metric and its control on a prepared :class:`Space`."""
-    cfg = config
+def half(n: int) -> int:
+    """Holdout cells in one draw: a random half (all of them below 4 cells)."""
+    return n // 2 if n >= 4 else n
+
+
+def _groups(labels: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(labels == t) for t in np.unique(labels)]
+
+
+def strat_boot(rng: np.random.Generator, groups: list[np.ndarray]) -> np.ndarray:
+    """A stratified bootstrap resample: each group resampled with replacement, same sizes."""
+    if not groups:
+        return np.zeros(0, dtype=int)
+    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups if len(g)])
+
+
+def _boot(rng: np.random.Generator, idx: np.ndarray) -> np.ndarray:
+    return idx[rng.integers(0, len(idx), len(idx))] if len(idx) else idx
+
+
+# ---------------------------------------------------------------------------------------
+def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> None:
+    """C2ST, MMD, Wasserstein, gene statistics, library size and Leiden.
+
+    The value compares ``n = min(holdout, synthetic, train reference, max_cells)`` cells
+    per side; its standard error comes from draws that take a random half of the
+    holdout (delete-half jackknife).  When half of the holdout is still at least
+    ``max_cells`` the two kinds of draw coincide and are made once.
+    """
     P, L = space.pca, space.labels
-    nT, nH, nS = space.n("train"), space.n("holdout"), space.n("synthetic")
-    ref = space.train_ref  # train cells outside the PCA fit: the control's side
+    nH, nS = space.n("holdout"), space.n("synthetic")
+    ref = space.train_ref
     nR = len(ref)
-    metrics: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-    log = _Log(metrics, timings)
-
-    types = real_types(L)
-    rare = rare_types(L, cfg.rare_threshold)
-    syn_types = set(L["synthetic"])
-    missing = [t for t in types if t not in syn_types]
-    if missing:
-        logger.warning("types present in real cells but absent from synthetic: %s", missing)
-    hold_types = sorted(set(L["holdout"]))
-
-    # balanced subsamples: n cells from holdout, synthetic and train in every repeat
     n = int(min(nH, nS, nR, cfg.max_cells))
-    nw = int(min(n, cfg.wasserstein_max_cells))
+    nh = int(min(half(nH), nS, nR, cfg.max_cells))
+    sub.update(two_sample=n, two_sample_half=nh, wasserstein=int(min(n, cfg.wasserstein_max_cells)))
     rng = _rng(cfg.seed, "draws")
-    draws = [(_perm(rng, nH, n), _perm(rng, nS, n), _perm(rng, nR, n)) for _ in range(cfg.n_repeats)]
-    H, S, T_all = P["holdout"], P["synthetic"], P["train"]
-    T, LT = T_all[ref], L["train"][ref]  # "train" below means the reference half
-    R = range(cfg.n_repeats)
+    half_draws = [(_perm(rng, nH, nh), _perm(rng, nS, nh), _perm(rng, nR, nh))
+                  for _ in range(cfg.n_repeats)]
+    same = n == nh
+    full_draws = half_draws if same else [
+        (_perm(rng, nH, n), _perm(rng, nS, n), _perm(rng, nR, n))
+        for _ in range(min(cfg.n_repeats, N_VALUE_DRAWS))]
+    H, S, T = P["holdout"], P["synthetic"], P["train"][ref]
 
-    # --- distribution-level fidelity -------------------------------------
-    log.start(f"c2st_auc ({cfg.c2st_classifier}, {cfg.cv_folds}-fold, {n} vs {n} cells)")
+    def run(fn, name, n_real):
+        """fn(h, s, t, r) -> (value, control) for one draw; full draws give the value."""
+        hv = [fn(h, s, t, r) for r, (h, s, t) in enumerate(half_draws)]
+        fv = hv if same else [fn(h, s, t, r) for r, (h, s, t) in enumerate(full_draws)]
+        return _e(name, [a for a, _ in hv], [b for _, b in hv], n_real,
+                  _mean([a for a, _ in fv]), _mean([b for _, b in fv]))
+
+    log.start(f"c2st_auc ({cfg.c2st_classifier}, {cfg.cv_folds}-fold, {n} vs {n} cells; "
+              f"intervals from {cfg.n_repeats} half-holdout draws of {nh})")
     kw = dict(classifier=cfg.c2st_classifier, k=cfg.c2st_neighbors, folds=cfg.cv_folds)
-    metrics["c2st_auc"] = _entry(
-        "c2st_auc",
-        [c2st_auc(H[h], S[s], seed=cfg.seed + r, **kw) for r, (h, s, _) in zip(R, draws)],
-        [c2st_auc(H[h], T[t], seed=cfg.seed + r, **kw) for r, (h, _, t) in zip(R, draws)],
-    )
+    metrics["c2st_auc"] = run(
+        lambda h, s, t, r: (c2st_auc(H[h], S[s], seed=cfg.seed + r, **kw),
+                            c2st_auc(H[h], T[t], seed=cfg.seed + r, **kw)), "c2st_auc", n)
     log.done("c2st_auc")
 
     log.start("mmd_rbf")
     med = median_sq_distance(np.r_[T, H], _rng(cfg.seed, "bandwidth"))
     scales = med * np.asarray(cfg.mmd_factors, dtype=float)
-    metrics["mmd_rbf"] = _entry(
-        "mmd_rbf",
-        [mmd_rbf(H[h], S[s], scales) for h, s, _ in draws],
-        [mmd_rbf(H[h], T[t], scales) for h, _, t in draws],
-    )
+    space._mmd_scales = scales  # reused by the per-type MMD
+    metrics["mmd_rbf"] = run(
+        lambda h, s, t, r: (mmd_rbf(H[h], S[s], scales), mmd_rbf(H[h], T[t], scales)),
+        "mmd_rbf", n)
     log.done("mmd_rbf")
 
     d = int(min(cfg.wasserstein_n_pcs, space.n_pcs))
-    log.start(f"wasserstein_pca (exact EMD on {d} leading PCs, {nw} vs {nw} cells)")
-    metrics["wasserstein_pca"] = _entry(
-        "wasserstein_pca",
-        [wasserstein(H[h[:nw], :d], S[s[:nw], :d]) for h, s, _ in draws],
-        [wasserstein(H[h[:nw], :d], T[t[:nw], :d]) for h, _, t in draws],
-    )
+    nw = int(cfg.wasserstein_max_cells)
+    log.start(f"wasserstein_pca (exact EMD on {d} leading PCs, {min(n, nw)} vs {min(n, nw)} cells)")
+    metrics["wasserstein_pca"] = run(
+        lambda h, s, t, r: (wasserstein(H[h[:nw], :d], S[s[:nw], :d]),
+                            wasserstein(H[h[:nw], :d], T[t[:nw], :d])),
+        "wasserstein_pca", min(n, nw))
     log.done("wasserstein_pca")
 
     log.start("gene statistics (mean, variance, zero fraction) and library size")
-    LN, CN = dict(space.lognorm), dict(space.counts)
-    LN["train"], CN["train"] = LN["train"][ref], CN["train"][ref]
-    corr = {k: ([], []) for k in ("mean", "var", "zero")}
-    ks_v, ks_c = [], []
-    for h, s, t in draws:
+    LN, CN = space.lognorm, space.counts
+    LT, CT = LN["train"][ref], CN["train"][ref]
+
+    def genes(h, s, t):
         gh = gene_stats(LN["holdout"][h], CN["holdout"][h])
         gs = gene_stats(LN["synthetic"][s], CN["synthetic"][s])
-        gt = gene_stats(LN["train"][t], CN["train"][t])
-        for k in corr:
-            corr[k][0].append(pearson(gh[k], gs[k]))
-            corr[k][1].append(pearson(gh[k], gt[k]))
-        ks_v.append(libsize_ks(CN["holdout"][h], CN["synthetic"][s]))
-        ks_c.append(libsize_ks(CN["holdout"][h], CN["train"][t]))
-    for k, name in (("mean", "mean_corr"), ("var", "var_corr"), ("zero", "zero_frac_corr")):
-        metrics[name] = _entry(name, *corr[k])
-    metrics["libsize_ks"] = _entry("libsize_ks", ks_v, ks_c)
+        gt = gene_stats(LT[t], CT[t])
+        out = {k: (pearson(gh[k], gs[k]), pearson(gh[k], gt[k])) for k in ("mean", "var", "zero")}
+        out["ks"] = (libsize_ks(CN["holdout"][h], CN["synthetic"][s]),
+                     libsize_ks(CN["holdout"][h], CT[t]))
+        return out
+
+    hv = [genes(h, s, t) for h, s, t in half_draws]
+    fv = hv if same else [genes(h, s, t) for h, s, t in full_draws]
+    for k, name in (("mean", "mean_corr"), ("var", "var_corr"), ("zero", "zero_frac_corr"),
+                    ("ks", "libsize_ks")):
+        metrics[name] = _e(name, [g[k][0] for g in hv], [g[k][1] for g in hv], n,
+                           _mean([g[k][0] for g in fv]), _mean([g[k][1] for g in fv]))
     log.done("mean_corr", "var_corr", "zero_frac_corr", "libsize_ks", group="gene_stats")
 
-    # --- cluster structure -------------------------------------------------
     nl = int(min(nH, nS, cfg.leiden_max_cells))
+    nlh = int(min(half(nH), nS, cfg.leiden_max_cells))
+    sub["leiden"] = nl
     log.start(f"Leiden (resolution {cfg.leiden_resolution}, {nl} cells per side)")
     rng = _rng(cfg.seed, "leiden")
-    av, nv, ac, nc = [], [], [], []
     lkw = dict(resolution=cfg.leiden_resolution, k=cfg.leiden_neighbors)
-    for r in R:
-        s = _perm(rng, nS, nl)
-        h = _perm(rng, nH, nl)
-        a, b = leiden_ari_nmi(S[s], L["synthetic"][s], seed=cfg.seed + r, **lkw)
-        av.append(a), nv.append(b)
-        a, b = leiden_ari_nmi(H[h], L["holdout"][h], seed=cfg.seed + r, **lkw)
-        ac.append(a), nc.append(b)
-        if nl == nH == nS:
-            break  # same cells every repeat
-    metrics["ari"] = _entry("ari", av, ac)
-    metrics["nmi"] = _entry("nmi", nv, nc)
+
+    def leiden(m, r):
+        s, h = _perm(rng, nS, m), _perm(rng, nH, m)
+        return (leiden_ari_nmi(S[s], L["synthetic"][s], seed=cfg.seed + r, **lkw),
+                leiden_ari_nmi(H[h], L["holdout"][h], seed=cfg.seed + r, **lkw))
+
+    hv = [leiden(nlh, r) for r in range(cfg.n_repeats)]
+    fv = hv if nl == nlh else [leiden(nl, r) for r in range(min(cfg.n_repeats, N_VALUE_DRAWS))]
+    for i, name in enumerate(("ari", "nmi")):
+        metrics[name] = _e(name, [a[i] for a, _ in hv], [b[i] for _, b in hv], nl,
+                           _mean([a[i] for a, _ in fv]), _mean([b[i] for _, b in fv]))
     log.done("ari", "nmi", group="leiden")
 
-    # --- per type ------------------------------------------------------------
-    log.start("per-type agreement (classifier trained on real train cells) and per-type MMD")
-    clf = TypeClassifier(cfg.seed).fit(T, LT)
-    pred_s = clf.predict(S)
-    pred_h = clf.predict(H)
-    recall = {
-        t: float(np.mean(pred_h[L["holdout"] == t] == t)) for t in hold_types
-    }
-    rng = _rng(cfg.seed, "per_type_mmd")
-    mmd_t = {
-        t: per_type_mmd(
-            H[L["holdout"] == t], S[L["synthetic"] == t], scales,
-            max_cells=cfg.max_cells, n_repeats=cfg.n_repeats, rng=rng,
-        )
-        for t in types
-    }
-    table = per_type_table(L, pred_s, mmd_t, rare)
-    agree = dict(zip(table["cell_type"], table["agreement"]))
-    # a rare type that is missing from the synthetic cells counts as 0 agreement
-    rare_v = [0.0 if t in missing else agree[t] for t in rare]
-    rare_c = [recall[t] for t in rare if t in recall]
-    metrics["rare_agreement"] = {
-        "value": float(np.mean(rare_v)) if rare_v else None,
-        "std": 0.0 if rare_v else None,
-        "control": float(np.mean(rare_c)) if rare_c else None,
-        "control_std": 0.0 if rare_c else None,
-        "better": BETTER["rare_agreement"],
-    }
-    metrics["type_agreement"] = {
-        "value": float(np.mean(pred_s == L["synthetic"])),
-        "std": 0.0,
-        "control": float(np.mean(pred_h == L["holdout"])),
-        "control_std": 0.0,
-        "better": BETTER["type_agreement"],
-    }
-    log.done("rare_agreement", "type_agreement", group="per_type")
 
-    # --- utility: train on synthetic, test on real holdout ----------------------
-    m = int(min(nS, nR))
-    log.start(f"utility (TSTR on {m} synthetic vs {nR} real train cells, test on {nH} holdout)")
+def _agreement(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> dict:
+    """Type and rare agreement with a judge trained on real holdout cells only.
+
+    The judge never saw a training cell (so never a seed): the value is its agreement
+    with the synthetic labels, the control its agreement with real train-reference
+    cells, which it never saw either.  Each draw retrains it on a stratified
+    bootstrap of the holdout.
+    """
+    P, L = space.pca, space.labels
+    rare = space.rare
+    types = real_types(L)
+    ref = space.train_ref
+    H, S, T = P["holdout"], P["synthetic"], P["train"][ref]
+    LH, LS, LT = L["holdout"], L["synthetic"], L["train"][ref]
+    rng = _rng(cfg.seed, "judge")
+    pool = stratified_cap(LH, cfg.classifier_max_cells, rng, set(rare))
+    groups = [pool[g] for g in _groups(LH[pool])]
+    sub["judge"] = len(pool)
+    log.start(f"agreement (judge: classifier trained on {len(pool)} real holdout cells, "
+              f"{cfg.n_repeats} stratified bootstrap draws)")
+    present = set(LS)
+    agree = {t: [] for t in types}
+    ctrl = {t: [] for t in types}
+    tv, tc, rv, rc = [], [], [], []
+    for b in range(-1, cfg.n_repeats):  # b = -1: the judge on the whole pool (the value)
+        idx = pool if b < 0 else strat_boot(rng, groups)
+        clf = TypeClassifier(cfg.seed + max(b, 0)).fit(H[idx], LH[idx])
+        ps, pr = clf.predict(S), clf.predict(T)
+        for t in types:
+            ms, mr = LS == t, LT == t
+            agree[t].append(float(np.mean(ps[ms] == t)) if ms.any() else np.nan)
+            ctrl[t].append(float(np.mean(pr[mr] == t)) if mr.any() else np.nan)
+        tv.append(float(np.mean(ps == LS)))
+        tc.append(float(np.mean(pr == LT)))
+        if rare:
+            # a rare type that is missing from the synthetic cells counts as 0 agreement
+            rv.append(float(np.mean([agree[t][-1] if t in present else 0.0 for t in rare])))
+            rc.append(_mean([ctrl[t][-1] for t in rare]))
+    n_rare = int(np.isin(LH, rare).sum())
+    first = (lambda x: x[0] if x else None)  # noqa: E731
+    metrics["rare_agreement"] = _e("rare_agreement", rv[1:], rc[1:], n_rare, first(rv), first(rc))
+    metrics["type_agreement"] = _e("type_agreement", tv[1:], tc[1:], len(pool), tv[0], tc[0])
+    log.done("rare_agreement", "type_agreement", group="agreement")
+    return {"agree": agree, "ctrl": ctrl}
+
+
+def _utility(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> None:
+    """TSTR and augmentation: train on synthetic (or real + synthetic), test on real holdout."""
+    P, L = space.pca, space.labels
+    ref = space.train_ref
+    H, S, T = P["holdout"], P["synthetic"], P["train"][ref]
+    LH, LS, LT = L["holdout"], L["synthetic"], L["train"][ref]
+    nS, nR = space.n("synthetic"), len(ref)
+    rare = space.rare
+    hold_types = sorted(set(LH))
     rare_h = [t for t in rare if t in hold_types]
-    ctrl_pred = pred_h  # train on real train, test on holdout (same classifier as above)
-    c_macro = macro_f1(L["holdout"], ctrl_pred, hold_types)
-    c_rare = macro_f1(L["holdout"], ctrl_pred, rare_h) if rare_h else float("nan")
+    m = int(min(nS, nR, cfg.classifier_max_cells))
+    sub["tstr"] = m
     rng = _rng(cfg.seed, "tstr")
-    tm, tr, am = [], [], []
-    for r in R:
+    hgroups = _groups(LH)
+    tpool = stratified_cap(LT, cfg.classifier_max_cells, rng, set(rare))
+    tgroups = [tpool[g] for g in _groups(LT[tpool])]
+    log.start(f"utility (TSTR: {m} synthetic vs {len(tpool)} real train cells, tested on "
+              f"bootstrap resamples of {len(LH)} holdout cells)")
+    tm, tr, am, cm, cr = [], [], [], [], []
+    for b in range(cfg.n_repeats):
         s = _perm(rng, nS, m)
-        p = TypeClassifier(cfg.seed).fit(S[s], L["synthetic"][s]).predict(H)
-        tm.append(macro_f1(L["holdout"], p, hold_types))
-        tr.append(macro_f1(L["holdout"], p, rare_h) if rare_h else float("nan"))
-        pa = TypeClassifier(cfg.seed).fit(
-            np.r_[T, S[s]], np.r_[LT, L["synthetic"][s]]
-        ).predict(H)
-        am.append(macro_f1(L["holdout"], pa, hold_types))
-        if m == nS:
-            break  # every synthetic cell used: repeats would be identical
-    metrics["tstr_macro_f1"] = _entry("tstr_macro_f1", tm, [c_macro])
-    metrics["tstr_rare_f1"] = _entry("tstr_rare_f1", tr, [c_rare])
-    metrics["augment_macro_f1"] = _entry("augment_macro_f1", am, [c_macro])
+        hb = strat_boot(rng, hgroups)
+        tb = strat_boot(rng, tgroups)
+        p = TypeClassifier(cfg.seed + b).fit(S[s], LS[s]).predict(H)
+        pc = TypeClassifier(cfg.seed + b).fit(T[tb], LT[tb]).predict(H)
+        pa = TypeClassifier(cfg.seed + b).fit(np.r_[T[tb], S[s]], np.r_[LT[tb], LS[s]]).predict(H)
+        tm.append(macro_f1(LH[hb], p[hb], hold_types))
+        am.append(macro_f1(LH[hb], pa[hb], hold_types))
+        cm.append(macro_f1(LH[hb], pc[hb], hold_types))
+        tr.append(macro_f1(LH[hb], p[hb], rare_h) if rare_h else np.nan)
+        cr.append(macro_f1(LH[hb], pc[hb], rare_h) if rare_h else np.nan)
+    n_rare = int(np.isin(LH, rare_h).sum())
+    metrics["tstr_macro_f1"] = _e("tstr_macro_f1", tm, cm, len(LH))
+    metrics["tstr_rare_f1"] = _e("tstr_rare_f1", tr, cr, n_rare)
+    metrics["augment_macro_f1"] = _e("augment_macro_f1", am, cm, len(LH))
     log.done("tstr_macro_f1", "tstr_rare_f1", "augment_macro_f1", group="utility")
 
-    # --- privacy -------------------------------------------------------------
+
+def _pooled_privacy(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> None:
+    """DCR, NNDR, MIA (half-holdout draws of bounded pools) and exact copies."""
+    P = space.pca
+    ref = space.train_ref
+    H, S, T_all = P["holdout"], P["synthetic"], P["train"]
+    T = T_all[ref]
+    nH, nS, nR, nT = space.n("holdout"), space.n("synthetic"), len(ref), space.n("train")
+    cap = cfg.privacy_max_cells
     rng = _rng(cfg.seed, "privacy")
-    npv = int(min(nS, cfg.privacy_max_cells))
-    log.start(f"privacy (distances of {npv} synthetic and {nH} holdout cells to {nT} train cells)")
-    sp_idx = _perm(rng, nS, npv)
-    Sp = S[sp_idx]
+    sp_, hp = _perm(rng, nS, min(nS, cap)), _perm(rng, nH, min(nH, cap))
+    mp = _perm(rng, nR, min(nR, cap))
+    sub.update(privacy=len(sp_), privacy_holdout=len(hp))
+    log.start(f"privacy (nearest train cells of {len(sp_)} synthetic and {len(hp)} holdout cells "
+              f"among {nT} train cells)")
+    Sp = S[sp_]
     dS = nn_distances(T_all, Sp, 2)  # synthetic -> any train cell
-    dH = nn_distances(T_all, H, 2)  # holdout -> any train cell
+    dH = nn_distances(T_all, H[hp], 2)  # holdout -> any train cell
     nnS, nnH = nndr(dS), nndr(dH)
-    dT_S = nn_distances(Sp, T, 1)[:, 0]  # reference train -> nearest synthetic (MIA members)
-    dH_S = nn_distances(Sp, H, 1)[:, 0]  # holdout -> nearest synthetic (MIA non-members)
-    med_dH, med_nnH = float(np.median(dH[:, 0])), float(np.median(nnH))
-    mv = int(min(npv, nH))
-    mm = int(min(nR, nH))
-    half = nH // 2
+    dT_S = nn_distances(Sp, T[mp], 1)[:, 0]  # reference train -> nearest synthetic (members)
+    dH_S = nn_distances(Sp, H[hp], 1)[:, 0]  # holdout -> nearest synthetic (non-members)
+    hh = half(len(hp))
+    # values: every pooled cell; std: draws on random halves of the holdout pool
+    p_dcr = safe_ratio(float(np.median(dS[:, 0])), float(np.median(dH[:, 0])))
+    p_nn = safe_ratio(float(np.median(nnS)), float(np.median(nnH)))
+    p_mia = mia_auc(dT_S, dH_S)
     dcr_v, dcr_c, nn_v, nn_c, mia_v, mia_c = [], [], [], [], [], []
-    for _ in R:
-        s = rng.permutation(npv)[:mv]
-        dcr_v.append(safe_ratio(float(np.median(dS[s, 0])), med_dH))
-        nn_v.append(safe_ratio(float(np.median(nnS[s])), med_nnH))
-        mem = _perm(rng, nR, mm)
-        non = _perm(rng, nH, mm)
-        mia_v.append(mia_auc(dT_S[mem], dH_S[non]))
-        # control: half A of the holdout plays the synthetic set, half B the holdout
-        ph = rng.permutation(nH)
-        a, b = ph[:half], ph[half: 2 * half]
-        dcr_c.append(safe_ratio(float(np.median(dH[a, 0])), float(np.median(dH[b, 0]))))
-        nn_c.append(safe_ratio(float(np.median(nnH[a])), float(np.median(nnH[b]))))
-        mem_c = _perm(rng, nR, len(b))
-        mia_c.append(
-            mia_auc(nn_distances(H[a], T[mem_c], 1)[:, 0], nn_distances(H[a], H[b], 1)[:, 0])
-        )
-    metrics["dcr_ratio"] = _entry("dcr_ratio", dcr_v, dcr_c)
-    metrics["nndr_ratio"] = _entry("nndr_ratio", nn_v, nn_c)
-    metrics["mia_auc"] = _entry("mia_auc", mia_v, mia_c)
+    for _ in range(cfg.n_repeats):
+        ph = rng.permutation(len(hp))
+        a, b = ph[:hh], ph[hh: 2 * hh] if len(hp) >= 4 else ph[:hh]
+        s = _perm(rng, len(sp_), half(len(sp_)))
+        den, den_nn = float(np.median(dH[a, 0])), float(np.median(nnH[a]))
+        dcr_v.append(safe_ratio(float(np.median(dS[s, 0])), den))
+        nn_v.append(safe_ratio(float(np.median(nnS[s])), den_nn))
+        # control: half B of the holdout plays the synthetic set, half A the holdout
+        dcr_c.append(safe_ratio(float(np.median(dH[b, 0])), den))
+        nn_c.append(safe_ratio(float(np.median(nnH[b])), den_nn))
+        mem = _perm(rng, len(mp), min(len(mp), hh))
+        mia_v.append(mia_auc(dT_S[mem], dH_S[a]))
+        mia_c.append(mia_auc(nn_distances(H[hp[b]], T[mp[mem]], 1)[:, 0],
+                             nn_distances(H[hp[b]], H[hp[a]], 1)[:, 0]))
+    metrics["dcr_ratio"] = _e("dcr_ratio", dcr_v, dcr_c, len(hp), p_dcr)
+    metrics["nndr_ratio"] = _e("nndr_ratio", nn_v, nn_c, len(hp), p_nn)
+    metrics["mia_auc"] = _e("mia_auc", mia_v, mia_c, len(hp), p_mia)
     n_copies = exact_copies(space.counts["synthetic"], space.counts["train"])
     n_copies_c = exact_copies(space.counts["holdout"], space.counts["train"])
+    # a count over every synthetic cell, not an estimate: its interval is the count itself
     metrics["exact_copies"] = {
         "value": int(n_copies), "std": 0.0, "control": int(n_copies_c), "control_std": 0.0,
-        "better": BETTER["exact_copies"],
+        "better": BETTER["exact_copies"], "ci_low": int(n_copies), "ci_high": int(n_copies),
+        "control_ci_low": int(n_copies_c), "control_ci_high": int(n_copies_c), "n_real": nH,
     }
     if n_copies:
         logger.warning("%d synthetic cells are exact copies of training cells", n_copies)
     log.done("dcr_ratio", "nndr_ratio", "mia_auc", "exact_copies", group="privacy")
 
-    metrics = {k: metrics[k] for k in METRIC_NAMES}
+
+def _per_type(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> dict:
+    """Per-type C2ST, spread ratio and DCR (bounded per-type pools), plus rare summaries."""
+    P, L = space.pca, space.labels
+    ref = space.train_ref
+    H, S, T_all = P["holdout"], P["synthetic"], P["train"]
+    LH, LS, LTa = L["holdout"], L["synthetic"], L["train"]
+    types = real_types(L)
+    rare = space.rare
+    B = cfg.n_repeats
+    cap = cfg.per_type_max_cells
+    rng = _rng(cfg.seed, "per_type")
+    log.start(f"per type (C2ST, spread, DCR; at most {cap} cells per type and set)")
+
+    def pool(labels, idx=None):
+        idx = np.arange(len(labels)) if idx is None else idx
+        out = {}
+        for t in types:
+            rows = idx[labels[idx] == t]
+            out[t] = rng.permutation(rows)[: min(len(rows), cap)]
+        return out
+
+    ph, ps, pr = pool(LH), pool(LS), pool(LTa, ref)
+    fit_set = np.zeros(len(LTa), dtype=bool)
+    fit_set[space.train_fit] = True
+    # distances to the closest train cell (any train cell); train reference leaves itself out
+    cat = lambda d: np.concatenate([d[t] for t in types]) if types else np.zeros(0, dtype=int)  # noqa: E731
+    all_h, all_s, all_r = cat(ph), cat(ps), cat(pr)
+    dcr_h = dict(zip(all_h, nn_distances(T_all, H[all_h], 1)[:, 0])) if len(all_h) else {}
+    dcr_s = dict(zip(all_s, nn_distances(T_all, S[all_s], 1)[:, 0])) if len(all_s) else {}
+    dcr_r = dict(zip(all_r, loo_distances(T_all, all_r, 1)[:, 0])) if len(all_r) else {}
+    out: dict[str, dict] = {}
+    rare_draws = {"dcr_v": [[] for _ in range(B)], "dcr_c": [[] for _ in range(B)],
+                  "dcr_h": [[] for _ in range(B)]}
+    spread = {t: ([], []) for t in types}
+    dcr = {t: ([], []) for t in types}
+    points: dict[str, tuple] = {}
+    for t in types:
+        h, s, r = ph[t], ps[t], pr[t]
+        row: dict = {}
+        # per-type C2ST: value on n_t cells per side, std from half-holdout draws
+        n_t = int(min(len(h), len(s), len(r)))
+        nh_t = int(min(half(len(h)), len(s), len(r)))
+        row["c2st_n"] = n_t
+        if n_t >= cfg.per_type_min_cells:
+            def one(m, b):
+                hh, ss, rr = _perm(rng, len(h), m), _perm(rng, len(s), m), _perm(rng, len(r), m)
+                return (c2st_auc_loo(H[h[hh]], S[s[ss]], k=cfg.c2st_neighbors),
+                        c2st_auc_loo(H[h[hh]], T_all[r[rr]], k=cfg.c2st_neighbors))
+
+            fv = [one(n_t, b) for b in range(min(B, N_VALUE_DRAWS))]
+            hv = [one(nh_t, b) for b in range(B)] if nh_t >= 4 else []
+            row["c2st"] = entry("c2st", [a for a, _ in hv], [c for _, c in hv], "closer to 0.5",
+                                n_t, _mean([a for a, _ in fv]), _mean([c for _, c in fv]))
+        # spread around the type's real centroid (from PCA-fit train cells: external to every side)
+        cen_rows = np.flatnonzero((LTa == t) & fit_set)
+        if len(cen_rows) == 0:
+            cen_rows = np.flatnonzero(LTa == t)
+        if len(h) and len(cen_rows):
+            mu = T_all[cen_rows].mean(axis=0)
+            dh = np.linalg.norm(H[h] - mu, axis=1)
+            ds = np.linalg.norm(S[s] - mu, axis=1) if len(s) else np.zeros(0)
+            dr = np.linalg.norm(T_all[r] - mu, axis=1) if len(r) else np.zeros(0)
+            dh_t = np.array([dcr_h[i] for i in h])
+            ds_t = np.array([dcr_s[i] for i in s]) if len(s) else np.zeros(0)
+            dr_t = np.array([dcr_r[i] for i in r]) if len(r) else np.zeros(0)
+            for b in range(B):
+                hb = rng.integers(0, len(h), len(h))
+                sb = rng.integers(0, len(s), len(s)) if len(s) else None
+                rb = rng.integers(0, len(r), len(r)) if len(r) else None
+                den, den_d = float(dh[hb].mean()), float(np.median(dh_t[hb]))
+                spread[t][0].append(safe_ratio(float(ds[sb].mean()), den) if sb is not None else np.nan)
+                spread[t][1].append(safe_ratio(float(dr[rb].mean()), den) if rb is not None else np.nan)
+                dcr[t][0].append(
+                    safe_ratio(float(np.median(ds_t[sb])), den_d) if sb is not None else np.nan)
+                dcr[t][1].append(
+                    safe_ratio(float(np.median(dr_t[rb])), den_d) if rb is not None else np.nan)
+                if t in rare and sb is not None and rb is not None:
+                    # composition matched to the holdout: as many synthetic/train cells as holdout
+                    k = len(h)
+                    rare_draws["dcr_h"][b].append(dh_t[hb])
+                    rare_draws["dcr_v"][b].append(ds_t[rng.integers(0, len(s), k)])
+                    rare_draws["dcr_c"][b].append(dr_t[rng.integers(0, len(r), k)])
+            points[t] = (
+                safe_ratio(float(ds.mean()), float(dh.mean())) if len(s) else None,
+                safe_ratio(float(dr.mean()), float(dh.mean())) if len(r) else None,
+                safe_ratio(float(np.median(ds_t)), float(np.median(dh_t))) if len(s) else None,
+                safe_ratio(float(np.median(dr_t)), float(np.median(dh_t))) if len(r) else None,
+            )
+        pt = points.get(t, (None,) * 4)
+        row["spread"] = entry("spread_ratio", *spread[t], "closer to 1", len(h), pt[0], pt[1])
+        row["dcr"] = entry("dcr_ratio", *dcr[t], "closer to 1", len(h), pt[2], pt[3])
+        out[t] = row
+
+    # rare summaries (mean spread over rare types with synthetic cells; pooled DCR)
+    rare_ok = [t for t in rare if len(ps.get(t, [])) and len(ph.get(t, []))]
+    n_rare = int(sum(len(ph[t]) for t in rare_ok))
+    sv = [_mean([spread[t][0][b] for t in rare_ok]) for b in range(B)] if rare_ok else []
+    sc = [_mean([spread[t][1][b] for t in rare_ok]) for b in range(B)] if rare_ok else []
+    metrics["rare_spread_ratio"] = _e(
+        "rare_spread_ratio", sv, sc, n_rare,
+        _mean([points[t][0] for t in rare_ok if t in points]) if rare_ok else None,
+        _mean([points[t][1] for t in rare_ok if t in points]) if rare_ok else None)
+    dv, dc = [], []
+    for b in range(B):
+        if rare_draws["dcr_h"][b]:
+            den = float(np.median(np.concatenate(rare_draws["dcr_h"][b])))
+            dv.append(safe_ratio(float(np.median(np.concatenate(rare_draws["dcr_v"][b]))), den))
+            dc.append(safe_ratio(float(np.median(np.concatenate(rare_draws["dcr_c"][b]))), den))
+    metrics["rare_dcr_ratio"] = _e("rare_dcr_ratio", dv, dc, n_rare)
+    log.done("rare_spread_ratio", "rare_dcr_ratio", group="per_type_diagnosis")
+    return out
+
+
+def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> None:
+    """``seed_mia_auc`` (matched-pair attack with a real null) and ``seed_nn_share``."""
+    empty = {"value": None, "std": None, "control": None, "control_std": None,
+             "ci_low": None, "ci_high": None, "control_ci_low": None, "control_ci_high": None,
+             "n_real": None}
+    for name in ("seed_mia_auc", "seed_nn_share"):
+        metrics[name] = dict(empty, better=BETTER[name])
+    if space.seed is None or not space.seed.any():
+        return
+    P, L = space.pca, space.labels
+    H, S, T_all = P["holdout"], P["synthetic"], P["train"]
+    LH, LTa = L["holdout"], L["train"]
+    cap = cfg.privacy_max_cells
+    rng = _rng(cfg.seed, "seeds")
+    seeds = np.flatnonzero(space.seed)
+    if len(seeds) > cap:
+        seeds = np.sort(rng.permutation(seeds)[:cap])
+    cand = stratified_cap(LH, cap, rng, set(space.rare))
+    k = cfg.seed_neighbors
+    log.start(f"seed privacy ({len(seeds)} seeds vs matched holdout cells; nearest of "
+              f"{space.n('synthetic')} synthetic cells)")
+    # centrality: mean distance to the k nearest other real cells (train + holdout)
+    real_all = np.r_[T_all, H]
+    c_seed = loo_distances(real_all, seeds, k).mean(axis=1)
+    c_cand = loo_distances(real_all, len(T_all) + cand, k).mean(axis=1)
+    si, ci = match_by_centrality(c_seed, LTa[seeds], c_cand, LH[cand])
+    sub["seed_pairs"] = len(si)
+    if len(si) >= 2:
+        xs, xc = T_all[seeds[si]], H[cand[ci]]
+        d_s_syn = nn_distances(S, xs, 1)[:, 0]
+        d_c_syn = nn_distances(S, xc, 1)[:, 0]
+        nonseed = T_all[~space.seed]
+        d_s_real = nn_distances(nonseed, xs, 1)[:, 0]
+        d_c_real = nn_distances(nonseed, xc, 1)[:, 0]
+        v, c = [], []
+        idx = np.arange(len(si))
+        for _ in range(cfg.n_repeats):
+            b = _boot(rng, idx)
+            v.append(paired_auc(d_s_syn[b], d_c_syn[b]))
+            c.append(paired_auc(d_s_real[b], d_c_real[b]))
+        metrics["seed_mia_auc"] = _e("seed_mia_auc", v, c, len(np.unique(seeds[si])))
+    # share of seeded synthetic cells whose nearest train cell is their own seed
+    if space.provenance is not None and (space.provenance >= 0).any():
+        seeded = np.flatnonzero(space.provenance >= 0)
+        if len(seeded) > cap:
+            seeded = np.sort(rng.permutation(seeded)[:cap])
+        own = space.provenance[seeded]
+        _, nn_idx = nn_search(T_all, S[seeded], 1)
+        nn_idx = nn_idx[:, 0]
+        lab = L["synthetic"][seeded]
+        groups = _groups(lab)
+        v, c = [], []
+        idx = np.arange(len(seeded))
+        for _ in range(cfg.n_repeats):
+            b = _boot(rng, idx)
+            shuffled = own.copy()
+            for g in groups:  # shuffle the seed assignment within each type
+                shuffled[g] = own[rng.permutation(g)]
+            v.append(float(np.mean(nn_idx[b] == own[b])))
+            c.append(float(np.mean(nn_idx[b] == shuffled[b])))
+        metrics["seed_nn_share"] = _e("seed_nn_share", v, c, len(np.unique(own)))
+        sub["seeded_synthetic"] = len(seeded)
+    log.done("seed_mia_auc", "seed_nn_share", group="seed_privacy")
+
+
+def headline(space: Space, cfg: EvaluateConfig, *, prefix: str = "", privacy: bool = True,
+             per_type: bool = True) -> tuple[dict, dict, dict, dict]:
+    """Every metric of *space* (a whole file or one condition's cells).
+
+    Returns ``(metrics, subsample, timings, aux)``; ``aux`` holds per-type results.
+    """
+    metrics: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    sub: dict[str, int] = {}
+    log = _Log(metrics, timings, prefix)
+    _two_sample(space, cfg, log, metrics, sub)
+    aux = {"agreement": _agreement(space, cfg, log, metrics, sub)}
+    if per_type:
+        aux["per_type"] = _per_type(space, cfg, log, metrics, sub)
+    _utility(space, cfg, log, metrics, sub)
+    if privacy:
+        _pooled_privacy(space, cfg, log, metrics, sub)
+        _seed_metrics(space, cfg, log, metrics, sub)
+    order = [k for k in METRIC_NAMES if k in metrics]
+    return {k: metrics[k] for k in order}, sub, timings, aux
+
+
+def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
+    """Compute every metric and its control on a prepared :class:`Space`."""
+    from ._conditions import condition_section
+
+    cfg = config
+    L = space.labels
+    nT, nH, nS = space.n("train"), space.n("holdout"), space.n("synthetic")
+    types = real_types(L)
+    rare = space.rare
+    syn_types = set(L["synthetic"])
+    missing = [t for t in types if t not in syn_types]
+    if missing:
+        logger.warning("types present in real cells but absent from synthetic: %s", missing)
+    if cfg.n_repeats < 2:
+        logger.warning("n_repeats=1: metrics get no std and no interval")
+
+    metrics, sub, timings, aux = headline(space, cfg)
+
+    log = _Log(metrics, timings)
+    log.start("per-type MMD")
+    rng = _rng(cfg.seed, "per_type_mmd")
+    scales = space._mmd_scales
+    P = space.pca
+    mmd_t = {
+        t: per_type_mmd(
+            P["holdout"][L["holdout"] == t], P["synthetic"][L["synthetic"] == t], scales,
+            max_cells=cfg.max_cells, n_repeats=cfg.n_repeats, rng=rng,
+        )
+        for t in types
+    }
+    timings["per_type_mmd"] = round(time.perf_counter() - log.t0, 3)
+    table = per_type_table(L, aux["agreement"], mmd_t, rare, aux["per_type"])
+
+    ok, reasons, notes = privacy_verdict(metrics)
+    if not ok:
+        for r in reasons:
+            logger.warning("privacy: %s", r)
+    conditions, per_condition = None, None
+    if space.conditions is not None:
+        t0 = time.perf_counter()
+        conditions, per_condition = condition_section(space, cfg)
+        timings["conditions"] = round(time.perf_counter() - t0, 3)
+
     return Result(
         metrics=metrics,
         per_type=table,
         rare_types=rare,
         missing_types=missing,
         n_cells={"real_train": nT, "real_holdout": nH, "synthetic": nS},
-        subsample={
-            "two_sample": n, "wasserstein": nw, "leiden": nl, "tstr": m, "privacy": npv,
-            "pca_fit": len(space.train_fit), "train_reference": nR,
-        },
-        holdout_recall=recall,
+        subsample={**sub, "pca_fit": space.pca_fit_cells, "train_reference": len(space.train_ref)},
+        holdout_recall=dict(zip(table["cell_type"], table["agreement_control"])),
         timings=timings,
+        privacy_ok=ok,
+        privacy_reasons=reasons,
+        privacy_notes=notes,
+        rare_n_real_holdout={t: int((L["holdout"] == t).sum()) for t in rare},
+        conditions=conditions,
+        per_condition=per_condition,
     )
 
 
 def params_of(config: EvaluateConfig) -> dict:
     d = asdict(config)
     d["mmd_factors"] = list(config.mmd_factors)
+    d["privacy_thresholds"] = dict(PRIVACY_THRESHOLDS)
+    d["judge"] = "logistic regression trained on real holdout cells (never on train cells or seeds)"
     return d
+
+
+__all__ = ["BETTER", "METRIC_NAMES", "Result", "evaluate_space", "headline", "params_of",
+           "summarise", "half", "strat_boot"]

@@ -61,13 +61,16 @@ def plot_umap(
     *,
     seed: int,
     title: str,
+    conditions: tuple | None = None,
 ) -> None:
-    """Two panels on one joint embedding: coloured by source, and by cell type."""
+    """Panels on one joint embedding: coloured by source, by cell type and (with
+    *conditions* = ``(real_conditions, synthetic_conditions or None, key)``) by condition."""
     plt = _pyplot()
     emb, kind = embed_2d(np.vstack([real, syn]), seed)
     er, es = emb[: len(real)], emb[len(real):]
     col = _colors(types)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    n_panels = 3 if conditions is not None else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(6.5 * n_panels, 5.6))
     ax = axes[0]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(emb))  # interleave so neither side hides the other
@@ -88,6 +91,23 @@ def plot_umap(
         ax.scatter([], [], s=20, color=col[t], label=t)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     ax.set_title("by cell type (o real, x synthetic)")
+    if conditions is not None:
+        rc, sc, key = conditions
+        levels = sorted(set(rc) | (set(sc) if sc is not None else set()))
+        ccol = {c: plt.get_cmap("Set1")(i % 9) for i, c in enumerate(levels)}
+        ax = axes[2]
+        for c in levels:
+            m = rc == c
+            ax.scatter(er[m, 0], er[m, 1], s=4, color=ccol[c], marker="o", linewidths=0,
+                       alpha=0.6)
+            if sc is not None:
+                m = sc == c
+                ax.scatter(es[m, 0], es[m, 1], s=8, color=ccol[c], marker="x", linewidths=0.6,
+                           alpha=0.8)
+            ax.scatter([], [], s=20, color=ccol[c], label=c)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+        note = "" if sc is not None else "; synthetic cells have no condition"
+        ax.set_title(f"by condition ({key}; o real, x synthetic{note})")
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_xlabel(f"{kind}1"), ax.set_ylabel(f"{kind}2")
@@ -119,20 +139,27 @@ def plot_per_type(
     ax = axes[1]
     agree = table["agreement"].to_numpy(dtype=float)
     ax.bar(x, np.nan_to_num(agree), 0.6, color=(0.85, 0.33, 0.1), label="synthetic agreement")
+    lo = table["agreement_ci_low"].to_numpy(dtype=float) if "agreement_ci_low" in table else None
+    hi = table["agreement_ci_high"].to_numpy(dtype=float) if "agreement_ci_high" in table else None
+    if lo is not None and hi is not None:
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(agree)
+        ax.errorbar(x[ok], agree[ok], yerr=[agree[ok] - lo[ok], hi[ok] - agree[ok]], fmt="none",
+                    ecolor=(0.5, 0.2, 0.05), elinewidth=1, capsize=3, label="95% interval")
     ctrl = [holdout_recall.get(t, np.nan) for t in types]
     ax.scatter(x, ctrl, marker="_", s=400, color="black", zorder=3,
-               label="control: holdout recall")
+               label="control: real train cells")
     for i, miss in enumerate(table["missing"]):
         if miss:
             ax.text(i, 0.02, "missing", rotation=90, ha="center", va="bottom", color="red",
                     fontsize=8)
     ax.set_ylim(0, 1.18)
-    ax.set_ylabel("agreement with a real-trained classifier")
+    ax.set_ylabel("agreement with a classifier trained on real holdout cells")
     ax.set_title("label agreement per type")
     ax.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
     for ax in axes:
         ax.set_xticks(x)
-        ax.set_xticklabels(types, rotation=45, ha="right", fontsize=8)
+        ax.set_xticklabels([f"{t} (holdout {n})" for t, n in zip(types, table["n_real_holdout"])],
+                           rotation=45, ha="right", fontsize=8)
         for lab, rare in zip(ax.get_xticklabels(), table["is_rare"]):
             if rare:
                 lab.set_color("tab:red")

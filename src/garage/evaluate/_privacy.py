@@ -1,8 +1,14 @@
-"""Privacy metrics: distance to closest record, exact copies, NNDR, membership inference.
+"""Privacy metrics: distance to closest record, exact copies, NNDR, membership inference,
+and the seed-aware checks behind ``privacy_ok``.
 
 Distances are Euclidean in the shared PCA space.  The control treats one half
 of the real holdout as if it were synthetic and the other half as holdout: that
 is what an independent real sample scores (ratios near 1, AUC near 0.5).
+
+Every nearest-neighbour search has a bounded query set (``privacy_max_cells``)
+against a full reference set (all train or all synthetic cells), so its cost is
+linear in cells.  These are empirical tests of specific attacks, not a
+differential-privacy guarantee (see docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -13,13 +19,33 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def nn_distances(ref: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-    """Distances from each *query* row to its *k* nearest rows of *ref* (query x k)."""
+def nn_search(ref: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of the *k* nearest rows of *ref* for each *query* row.
+
+    Brute force in chunks (scikit-learn's ``working_memory``), so memory stays
+    bounded; time is ``len(query) x len(ref)``.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     k = int(min(k, len(ref)))
-    d, _ = NearestNeighbors(n_neighbors=k).fit(ref).kneighbors(query)
-    return d
+    if len(query) == 0 or k == 0:
+        return np.zeros((len(query), k)), np.zeros((len(query), k), dtype=int)
+    return NearestNeighbors(n_neighbors=k, algorithm="brute").fit(ref).kneighbors(query)
+
+
+def nn_distances(ref: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Distances from each *query* row to its *k* nearest rows of *ref* (query x k)."""
+    return nn_search(ref, query, k)[0]
+
+
+def loo_distances(ref: np.ndarray, rows: np.ndarray, k: int = 1) -> np.ndarray:
+    """Distances from ``ref[rows]`` to their *k* nearest *other* rows of *ref* (leave one out)."""
+    d, i = nn_search(ref, ref[rows], k + 1)
+    out = np.empty((len(rows), k))
+    for j, r in enumerate(rows):  # drop the row itself (not always first when duplicated)
+        keep = i[j] != r
+        out[j] = d[j][keep][:k] if keep.sum() >= k else d[j][1: k + 1]
+    return out
 
 
 def nndr(d: np.ndarray) -> np.ndarray:
@@ -74,3 +100,108 @@ def mia_auc(d_members: np.ndarray, d_nonmembers: np.ndarray) -> float:
         return float("nan")
     y = np.r_[np.ones(len(d_members)), np.zeros(len(d_nonmembers))]
     return float(roc_auc_score(y, -np.r_[d_members, d_nonmembers]))
+
+
+# --- seed-aware metrics --------------------------------------------------------------
+
+
+def match_by_centrality(
+    seed_c: np.ndarray, seed_t: np.ndarray, cand_c: np.ndarray, cand_t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair each seed with the candidate of its type whose centrality is closest.
+
+    Matching is with replacement (a rare type may have fewer candidates than
+    seeds).  Returns ``(seed_rows, candidate_rows)``; seeds whose type has no
+    candidate are dropped.
+    """
+    si, ci = [], []
+    for t in np.unique(seed_t):
+        cand = np.flatnonzero(cand_t == t)
+        if len(cand) == 0:
+            continue
+        order = cand[np.argsort(cand_c[cand], kind="stable")]
+        cs = cand_c[order]
+        for s in np.flatnonzero(seed_t == t):
+            j = int(np.searchsorted(cs, seed_c[s]))
+            lo, hi = max(j - 1, 0), min(j, len(cs) - 1)
+            k = lo if abs(cs[lo] - seed_c[s]) <= abs(cs[hi] - seed_c[s]) else hi
+            si.append(s)
+            ci.append(order[k])
+    return np.asarray(si, dtype=int), np.asarray(ci, dtype=int)
+
+
+def paired_auc(d_members: np.ndarray, d_nonmembers: np.ndarray) -> float:
+    """AUC of 'closer -> member' (as :func:`mia_auc`), for the matched pairs' distances."""
+    return mia_auc(d_members, d_nonmembers)
+
+
+#: thresholds of ``privacy_ok`` (docs/metrics.md explains each one).  A check fails
+#: only when its value is worse than the threshold AND differs from its control
+#: beyond the 95% intervals (so noise alone never fails it).
+PRIVACY_THRESHOLDS: dict[str, float] = {
+    "dcr_ratio_min": 0.9,
+    "nndr_ratio_min": 0.9,
+    "rare_dcr_ratio_min": 0.8,
+    "mia_auc_excess": 0.05,
+    "seed_mia_auc_excess": 0.05,
+    "seed_nn_share_excess": 0.10,
+}
+
+
+def privacy_verdict(metrics: dict) -> tuple[bool, list[str], list[str]]:
+    """``(privacy_ok, reasons, notes)`` from the metric entries.
+
+    *reasons* lists every failed check in words; *notes* lists checks that could
+    not run (e.g. no ``--seeds``).
+    """
+    from ._intervals import differs
+
+    th = PRIVACY_THRESHOLDS
+    reasons: list[str] = []
+    notes: list[str] = []
+
+    def get(name):
+        e = metrics.get(name) or {}
+        return e, e.get("value"), e.get("control")
+
+    e, v, c = get("exact_copies")
+    if v is not None and v > (c or 0):
+        reasons.append(f"exact_copies: {int(v)} synthetic cells are exact copies of training cells "
+                       f"(control {int(c or 0)})")
+
+    def low(name, key, what):
+        e, v, c = get(name)
+        if v is None or c is None:
+            notes.append(f"{name} not computed")
+            return
+        if v < th[key] and v < c and differs(e) is not False:
+            reasons.append(f"{name} {v:.3f} is below {th[key]} and below its control {c:.3f} beyond "
+                           f"the intervals: {what}")
+
+    def high(name, key, what):
+        e, v, c = get(name)
+        if v is None or c is None:
+            return False
+        if v > c + th[key] and differs(e) is not False:
+            reasons.append(f"{name} {v:.3f} exceeds its control {c:.3f} by more than {th[key]} "
+                           f"beyond the intervals: {what}")
+        return True
+
+    low("dcr_ratio", "dcr_ratio_min", "synthetic cells sit closer to training cells than unseen "
+        "real cells do")
+    low("nndr_ratio", "nndr_ratio_min", "synthetic cells point to single training cells")
+    e, v, c = get("rare_dcr_ratio")
+    if v is None:
+        notes.append("rare_dcr_ratio not computed (no rare type with synthetic and holdout cells)")
+    else:
+        low("rare_dcr_ratio", "rare_dcr_ratio_min", "synthetic cells of rare types sit on "
+            "training cells of rare types")
+    high("mia_auc", "mia_auc_excess", "training cells are closer to synthetic cells than unseen "
+         "cells are (membership leak)")
+    if not high("seed_mia_auc", "seed_mia_auc_excess", "seed cells are closer to synthetic cells "
+                "than matched unseen cells are (the generator re-emits its seeds)"):
+        notes.append("seed_mia_auc not computed (pass --seeds PREFIX.seeds.h5ad or --provenance)")
+    if not high("seed_nn_share", "seed_nn_share_excess", "seeded synthetic cells have their own "
+                "seed as nearest training cell more often than chance"):
+        notes.append("seed_nn_share not computed (pass --provenance PREFIX.provenance.tsv)")
+    return not reasons, reasons, notes

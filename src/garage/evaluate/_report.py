@@ -34,3 +34,7 @@ def per_type_tsv(table: pd.DataFrame) -> str:
     for col in ("is_rare", "missing"):
         out[col] = out[col].map({True: "true", False: "false"})
     return out.to_csv(sep="\t", index=False, na_rep="NA", float_format="%.6g")
+
+
+def per_condition_tsv(table: pd.DataFrame) -> str:
+    return table.to_csv(sep="\t", index=False, na_rep="NA", float_format="%.6g")

@@ -14,18 +14,23 @@ type into a PCA-fit half and a reference half; the control and the
 membership-attack members use only the reference half, so both sides of every
 comparison are out-of-sample for the PCA.  Distances to "any train cell"
 (DCR, NNDR, exact copies) still use every train cell.
+
+Bounded memory: the PCA is fitted on at most ``pca_max_cells`` of the fit half
+(stratified by type, rare types whole), the only dense cells x genes block;
+every other matrix stays sparse and projections are sparse x dense products.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from .. import constants as C
+from .._meta import condition_key_of, rare_types_of
 from .._norm import log_normalize
 from ..errors import GarageError
 
@@ -45,10 +50,54 @@ class Space:
     var_names: list[str]
     n_pcs: int
     train_ref: np.ndarray  # rows of "train" not used to fit the PCA (control side)
-    train_fit: np.ndarray  # rows of "train" the PCA was fitted on
+    train_fit: np.ndarray  # rows of "train" in the PCA-fit half
+    rare: list[str] = field(default_factory=list)  # the one rare list (uns['garage'])
+    rare_source: str = "preprocess"  # "preprocess" | "threshold" (fallback)
+    conditions: dict[str, np.ndarray] | None = None  # per set; synthetic may be absent
+    condition_key: str | None = None
+    train_names: np.ndarray | None = None  # obs names of the train rows
+    seed: np.ndarray | None = None  # bool over train rows: GAT seed cells
+    provenance: np.ndarray | None = None  # int over synthetic rows: train row of its seed, -1
+    pca_fit_cells: int = 0
 
     def n(self, key: str) -> int:
         return self.pca[key].shape[0]
+
+    def subset(self, keep: dict[str, np.ndarray]) -> "Space":
+        """The same space restricted to rows (bool masks per set); PCA unchanged."""
+        kt = np.asarray(keep["train"], dtype=bool)
+        new_index = np.full(len(kt), -1)
+        new_index[kt] = np.arange(int(kt.sum()))
+
+        def rows(key, x):
+            return x[np.asarray(keep[key], dtype=bool)]
+
+        ref = new_index[self.train_ref]
+        fit = new_index[self.train_fit]
+        prov = None
+        if self.provenance is not None:
+            p = rows("synthetic", self.provenance)
+            prov = np.where(p >= 0, new_index[np.maximum(p, 0)], -1)
+        return Space(
+            pca={k: rows(k, v) for k, v in self.pca.items()},
+            lognorm={k: rows(k, v) for k, v in self.lognorm.items()},
+            counts={k: rows(k, v) for k, v in self.counts.items()},
+            labels={k: rows(k, v) for k, v in self.labels.items()},
+            var_names=self.var_names,
+            n_pcs=self.n_pcs,
+            train_ref=ref[ref >= 0],
+            train_fit=fit[fit >= 0],
+            rare=self.rare,
+            rare_source=self.rare_source,
+            conditions=None if self.conditions is None else {
+                k: rows(k, v) for k, v in self.conditions.items()
+            },
+            condition_key=self.condition_key,
+            train_names=None if self.train_names is None else rows("train", self.train_names),
+            seed=None if self.seed is None else rows("train", self.seed),
+            provenance=prov,
+            pca_fit_cells=self.pca_fit_cells,
+        )
 
 
 def _csr(x) -> sp.csr_matrix:
@@ -124,6 +173,23 @@ def check_synthetic(real, synth):
             "evaluate against the PREFIX.preprocessed.h5ad the synthetic cells were generated "
             "from (labels must match obs['garage_label'])",
         )
+    if condition_key_of(real) is not None and C.OBS_SYN_CONDITION in synth.obs.columns:
+        cond = synth.obs[C.OBS_SYN_CONDITION]
+        bad = cond.isna() | cond.astype(str).str.strip().isin(["", "nan", "None"])
+        if bad.any():
+            raise GarageError(
+                f"{int(bad.sum())} synthetic cells have no obs['{C.OBS_SYN_CONDITION}']",
+                "give every synthetic cell its condition (or none at all)",
+            )
+        real_cond = set(real.obs[C.OBS_CONDITION].astype(str))
+        unknown = sorted(set(cond.astype(str).str.strip()) - real_cond)
+        if unknown:
+            raise GarageError(
+                f"synthetic conditions {unknown[:5]} do not occur in the real file (real "
+                f"conditions: {sorted(real_cond)[:10]})",
+                "evaluate against the PREFIX.preprocessed.h5ad the synthetic cells were generated "
+                "from (conditions must match obs['garage_condition'])",
+            )
     x = synth.X
     data = x.data if sp.issparse(x) else np.asarray(x).ravel()
     if data.size and (not np.all(np.isfinite(data)) or data.min() < 0):
@@ -157,36 +223,72 @@ def split_train(labels: np.ndarray, fit_fraction: float, seed: int) -> tuple[np.
     return fit, ref
 
 
-def build_space(real, synth, n_pcs: int, seed: int, fit_fraction: float = 0.5) -> Space:
+def stratified_cap(labels: np.ndarray, cap: int, rng: np.random.Generator,
+                   keep_whole: set[str] | frozenset = frozenset()) -> np.ndarray:
+    """Row indices: at most about *cap* rows, each type in proportion (at least
+    ``min(n_t, 20)``), types in *keep_whole* complete.  Sorted."""
+    n = len(labels)
+    if n <= cap:
+        return np.arange(n)
+    out = []
+    for t in np.unique(labels):
+        idx = np.flatnonzero(labels == t)
+        if t in keep_whole:
+            q = len(idx)
+        else:
+            q = min(len(idx), max(int(cap * len(idx) / n), 20))
+        out.append(rng.permutation(idx)[:q])
+    return np.sort(np.concatenate(out))
+
+
+def build_space(real, synth, n_pcs: int, seed: int, fit_fraction: float = 0.5,
+                *, pca_max_cells: int = 10_000, rare_threshold: float | None = None) -> Space:
     """Log-normalise both sides with the shared formula and project on a train PCA."""
     from sklearn.decomposition import PCA
 
     split = real.obs[C.OBS_SPLIT].astype(str).to_numpy()
     lab = real.obs[C.OBS_LABEL].astype(str).str.strip().to_numpy()
+    is_tr, is_ho = split == C.SPLIT_TRAIN, split == C.SPLIT_HOLDOUT
     rc = _csr(real.layers[C.LAYER_COUNTS])
-    counts = {
-        "train": rc[split == C.SPLIT_TRAIN],
-        "holdout": rc[split == C.SPLIT_HOLDOUT],
-        "synthetic": _csr(synth.X),
-    }
+    counts = {"train": rc[is_tr], "holdout": rc[is_ho], "synthetic": _csr(synth.X)}
+    del rc
     labels = {
-        "train": lab[split == C.SPLIT_TRAIN],
-        "holdout": lab[split == C.SPLIT_HOLDOUT],
+        "train": lab[is_tr],
+        "holdout": lab[is_ho],
         "synthetic": synth.obs[C.OBS_CELL_TYPE].astype(str).str.strip().to_numpy(),
     }
     lognorm = {k: log_normalize(v) for k, v in counts.items()}
     n_train, n_genes = lognorm["train"].shape
+    uns = real.uns.get(C.UNS_KEY, {})
+    rare_source = "preprocess" if C.UNS_RARE_TYPES in uns else "threshold"
+    present = set(lab)
+    rare = [t for t in rare_types_of(real, rare_threshold) if t in present]
     fit, ref = split_train(labels["train"], fit_fraction, seed)
-    k = int(min(n_pcs, len(fit) - 1, n_genes - 1))
+    rng = np.random.default_rng([int(seed), 13])
+    fit_rows = fit[stratified_cap(labels["train"][fit], pca_max_cells, rng, set(rare))]
+    k = int(min(n_pcs, len(fit_rows) - 1, n_genes - 1))
     pca = PCA(n_components=k, svd_solver="randomized", random_state=seed)
-    pca.fit(lognorm["train"][fit].toarray())
+    pca.fit(lognorm["train"][fit_rows].toarray())  # bounded: <= ~pca_max_cells x HVGs
     comp = pca.components_.astype(np.float64)  # k x genes
     shift = pca.mean_ @ comp.T
     coords = {key: np.asarray(m @ comp.T, dtype=np.float64) - shift for key, m in lognorm.items()}
     logger.info(
         "shared space: %d HVGs -> %d PCs (%.1f%% variance) fitted on %d of %d train cells; "
         "%d holdout / %d synthetic cells",
-        n_genes, k, 100 * pca.explained_variance_ratio_.sum(), len(fit),
+        n_genes, k, 100 * pca.explained_variance_ratio_.sum(), len(fit_rows),
         n_train, lognorm["holdout"].shape[0], lognorm["synthetic"].shape[0],
     )
-    return Space(coords, lognorm, counts, labels, list(real.var_names.astype(str)), k, ref, fit)
+    conditions, cond_key = None, condition_key_of(real)
+    if cond_key is not None:
+        rcond = real.obs[C.OBS_CONDITION].astype(str).str.strip().to_numpy()
+        conditions = {"train": rcond[is_tr], "holdout": rcond[is_ho]}
+        if C.OBS_SYN_CONDITION in synth.obs.columns:
+            conditions["synthetic"] = (
+                synth.obs[C.OBS_SYN_CONDITION].astype(str).str.strip().to_numpy()
+            )
+    return Space(
+        coords, lognorm, counts, labels, list(real.var_names.astype(str)), k, ref, fit,
+        rare=sorted(rare), rare_source=rare_source, conditions=conditions,
+        condition_key=cond_key, train_names=real.obs_names.astype(str).to_numpy()[is_tr],
+        pca_fit_cells=len(fit_rows),
+    )

@@ -114,6 +114,13 @@ METRIC_SPECS: dict[str, MetricSpec] = {
         "Fraction of all synthetic cells that a classifier trained on real cells assigns to their own type",
         "the classifier's accuracy on real holdout cells", "RdYlGn", 0.0, 1.0, group="biology",
     ),
+    "rare_spread_ratio": MetricSpec(
+        "Rare spread",
+        "Spread of synthetic rare cells: mean distance to their type's real centroid over that of real "
+        "held-out cells, averaged over rare types; below 0.8 means prototypical (under-dispersed) rare "
+        "cells, above 1.2 over-dispersed ones",
+        "the same ratio for real train cells", "RdYlGn", 0.5, 1.5, group="biology", short="Spread",
+    ),
     "tstr_macro_f1": MetricSpec(
         "TSTR F1", "Train on synthetic, test on real: macro F1 of a cell-type classifier on holdout cells",
         "train on real, test on real: TRTR", "RdYlGn", 0.0, 1.0, group="utility",
@@ -151,6 +158,27 @@ METRIC_SPECS: dict[str, MetricSpec] = {
         "Membership-inference attack: AUC of telling training from held-out real cells by their distance "
         "to the nearest synthetic cell; 0.5 means no membership leak",
         _HALVES, "RdYlGn-rev", 0.5, 1.0, group="privacy", short="MIA",
+    ),
+    "rare_dcr_ratio": MetricSpec(
+        "Rare DCR ratio",
+        "Distance to closest record for the rare types only: median distance of synthetic rare cells to "
+        "their nearest training cell over that of held-out rare cells (as many of each per type)",
+        "real train cells of the rare types (distance to the nearest other training cell)",
+        "RdYlGn", 0.5, 1.0, group="privacy", short="Rare DCR",
+    ),
+    "seed_mia_auc": MetricSpec(
+        "Seed MIA AUC",
+        "Seed membership attack: AUC of telling GAT seed cells from held-out cells of the same type and "
+        "centrality by their distance to the nearest synthetic cell; above the control means the "
+        "generator re-emits its seeds",
+        "the same attack against real non-seed training cells instead of synthetic cells (the null, "
+        "with the same hub effect)", "RdYlGn-rev", 0.3, 1.0, group="privacy", short="Seed MIA",
+    ),
+    "seed_nn_share": MetricSpec(
+        "Seed NN share",
+        "Share of seeded synthetic cells whose nearest training cell is their own seed",
+        "the same share for a seed assignment shuffled within each type (chance)",
+        "RdYlGn-rev", 0.0, 1.0, group="privacy", short="Seed NN",
     ),
 }
 # the direction of each metric is the contract's, not a second copy of it

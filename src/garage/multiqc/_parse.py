@@ -4,9 +4,16 @@ The schemas are fixed in ``docs/developer.md``:
 
 * ``PREFIX.garage_metrics.json``: ``sample``, ``garage_version``, ``versions``,
   ``params``, ``n_cells``, ``metrics`` (name -> ``value``/``std``/``control``/
-  ``control_std``/``better``), ``rare_types``, ``missing_types``.
+  ``control_std``/``better`` and, since the second wave, ``ci_low``/``ci_high``/
+  ``control_ci_low``/``control_ci_high``/``n_real``), ``rare_types``,
+  ``missing_types``, ``privacy_ok``, ``privacy_reasons``, ``privacy_notes``,
+  ``rare_n_real_holdout`` and, with a condition, ``conditions``.
 * ``PREFIX.per_type.tsv``: ``cell_type, n_real_train, n_real_holdout,
-  n_synthetic, frac_real, frac_synthetic, agreement, mmd, is_rare, missing``.
+  n_synthetic, frac_real, frac_synthetic, agreement, mmd, is_rare, missing``
+  then the appended diagnosis columns (``constants.PER_TYPE_COLUMNS``).
+* ``PREFIX.per_condition.tsv``: ``constants.PER_CONDITION_COLUMNS``.
+
+Files written before the second wave lack the newer fields; that is not a problem.
 
 Parsing is forgiving about *partial* files (a missing metric, a ``null``, a
 non-numeric value, an unknown key): what is usable is kept and every problem is
@@ -39,9 +46,19 @@ BETTER_VALUES: tuple[str, ...] = (
 METRIC_NAMES: tuple[str, ...] = C.METRIC_NAMES
 PRIVACY_METRICS: tuple[str, ...] = C.PRIVACY_METRICS
 PER_TYPE_COLUMNS: tuple[str, ...] = C.PER_TYPE_COLUMNS
-_PER_TYPE_INT = ("n_real_train", "n_real_holdout", "n_synthetic")
-_PER_TYPE_FLOAT = ("frac_real", "frac_synthetic", "agreement", "mmd")
+#: metrics added by the second wave: older files lack them without being incomplete
+NEWER_METRICS: frozenset[str] = frozenset(
+    {"rare_spread_ratio", "rare_dcr_ratio", "seed_mia_auc", "seed_nn_share"}
+)
+#: the original columns every per-type table has; later ones are optional
+_PER_TYPE_CORE = PER_TYPE_COLUMNS[:10]
+_PER_TYPE_INT = ("n_real_train", "n_real_holdout", "n_synthetic", "c2st_n")
 _PER_TYPE_BOOL = ("is_rare", "missing")
+_PER_TYPE_FLOAT = tuple(
+    c for c in PER_TYPE_COLUMNS if c not in ("cell_type",) + _PER_TYPE_INT + _PER_TYPE_BOOL
+)
+_ENTRY_NUMBERS = ("value", "std", "control", "control_std", "ci_low", "ci_high",
+                  "control_ci_low", "control_ci_high", "n_real")
 N_CELLS_KEYS: tuple[str, ...] = ("real_train", "real_holdout", "synthetic")
 
 
@@ -58,6 +75,11 @@ class MetricValue:
     control: float | None = None
     control_std: float | None = None
     better: str | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    control_ci_low: float | None = None
+    control_ci_high: float | None = None
+    n_real: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,11 @@ class SampleMetrics:
     rare_types: tuple[str, ...]
     missing_types: tuple[str, ...]
     problems: tuple[str, ...] = field(default=())
+    privacy_ok: bool | None = None
+    privacy_reasons: tuple[str, ...] = field(default=())
+    privacy_notes: tuple[str, ...] = field(default=())
+    rare_n_real_holdout: dict[str, int] = field(default_factory=dict)
+    conditions: dict[str, Any] | None = None
 
 
 def _number(x: Any) -> float | None:
@@ -182,7 +209,7 @@ def parse_metrics_json(text: str | None) -> SampleMetrics:
             continue
         parsed: dict[str, float | None] = {}
         bad = False
-        for key in ("value", "std", "control", "control_std"):
+        for key in _ENTRY_NUMBERS:
             try:
                 parsed[key] = _number(entry.get(key))
             except ValueError:
@@ -196,8 +223,8 @@ def parse_metrics_json(text: str | None) -> SampleMetrics:
             problems.append(f"{name}.better = {better!r} is not one of {', '.join(BETTER_VALUES)}")
             better = None
         metrics[name] = MetricValue(better=better, **parsed)
-    absent = [m for m in METRIC_NAMES if m not in metrics]
-    if absent and len(absent) < len(METRIC_NAMES):
+    absent = [m for m in METRIC_NAMES if m not in metrics and m not in NEWER_METRICS]
+    if absent and len(absent) < len(METRIC_NAMES) - len(NEWER_METRICS):
         problems.append("metrics missing: " + ", ".join(absent))
 
     def _names(key: str) -> tuple[str, ...]:
@@ -211,6 +238,26 @@ def parse_metrics_json(text: str | None) -> SampleMetrics:
 
     rare_types = _names("rare_types")
     missing_types = _names("missing_types")
+    privacy_reasons = _names("privacy_reasons")
+    privacy_notes = _names("privacy_notes")
+    privacy_ok = doc.get("privacy_ok")
+    if privacy_ok is not None and not isinstance(privacy_ok, bool):
+        problems.append(f"'privacy_ok' = {privacy_ok!r} is not true/false; skipped")
+        privacy_ok = None
+    rare_n: dict[str, int] = {}
+    raw_rn = doc.get("rare_n_real_holdout") or {}
+    if isinstance(raw_rn, dict):
+        for key, val in raw_rn.items():
+            try:
+                num = _number(val)
+            except ValueError:
+                continue
+            if num is not None:
+                rare_n[str(key)] = int(num)
+    conditions = doc.get("conditions")
+    if conditions is not None and not isinstance(conditions, dict):
+        problems.append("'conditions' is not an object; skipped")
+        conditions = None
 
     if not metrics and not n_cells:
         raise MetricsParseError(
@@ -228,6 +275,11 @@ def parse_metrics_json(text: str | None) -> SampleMetrics:
         rare_types=rare_types,
         missing_types=missing_types,
         problems=tuple(problems),
+        privacy_ok=privacy_ok,
+        privacy_reasons=privacy_reasons,
+        privacy_notes=privacy_notes,
+        rare_n_real_holdout=rare_n,
+        conditions=conditions,
     )
 
 
@@ -268,7 +320,7 @@ def parse_per_type_tsv(text: str | None) -> tuple[list[dict[str, Any]], list[str
         )
     reader.fieldnames = header
     problems: list[str] = []
-    absent = [c for c in PER_TYPE_COLUMNS if c not in header]
+    absent = [c for c in _PER_TYPE_CORE if c not in header]
     if absent:
         problems.append("columns missing: " + ", ".join(absent))
     rows: list[dict[str, Any]] = []
@@ -300,4 +352,47 @@ def parse_per_type_tsv(text: str | None) -> tuple[list[dict[str, Any]], list[str
         rows.append(row)
     if not rows:
         raise MetricsParseError("header only, no cell-type rows")
+    return rows, problems
+
+
+_PER_CONDITION_TEXT = ("condition", "reference", "cell_type", "metric", "better")
+
+
+def parse_per_condition_tsv(text: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Parse the text of a ``PREFIX.per_condition.tsv`` file (rows typed, problems listed).
+
+    Raises
+    ------
+    MetricsParseError
+        If the header lacks ``condition`` or ``metric``, or there is no data row.
+    """
+    if text is None or not text.strip():
+        raise MetricsParseError("file is empty")
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t")
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if "condition" not in header or "metric" not in header:
+        raise MetricsParseError(
+            "no 'condition'/'metric' columns (expected " + ", ".join(C.PER_CONDITION_COLUMNS) + ")"
+        )
+    reader.fieldnames = header
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for lineno, raw in enumerate(reader, start=2):
+        row: dict[str, Any] = {}
+        for col in header:
+            val = (raw.get(col) or "").strip()
+            if col in _PER_CONDITION_TEXT:
+                row[col] = "" if val in ("NA",) else val
+                continue
+            try:
+                row[col] = _number(val)
+            except ValueError:
+                problems.append(f"line {lineno}: {col} = {val!r} is not a number")
+                row[col] = None
+        if not row.get("condition") or not row.get("metric"):
+            problems.append(f"line {lineno}: empty condition or metric; row skipped")
+            continue
+        rows.append(row)
+    if not rows:
+        raise MetricsParseError("header only, no rows")
     return rows, problems

@@ -1,21 +1,36 @@
 """MultiQC module for GARAGE: fidelity, rare-type and privacy metrics of synthetic cells.
 
-Reads ``PREFIX.garage_metrics.json`` and ``PREFIX.per_type.tsv`` written by
-``garage evaluate`` (schemas in docs/developer.md).  Registered in
-pyproject.toml as ``multiqc.modules.v1: garage``; the search patterns
-``garage/metrics`` and ``garage/per_type`` come from :mod:`garage.multiqc.hooks`.
+Reads ``PREFIX.garage_metrics.json``, ``PREFIX.per_type.tsv``,
+``PREFIX.per_condition.tsv`` and the two PNG pictures written by ``garage evaluate``
+(schemas in docs/developer.md and docs/metrics.md).  Registered in pyproject.toml as
+``multiqc.modules.v1: garage``; the search patterns (``garage/metrics``,
+``garage/per_type``, ``garage/per_condition``, ``garage/umap``,
+``garage/per_type_plot``) come from :mod:`garage.multiqc.hooks`.
+
+Every value is shown with its 95% interval next to its control; a difference inside
+the intervals reads "no difference" (``garage.evaluate._intervals.verdict``).
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
 import math
+import os
 from typing import Any
 
 from multiqc.base_module import BaseMultiqcModule, ModuleNoSamplesFound
 from multiqc.plots import bargraph, table
 
-from ..constants import SUFFIX_METRICS, SUFFIX_PER_TYPE
+from ..constants import (
+    SUFFIX_METRICS,
+    SUFFIX_PER_CONDITION,
+    SUFFIX_PER_TYPE,
+    SUFFIX_PER_TYPE_PLOT,
+    SUFFIX_UMAP,
+)
+from ..evaluate._intervals import differs, verdict
 from ._metrics import GENERAL_STATS_METRICS, GROUP_TITLES, METRIC_SPECS, spec_for
 from ._parse import (
     METRIC_NAMES,
@@ -23,16 +38,20 @@ from ._parse import (
     MetricsParseError,
     SampleMetrics,
     parse_metrics_json,
+    parse_per_condition_tsv,
     parse_per_type_tsv,
 )
 from ._report import (
     MODULE_ANCHOR,
     SECTION_AGREEMENT,
     SECTION_COMPOSITION,
+    SECTION_CONDITIONS,
+    SECTION_DIAGNOSIS,
     SECTION_METRICS,
+    SECTION_PICTURES,
     SECTION_PRIVACY,
 )
-from .hooks import SP_METRICS, SP_PER_TYPE
+from .hooks import SP_METRICS, SP_PER_CONDITION, SP_PER_TYPE, SP_PER_TYPE_PLOT, SP_UMAP
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +119,8 @@ class MultiqcModule(BaseMultiqcModule):
 
         self._metrics: dict[str, SampleMetrics] = {}
         self._per_type: dict[str, list[dict[str, Any]]] = {}
+        self._per_condition: dict[str, list[dict[str, Any]]] = {}
+        self._images: dict[str, dict[str, str]] = {}  # sample -> kind -> path
         # (folder, file prefix) -> sample name, so PREFIX.per_type.tsv joins its JSON
         prefix_to_sample: dict[tuple[str, str], str] = {}
 
@@ -107,9 +128,17 @@ class MultiqcModule(BaseMultiqcModule):
             self._read_metrics(f, prefix_to_sample)
         for f in self.find_log_files(SP_PER_TYPE):
             self._read_per_type(f, prefix_to_sample)
+        for f in self.find_log_files(SP_PER_CONDITION):
+            self._read_per_condition(f, prefix_to_sample)
+        for sp, kind, suffix in ((SP_UMAP, "umap", SUFFIX_UMAP),
+                                 (SP_PER_TYPE_PLOT, "per_type", SUFFIX_PER_TYPE_PLOT)):
+            for f in self.find_log_files(sp, filecontents=False):
+                self._read_image(f, kind, suffix, prefix_to_sample)
 
         self._metrics = self.ignore_samples(self._metrics)
         self._per_type = self.ignore_samples(self._per_type)
+        self._per_condition = self.ignore_samples(self._per_condition)
+        self._images = self.ignore_samples(self._images)
         samples = sorted(set(self._metrics) | set(self._per_type))
         if not samples:
             raise ModuleNoSamplesFound
@@ -121,7 +150,10 @@ class MultiqcModule(BaseMultiqcModule):
         self._add_metrics_section()
         self._add_composition_section()
         self._add_agreement_section()
+        self._add_diagnosis_section()
         self._add_privacy_section()
+        self._add_conditions_section()
+        self._add_pictures_section()
 
     # ------------------------------------------------------------------ parsing
     def _sample_from_prefix(self, f: dict[str, Any], suffix: str) -> tuple[str, str]:
@@ -145,14 +177,49 @@ class MultiqcModule(BaseMultiqcModule):
         prefix_to_sample[(f["root"], prefix)] = s_name
         self.add_data_source(f, s_name=s_name, section="metrics")
 
-    def _read_per_type(self, f: dict[str, Any], prefix_to_sample: dict[tuple[str, str], str]) -> None:
-        prefix, fallback = self._sample_from_prefix(f, SUFFIX_PER_TYPE)
+    def _sample_for(self, f: dict[str, Any], suffix: str,
+                    prefix_to_sample: dict[tuple[str, str], str]) -> str:
+        """The sample a side file (TSV, PNG) of PREFIX belongs to: its metrics file's sample."""
+        prefix, fallback = self._sample_from_prefix(f, suffix)
         s_name = prefix_to_sample.get((f["root"], prefix))
         if s_name is None:
             # Nextflow stages every file in its own folder ("?/*"): join on the prefix alone
             # when exactly one metrics file has it
             names = {n for (_, p), n in prefix_to_sample.items() if p == prefix}
             s_name = names.pop() if len(names) == 1 else fallback
+        return s_name
+
+    def _read_per_condition(self, f: dict[str, Any],
+                            prefix_to_sample: dict[tuple[str, str], str]) -> None:
+        s_name = self._sample_for(f, SUFFIX_PER_CONDITION, prefix_to_sample)
+        try:
+            rows, problems = parse_per_condition_tsv(f["f"])
+        except MetricsParseError as exc:
+            log.warning(f"{s_name}: skipping {f['root']}/{f['fn']}: {exc}")
+            return
+        if problems:
+            log.warning(f"{s_name}: incomplete per-condition table {f['fn']}: " + "; ".join(problems))
+        self._per_condition[s_name] = rows
+        self.add_data_source(f, s_name=s_name, section="per_condition")
+
+    def _read_image(self, f: dict[str, Any], kind: str, suffix: str,
+                    prefix_to_sample: dict[tuple[str, str], str]) -> None:
+        s_name = self._sample_for(f, suffix, prefix_to_sample)
+        path = os.path.join(f["root"], f["fn"])
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+        except OSError as exc:
+            log.warning(f"{s_name}: cannot read {path}: {exc}")
+            return
+        if head != b"\x89PNG\r\n\x1a\n":
+            log.warning(f"{s_name}: {f['fn']} is not a PNG file; skipped")
+            return
+        self._images.setdefault(s_name, {})[kind] = path
+        self.add_data_source(f, s_name=s_name, section=f"{kind}_picture")
+
+    def _read_per_type(self, f: dict[str, Any], prefix_to_sample: dict[tuple[str, str], str]) -> None:
+        s_name = self._sample_for(f, SUFFIX_PER_TYPE, prefix_to_sample)
         try:
             rows, problems = parse_per_type_tsv(f["f"])
         except MetricsParseError as exc:
@@ -301,6 +368,11 @@ class MultiqcModule(BaseMultiqcModule):
             text = "+" + text
         return text
 
+    def _interval(self, name: str, lo: float | None, hi: float | None) -> str | None:
+        if lo is None or hi is None:
+            return None
+        return f"[{self._fmt(name, lo)}, {self._fmt(name, hi)}]"
+
     def _add_metrics_section(self) -> None:
         if not self._metrics:
             return
@@ -309,8 +381,8 @@ class MultiqcModule(BaseMultiqcModule):
         for s_name, m in self._metrics.items():
             for name in list(METRIC_NAMES) + extra:
                 mv = m.metrics.get(name)
-                if mv is None:
-                    continue
+                if mv is None or (mv.value is None and mv.control is None):
+                    continue  # e.g. seed metrics without --seeds
                 spec = spec_for(name)
                 diff = None
                 if mv.value is not None and mv.control is not None:
@@ -318,25 +390,33 @@ class MultiqcModule(BaseMultiqcModule):
                 data[f"{s_name}{SEP}{spec.title}"] = {
                     "set": GROUP_TITLES.get(spec.group, spec.group),
                     "synthetic": self._fmt(name, mv.value) or "n/a",
+                    "synthetic_ci": self._interval(name, mv.ci_low, mv.ci_high),
                     "synthetic_std": self._fmt(name, mv.std) if mv.std else None,
                     "control": self._fmt(name, mv.control) or "n/a",
+                    "control_ci": self._interval(name, mv.control_ci_low, mv.control_ci_high),
                     "control_std": self._fmt(name, mv.control_std) if mv.control_std else None,
                     "difference": self._fmt(name, diff, signed=True),
+                    "verdict": verdict(mv),
+                    "n_real": None if mv.n_real is None else f"{int(mv.n_real):,}",
                     "better": mv.better or spec.better,
                 }
         if not data:
             return
-        # one repeat gives no spread: hide the SD columns rather than show rows of zeros
-        no_sd = all(row["synthetic_std"] is None and row["control_std"] is None for row in data.values())
+        no_ci = all(row["synthetic_ci"] is None and row["control_ci"] is None for row in data.values())
         headers: dict[str, dict[str, Any]] = {
             "set": {"title": "Set", "description": "Group of metrics", "scale": False},
             "synthetic": {
-                "title": "Synthetic", "description": "Synthetic vs real held-out cells", "scale": False,
+                "title": "Synthetic", "description": "Synthetic vs real held-out cells (mean over draws)",
+                "scale": False, "format": _as_text,
+            },
+            "synthetic_ci": {
+                "title": "95% CI", "description": "95% interval of the synthetic value, from resampling "
+                "the real cells (see docs/metrics.md)", "scale": False, "hidden": no_ci,
                 "format": _as_text,
             },
             "synthetic_std": {
-                "title": "± SD", "description": "Standard deviation of the synthetic value over repeats",
-                "scale": False, "hidden": no_sd, "format": _as_text,
+                "title": "± SD", "description": "Standard deviation of the synthetic value over draws "
+                "(its resampling standard error)", "scale": False, "hidden": True, "format": _as_text,
             },
             "control": {
                 "title": "Control",
@@ -345,14 +425,29 @@ class MultiqcModule(BaseMultiqcModule):
                 "scale": False,
                 "format": _as_text,
             },
+            "control_ci": {
+                "title": "95% CI ", "description": "95% interval of the control", "scale": False,
+                "hidden": no_ci, "format": _as_text,
+            },
             "control_std": {
-                "title": "± SD ", "description": "Standard deviation of the control over repeats",
-                "scale": False, "hidden": no_sd, "format": _as_text,
+                "title": "± SD ", "description": "Standard deviation of the control over draws",
+                "scale": False, "hidden": True, "format": _as_text,
             },
             "difference": {
                 "title": "Synthetic − control",
                 "description": "Synthetic value minus control; near 0 means as good as real data",
                 "scale": False,
+                "format": _as_text,
+            },
+            "verdict": {
+                "title": "Verdict",
+                "description": "'no difference' when the two 95% intervals overlap (a difference "
+                "inside the intervals is no difference); otherwise better or worse than the control",
+                "scale": False,
+            },
+            "n_real": {
+                "title": "Real cells", "description": "Real held-out cells one draw rests on (for "
+                "rare-type metrics: held-out cells of the rare types)", "scale": False,
                 "format": _as_text,
             },
             "better": {"title": "Better", "description": "Which direction is better", "scale": False},
@@ -362,8 +457,10 @@ class MultiqcModule(BaseMultiqcModule):
             anchor=SECTION_METRICS,
             description=(
                 "Every metric of `garage evaluate`, one row per sample and metric: the synthetic value "
-                "next to its control (real train vs real held-out cells), and their difference. "
-                "Click *Help* for what each metric measures."
+                "and its 95% interval next to its control (real train vs real held-out cells). "
+                "**A difference inside the intervals is no difference**: the *Verdict* column says "
+                "*no difference* whenever the two intervals overlap. *Real cells* is how many real "
+                "held-out cells a figure rests on. Click *Help* for what each metric measures."
             ),
             helptext=self._metrics_helptext(),
             plot=table.plot(
@@ -539,12 +636,93 @@ class MultiqcModule(BaseMultiqcModule):
             ),
         )
 
+    def _add_diagnosis_section(self) -> None:
+        """Per-type C2ST, spread ratio and DCR ratio (second-wave per-type columns)."""
+        if not self._per_type:
+            return
+        kinds = {
+            "common": {"name": "Common type", "color": "#4daf4a"},
+            "rare": {"name": "Rare type", "color": "#984ea3"},
+        }
+        sets = {"c2st": {}, "spread_ratio": {}, "dcr_ratio": {}}
+        for s_name, rows in self._per_type.items():
+            for r in rows:
+                label = self._type_label(s_name, r)
+                label = f"{label} [holdout {r.get('n_real_holdout') or 0}]"
+                cat = "rare" if r.get("is_rare") else "common"
+                for key in sets:
+                    if r.get(key) is not None:
+                        sets[key][label] = {cat: r[key]}
+        names = {
+            "c2st": ("Per-type C2ST", "C2ST AUC (0.5 = indistinguishable)"),
+            "spread_ratio": ("Spread ratio", "Synthetic ÷ real spread around the type centroid"),
+            "dcr_ratio": ("DCR ratio", "Synthetic ÷ real distance to the closest training cell"),
+        }
+        datasets, labels = [], []
+        for key, d in sets.items():
+            if d:
+                datasets.append(d)
+                labels.append({"name": names[key][0], "ylab": names[key][1]})
+        if not datasets:
+            return
+        flags = []
+        for s_name, rows in self._per_type.items():
+            for r in rows:
+                lo, hi = r.get("spread_ratio_ci_low"), r.get("spread_ratio_ci_high")
+                v = r.get("spread_ratio")
+                if r.get("is_rare") and v is not None and (v < 0.8 or v > 1.2):
+                    inside = lo is not None and hi is not None and lo <= 1.0 <= hi
+                    flags.append(f"{s_name}: {r['cell_type']} spread {v:.2f}"
+                                 + (" (interval includes 1: no difference)" if inside else ""))
+        description = (
+            "Where the synthetic cells differ, type by type. *Per-type C2ST*: a classifier two-sample "
+            "test between the synthetic and the real held-out cells of one type (shown where each side "
+            "has enough cells; the control, real train against held-out cells of the type, is in the "
+            "per-type table). *Spread ratio*: mean distance of synthetic cells to the type's real "
+            "centroid over that of real held-out cells; good is 0.8–1.2, below means prototypical "
+            "cells. *DCR ratio*: distance of synthetic cells to their closest training cell over that "
+            "of held-out cells (near 1 is good, well below 1 means copies). Labels give the number of "
+            "real held-out cells each figure rests on."
+        )
+        if flags:
+            description += "\n\n**Rare types outside 0.8–1.2 spread:** " + "; ".join(flags) + "."
+        self.add_section(
+            name="Per-type diagnosis",
+            anchor=SECTION_DIAGNOSIS,
+            description=description,
+            plot=bargraph.plot(
+                datasets,
+                [kinds] * len(datasets),
+                _pconfig(
+                    "bar",
+                    id="garage_diagnosis",
+                    title="GARAGE: per-type diagnosis",
+                    cpswitch=False,
+                    sort_samples=False,
+                    data_labels=labels,
+                    tt_decimals=3,
+                ),
+            ),
+        )
+
     def _add_privacy_section(self) -> None:
         names = [n for n in PRIVACY_METRICS if self._values(n) or self._values(n, "control")]
         if not names:
             return
         data: dict[str, dict[str, Any]] = {s: {} for s in self._metrics}
         headers: dict[str, dict[str, Any]] = {}
+        has_ok = any(m.privacy_ok is not None for m in self._metrics.values())
+        if has_ok:
+            for s, m in self._metrics.items():
+                if m.privacy_ok is not None:
+                    data[s]["privacy_ok"] = "yes" if m.privacy_ok else "NO"
+            headers["privacy_ok"] = {
+                "title": "Privacy OK",
+                "description": "privacy_ok of garage evaluate: no privacy check failed (thresholds in "
+                "docs/metrics.md); an empirical check, not a guarantee",
+                "scale": False,
+                "cond_formatting_rules": {"pass": [{"s_eq": "yes"}], "fail": [{"s_eq": "NO"}]},
+            }
         for name in names:
             for s, v in self._values(name).items():
                 data[s][name] = v
@@ -557,9 +735,26 @@ class MultiqcModule(BaseMultiqcModule):
         copies = {s: v for s, v in self._values("exact_copies").items() if v > 0}
         description = (
             "Whether synthetic cells give away the real training cells. Each metric is shown next to "
-            "its control. Exact copies should be 0; DCR and NNDR ratios well below 1, or an MIA AUC "
-            "well above 0.5, point to memorised training cells."
+            "its control. Exact copies should be 0 (GARAGE redraws them, so this is 0 by "
+            "construction); DCR and NNDR ratios well below 1, or an MIA AUC well above 0.5, point to "
+            "memorised training cells. The seed metrics ask whether the generator re-emits the GAT "
+            "seed cells it was fed: *Seed MIA AUC* against its null, *Seed NN share* against a "
+            "shuffled assignment. *Privacy OK* sums up every check (thresholds in docs/metrics.md). "
+            "These are empirical attacks, not a differential-privacy guarantee."
         )
+        verdicts = []
+        for s, m in sorted(self._metrics.items()):
+            if m.privacy_ok is None:
+                continue
+            if m.privacy_ok:
+                text = f"**{s}: privacy OK**"
+            else:
+                text = f"**{s}: privacy NOT OK**: " + "; ".join(m.privacy_reasons)
+            if m.privacy_notes:
+                text += " (not checked: " + "; ".join(m.privacy_notes) + ")"
+            verdicts.append(f"- {text}")
+        if verdicts:
+            description += "\n\n" + "\n".join(verdicts)
         if copies:
             description += "\n\n**Warning:** synthetic cells identical to training cells in " + ", ".join(
                 f"{s} ({_sig(v)})" for s, v in sorted(copies.items())
@@ -569,11 +764,110 @@ class MultiqcModule(BaseMultiqcModule):
             anchor=SECTION_PRIVACY,
             description=description,
             helptext="\n\n".join(
-                f"**{METRIC_SPECS[n].title}**: {self._description(n)}" for n in names
+                f"**{spec_for(n).title}**: {self._description(n)}" for n in names
             ),
             plot=table.plot(
                 {s: d for s, d in data.items() if d},
                 headers,
                 _pconfig("table", id="garage_privacy_table", title="GARAGE: privacy", no_violin=True),
             ),
+        )
+
+    def _add_conditions_section(self) -> None:
+        if not self._per_condition:
+            return
+        data: dict[str, dict[str, Any]] = {}
+        for s_name, rows in self._per_condition.items():
+            for r in rows:
+                name = r["metric"]
+                spec = spec_for(name) if name in METRIC_SPECS else None
+                title = spec.title if spec else ("Condition effect (LFC corr)"
+                                                 if name == "condition_lfc_corr" else name)
+                if r.get("cell_type") not in (None, "", "all"):
+                    where = f"{r['cell_type']}: {r['condition']} vs {r.get('reference') or '?'}"
+                else:
+                    where = r["condition"]
+                fmt = (lambda v: None if v is None else f"{v:.3g}")  # noqa: E731
+                ci = (None if r.get("ci_low") is None or r.get("ci_high") is None
+                      else f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]")
+                cci = (None if r.get("control_ci_low") is None or r.get("control_ci_high") is None
+                       else f"[{fmt(r['control_ci_low'])}, {fmt(r['control_ci_high'])}]")
+                data[f"{s_name}{SEP}{where}{SEP}{title}"] = {
+                    "synthetic": fmt(r.get("value")) or "n/a",
+                    "synthetic_ci": ci,
+                    "control": fmt(r.get("control")) or "n/a",
+                    "control_ci": cci,
+                    "verdict": verdict(r),
+                    "n_real": None if r.get("n_real") is None else f"{int(r['n_real']):,}",
+                    "n_synthetic": (None if r.get("n_synthetic") is None
+                                    else f"{int(r['n_synthetic']):,}"),
+                }
+        if not data:
+            return
+        txt = {"scale": False, "format": _as_text}
+        headers = {
+            "synthetic": {"title": "Synthetic", "description": "Synthetic cells of the condition vs "
+                          "real held-out cells of the condition", **txt},
+            "synthetic_ci": {"title": "95% CI", "description": "95% interval", **txt},
+            "control": {"title": "Control", "description": "Real train vs real held-out cells of the "
+                        "condition", **txt},
+            "control_ci": {"title": "95% CI ", "description": "95% interval of the control", **txt},
+            "verdict": {"title": "Verdict", "description": "'no difference' when the intervals "
+                        "overlap", "scale": False},
+            "n_real": {"title": "Real cells", "description": "Real held-out cells per draw", **txt},
+            "n_synthetic": {"title": "Synthetic cells", "description": "Synthetic cells of the "
+                            "condition(s)", **txt},
+        }
+        self.add_section(
+            name="Per condition",
+            anchor=SECTION_CONDITIONS,
+            description=(
+                "For data with a condition (treatment, donor, protocol): every headline metric "
+                "computed on the cells of one condition (synthetic of that condition against real "
+                "held-out cells of that condition), and the **condition effect**: per cell type, the "
+                "per-gene log-fold change between a condition and the type's reference condition in "
+                "synthetic cells, correlated with the same in real held-out cells (higher is better; "
+                "control: real train cells in place of synthetic ones). A difference inside the "
+                "intervals is no difference. The UMAP in *Pictures* has a panel coloured by condition."
+            ),
+            plot=table.plot(
+                data,
+                headers,
+                _pconfig("table", id="garage_conditions_table", title="GARAGE: per condition",
+                         col1_header="Sample · condition · metric", rows_are_samples=False,
+                         sort_rows=False, no_violin=True, parse_numeric=False),
+            ),
+        )
+
+    def _add_pictures_section(self) -> None:
+        if not self._images:
+            return
+        titles = {"umap": "UMAP of real vs synthetic cells", "per_type": "Cells and agreement per type"}
+        parts = []
+        for s_name in sorted(self._images):
+            imgs = self._images[s_name]
+            parts.append(f"<h4>{html.escape(s_name)}</h4>")
+            for kind in ("umap", "per_type"):
+                path = imgs.get(kind)
+                if path is None:
+                    continue
+                with open(path, "rb") as fh:
+                    b64 = base64.b64encode(fh.read()).decode("ascii")
+                alt = f"{s_name}: {titles[kind]}"
+                parts.append(
+                    f'<figure class="garage-picture" data-garage-picture="{kind}">'
+                    f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}" '
+                    f'style="max-width:100%;height:auto;"/>'
+                    f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+                )
+        self.add_section(
+            name="Pictures",
+            anchor=SECTION_PICTURES,
+            description=(
+                "The pictures `garage evaluate` drew for each sample: a UMAP of real and synthetic "
+                "cells in the shared PCA space (by source, by cell type and, with a condition, by "
+                "condition), and cells and label agreement per type with 95% intervals (rare types "
+                "in red; the number of real held-out cells in each label)."
+            ),
+            content="\n".join(parts),
         )

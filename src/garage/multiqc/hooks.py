@@ -7,15 +7,27 @@ MultiQC (or anything heavy) at module level.
 
 from __future__ import annotations
 
-from ..constants import SUFFIX_METRICS, SUFFIX_PER_TYPE
+from ..constants import (
+    SUFFIX_METRICS,
+    SUFFIX_PER_CONDITION,
+    SUFFIX_PER_TYPE,
+    SUFFIX_PER_TYPE_PLOT,
+    SUFFIX_UMAP,
+)
 
 #: Search-pattern keys used by :class:`garage.multiqc.module.MultiqcModule`.
 SP_METRICS = "garage/metrics"
 SP_PER_TYPE = "garage/per_type"
+SP_PER_CONDITION = "garage/per_condition"
+SP_UMAP = "garage/umap"
+SP_PER_TYPE_PLOT = "garage/per_type_plot"
 
 SEARCH_PATTERNS: dict[str, dict[str, str]] = {
     SP_METRICS: {"fn": f"*{SUFFIX_METRICS}"},
     SP_PER_TYPE: {"fn": f"*{SUFFIX_PER_TYPE}"},
+    SP_PER_CONDITION: {"fn": f"*{SUFFIX_PER_CONDITION}"},
+    SP_UMAP: {"fn": f"*{SUFFIX_UMAP}"},
+    SP_PER_TYPE_PLOT: {"fn": f"*{SUFFIX_PER_TYPE_PLOT}"},
 }
 
 
