@@ -52,22 +52,44 @@ def exact_copy_mask(synthetic, train) -> np.ndarray:
                        count=synthetic.shape[0])
 
 
-def synthetic_anndata(counts, cell_types: Sequence[str], seed_cells: Sequence[str],
-                      var_names, categories: Sequence[str], uns: dict):
-    """Build an AnnData with the ``PREFIX.synthetic.h5ad`` schema."""
+def synthetic_anndata(counts, cell_types: Sequence[str], categories: Sequence[str], uns: dict, *,
+                      var=None, var_names=None, sample: str = "sample", seed: int = 0,
+                      conditions: Sequence[str] | None = None, condition_categories: Sequence[str] | None = None,
+                      label_key: str | None = None, condition_key: str | None = None,
+                      counterfactual=None):
+    """Build an AnnData with the shareable ``PREFIX.synthetic.h5ad`` schema.
+
+    - counts (CSR float32) in ``X`` and ``layers['counts']``;
+    - ``obs['cell_type']`` (and ``obs['condition']`` when *conditions* are given),
+      copied under the user's own column names (*label_key*, *condition_key*) so
+      real and synthetic files concatenate without renaming; ``obs['synthetic']``;
+    - obs names ``{sample}-syn{seed}-{i}``: unique across samples and seeds, and
+      naming no real cell;
+    - *var*: the input's gene metadata (index = gene names).
+    """
     import anndata as ad
 
     n = counts.shape[0]
     obs = pd.DataFrame(
-        {
-            C.OBS_CELL_TYPE: pd.Categorical(list(cell_types), categories=list(categories)),
-            C.OBS_SYNTHETIC: np.ones(n, dtype=bool),
-            C.OBS_SEED_ID: np.asarray(list(seed_cells), dtype=object).astype(str),
-        },
-        index=[f"syn_{i}" for i in range(n)],
+        {C.OBS_CELL_TYPE: pd.Categorical(list(cell_types), categories=list(categories))},
+        index=pd.Index([f"{sample}-syn{int(seed)}-{i}" for i in range(n)]),
     )
+    if conditions is not None:
+        obs[C.OBS_SYN_CONDITION] = pd.Categorical(list(conditions), categories=list(condition_categories or
+                                                                                    sorted(set(conditions))))
+    obs[C.OBS_SYNTHETIC] = np.ones(n, dtype=bool)
+    if counterfactual is not None:
+        obs["counterfactual"] = np.asarray(counterfactual, dtype=bool)
+    reserved = set(obs.columns)
+    if label_key and label_key not in reserved:
+        obs[label_key] = obs[C.OBS_CELL_TYPE]
+    if conditions is not None and condition_key and condition_key not in reserved | {label_key}:
+        obs[condition_key] = obs[C.OBS_SYN_CONDITION]
     x = sp.csr_matrix(counts, dtype=np.float32)
-    out = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(var_names).astype(str)))
+    if var is None:
+        var = pd.DataFrame(index=pd.Index(var_names).astype(str))
+    out = ad.AnnData(X=x, obs=obs, var=var.copy())
+    out.layers[C.LAYER_COUNTS] = x.copy()
     out.uns[C.UNS_KEY] = uns
     return out
 
@@ -79,6 +101,8 @@ def knn_interpolation(
     k: int = 5,
     seed: int = 0,
     n_pcs: int = 50,
+    sample: str = "knn",
+    with_provenance: bool = False,
 ):
     """Within-type kNN interpolation in count space, then Poisson sampling.
 
@@ -97,13 +121,17 @@ def knn_interpolation(
         Seed for every random choice.
     n_pcs
         PCA components of the log-normalised counts used to find neighbours.
+    sample
+        Prefix of the synthetic cell names.
+    with_provenance
+        Also return the PRIVATE provenance table (each cell's anchor cell).
 
     Returns
     -------
-    AnnData
+    AnnData (and a provenance DataFrame with *with_provenance*)
         Integer counts (CSR float32) in ``X``, ``obs['cell_type']``,
-        ``obs['synthetic']``, ``obs['garage_seed_cell']`` (the anchor cell) and
-        ``uns['garage']``.  Exact copies of training cells are resampled.
+        ``obs['synthetic']`` and ``uns['garage']``; no real cell name.  Exact
+        copies of training cells are resampled.
     """
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
@@ -166,4 +194,9 @@ def knn_interpolation(
         "n_per_type": {str(t): int(v) for t, v in n_per_type.items()},
         "versions": versions(),
     }
-    return synthetic_anndata(x, out_types, anchors, a.var_names, types, uns)
+    out = synthetic_anndata(x, out_types, types, uns, var_names=a.var_names, sample=sample, seed=seed)
+    if not with_provenance:
+        return out
+    prov = pd.DataFrame({"synthetic_cell": out.obs_names.to_numpy(), "cell_type": out_types,
+                         C.OBS_SEED_ID: anchors})
+    return out, prov

@@ -17,11 +17,19 @@ import scipy.sparse as sp
 
 from garage import constants as C
 from garage.errors import GarageError
-from garage.gan import TEST_OVERRIDES, GANConfig, GarageGAN, composition_counts, run_gan, run_generate
+from garage.gan import (
+    TEST_OVERRIDES,
+    GANConfig,
+    GarageGAN,
+    composition_counts,
+    group_composition,
+    run_gan,
+    run_generate,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GARAGE = [sys.executable, "-m", "garage.cli"] if (REPO / "src/garage/cli/__main__.py").exists() else ["garage"]
-TINY = {"epochs": 3, "ae_epochs": 2, "hidden": 32, "checkpoint_every": 0}
+TINY = {"gan_steps": 6, "ae_steps": 4, "decoder_steps": 2, "hidden": 32, "checkpoint_every": 0, "patience": 0}
 
 
 def _fallback_seeds(pp: Path, out: Path) -> Path:
@@ -77,6 +85,9 @@ def trained_small(seeds_small, tmp_path_factory):
     "kw, match",
     [
         ({"epochs": -1}, "epochs"),
+        ({"gan_steps": 0}, "gan-steps"),
+        ({"val_fraction": 0.7}, "val-fraction"),
+        ({"library": "quantile"}, "library"),
         ({"seed_mix": 1.5}, "seed-mix"),
         ({"seed_mix": -0.1}, "seed-mix"),
         ({"batch_size": 1}, "batch-size"),
@@ -85,6 +96,7 @@ def trained_small(seeds_small, tmp_path_factory):
         ({"space": "gene", "count_dist": "nb"}, "count-dist nb"),
         ({"ema_decay": 1.0}, "ema-decay"),
         ({"decoder_epochs": -1}, "decoder-epochs"),
+        ({"cells_per_group": "B=3"}, "TYPE|CONDITION"),
     ],
 )
 def test_config_rejects_bad_options(kw, match):
@@ -132,14 +144,29 @@ def test_outputs_schema_counts_and_labels(trained_small, real_small):
     want = train.obs[C.OBS_LABEL].astype(str).value_counts().sort_index()
     got = syn.obs[C.OBS_CELL_TYPE].astype(str).value_counts().sort_index()
     assert got.to_dict() == want.to_dict()
-    # seed cell ids are seeds of the same type (or "")
-    sid = syn.obs[C.OBS_SEED_ID].astype(str)
-    seeded = sid != ""
+    # shareable: no real cell is named anywhere in the file (obs names, obs columns, uns)
+    real_names = set(real_small.obs_names.astype(str))
+    assert not real_names & set(syn.obs_names.astype(str))
+    assert all(n.startswith("small-syn0-") for n in syn.obs_names)
+    for col in syn.obs.columns:
+        assert not real_names & set(syn.obs[col].astype(str)), col
+    assert not any(name in repr(dict(syn.uns)) for name in list(real_names)[:200])
+    assert list(syn.obs.columns[:2]) == [C.OBS_CELL_TYPE, C.OBS_SYNTHETIC]
+    assert (syn.obs["cell_type"] == syn.obs[real_small.uns["garage"]["label_key"]]).all()  # user's name too
+    assert (syn.layers[C.LAYER_COUNTS] != syn.X).nnz == 0
+    # the seed provenance is in its own PRIVATE file, naming seeds of the same type
+    prov_path = Path(trained_small["provenance"])
+    head = prov_path.read_text().splitlines()[0]
+    assert head.startswith("# PRIVATE")
+    prov = pd.read_csv(prov_path, sep="\t", comment="#", keep_default_na=False)
+    assert list(prov.columns) == list(C.PROVENANCE_COLUMNS)
+    assert (prov["synthetic_cell"] == syn.obs_names).all()
+    seeded = prov[C.OBS_SEED_ID] != ""
     assert 0.2 < seeded.mean() < 0.8  # seed_mix 0.5
     seeds = real_small.obs.loc[real_small.obs[C.OBS_SEED].astype(bool)]
-    assert set(sid[seeded]) <= set(seeds.index)
-    assert (seeds.loc[sid[seeded], C.OBS_LABEL].astype(str).to_numpy()
-            == syn.obs.loc[seeded, C.OBS_CELL_TYPE].astype(str).to_numpy()).all()
+    assert set(prov.loc[seeded, C.OBS_SEED_ID]) <= set(seeds.index)
+    assert (seeds.loc[prov.loc[seeded, C.OBS_SEED_ID], C.OBS_LABEL].astype(str).to_numpy()
+            == prov.loc[seeded, "cell_type"].to_numpy()).all()
     # count-level realism: zero fraction and library size near the real train cells
     real = train.layers[C.LAYER_COUNTS]
     zf_syn = 1 - syn.X.nnz / np.prod(syn.shape)
@@ -159,19 +186,31 @@ def test_outputs_schema_counts_and_labels(trained_small, real_small):
 def test_log_and_no_checkpoint_left(trained_small):
     log = pd.read_csv(trained_small["log"], sep="\t")
     cfg = trained_small["config"]
-    assert (log["phase"] == "ae").sum() == cfg.ae_epochs and (log["phase"] == "gan").sum() == cfg.epochs
-    assert np.isfinite(log.loc[log.phase == "gan", ["critic_loss", "gp", "generator_loss"]].to_numpy()).all()
+    ae, gan = log[log.phase == "ae"], log[log.phase == "gan"]
+    assert ae["step"].iloc[-1] == cfg.ae_steps and gan["step"].iloc[-1] == cfg.gan_steps  # patience 0: no stop
+    assert np.isfinite(gan[["critic_loss", "gp", "generator_loss", "val_score"]].to_numpy()).all()
+    assert np.isfinite(ae["val_score"].to_numpy()).all()  # the stopping rule's validation loss
     # the dispersion refit runs once, then the decoder is fine-tuned on posterior means and its
     # NB loss falls below the refit's (same codes, same cells: a decoder that got worse fails this)
     disp, dec = log[log.phase == "disp"], log[log.phase == "decoder"]
-    assert len(disp) == 1 and dec["epoch"].tolist() == list(range(1, cfg.decoder_epochs + 1))
+    assert len(disp) == 1 and dec["step"].iloc[-1] == cfg.decoder_steps
     assert dec["ae_nll"].iloc[-1] < disp["ae_nll"].iloc[0]
     assert not list(Path(trained_small["h5ad"]).parent.glob("*.ckpt.pt"))
 
 
-def test_test_profile_is_fast(trained_small):
-    # target < 30 s on an idle 2-core machine; generous bound for a shared CI box
-    assert trained_small["seconds"] < 120
+def test_schedule_scales_with_cells_and_stops_on_validation(seeds_small, tmp_path):
+    """Steps come from the data size (bounded at both ends), and a phase whose validation score
+    stops improving ends early with its best state kept."""
+    cfg = GANConfig()
+    small, big, huge = cfg.schedule(800), cfg.schedule(100_000), cfg.schedule(1_000_000)
+    assert small["ae"] >= 1000 and small["gan"] >= 1500  # enough to converge on small data
+    assert big == huge  # bounded: 1M cells cost no more steps than 100k
+    assert big["ae"] > small["ae"]
+    assert GANConfig(epochs=10, ae_epochs=5).schedule(1280) == {"ae": 50, "decoder": 300, "gan": 20}
+    res = run_gan(seeds_small, tmp_path, "p", GANConfig(**{**TINY, "gan_steps": 400, "patience": 1}, n_cells=20))
+    gan = pd.read_csv(res["log"], sep="\t").query("phase == 'gan'")
+    assert gan["step"].iloc[-1] < 400  # stopped after one check without improvement
+    assert gan["val_score"].min() <= gan["val_score"].iloc[-1]
 
 
 def test_generation_does_not_collapse(trained_small, real_small):
@@ -226,39 +265,57 @@ def test_model_file_holds_no_encoder_or_critic(trained_small):
     keys = payload["state_dict"].keys()
     assert not any(k.startswith(("critic.", "vae.encoder.")) for k in keys)
     assert payload["config"]["seed_mix"] == 0.5 and payload["categories"]
+    assert "lib_quantiles" not in payload  # library sizes come from a model, not a table of real cells
     m = GarageGAN.load(trained_small["model"])
     assert m.generate(n_cells=5, seed=0).n_obs == 5
 
 
-def test_dispersion_refit_and_ema_on_real_cells(seeds_small, tmp_path):
-    """On real PBMC counts the training theta absorbs the spread of sampled codes, so the
-    refit at posterior means raises it; EMA weights are kept apart from the last weights."""
+def test_shareable_model_has_no_seed_or_cell_identity(seeds_small, real_small, tmp_path):
     import torch
 
-    base = dict(TINY, ae_epochs=60, hidden=256, decoder_epochs=0)
+    res = run_gan(seeds_small, tmp_path, "sh", GANConfig(**TINY, n_cells=40), shareable_model=True)
+    payload = torch.load(res["model"], weights_only=True)
+    for key in ("seed_codes", "seed_names", "train_hashes"):
+        assert key not in payload, key
+    assert payload["shareable"] and int(payload["seed_count"].sum()) == 0
+    text = repr({k: v for k, v in payload.items() if k != "state_dict"})
+    assert not any(n in text for n in real_small.obs_names[:300])
+    out = run_generate(res["model"], tmp_path, "g", n_cells=30, seed=1, provenance=True)
+    prov = pd.read_csv(out["provenance"], sep="\t", comment="#", keep_default_na=False)
+    assert (prov[C.OBS_SEED_ID] == "").all()  # unseeded cells only
+    syn = ad.read_h5ad(out["h5ad"])
+    assert syn.n_obs == 30 and syn.uns["garage"]["shareable_model"]
+
+
+def test_dispersion_refit_and_ema_on_real_cells(seeds_small, tmp_path):
+    """The refit moves only the NB dispersion (the decoder of the same autoencoder is untouched),
+    and EMA weights are kept apart from the last generator weights."""
+    import torch
+
+    base = dict(TINY, ae_steps=300, hidden=64, decoder_steps=0)
     models = {}
     for name, kw in {"plain": {"refit_dispersion": False, "ema_decay": 0.0},
                      "refit": {"refit_dispersion": True, "ema_decay": 0.9}}.items():
         res = run_gan(seeds_small, tmp_path / name, "s", GANConfig(**base, **kw, n_cells=20, seed=3), threads=1)
         models[name] = torch.load(res["model"], weights_only=True)["state_dict"]
-    theta = {k: float(v["vae.log_theta"].exp().median()) for k, v in models.items()}
-    assert theta["refit"] > 1.2 * theta["plain"], theta
+    dec = [k for k in models["plain"] if k.startswith(("vae.decoder.", "vae.px."))]
+    assert dec and all(torch.equal(models["plain"][k], models["refit"][k]) for k in dec)
+    assert not torch.allclose(models["plain"]["vae.log_theta"], models["refit"]["vae.log_theta"])
     assert not any(k.startswith("generator_ema.") for k in models["plain"])
     ema = {k[len("generator_ema."):]: v for k, v in models["refit"].items() if k.startswith("generator_ema.")}
     raw = {k[len("generator."):]: v for k, v in models["refit"].items() if k.startswith("generator.")}
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
 
 
-def test_model_saved_before_ema_still_loads(trained_small, tmp_path):
+def test_old_model_format_is_refused_clearly(trained_small, tmp_path):
     import torch
 
     payload = torch.load(trained_small["model"], weights_only=True)
-    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("generator_ema.")}
+    payload["format"] = "garage-generator/1"
     old = tmp_path / "old.generator.pt"
     torch.save(payload, old)
-    m = GarageGAN.load(old)
-    assert torch.equal(m.net.generator_ema.net[0].weight, m.net.generator.net[0].weight)
-    assert m.generate(n_cells=10, seed=1).n_obs == 10
+    with pytest.raises(GarageError, match="older GARAGE"):
+        GarageGAN.load(old)
 
 
 # ----------------------------------------------------------------------------- variants and errors
@@ -274,16 +331,18 @@ def test_other_variants_run(seeds_small, real_small, tmp_path, kw):
     syn = ad.read_h5ad(run_gan(seeds_small, tmp_path, "v", GANConfig(**TINY, **kw, n_cells=60))["h5ad"])
     assert syn.n_obs == 60 and np.array_equal(syn.X.data, np.rint(syn.X.data))
     if kw.get("mode") == "original":  # labels come from the seed cell fed to the generator
-        assert (syn.obs[C.OBS_SEED_ID] != "").all()
-        lab = real_small.obs.loc[syn.obs[C.OBS_SEED_ID], C.OBS_LABEL].astype(str).to_numpy()
+        prov = pd.read_csv(tmp_path / "v.provenance.tsv", sep="\t", comment="#", keep_default_na=False)
+        assert (prov[C.OBS_SEED_ID] != "").all()
+        lab = real_small.obs.loc[prov[C.OBS_SEED_ID], C.OBS_LABEL].astype(str).to_numpy()
         assert (lab == syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()).all()
 
 
 def test_missing_seeds_column(preprocessed_small, tmp_path):
     with pytest.raises(GarageError, match="garage gat"):
         run_gan(preprocessed_small, tmp_path, "x", GANConfig(**TINY))
-    syn = ad.read_h5ad(run_gan(preprocessed_small, tmp_path, "x", GANConfig(**TINY, seed_mix=0.0, n_cells=20))["h5ad"])
-    assert (syn.obs[C.OBS_SEED_ID] == "").all()
+    res = run_gan(preprocessed_small, tmp_path, "x", GANConfig(**TINY, seed_mix=0.0, n_cells=20))
+    prov = pd.read_csv(res["provenance"], sep="\t", comment="#", keep_default_na=False)
+    assert len(prov) == 20 and (prov[C.OBS_SEED_ID] == "").all()
 
 
 def test_memory_guard(seeds_small, monkeypatch):
@@ -326,9 +385,10 @@ def test_cli_generate(trained_small, tmp_path):
 
 
 def test_resume_after_sigkill(seeds_small, tmp_path):
-    """Kill `garage gan` mid-training, resume, and reach the same final epoch."""
-    args = ["gan", "--input", seeds_small, "--prefix", "r", "--outdir", tmp_path, "--ae-epochs", 4,
-            "--epochs", 300, "--hidden", 32, "--checkpoint-every", 1, "--n-cells", 30, "--threads", 1]
+    """Kill `garage gan` mid-training, resume, and reach the same final step."""
+    args = ["gan", "--input", seeds_small, "--prefix", "r", "--outdir", tmp_path, "--ae-steps", 40,
+            "--gan-steps", 400, "--decoder-steps", 5, "--hidden", 32, "--checkpoint-every", 10,
+            "--patience", 0, "--n-cells", 30, "--threads", 1]
     ckpt = tmp_path / "r.gan.ckpt.pt"
     proc = subprocess.Popen([*GARAGE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -343,8 +403,9 @@ def test_resume_after_sigkill(seeds_small, tmp_path):
     r = _cli(*args, "--resume")
     assert r.returncode == 0, r.stderr
     log = pd.read_csv(tmp_path / "r.gan_log.tsv", sep="\t")
-    assert log.loc[log.phase == "ae", "epoch"].tolist() == list(range(1, 5))
-    assert log.loc[log.phase == "gan", "epoch"].tolist() == list(range(1, 301))
+    for phase, last in (("ae", 40), ("decoder", 5), ("gan", 400)):
+        steps = log.loc[log.phase == phase, "step"].tolist()
+        assert steps == sorted(set(steps)) and steps[-1] == last, (phase, steps)
     assert not ckpt.exists()
     assert ad.read_h5ad(tmp_path / "r.synthetic.h5ad").n_obs == 30
 
@@ -356,3 +417,90 @@ def test_cli_defaults_match_config():
     for p in gan_cmd.params:
         if p.name in {f for f in cfg.__dataclass_fields__}:
             assert p.default == getattr(cfg, p.name), p.name
+
+
+# ----------------------------------------------------------------------------- covariates
+@pytest.fixture(scope="session")
+def mix_seeds(tmp_path_factory) -> Path:
+    """Bundled sc_mixology subset (cell lines x protocol; A549 and H838 only under CEL-seq2),
+    preprocessed with --condition-key protocol, with GAT seeds."""
+    from garage.datasets import dataset_path
+    from garage.gat import TEST_OVERRIDES as GAT_TEST
+    from garage.gat import GATConfig, run_gat
+    from garage.preprocess import PreprocessConfig, run_preprocess
+
+    out = tmp_path_factory.mktemp("mix")
+    pp = run_preprocess(dataset_path("sc_mixology_small"), out, "mix",
+                        PreprocessConfig(label_key="cell_type", condition_key="protocol", seed=0))["h5ad"]
+    return run_gat(pp, out, "mix", GATConfig(**GAT_TEST, seed=0))["h5ad"]
+
+
+@pytest.fixture(scope="session")
+def mix_model(mix_seeds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mix_gan")
+    cfg = GANConfig(**{**TEST_OVERRIDES, "gan_steps": 300, "ae_steps": 300}, seed=0)
+    return run_gan(mix_seeds, out, "mix", cfg, threads=1)
+
+
+def test_condition_model_generates_every_group(mix_seeds, mix_model):
+    real = ad.read_h5ad(mix_seeds)
+    train = real[real.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN]
+    syn = ad.read_h5ad(mix_model["h5ad"])
+    # default composition: every type x protocol group of the train cells, in its numbers
+    want = train.obs.groupby([C.OBS_LABEL, C.OBS_CONDITION], observed=True).size()
+    got = syn.obs.groupby([C.OBS_CELL_TYPE, C.OBS_SYN_CONDITION], observed=True).size()
+    assert {(str(a), str(b)): int(v) for (a, b), v in got.items()} == \
+        {(str(a), str(b)): int(v) for (a, b), v in want.items()}
+    # the user's own column names are kept beside the fixed ones
+    assert (syn.obs["protocol"].astype(str) == syn.obs[C.OBS_SYN_CONDITION].astype(str)).all()
+    assert (syn.obs["cell_type"] == syn.obs[C.OBS_CELL_TYPE]).all()
+    assert "counterfactual" not in syn.obs  # nothing unseen was asked for
+    assert syn.uns["garage"]["condition_key"] == "protocol"
+
+
+def test_cells_per_group_and_counterfactual(mix_model, tmp_path):
+    m = mix_model["model"]
+    out = run_generate(m, tmp_path, "g", cells_per_group="H1975|Drop-seq=30,A549|CEL-seq2=20", n_cells=80, seed=1)
+    syn = ad.read_h5ad(out["h5ad"])
+    grp = (syn.obs[C.OBS_CELL_TYPE].astype(str) + "|" + syn.obs[C.OBS_SYN_CONDITION].astype(str)).value_counts()
+    assert syn.n_obs == 80 and grp["H1975|Drop-seq"] == 30 and grp["A549|CEL-seq2"] == 20
+    assert "A549|Drop-seq" not in grp  # never generated unless asked for
+    # A549 was never sequenced with Drop-seq: refused with a line naming it, unless allowed
+    with pytest.raises(GarageError, match=r"A549\|Drop-seq"):
+        run_generate(m, tmp_path, "cf", cells_per_group="A549|Drop-seq=10")
+    cf = ad.read_h5ad(run_generate(m, tmp_path, "cf", cells_per_group="A549|Drop-seq=10", n_cells=10,
+                                   allow_counterfactual=True)["h5ad"])
+    assert cf.n_obs == 10 and cf.obs["counterfactual"].all()
+    assert list(cf.uns["garage"]["counterfactual_groups"]) == ["A549|Drop-seq"]
+    r = _cli("generate", "--model", m, "--prefix", "x", "--outdir", tmp_path, "--cells-per-group", "A549|Drop-seq=5")
+    assert r.returncode == 2 and "A549|Drop-seq" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(GarageError, match="no condition"):  # a model without a covariate
+        group_composition(["A"], [], [3], 5, cells_per_group="A|X=1")
+
+
+def test_real_and_synthetic_of_two_samples_concat_and_run_scanpy(trained_small, mix_model, small_counts_path):
+    """A scverse user concatenates real and synthetic files of two samples and runs scanpy: no renaming."""
+    import scanpy as sc
+
+    from garage.datasets import dataset_path
+
+    parts = {
+        "small_real": ad.read_h5ad(small_counts_path),
+        "small_syn": ad.read_h5ad(trained_small["h5ad"]),
+        "mix_real": ad.read_h5ad(dataset_path("sc_mixology_small")),
+        "mix_syn": ad.read_h5ad(mix_model["h5ad"]),
+    }
+    both = ad.concat(parts, join="inner", label="source")  # obs names must already be unique
+    assert both.obs_names.is_unique and both.n_vars > 50
+    assert both.obs["cell_type"].notna().all()  # the user's label column lines up across files
+    mix = ad.concat([parts["mix_real"], parts["mix_syn"]], join="inner")  # and so does the condition's
+    assert mix.obs["protocol"].notna().all() and set(mix.obs["protocol"]) == {"CEL-seq2", "Drop-seq"}
+    syn_mask = both.obs["source"].str.endswith("_syn").to_numpy()
+    assert both.obs_names[syn_mask].str.contains("-syn").all() and not both.obs_names[~syn_mask].str.contains(
+        "-syn").any()
+    sc.pp.normalize_total(both, target_sum=1e4)
+    sc.pp.log1p(both)
+    sc.pp.pca(both, n_comps=20)
+    sc.pp.neighbors(both, n_neighbors=10)
+    sc.tl.leiden(both, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+    assert both.obs["leiden"].nunique() > 3

@@ -14,6 +14,12 @@ COMPOSITIONS = ["original", "balanced", "uniform-rare-boost"]
 
 
 def composition_options(f):
+    f = click.option("--allow-counterfactual", is_flag=True, default=False,
+                     help="Let --cells-per-group ask for a type x condition never seen in training "
+                          "(the type decoded under that condition; flagged in obs['counterfactual']).")(f)
+    f = click.option("--cells-per-group", default=None, metavar="TYPE|CONDITION=N,...",
+                     help='Exact numbers for some type x condition groups, e.g. "B|STIM=300,DC|CTRL=50" '
+                          "(models trained with a condition).")(f)
     f = click.option("--cells-per-type", default=None, metavar="TYPE=N,...",
                      help='Exact numbers for some types, e.g. "DC=200,Platelet=100"; the rest follow --composition.')(f)
     f = click.option("--composition", type=click.Choice(COMPOSITIONS), default="original", show_default=True,
@@ -33,9 +39,22 @@ def composition_options(f):
                    "(unconditional, real seeds fed directly, label-smoothed BCE), for comparison.")
 @click.option("--space", type=click.Choice(["latent", "gene"]), default="latent", show_default=True,
               help="Where the adversarial game runs: a count-VAE latent space, or the HVGs directly.")
-@click.option("--epochs", type=click.IntRange(min=1), default=600, show_default=True, help="Adversarial epochs.")
-@click.option("--ae-epochs", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Autoencoder epochs (latent space).")
+@click.option("--gan-steps", type=click.IntRange(min=1), default=None,
+              help="Generator steps of the adversarial phase [default: chosen from the number of cells].")
+@click.option("--ae-steps", type=click.IntRange(min=1), default=None,
+              help="Autoencoder optimiser steps (latent space) [default: chosen from the number of cells].")
+@click.option("--decoder-steps", type=click.IntRange(min=0), default=None,
+              help="Decoder fine-tuning steps on posterior means (latent space; 0: skip) [default: chosen].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Deprecated: adversarial passes over the cells (converted to --gan-steps).")
+@click.option("--ae-epochs", type=click.IntRange(min=1), default=None,
+              help="Deprecated: autoencoder passes over the cells (converted to --ae-steps).")
+@click.option("--decoder-epochs", type=click.IntRange(min=0), default=None,
+              help="Deprecated: decoder passes over the cells (converted to --decoder-steps).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
+              help="Share of each type (x condition) with >= 20 train cells held out for the stopping rules.")
+@click.option("--patience", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Validation checks without improvement before a phase stops (0: run every step).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--n-latent", type=click.IntRange(min=1), default=16, show_default=True)
@@ -46,10 +65,10 @@ def composition_options(f):
               help="Weight of the VAE's KL term (latent space).")
 @click.option("--seed-residual/--no-seed-residual", default=True, show_default=True,
               help="Latent space: a seeded cell is its seed's latent code plus a generated offset.")
+@click.option("--library", type=click.Choice(["joint", "lognormal"]), default="joint", show_default=True,
+              help="Library sizes: generated with each cell's code (joint) or from a per-type log-normal.")
 @click.option("--refit-dispersion/--no-refit-dispersion", default=True, show_default=True,
               help="Latent space: refit the NB dispersion at the cells' posterior means after the VAE phase.")
-@click.option("--decoder-epochs", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Latent space: decoder fine-tuning epochs on the cells' posterior means (0: skip).")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
               help="Generate with a moving average of the generator's weights (0: the last weights).")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
@@ -62,18 +81,26 @@ def composition_options(f):
               show_default=True, help="Count sampling; auto = nb in latent space, poisson otherwise.")
 @composition_options
 @click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=RARE_THRESHOLD,
-              show_default=True, help="A type below this fraction of train cells is rare.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Write OUTDIR/PREFIX.gan.ckpt.pt every N epochs (0: never).")
+              show_default=True,
+              help="Only for inputs without uns['garage']['rare_types'] (not from garage preprocess).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Write OUTDIR/PREFIX.gan.ckpt.pt every N optimiser steps (0: never).")
+@click.option("--provenance/--no-provenance", default=True, show_default=True,
+              help="Write PREFIX.provenance.tsv (PRIVATE: names the seed cell of each synthetic cell).")
+@click.option("--shareable-model", is_flag=True,
+              help="Write PREFIX.generator.pt without seed codes, seed names or training-cell digests "
+                   "(it then generates unseeded cells only, and so does this run).")
 @click.option("--resume", is_flag=True, help="Continue from OUTDIR/PREFIX.gan.ckpt.pt.")
 @seed_option
 @device_option
 @threads_option
-def gan(input_: Path, prefix: str, outdir: Path, resume: bool, device: str, threads, **kwargs) -> None:
+def gan(input_: Path, prefix: str, outdir: Path, resume: bool, device: str, threads, provenance: bool,
+        shareable_model: bool, **kwargs) -> None:
     """Train the conditional GAN on train cells and write labelled synthetic counts."""
     from ..gan import GANConfig, run_gan
 
-    out = run_gan(input_, outdir, prefix, GANConfig(**kwargs), device=device, threads=threads, resume=resume)
+    out = run_gan(input_, outdir, prefix, GANConfig(**kwargs), device=device, threads=threads, resume=resume,
+                  provenance=provenance, shareable_model=shareable_model)
     click.echo(str(out["h5ad"]))
 
 
@@ -82,12 +109,16 @@ def gan(input_: Path, prefix: str, outdir: Path, resume: bool, device: str, thre
 @prefix_option
 @outdir_option
 @composition_options
+@click.option("--provenance", is_flag=True,
+              help="Also write PREFIX.generated.provenance.tsv (PRIVATE: names each cell's seed cell).")
 @seed_option
 @device_option
-def generate(model: Path, prefix: str, outdir: Path, n_cells, composition, cells_per_type, seed, device) -> None:
+def generate(model: Path, prefix: str, outdir: Path, n_cells, composition, cells_per_type, cells_per_group,
+             allow_counterfactual, provenance, seed, device) -> None:
     """More synthetic cells from a saved generator, without retraining."""
     from ..gan import run_generate
 
     out = run_generate(model, outdir, prefix, n_cells=n_cells, composition=composition,
-                       cells_per_type=cells_per_type, seed=seed, device=device)
+                       cells_per_type=cells_per_type, seed=seed, device=device, cells_per_group=cells_per_group,
+                       allow_counterfactual=allow_counterfactual, provenance=provenance)
     click.echo(str(out["h5ad"]))

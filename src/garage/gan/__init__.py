@@ -6,7 +6,8 @@ Public API: :class:`GANConfig`, :data:`TEST_OVERRIDES`, :func:`run_gan`,
 """
 
 from ._config import GANConfig
-from ._model import GarageGAN, composition_counts
+from ._model import GarageGAN, composition_counts, group_composition
 from ._run import TEST_OVERRIDES, run_gan, run_generate
 
-__all__ = ["GANConfig", "TEST_OVERRIDES", "run_gan", "run_generate", "GarageGAN", "composition_counts"]
+__all__ = ["GANConfig", "TEST_OVERRIDES", "run_gan", "run_generate", "GarageGAN", "composition_counts",
+           "group_composition"]

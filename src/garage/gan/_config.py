@@ -8,19 +8,30 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from ..errors import GarageError
 
 Mode = Literal["garage", "original"]
 Space = Literal["latent", "gene"]
 Composition = Literal["original", "balanced", "uniform-rare-boost"]
 CountDist = Literal["auto", "nb", "poisson", "multinomial"]
+Library = Literal["joint", "lognormal"]
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
+LIBRARIES = ("joint", "lognormal")
+#: separates a type from its condition in group names ("B|STIM") and --cells-per-group
+GROUP_SEP = "|"
 
 
-def parse_cells_per_type(value) -> tuple[tuple[str, int], ...] | None:
-    """``"DC=100,Platelet=50"`` / dict / pairs -> sorted tuple of ``(type, n)``."""
+def parse_cells_per_type(value, option: str = "--cells-per-type",
+                         example: str = "DC=200,Platelet=100") -> tuple[tuple[str, int], ...] | None:
+    """``"DC=100,Platelet=50"`` / dict / pairs -> sorted tuple of ``(name, n)``.
+
+    Names may contain ``=`` only before the last one, so ``"B|STIM=300"`` (a
+    type x condition group for ``--cells-per-group``) parses the same way.
+    """
     if value is None or value == "" or value == {} or value == ():
         return None
     if isinstance(value, str):
@@ -31,8 +42,8 @@ def parse_cells_per_type(value) -> tuple[tuple[str, int], ...] | None:
                 continue
             if "=" not in item:
                 raise GarageError(
-                    f"--cells-per-type item {item!r} is not TYPE=N",
-                    'write e.g. --cells-per-type "DC=200,Platelet=100"',
+                    f"{option} item {item!r} is not NAME=N",
+                    f'write e.g. {option} "{example}"',
                 )
             name, n = item.rsplit("=", 1)
             pairs.append((name.strip(), n.strip()))
@@ -46,15 +57,27 @@ def parse_cells_per_type(value) -> tuple[tuple[str, int], ...] | None:
             n_int = int(n)
         except (TypeError, ValueError):
             raise GarageError(
-                f"--cells-per-type count for {name!r} is not an integer ({n!r})",
-                'write e.g. --cells-per-type "DC=200"',
+                f"{option} count for {name!r} is not an integer ({n!r})",
+                f'write e.g. {option} "{example}"',
             ) from None
         if n_int < 0:
-            raise GarageError(f"--cells-per-type count for {name!r} is negative", "use N >= 0")
+            raise GarageError(f"{option} count for {name!r} is negative", "use N >= 0")
         if name in out:
-            raise GarageError(f"--cells-per-type names {name!r} twice", "name each type once")
+            raise GarageError(f"{option} names {name!r} twice", "name each one once")
         out[str(name)] = n_int
     return tuple(sorted(out.items()))
+
+
+def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
+    """``"B|STIM=300,DC|CTRL=50"`` -> sorted ``(('B|STIM', 300), ('DC|CTRL', 50))``."""
+    out = parse_cells_per_type(value, "--cells-per-group", "B|STIM=300,DC|CTRL=50")
+    for name, _ in out or ():
+        if GROUP_SEP not in name:
+            raise GarageError(
+                f"--cells-per-group item {name!r} does not name a TYPE{GROUP_SEP}CONDITION group",
+                f'write e.g. --cells-per-group "B{GROUP_SEP}STIM=300" (or use --cells-per-type for a type)',
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,54 +87,67 @@ class GANConfig:
     Parameters
     ----------
     mode
-        ``garage``: conditional WGAN-GP with the hybrid input (noise + type
-        embedding + a projected seed cell with probability *seed_mix*).
+        ``garage``: conditional WGAN-GP with the hybrid input (noise + type and
+        condition embeddings + a projected seed cell with probability *seed_mix*).
         ``original``: the research prototype, for comparison: an unconditional
         generator fed real seed profiles directly plus noise, trained with a
         label-smoothed BCE loss; a cell's label is its seed cell's type.
     space
         ``latent`` (default): a count VAE (NB decoder on proportions x library
-        size) is trained first and the adversarial game runs in its latent
-        space; seeds enter as latent codes.  ``gene``: the game runs on the
-        HVGs directly, the critic sees log-normalised Poisson-sampled counts
-        (straight-through gradients) and seeds enter as PCA coordinates.
-        Ignored by ``mode='original'`` (always gene space).
-    epochs
-        Adversarial epochs (one epoch = one pass of the critic over the train cells).
-    ae_epochs
-        Autoencoder epochs (latent space only).
+        size, conditioned on the condition when there is one) is trained first
+        and the adversarial game runs in its latent space; seeds enter as latent
+        codes.  ``gene``: the game runs on the HVGs directly, the critic sees
+        log-normalised Poisson-sampled counts (straight-through gradients) and
+        seeds enter as PCA coordinates.  Ignored by ``mode='original'``.
+    ae_steps, gan_steps, decoder_steps
+        Optimiser steps of the autoencoder, generator steps of the adversarial
+        phase (each after *n_critic* critic steps) and decoder fine-tuning
+        steps.  ``None`` (default) chooses them from the number of train cells
+        (see ``schedule``), so one set of defaults serves 800 cells and
+        1,000,000; both phases also stop early on the validation cells.
+    epochs, ae_epochs, decoder_epochs
+        Deprecated: passes over the train cells, converted to steps.
+    val_fraction
+        Fraction of every type (x condition) with at least 20 train cells held
+        out as validation cells for the stopping rules (never trained on).
+    patience
+        Validation checks without improvement before a phase stops (0: never
+        stop early; the best validation state is kept either way).
     batch_size
         Minibatch size for every phase.
     noise_dim
         Generator noise dimension (independent of the gene count).
     n_latent, hidden, type_emb_dim
-        Latent size of the VAE, hidden width of every network, type-embedding size.
+        Latent size of the VAE, hidden width of every network, embedding size
+        of the type (and condition).
     seed_mix
-        Probability that a generated cell's input includes a seed cell of its type.
+        Probability that a generated cell's input includes a seed cell of its
+        type (and condition).
     kl_weight
-        Final weight of the VAE's KL term (warmed up over the first half of
-        the autoencoder epochs); below 1 keeps more detail in the latent codes.
+        Final weight of the VAE's KL term (warmed up over the first third of
+        the autoencoder steps).
     seed_residual
         Latent space: a seeded cell's code is its seed's latent code plus a
         generated offset (otherwise the seed only enters through its projection).
+    library
+        Library sizes of generated cells: ``joint`` (the latent GAN generates
+        each cell's log library size together with its code, so size and state
+        stay correlated) or ``lognormal`` (a log-normal per type x condition,
+        shrunk towards the type's for small groups).  Neither reproduces the
+        library size of an individual training cell.
     refit_dispersion
         Latent space: after the autoencoder phase, refit the NB dispersion with
         the decoder fixed at the cells' posterior means (the way generation
         decodes), so sampled counts are not noisier than real ones.
-    decoder_epochs
-        Latent space: epochs of decoder fine-tuning on the cells' posterior means
-        (encoder frozen) after the autoencoder phase, so the decoder is sharp for
-        the codes generation feeds it (0: skip).
     ema_decay
         ``garage`` mode: cells are generated with an exponential moving average
-        of the generator's weights, updated after every generator step with this
-        decay, warmed up as ``min(decay, (1+t)/(10+t))`` (0: use the last weights).
+        of the generator's weights, warmed up as ``min(decay, (1+t)/(10+t))``
+        (0: use the last weights).
     n_critic
         Critic steps per generator step.
     type_balance
         Adversarial minibatches draw a cell of type *t* with weight
-        ``n_t ** -type_balance`` (0: uniform; 1: every type equally often), so
-        rare types get enough critic and generator updates.
+        ``n_t ** -type_balance`` (0: uniform; 1: every type equally often).
     gp_weight
         WGAN-GP gradient-penalty weight.
     lr_gan, lr_ae
@@ -124,24 +160,38 @@ class GANConfig:
     n_cells
         Synthetic cells to write (default: the number of train cells).
     composition
-        ``original`` (train proportions), ``balanced`` (equal per type) or
-        ``uniform-rare-boost`` (rare types raised to an equal share, the others
-        keep their relative proportions).
+        ``original`` (train proportions of type x condition), ``balanced``
+        (equal per type) or ``uniform-rare-boost`` (rare types raised to an equal
+        share, the others keep their relative proportions); inside a type, the
+        cells follow the type's train proportions over conditions.
     cells_per_type
-        Exact counts for some types (``"DC=200,Platelet=100"``, a dict, or
-        pairs); the remaining cells follow *composition*.
+        Exact counts for some types (``"DC=200,Platelet=100"``, a dict, or pairs).
+    cells_per_group
+        Exact counts for some type x condition groups (``"B|STIM=300,DC|CTRL=50"``).
+    allow_counterfactual
+        Allow *cells_per_group* to ask for a type x condition combination that
+        has no training cell (generated as the type's code decoded under the
+        condition: a counterfactual, flagged in the output).  Without it such a
+        request fails naming the combination.
     rare_threshold
-        A type is rare when it holds less than this fraction of the train cells.
+        Only for inputs without ``uns['garage']['rare_types']`` (files not made
+        by ``garage preprocess``): a type below this fraction of the cells is rare.
     checkpoint_every
-        Write ``OUTDIR/PREFIX.gan.ckpt.pt`` every N epochs (0: never).
+        Write ``OUTDIR/PREFIX.gan.ckpt.pt`` every N optimiser steps (0: never).
     seed
         Feeds every random source.
     """
 
     mode: Mode = "garage"
     space: Space = "latent"
-    epochs: int = 600
-    ae_epochs: int = 60
+    ae_steps: int | None = None
+    gan_steps: int | None = None
+    decoder_steps: int | None = None
+    epochs: int | None = None
+    ae_epochs: int | None = None
+    decoder_epochs: int | None = None
+    val_fraction: float = 0.1
+    patience: int = 8
     batch_size: int = 128
     noise_dim: int = 32
     n_latent: int = 16
@@ -150,8 +200,8 @@ class GANConfig:
     seed_mix: float = 0.5
     kl_weight: float = 1.0
     seed_residual: bool = True
+    library: Library = "joint"
     refit_dispersion: bool = True
-    decoder_epochs: int = 20
     ema_decay: float = 0.99
     n_critic: int = 5
     type_balance: float = 0.5
@@ -163,12 +213,15 @@ class GANConfig:
     n_cells: int | None = None
     composition: Composition = "original"
     cells_per_type: tuple[tuple[str, int], ...] | None = field(default=None)
+    cells_per_group: tuple[tuple[str, int], ...] | None = field(default=None)
+    allow_counterfactual: bool = False
     rare_threshold: float = C.RARE_THRESHOLD
-    checkpoint_every: int = 10
+    checkpoint_every: int = 500
     seed: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "cells_per_type", parse_cells_per_type(self.cells_per_type))
+        object.__setattr__(self, "cells_per_group", parse_cells_per_group(self.cells_per_group))
 
     @property
     def effective_space(self) -> str:
@@ -180,9 +233,39 @@ class GANConfig:
             return self.count_dist
         return "nb" if self.effective_space == "latent" else "poisson"
 
+    @property
+    def joint_library(self) -> bool:
+        return self.mode == "garage" and self.effective_space == "latent" and self.library == "joint"
+
+    def schedule(self, n_train: int) -> dict[str, int]:
+        """Optimiser steps per phase for *n_train* cells (explicit options win).
+
+        ``auto``: the autoencoder gets 60 passes over the cells, clipped to
+        [1,000, 20,000] steps; the decoder fine-tuning a third of that, clipped
+        to [300, 3,000]; the adversarial phase ``120 x n / batch`` generator
+        steps (600 critic passes at 5 critic steps per generator step), clipped
+        to [1,500, 5,000].  Small data gets enough steps to converge; large data
+        is bounded, because a 16-d latent distribution does not need more steps
+        when the cells are more numerous.  Both phases stop earlier when the
+        validation cells stop improving (*patience*).
+        """
+        per_pass = max(1, n_train // self.batch_size)
+        ae = self.ae_steps if self.ae_steps is not None else (
+            self.ae_epochs * per_pass if self.ae_epochs is not None else int(np.clip(60 * per_pass, 1000, 20000)))
+        dec = self.decoder_steps if self.decoder_steps is not None else (
+            self.decoder_epochs * per_pass if self.decoder_epochs is not None
+            else int(np.clip(ae // 3, 300, 3000)))
+        gan = self.gan_steps if self.gan_steps is not None else (
+            max(1, self.epochs * per_pass // self.n_critic) if self.epochs is not None
+            else int(np.clip(600 * per_pass // self.n_critic, 1500, 5000)))
+        if self.effective_space != "latent":
+            ae, dec = 0, 0
+        return {"ae": int(ae), "decoder": int(dec), "gan": int(gan)}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["cells_per_type"] = dict(self.cells_per_type) if self.cells_per_type else None
+        d["cells_per_group"] = dict(self.cells_per_group) if self.cells_per_group else None
         return d
 
     def validate(self) -> None:
@@ -196,13 +279,24 @@ class GANConfig:
              f"use one of {', '.join(COMPOSITIONS)}")
         need(self.count_dist in COUNT_DISTS, f"unknown --count-dist {self.count_dist!r}",
              f"use one of {', '.join(COUNT_DISTS)}")
-        for name in ("epochs", "ae_epochs", "decoder_epochs", "checkpoint_every"):
+        need(self.library in LIBRARIES, f"unknown --library {self.library!r}", f"use one of {', '.join(LIBRARIES)}")
+        for name in ("ae_steps", "gan_steps", "decoder_steps", "epochs", "ae_epochs", "decoder_epochs"):
             v = getattr(self, name)
-            need(isinstance(v, int) and v >= 0, f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}",
-                 "pass a non-negative number")
-        need(self.epochs >= 1, "--epochs must be >= 1", "pass e.g. 300")
-        need(self.effective_space != "latent" or self.ae_epochs >= 1,
-             "--ae-epochs must be >= 1 in latent space", "pass e.g. 100, or --space gene")
+            need(v is None or (isinstance(v, int) and v >= 0),
+                 f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}", "pass a non-negative number")
+        for name in ("gan_steps", "epochs"):
+            v = getattr(self, name)
+            need(v is None or v >= 1, f"--{name.replace('_', '-')} must be >= 1", "pass e.g. 2000, or omit it")
+        for name in ("ae_steps", "ae_epochs"):
+            v = getattr(self, name)
+            need(self.effective_space != "latent" or v is None or v >= 1,
+                 f"--{name.replace('_', '-')} must be >= 1 in latent space", "omit it, or use --space gene")
+        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+             f"--checkpoint-every must be an integer >= 0, got {self.checkpoint_every!r}", "pass e.g. 500")
+        need(isinstance(self.patience, int) and self.patience >= 0, "--patience must be an integer >= 0",
+             "pass e.g. 8 (0: never stop early)")
+        need(0.0 <= self.val_fraction < 0.5, f"--val-fraction must be in [0, 0.5), got {self.val_fraction}",
+             "pass e.g. 0.1")
         for name in ("batch_size", "noise_dim", "n_latent", "hidden", "type_emb_dim", "n_critic"):
             v = getattr(self, name)
             need(isinstance(v, int) and v >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}",

@@ -1,20 +1,28 @@
 """AnnData-facing GAN model: setup from a seeds AnnData, train, save, load, generate.
 
-Privacy note: ``PREFIX.generator.pt`` holds what generation needs and nothing
-more.  In the default ``garage`` mode that is the generator, the VAE *decoder*
-(no encoder), the seeds' standardised latent codes (``space='latent'``) or
-standardised 50-PC coordinates (``space='gene'``) with their obs names, and a
-101-point quantile summary of each type's library sizes.  ``mode='original'``
-feeds real seed profiles to its generator, so it must store the seeds'
-log-normalised HVG profiles: treat such a model file like the data itself.
-Every model also stores a 16-byte BLAKE2 digest per training cell so that
-``garage generate`` can refuse exact copies without the training data.
+What leaves this module, and how private it is
+----------------------------------------------
+- ``PREFIX.synthetic.h5ad`` (shareable): synthetic counts with their type (and
+  condition) and the input's gene metadata.  Cell names are new
+  (``{sample}-syn{seed}-{i}``); no real cell name, seed identity or training
+  cell's library size is in it (library sizes are generated, see ``library``).
+- ``PREFIX.provenance.tsv`` (PRIVATE): which seed cell each synthetic cell
+  came from.  Written only when asked for, and marked private in its header.
+- ``PREFIX.generator.pt`` (SENSITIVE by default): the generator, the VAE
+  *decoder* (no encoder, no critic), the seeds' latent codes and names, and a
+  16-byte BLAKE2 digest per training cell so ``garage generate`` can refuse
+  exact copies.  The seeds' codes decode to denoised profiles of real training
+  cells and the digests answer "was this exact cell in training?", so treat
+  this file like the data.  ``save(..., shareable=True)`` (``garage gan
+  --shareable-model``) writes a model without seed codes, seed names or
+  digests, which can only generate unseeded cells.
+- ``mode='original'`` feeds real seed profiles to its generator, so its model
+  holds the seeds' log-normalised HVG profiles.
 """
 
 from __future__ import annotations
 
 import copy
-
 import logging
 import os
 from dataclasses import fields
@@ -28,11 +36,12 @@ from torch import nn
 
 from .. import __version__
 from .. import constants as C
+from .._meta import condition_key_of, label_key_of, rare_types_of
 from .._norm import log_normalize
 from .._utils import versions
 from ..baselines import _row_hashes, synthetic_anndata
 from ..errors import GarageError
-from ._config import GANConfig, parse_cells_per_type
+from ._config import GROUP_SEP, GANConfig, parse_cells_per_group, parse_cells_per_type
 from ._module import (
     ConditionalCritic,
     ConditionalGenerator,
@@ -45,11 +54,20 @@ from ._train import TrainData, Trainer, sample_library
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT = "garage-generator/1"
-N_QUANTILES = 101
-GEN_CHUNK = 2048
+MODEL_FORMAT = "garage-generator/2"
+GEN_CHUNK = 4096
 #: state-dict prefixes that never leave the training process (critic, encoder)
 PRIVATE_PREFIXES = ("critic.", "vae.encoder.", "vae.z_mean.", "vae.z_logvar.")
+#: meta entries that identify training cells; a shareable model drops them
+SENSITIVE_META = ("seed_codes", "seed_names", "train_hashes")
+#: preprocess's own var columns (the rest of var is the input's gene metadata, kept in outputs)
+_PREPROCESS_VAR = {"n_cells", "highly_variable", "highly_variable_rank", "means", "variances",
+                   "variances_norm", "mean", "std", "dispersions", "dispersions_norm"}
+#: library-size model: a group's log-normal is shrunk towards its type's (and a type's towards
+#: all cells') with this many pseudo-cells, so a group of a few cells does not reproduce them
+LIB_SHRINK = 10.0
+#: groups with fewer train cells than this give no validation cells
+MIN_VAL_GROUP = 20
 
 
 # --------------------------------------------------------------------------- composition
@@ -60,6 +78,7 @@ def composition_counts(
     composition: str = "original",
     cells_per_type=None,
     rare_threshold: float = C.RARE_THRESHOLD,
+    rare_types: list[str] | None = None,
 ) -> dict[str, int]:
     """Number of synthetic cells per type.
 
@@ -69,11 +88,12 @@ def composition_counts(
 
     - ``original``: in proportion to the train cells;
     - ``balanced``: equally;
-    - ``uniform-rare-boost``: every rare type (< *rare_threshold* of the train
-      cells) gets an equal ``1 / n_types`` share, common types share the rest
-      in proportion to the train cells.
+    - ``uniform-rare-boost``: every rare type (*rare_types*, the list preprocess
+      decided; without it, types below *rare_threshold* of the train cells) gets
+      an equal ``1 / n_types`` share, common types share the rest in proportion
+      to the train cells.
     """
-    from ._config import COMPOSITIONS, parse_cells_per_type
+    from ._config import COMPOSITIONS
 
     if composition not in COMPOSITIONS:
         raise GarageError(f"unknown composition {composition!r}", f"use one of {', '.join(COMPOSITIONS)}")
@@ -105,23 +125,107 @@ def composition_counts(
         elif composition == "balanced":
             w = np.ones_like(counts)
         else:
-            rare = frac < rare_threshold
+            if rare_types is not None:
+                rare = np.asarray([t in set(rare_types) for t in categories])
+            else:
+                rare = frac < rare_threshold
             k = len(categories)
             w = np.where(rare, 1.0 / k, 0.0)
             common = ~rare
-            if common.any():
+            if common.any() and counts[common].sum() > 0:
                 w[common] = (1.0 - rare.sum() / k) * counts[common] / counts[common].sum()
         w = w[free]
         if w.sum() <= 0:
             w = np.ones(len(free))
-        share = w / w.sum() * rest
-        base = np.floor(share).astype(int)
-        left = rest - base.sum()
-        order = np.argsort(-(share - base), kind="stable")[:left]
-        base[order] += 1
+        base = _largest_remainder(w, rest)
         for j, i in enumerate(free):
             out[categories[i]] = int(base[j])
     if sum(out.values()) == 0:
+        raise GarageError("the requested composition has zero cells", "ask for at least one cell")
+    return out
+
+
+def _largest_remainder(w: np.ndarray, total: int) -> np.ndarray:
+    share = np.asarray(w, dtype=float) / np.sum(w) * total
+    base = np.floor(share).astype(int)
+    left = int(total - base.sum())
+    order = np.argsort(-(share - base), kind="stable")[:left]
+    base[order] += 1
+    return base
+
+
+def group_composition(
+    categories: list[str],
+    conditions: list[str],
+    group_counts: np.ndarray,
+    n_cells: int | None,
+    composition: str = "original",
+    cells_per_type=None,
+    cells_per_group=None,
+    rare_types: list[str] | None = None,
+    allow_counterfactual: bool = False,
+) -> np.ndarray:
+    """Synthetic cells per type x condition (an ``n_types x n_conds`` integer array).
+
+    *group_counts* holds the train cells per group (one column when the model
+    has no condition).  Groups named in *cells_per_group* (``"B|STIM=300"``) get
+    exactly that many cells; the rest of *n_cells* (default: the number of train
+    cells) goes to the types by :func:`composition_counts` (with
+    *cells_per_type*), and each type's cells to its other groups in proportion
+    to their train cells.  A named group without train cells is a
+    counterfactual: allowed only with *allow_counterfactual*, else an error that
+    names it.
+    """
+    gc = np.asarray(group_counts, dtype=np.int64).reshape(len(categories), max(1, len(conditions)))
+    pinned = np.zeros_like(gc)
+    for name, n in parse_cells_per_group(cells_per_group) or ():
+        if not conditions:
+            raise GarageError(
+                f"--cells-per-group asks for {name!r} but this model has no condition covariate",
+                "use --cells-per-type, or train with a condition (garage preprocess --condition-key)",
+            )
+        t, c = name.split(GROUP_SEP, 1)
+        t, c = t.strip(), c.strip()
+        if t not in categories:
+            raise GarageError(f"--cells-per-group names unknown cell type {t!r}",
+                              f"use types the model was trained on: {', '.join(categories)}")
+        if c not in conditions:
+            raise GarageError(f"--cells-per-group names unknown condition {c!r}",
+                              f"use conditions the model was trained on: {', '.join(conditions)}")
+        i, j = categories.index(t), conditions.index(c)
+        if gc[i, j] == 0 and not allow_counterfactual:
+            raise GarageError(
+                f"type x condition {t}{GROUP_SEP}{c} has no training cell, so it can only be generated as a "
+                "counterfactual (the type's cells decoded under that condition)",
+                "add --allow-counterfactual to generate it anyway, or ask only for combinations seen in training",
+            )
+        pinned[i, j] = n
+    free_mask = (gc > 0) & (pinned == 0)
+    fixed_types = dict(parse_cells_per_type(cells_per_type) or ())
+    types_free = [t for k, t in enumerate(categories) if free_mask[k].any() or t in fixed_types]
+    for t in fixed_types:
+        if t in categories and not free_mask[categories.index(t)].any():
+            raise GarageError(f"--cells-per-type names {t!r}, all of whose groups are set by --cells-per-group",
+                              "name the type in one option only")
+    n_pinned = int(pinned.sum())
+    if n_cells is not None and n_pinned > n_cells:
+        raise GarageError(f"--cells-per-group asks for {n_pinned} cells but --n-cells is {n_cells}",
+                          "raise --n-cells or lower the per-group numbers")
+    out = pinned.copy()
+    total = int(gc.sum()) if n_cells is None else int(n_cells)
+    rest = total - n_pinned
+    if types_free and (rest > 0 or fixed_types):
+        per_type = composition_counts(
+            types_free, [int((gc * free_mask)[categories.index(t)].sum()) for t in types_free],
+            rest if (n_cells is not None or n_pinned) else None, composition, fixed_types or None,
+            rare_types=rare_types if rare_types is not None else [],
+        ) if rest > 0 or fixed_types else {}
+        for t, n in per_type.items():
+            k = categories.index(t)
+            w = (gc[k] * free_mask[k]).astype(float)
+            if n > 0 and w.sum() > 0:
+                out[k] += _largest_remainder(w, n)
+    if out.sum() == 0:
         raise GarageError("the requested composition has zero cells", "ask for at least one cell")
     return out
 
@@ -130,35 +234,36 @@ def composition_counts(
 class GANNet(nn.Module):
     """Holds the VAE (latent space), the generator and the critic of one model."""
 
-    def __init__(self, cfg: GANConfig, n_genes: int, n_types: int, seed_dim: int):
+    def __init__(self, cfg: GANConfig, n_genes: int, n_types: int, seed_dim: int, n_conds: int = 1):
         super().__init__()
         self.cfg = cfg
         space = cfg.effective_space
         self.vae = None
+        self.code_dim = cfg.n_latent + (1 if cfg.joint_library else 0)
         if cfg.mode == "original":
             self.generator = OriginalGenerator(n_genes, cfg.noise_dim, cfg.hidden)
             self.critic = OriginalDiscriminator(n_genes, cfg.hidden)
         elif space == "latent":
-            self.vae = CountVAE(n_genes, cfg.n_latent, cfg.hidden)
+            self.vae = CountVAE(n_genes, cfg.n_latent, cfg.hidden, n_conds=n_conds)
             self.generator = ConditionalGenerator(
-                cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, cfg.n_latent,
-                residual=cfg.seed_residual,
+                cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, self.code_dim,
+                residual=cfg.seed_residual, n_conds=n_conds,
             )
-            self.critic = ConditionalCritic(cfg.n_latent, n_types, cfg.type_emb_dim, cfg.hidden)
+            self.critic = ConditionalCritic(self.code_dim, n_types, cfg.type_emb_dim, cfg.hidden, n_conds=n_conds)
         else:
             self.generator = ConditionalGenerator(
-                cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, n_genes
+                cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, n_genes, n_conds=n_conds
             )
-            self.critic = ConditionalCritic(n_genes, n_types, cfg.type_emb_dim, cfg.hidden)
+            self.critic = ConditionalCritic(n_genes, n_types, cfg.type_emb_dim, cfg.hidden, n_conds=n_conds)
         # garage mode generates with an exponential moving average of the generator's
         # weights (smooths the last steps' oscillation; latent C2ST on PBMC 3k 0.66 -> 0.58)
         self.generator_ema = None
         if cfg.mode == "garage" and cfg.ema_decay > 0:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        n_lat = cfg.n_latent if self.vae is not None else 0
-        self.register_buffer("z_mean", torch.zeros(n_lat))
-        self.register_buffer("z_std", torch.ones(n_lat))
+        n_code = self.code_dim if self.vae is not None else 0
+        self.register_buffer("z_mean", torch.zeros(n_code))
+        self.register_buffer("z_std", torch.ones(n_code))
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
@@ -172,32 +277,49 @@ class GANNet(nn.Module):
 
     @torch.no_grad()
     def prepare_codes(self, data: TrainData, device) -> None:
-        """Latent space: standardised latent means of all train cells and of the seeds."""
+        """Latent space: standardised codes of all train cells (and seeds) on *device*.
+
+        A code is the posterior mean of the cell's latent variables, plus its log
+        library size when the library is generated jointly; the standardisation
+        (mean, sd per dimension) is taken over the fit cells.
+        """
         if self.vae is None:
+            if data.seed_codes is not None:
+                data.seed_codes = data.seed_codes.to(device)
             return
         self.vae.eval()
         means = []
         for lo in range(0, data.n, GEN_CHUNK):
             idx = torch.arange(lo, min(lo + GEN_CHUNK, data.n))
-            means.append(self.vae.encode(data.batch_counts(idx, device))[0].cpu())
+            means.append(self.vae.encode(data.batch_counts(idx, device), data.conds[idx].to(device))[0])
         z = torch.cat(means)
-        self.z_mean.copy_(z.mean(0))
-        self.z_std.copy_(z.std(0).clamp_min(1e-4))
-        data.codes = ((z - z.mean(0)) / self.z_std.cpu()).float()
-        data.seed_codes = data.codes[data.seed_rows] if data.seed_rows.numel() else None
+        if self.cfg.joint_library:
+            z = torch.cat([z, data.loglib.to(device).unsqueeze(1)], dim=1)
+        fit = torch.from_numpy(data.fit_rows).to(device)
+        self.z_mean.copy_(z[fit].mean(0))
+        self.z_std.copy_(z[fit].std(0).clamp_min(1e-4) if len(fit) > 1 else torch.ones_like(self.z_mean))
+        data.codes = ((z - self.z_mean) / self.z_std).float()
+        data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None
         self.vae.train()
 
     @torch.no_grad()
-    def proportions(self, types, noise, seed_code, seed_mask) -> torch.Tensor:
-        """Expression proportions of generated cells (eval mode)."""
-        if self.cfg.mode == "original":
-            return torch.softmax(self.generator(noise, seed_code), dim=1)
-        g = self.generator_ema if self.generator_ema is not None else self.generator
-        out = g(noise, types, seed_code, seed_mask)
+    def decode(self, out: torch.Tensor, conds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Generator output -> (proportions, log library or None)."""
         if self.vae is None:
-            return torch.softmax(out, dim=1)
+            return torch.softmax(out, dim=1), None
         z = out * self.z_std + self.z_mean
-        return self.vae.proportions(z)
+        n = self.cfg.n_latent
+        loglib = z[:, n] if self.cfg.joint_library else None
+        return self.vae.proportions(z[:, :n], conds if self.vae.n_conds > 1 else None), loglib
+
+    @torch.no_grad()
+    def proportions(self, types, conds, noise, seed_code, seed_mask):
+        """Expression proportions (and jointly generated log library sizes) in eval mode."""
+        if self.cfg.mode == "original":
+            return torch.softmax(self.generator(noise, seed_code), dim=1), None
+        g = self.generator_ema if self.generator_ema is not None else self.generator
+        out = g(noise, types, conds, seed_code, seed_mask)
+        return self.decode(out, conds)
 
 
 # --------------------------------------------------------------------------- model
@@ -238,33 +360,37 @@ class GarageGAN:
                               "run `garage preprocess` on raw counts")
         labels = adata.obs[C.OBS_LABEL].astype(str).to_numpy()[train]
         categories = sorted(set(labels))
-        codes = pd.Categorical(labels, categories=categories).codes.astype(np.int64)
+        types = pd.Categorical(labels, categories=categories).codes.astype(np.int64)
+        cond_key = condition_key_of(adata)
+        if cond_key is not None:
+            cvals = adata.obs[C.OBS_CONDITION].astype(str).to_numpy()[train]
+            conditions = sorted(set(adata.obs[C.OBS_CONDITION].astype(str)))
+            conds = pd.Categorical(cvals, categories=conditions).codes.astype(np.int64)
+        else:
+            conditions, conds = [], np.zeros(len(labels), dtype=np.int64)
+        n_types, n_conds = len(categories), max(1, len(conditions))
+        groups = types * n_conds + conds
+        group_counts = np.bincount(groups, minlength=n_types * n_conds)
         names = np.asarray(adata.obs_names).astype(str)[train]
-        n_types = len(categories)
-        train_counts = np.bincount(codes, minlength=n_types)
 
-        lib = np.asarray(counts.sum(1)).ravel()
-        qs = np.linspace(0, 1, N_QUANTILES)
-        lib_q = np.stack([np.quantile(lib[codes == k], qs) for k in range(n_types)]).astype(np.float32)
+        fit_rows, val_rows = _validation_split(groups, config.val_fraction, config.seed)
+        loglib = np.log(np.maximum(np.asarray(counts.sum(1)).ravel(), 1.0)).astype(np.float32)
+        lib_params = _library_model(loglib[fit_rows], types[fit_rows], conds[fit_rows], n_types, n_conds)
 
         if needs_seeds:
             is_seed = np.asarray(adata.obs[C.OBS_SEED]).astype(bool)[train]
         else:
             is_seed = np.zeros(len(labels), dtype=bool)
-        order = np.argsort(codes[is_seed], kind="stable")
-        seed_rows = np.flatnonzero(is_seed)[order]
-        seed_count = np.bincount(codes[seed_rows], minlength=n_types)
-        seed_start = np.concatenate([[0], np.cumsum(seed_count)[:-1]])
-        if needs_seeds and len(seed_rows) == 0:
+        if needs_seeds and not is_seed.any():
             raise GarageError(
                 "no train cell is marked in obs['garage_seed']",
                 "rerun `garage gat` (it marks seeds), or use --seed-mix 0",
             )
-        no_seed = [categories[k] for k in range(n_types) if seed_count[k] == 0]
+        seed_rows, seed_start, seed_count = _seed_table(is_seed, types, conds, n_types, n_conds)
+        no_seed = [categories[k] for k in range(n_types) if not (is_seed & (types == k)).any()]
         if needs_seeds and no_seed:
             logger.warning("types without seed cells (generated from noise + type only): %s", no_seed)
 
-        logx = None
         seed_dim = 0
         space = config.effective_space
         seed_codes = None
@@ -272,38 +398,49 @@ class GarageGAN:
             seed_codes = torch.from_numpy(log_normalize(counts[seed_rows]).toarray())
             seed_dim = counts.shape[1]
         elif space == "gene" and config.seed_mix > 0:
-            from sklearn.decomposition import PCA
+            from sklearn.decomposition import TruncatedSVD
 
-            logx = log_normalize(counts).toarray()
+            logx = log_normalize(counts)
             n_pc = int(min(50, logx.shape[0] - 1, logx.shape[1] - 1))
-            pcs = PCA(n_components=n_pc, random_state=config.seed).fit_transform(logx)
+            # a sparse-friendly PCA (centring folded in afterwards): no dense cells x genes copy
+            pcs = TruncatedSVD(n_components=n_pc, random_state=config.seed).fit_transform(logx)
             pcs = (pcs - pcs.mean(0)) / pcs.std(0).clip(1e-6)
             seed_codes = torch.from_numpy(pcs[seed_rows].astype(np.float32))
             seed_dim = n_pc
         elif space == "latent" and config.seed_mix > 0:
-            seed_dim = config.n_latent
-        del logx
+            seed_dim = config.n_latent + (1 if config.joint_library else 0)
 
         data = TrainData(
             counts=counts,
-            types=torch.from_numpy(codes),
-            seed_rows=torch.from_numpy(seed_rows.astype(np.int64)),
-            seed_start=torch.from_numpy(seed_start.astype(np.int64)),
-            seed_count=torch.from_numpy(seed_count.astype(np.int64)),
-            lib_quantiles=torch.from_numpy(lib_q),
+            types=torch.from_numpy(types),
+            conds=torch.from_numpy(conds),
+            n_conds=n_conds,
+            fit_rows=fit_rows,
+            val_rows=val_rows,
+            seed_rows=torch.from_numpy(seed_rows),
+            seed_start=torch.from_numpy(seed_start),
+            seed_count=torch.from_numpy(seed_count),
+            lib_params=torch.from_numpy(lib_params),
+            loglib=torch.from_numpy(loglib),
             seed_codes=seed_codes,
         )
-        net = GANNet(config, counts.shape[1], n_types, seed_dim)
-        thr = config.rare_threshold
+        net = GANNet(config, counts.shape[1], n_types, seed_dim, n_conds)
+        uns = adata.uns.get(C.UNS_KEY, {})
         meta = {
             "var_names": [str(v) for v in adata.var_names],
+            "var": _gene_metadata(adata.var),
             "categories": categories,
-            "train_type_counts": [int(v) for v in train_counts],
-            "rare_types": [categories[k] for k in range(n_types) if train_counts[k] / len(labels) < thr],
+            "conditions": conditions,
+            "train_type_counts": [int(v) for v in np.bincount(types, minlength=n_types)],
+            "group_counts": [int(v) for v in group_counts],
+            "rare_types": rare_types_of(adata, config.rare_threshold),
+            "label_key": label_key_of(adata) or "",
+            "condition_key": cond_key or "",
             "seed_names": names[seed_rows].tolist(),
             "seed_dim": int(seed_dim),
             "train_hashes": _hash_tensor(counts),
-            "sample": str(adata.uns.get(C.UNS_KEY, {}).get("sample", "")),
+            "sample": str(uns.get("sample", "")),
+            "n_val_cells": int(len(val_rows)),
         }
         return cls(config, net, meta, data)
 
@@ -331,11 +468,17 @@ class GarageGAN:
     def train(self, device, ckpt_path: Path | None = None, resume: bool = False) -> list:
         if self.data is None:
             raise GarageError("this model was loaded for generation only", "train a new model with `garage gan`")
+        device = torch.device(device)
         self.net.to(device)
+        for name in ("seed_start", "seed_count", "lib_params"):
+            setattr(self.data, name, getattr(self.data, name).to(device))
+        if self.data.seed_codes is not None:
+            self.data.seed_codes = self.data.seed_codes.to(device)
         gen = torch.Generator().manual_seed(int(self.config.seed))
         # options that do not change training may differ between a run and its --resume
         train_opts = {k: v for k, v in self.config.to_dict().items()
-                      if k not in ("n_cells", "composition", "cells_per_type", "checkpoint_every")}
+                      if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
+                                   "allow_counterfactual", "checkpoint_every")}
         trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
         if resume:
             trainer.load_checkpoint()
@@ -344,9 +487,11 @@ class GarageGAN:
         self.meta["seed_codes"] = (
             self.data.seed_codes.float().cpu() if self.data.seed_codes is not None else torch.zeros(0)
         )
-        self.meta["seed_start"] = self.data.seed_start
-        self.meta["seed_count"] = self.data.seed_count
-        self.meta["lib_quantiles"] = self.data.lib_quantiles
+        self.meta["seed_start"] = self.data.seed_start.cpu()
+        self.meta["seed_count"] = self.data.seed_count.cpu()
+        self.meta["lib_params"] = self.data.lib_params.cpu()
+        self.meta["schedule"] = trainer.steps
+        self.meta["steps_run"] = {r[0]: int(r[1]) for r in rows}
         return rows
 
     # ---------------------------------------------------------------- generate
@@ -358,98 +503,167 @@ class GarageGAN:
         cells_per_type=None,
         seed: int = 0,
         device="cpu",
+        cells_per_group=None,
+        allow_counterfactual: bool = False,
+        with_provenance: bool = False,
     ):
-        """Synthetic cells as an AnnData with the ``PREFIX.synthetic.h5ad`` schema."""
+        """Synthetic cells as an AnnData with the ``PREFIX.synthetic.h5ad`` schema.
+
+        With *with_provenance*, returns ``(adata, provenance)`` where provenance is
+        a DataFrame (``constants.PROVENANCE_COLUMNS``) naming each cell's seed:
+        PRIVATE, never part of the AnnData.  Cells are generated on *device* in
+        chunks of ``GEN_CHUNK`` and collected as sparse matrices.
+        """
         cfg, meta = self.config, self.meta
         device = torch.device(device)
         self.net.to(device).eval()
-        cats = meta["categories"]
-        n_per = composition_counts(cats, meta["train_type_counts"], n_cells, composition,
-                                   cells_per_type, cfg.rare_threshold)
-        seed_count = meta["seed_count"]
+        cats, conds_names = meta["categories"], meta.get("conditions", [])
+        n_conds = max(1, len(conds_names))
+        gc = np.asarray(meta.get("group_counts", meta["train_type_counts"]))
+        n_per = group_composition(cats, conds_names, gc, n_cells, composition, cells_per_type, cells_per_group,
+                                  meta.get("rare_types"), allow_counterfactual)
+        seeded_model = meta.get("seed_codes") is not None and meta["seed_codes"].numel() > 0
+        seed_count = meta["seed_count"].clone()
+        if not seeded_model:
+            seed_count.zero_()  # a shareable model: no seed codes, noise-only cells
         if cfg.mode == "original":
-            missing = [t for t, n in n_per.items() if n > 0 and seed_count[cats.index(t)] == 0]
+            ask = n_per.sum(1) > 0
+            missing = [cats[k] for k in range(len(cats)) if ask[k]
+                       and seed_count.view(len(cats), n_conds)[k].sum() == 0]
             if missing:
                 raise GarageError(
                     f"--mode original labels cells by their seed's type, and types {missing} have no seeds",
                     "ask only for types with seed cells, or use --mode garage",
                 )
-        types = torch.from_numpy(np.repeat(np.arange(len(cats)), [n_per[t] for t in cats]).astype(np.int64))
-        gen = torch.Generator().manual_seed(int(seed))
-        theta = self.net.vae.theta.detach().cpu() if self.net.vae is not None else None
+        tt = np.repeat(np.repeat(np.arange(len(cats)), n_conds), n_per.ravel())
+        cc = np.repeat(np.tile(np.arange(n_conds), len(cats)), n_per.ravel())
+        types_all = torch.from_numpy(tt.astype(np.int64))
+        conds_all = torch.from_numpy(cc.astype(np.int64))
+        dgen = torch.Generator(device=device).manual_seed(int(seed))
+        theta = self.net.vae.theta.detach() if self.net.vae is not None else None
         dist = cfg.effective_count_dist
-        train_hashes = set(_hash_rows_from_tensor(meta["train_hashes"]))
+        hashes = meta.get("train_hashes")
+        train_hashes = set(_hash_rows_from_tensor(hashes)) if hashes is not None and len(hashes) else set()
+        seed_start = meta["seed_start"].to(device)
+        seed_count_d = seed_count.to(device)
+        codes = meta["seed_codes"].to(device) if seeded_model else None
+        lib_params = _lib_params_of(meta).to(device)
 
-        def draw(tt: torch.Tensor):
-            noise = torch.randn(tt.shape[0], cfg.noise_dim, generator=gen)
+        def draw(t: torch.Tensor, c: torch.Tensor):
+            t, c = t.to(device), c.to(device)
+            noise = torch.randn(t.shape[0], cfg.noise_dim, generator=dgen, device=device)
             mix = 1.0 if cfg.mode == "original" else cfg.seed_mix
-            has = seed_count[tt] > 0
-            mask = (torch.rand(tt.shape[0], generator=gen) < mix) & has
-            pos = meta["seed_start"][tt] + (torch.rand(tt.shape[0], generator=gen)
-                                            * seed_count[tt].clamp_min(1)).long()
+            g = t * n_conds + c
+            cnt = seed_count_d[g]
+            mask = (torch.rand(t.shape[0], generator=dgen, device=device) < mix) & (cnt > 0)
+            pos = seed_start[g] + (torch.rand(t.shape[0], generator=dgen, device=device) * cnt.clamp_min(1)).long()
             pos = torch.where(mask, pos, torch.zeros_like(pos))
-            code = meta["seed_codes"][pos] if meta["seed_codes"].numel() else None
-            prop = self.net.proportions(
-                tt.to(device), noise.to(device), None if code is None else code.to(device), mask.to(device)
-            ).cpu()
-            lib = sample_library(meta["lib_quantiles"], tt, gen)
-            x = sample_counts(prop * lib.unsqueeze(1), dist, theta=theta, generator=gen)
-            return x.numpy().astype(np.float32), mask.numpy(), pos.numpy()
+            code = codes[pos] if codes is not None else None
+            prop, loglib = self.net.proportions(t, c, noise, code, mask)
+            if loglib is None:
+                lib = sample_library(lib_params, g, dgen)
+            else:
+                lib = loglib.exp().clamp_min(1.0)
+            x = sample_counts(prop * lib.unsqueeze(1), dist, theta=theta, generator=dgen)
+            return sp.csr_matrix(x.cpu().numpy().astype(np.float32)), mask.cpu().numpy(), pos.cpu().numpy()
 
         blocks, masks, poss = [], [], []
-        for lo in range(0, types.shape[0], GEN_CHUNK):
-            x, m, p = draw(types[lo:lo + GEN_CHUNK])
-            blocks.append(x), masks.append(m), poss.append(p)
-        x, mask, pos = np.vstack(blocks), np.concatenate(masks), np.concatenate(poss)
-        n_resampled = 0
-        for _ in range(20):
-            bad = (x.sum(1) == 0) | np.fromiter((h in train_hashes for h in _row_hashes(x)), bool, len(x))
-            if not bad.any():
-                break
-            n_resampled += int(bad.sum())
-            xb, mb, pb = draw(types[torch.from_numpy(np.flatnonzero(bad))])
-            x[bad], mask[bad], pos[bad] = xb, mb, pb
-        else:
-            raise GarageError("could not avoid exact copies of training cells after 20 redraws",
-                              "train longer or lower --seed-mix")
-        if n_resampled:
-            logger.info("redrew %d cells that were empty or exact copies of training cells", n_resampled)
-        seed_names = np.asarray(meta["seed_names"] or [""], dtype=object)
-        seed_cell = np.where(mask, seed_names[np.minimum(pos, len(seed_names) - 1)], "")
+        from .._utils import progress
+
+        with progress(total=len(tt), desc="generate", unit="cell") as bar:
+            for lo in range(0, len(tt), GEN_CHUNK):
+                x, m, p = draw(types_all[lo:lo + GEN_CHUNK], conds_all[lo:lo + GEN_CHUNK])
+                # redraw cells that are empty or exact copies of a training cell (digests only)
+                for _ in range(20):
+                    bad = _bad_rows(x, train_hashes)
+                    if not bad.any():
+                        break
+                    sel = np.flatnonzero(bad)
+                    xb, mb, pb = draw(types_all[lo + sel], conds_all[lo + sel])
+                    x = _replace_rows(x, sel, xb)
+                    m[sel], p[sel] = mb, pb
+                else:
+                    raise GarageError("could not avoid exact copies of training cells after 20 redraws",
+                                      "train longer or lower --seed-mix")
+                blocks.append(x), masks.append(m), poss.append(p)
+                bar.update(x.shape[0])
+        x = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+        mask, pos = np.concatenate(masks), np.concatenate(poss)
+        counterfactual = [f"{cats[i]}{GROUP_SEP}{conds_names[j]}" for i in range(len(cats)) for j in range(n_conds)
+                          if conds_names and n_per[i, j] > 0 and gc.reshape(len(cats), n_conds)[i, j] == 0]
+        if counterfactual:
+            logger.warning("generated counterfactual type x condition groups (no training cell): %s", counterfactual)
+        n_per_type = {cats[i]: int(n_per[i].sum()) for i in range(len(cats))}
         uns = {
+            "model": "garage-gan",
             "gan": _h5_safe(cfg.to_dict()),
             "mode": cfg.mode,
             "space": cfg.effective_space,
             "count_dist": dist,
-            "n_per_type": {k: int(v) for k, v in n_per.items()},
+            "library": cfg.library if cfg.joint_library else "lognormal",
+            "n_per_type": n_per_type,
+            "n_per_group": ({f"{cats[i]}{GROUP_SEP}{conds_names[j]}": int(n_per[i, j]) for i in range(len(cats))
+                             for j in range(n_conds) if n_per[i, j] > 0} if conds_names else ""),
+            "counterfactual_groups": counterfactual,
             "composition": composition,
             "cells_per_type": _h5_safe(dict(parse_cells_per_type(cells_per_type) or ()) or ""),
-            "n_cells": int(len(x)),
+            "cells_per_group": _h5_safe(dict(parse_cells_per_group(cells_per_group) or ()) or ""),
+            "n_cells": int(x.shape[0]),
             "rare_types": list(meta["rare_types"]),
+            C.UNS_LABEL_KEY: meta.get("label_key", ""),
+            C.UNS_CONDITION_KEY: meta.get("condition_key", ""),
+            "conditions": list(conds_names),
             "exact_copies": 0,
-            "redrawn_cells": int(n_resampled),
+            "seeded_cells": int(mask.sum()),
+            "shareable_model": not seeded_model,
             "seed": int(seed),
             "train_seed": int(cfg.seed),
             "garage_version": __version__,
             "versions": versions(),
             "sample": meta.get("sample", ""),
         }
-        labels = np.asarray(cats, dtype=object)[types.numpy()]
-        return synthetic_anndata(x, labels, seed_cell, meta["var_names"], cats, uns)
+        labels = np.asarray(cats, dtype=object)[tt]
+        cond_labels = np.asarray(conds_names, dtype=object)[cc] if conds_names else None
+        adata = synthetic_anndata(
+            x, labels, cats, uns, var=_var_frame(meta), sample=meta.get("sample", "") or "sample", seed=seed,
+            conditions=cond_labels, condition_categories=conds_names or None,
+            label_key=meta.get("label_key") or None, condition_key=meta.get("condition_key") or None,
+            counterfactual=(np.isin(np.char.add(np.char.add(labels.astype(str), GROUP_SEP),
+                                                cond_labels.astype(str)), counterfactual)
+                            if cond_labels is not None and counterfactual else None),
+        )
+        if not with_provenance:
+            return adata
+        names = np.asarray(meta.get("seed_names") or [""], dtype=object)
+        seed_cell = np.where(mask, names[np.minimum(pos, len(names) - 1)], "") if seeded_model else \
+            np.full(len(tt), "", dtype=object)
+        prov = pd.DataFrame({"synthetic_cell": adata.obs_names.to_numpy(),
+                             "cell_type": labels.astype(str), C.OBS_SEED_ID: seed_cell.astype(str)})
+        return adata, prov
 
     # ---------------------------------------------------------------- save / load
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path, shareable: bool = False) -> Path:
+        """Write the model.  *shareable*: without seed codes, seed names and training-cell digests."""
         from .._utils import atomic_path
 
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()
                  if not k.startswith(PRIVATE_PREFIXES)}
+        meta = dict(self.meta)
+        if shareable:
+            if self.config.mode == "original":
+                raise GarageError("--mode original generates from real seed profiles, so its model cannot be "
+                                  "made shareable", "use --mode garage with --shareable-model")
+            for k in SENSITIVE_META:
+                meta.pop(k, None)
+            meta["seed_count"] = torch.zeros_like(meta["seed_count"])
         payload = {
             "format": MODEL_FORMAT,
             "garage_version": __version__,
             "versions": versions(),
             "config": self.config.to_dict(),
             "state_dict": state,
-            **{k: v for k, v in self.meta.items()},
+            "shareable": bool(shareable),
+            **meta,
         }
         with atomic_path(Path(path)) as tmp:
             torch.save(payload, tmp)
@@ -465,30 +679,121 @@ class GarageGAN:
         except Exception as exc:
             raise GarageError(f"cannot read {path.name} as a GARAGE generator ({type(exc).__name__})",
                               "pass the PREFIX.generator.pt written by `garage gan`") from None
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("garage-generator/"):
             raise GarageError(f"{path.name} is not a GARAGE generator file",
                               "pass the PREFIX.generator.pt written by `garage gan`")
+        if payload["format"] != MODEL_FORMAT:
+            raise GarageError(f"{path.name} was written by an older GARAGE ({payload['format']})",
+                              "retrain it with `garage gan` (this version conditions on covariates and "
+                              "generates library sizes)")
         cfg_d = dict(payload["config"])
         known = {f.name for f in fields(GANConfig)}
         config = GANConfig(**{k: v for k, v in cfg_d.items() if k in known})
-        net = GANNet(config, len(payload["var_names"]), len(payload["categories"]), payload["seed_dim"])
+        n_conds = max(1, len(payload.get("conditions", [])))
+        net = GANNet(config, len(payload["var_names"]), len(payload["categories"]), payload["seed_dim"], n_conds)
         missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
-        missing = [k for k in missing if not k.startswith(PRIVATE_PREFIXES) and k != "ema_updates"]
-        ema_missing = [k for k in missing if k.startswith("generator_ema.")]
-        if net.generator_ema is not None and ema_missing and len(ema_missing) == len(net.generator_ema.state_dict()):
-            net.generator_ema.load_state_dict(net.generator.state_dict())  # a model saved before EMA existed
-            missing = [k for k in missing if not k.startswith("generator_ema.")]
-        bad = missing + list(unexpected)
+        bad = [k for k in missing if not k.startswith(PRIVATE_PREFIXES)] + list(unexpected)
         if bad:
             raise GarageError(f"{path.name} does not match this GARAGE version (keys {bad[:3]})",
                               "retrain with `garage gan`")
         meta = {k: v for k, v in payload.items()
-                if k not in ("format", "garage_version", "versions", "config", "state_dict")}
+                if k not in ("format", "garage_version", "versions", "config", "state_dict", "shareable")}
         net.to(torch.device(device)).eval()
         return cls(config, net, meta)
 
 
 # --------------------------------------------------------------------------- helpers
+def _validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows held out for the stopping rules: *fraction* of every group with >= MIN_VAL_GROUP cells."""
+    rng = np.random.default_rng([int(seed), 17])
+    val = []
+    if fraction > 0:
+        for g in np.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            if len(idx) >= MIN_VAL_GROUP:
+                val.extend(rng.permutation(idx)[: int(round(fraction * len(idx)))])
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    fit = np.setdiff1d(np.arange(len(groups)), val).astype(np.int64)
+    return fit, val
+
+
+def _library_model(loglib, types, conds, n_types, n_conds) -> np.ndarray:
+    """Per type x condition (mean, sd) of log library size, shrunk towards the type's and all cells'.
+
+    A group's estimate is a weighted mean of its own cells and its parent's, with
+    LIB_SHRINK pseudo-cells of the parent, so a group of one or two cells gets a
+    distribution near its type's rather than its own cells' library sizes.
+    """
+    def stats(x):
+        return (float(x.mean()), float(x.var())) if len(x) else (0.0, 0.0)
+
+    gm, gv = stats(loglib)
+    out = np.zeros((n_types * n_conds, 2), dtype=np.float32)
+    for t in range(n_types):
+        sel = types == t
+        n_t = int(sel.sum())
+        m_t, v_t = stats(loglib[sel])
+        tm = (n_t * m_t + LIB_SHRINK * gm) / (n_t + LIB_SHRINK)
+        tv = (n_t * v_t + LIB_SHRINK * gv) / (n_t + LIB_SHRINK)
+        for c in range(n_conds):
+            s2 = sel & (conds == c)
+            n_g = int(s2.sum())
+            m_g, v_g = stats(loglib[s2])
+            m = (n_g * m_g + LIB_SHRINK * tm) / (n_g + LIB_SHRINK)
+            v = (n_g * v_g + LIB_SHRINK * tv) / (n_g + LIB_SHRINK)
+            out[t * n_conds + c] = (m, max(np.sqrt(v), 0.05))
+    return out
+
+
+def _lib_params_of(meta: dict) -> torch.Tensor:
+    return meta["lib_params"].float()
+
+
+def _seed_table(is_seed, types, conds, n_types, n_conds):
+    """Seed rows grouped by type x condition; a group without seeds borrows its type's seeds."""
+    rows, start, count = [], [], []
+    for t in range(n_types):
+        type_seeds = np.flatnonzero(is_seed & (types == t))
+        for c in range(n_conds):
+            own = type_seeds[conds[type_seeds] == c]
+            use = own if len(own) else type_seeds
+            start.append(sum(len(r) for r in rows))
+            count.append(len(use))
+            rows.append(use)
+    seed_rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
+    return seed_rows, np.asarray(start, dtype=np.int64), np.asarray(count, dtype=np.int64)
+
+
+def _gene_metadata(var: pd.DataFrame) -> dict:
+    """The input's own gene columns (strings), without preprocess's HVG statistics."""
+    keep = [c for c in var.columns if c not in _PREPROCESS_VAR]
+    return {str(c): var[c].astype(str).tolist() for c in keep}
+
+
+def _var_frame(meta: dict) -> pd.DataFrame:
+    var = pd.DataFrame(meta.get("var") or {}, index=pd.Index(meta["var_names"]).astype(str))
+    return var
+
+
+def _bad_rows(x: sp.csr_matrix, train_hashes: set) -> np.ndarray:
+    empty = np.diff(x.indptr) == 0
+    if not train_hashes:
+        return empty
+    return empty | np.fromiter((h in train_hashes for h in _row_hashes(x)), bool, x.shape[0])
+
+
+def _replace_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
+    keep = np.ones(x.shape[0], dtype=bool)
+    keep[rows] = False
+    # rebuild in row order: rows to replace come from *new*, the others from *x*
+    order = np.empty(x.shape[0], dtype=np.int64)
+    kept = np.flatnonzero(keep)
+    stacked = sp.vstack([x[kept], new], format="csr")
+    order[kept] = np.arange(len(kept))
+    order[rows] = len(kept) + np.arange(len(rows))
+    return stacked[order]
+
+
 def _hash_tensor(counts) -> torch.Tensor:
     h = _row_hashes(counts)
     return torch.from_numpy(np.frombuffer(b"".join(h), dtype=np.uint8).reshape(len(h), 16).copy())

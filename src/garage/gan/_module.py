@@ -42,67 +42,85 @@ class CountVAE(nn.Module):
 
     The decoder outputs expression proportions over the HVGs (softmax); the
     mean of the counts is ``proportions * library_size``, and ``theta`` is a
-    per-gene inverse dispersion.  The GAN plays its game in the latent space.
+    per-gene inverse dispersion.  With ``n_conds > 1`` the encoder and the
+    decoder also see a one-hot condition (as scVI conditions on batch), so a
+    code decoded under another condition is that cell's counterfactual.  The
+    GAN plays its game in the latent space.
     """
 
-    def __init__(self, n_genes: int, n_latent: int, n_hidden: int, dropout: float = 0.1):
+    def __init__(self, n_genes: int, n_latent: int, n_hidden: int, dropout: float = 0.1, n_conds: int = 1):
         super().__init__()
-        self.encoder = mlp([n_genes, n_hidden, n_hidden], last_activation=True, dropout=dropout)
+        self.n_conds = int(n_conds)
+        c = self.n_conds if self.n_conds > 1 else 0
+        self.encoder = mlp([n_genes + c, n_hidden, n_hidden], last_activation=True, dropout=dropout)
         self.z_mean = nn.Linear(n_hidden, n_latent)
         self.z_logvar = nn.Linear(n_hidden, n_latent)
-        self.decoder = mlp([n_latent, n_hidden, n_hidden], last_activation=True)
+        self.decoder = mlp([n_latent + c, n_hidden, n_hidden], last_activation=True)
         self.px = nn.Linear(n_hidden, n_genes)
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
 
-    def encode(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(log_normalize_torch(counts))
+    def _with_cond(self, x: torch.Tensor, conds: torch.Tensor | None) -> torch.Tensor:
+        if self.n_conds <= 1:
+            return x
+        if conds is None:
+            raise ValueError("this VAE is conditioned: pass the condition of every cell")
+        return torch.cat([x, F.one_hot(conds, self.n_conds).to(x.dtype)], dim=1)
+
+    def encode(self, counts: torch.Tensor, conds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(self._with_cond(log_normalize_torch(counts), conds))
         return self.z_mean(h), self.z_logvar(h).clamp(-10, 10)
 
-    def proportions(self, z: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.px(self.decoder(z)), dim=-1)
+    def proportions(self, z: torch.Tensor, conds: torch.Tensor | None = None) -> torch.Tensor:
+        return F.softmax(self.px(self.decoder(self._with_cond(z, conds))), dim=-1)
 
     @property
     def theta(self) -> torch.Tensor:
         return self.log_theta.exp()
 
-    def mean_counts(self, counts: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def mean_counts(self, counts: torch.Tensor, z: torch.Tensor, conds: torch.Tensor | None = None) -> torch.Tensor:
         """NB means of *counts* decoded from codes *z*: proportions x each cell's library size."""
-        return self.proportions(z) * counts.sum(1, keepdim=True)
+        return self.proportions(z, conds) * counts.sum(1, keepdim=True)
 
     def nb_nll(self, counts: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """Mean per-cell NB negative log-likelihood of *counts* given means *mu* and theta."""
         return -nb_log_likelihood(counts, mu, self.theta).sum(1).mean()
 
-    def loss(self, counts: torch.Tensor, kl_weight: float = 1.0) -> VAELoss:
-        mean, logvar = self.encode(counts)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        nll = self.nb_nll(counts, self.mean_counts(counts, z))
+    def loss(self, counts: torch.Tensor, conds: torch.Tensor | None = None, kl_weight: float = 1.0,
+             sample: bool = True) -> VAELoss:
+        mean, logvar = self.encode(counts, conds)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
+        nll = self.nb_nll(counts, self.mean_counts(counts, z, conds))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
         return VAELoss(nll + kl_weight * kl, nll, kl)
 
 
 # --------------------------------------------------------------------------- GAN
 class ConditionalGenerator(nn.Module):
-    """The GARAGE hybrid input: noise + type embedding + (masked) seed projection.
+    """The GARAGE hybrid input: noise + type (and condition) embedding + (masked) seed projection.
 
-    ``seed_code`` is the seed cell's representation (latent code or PCA
+    ``seed_code`` is the seed cell's representation (latent code, with its
+    standardised log library size when the library is generated jointly, or PCA
     coordinates); ``seed_mask`` (0/1 per sample) says whether a seed is mixed in.
     Output: a latent code (latent space) or gene logits (gene space).
     """
 
     def __init__(self, noise_dim: int, n_types: int, emb_dim: int, seed_dim: int,
-                 hidden: int, out_dim: int, n_layers: int = 2, residual: bool = False):
+                 hidden: int, out_dim: int, n_layers: int = 2, residual: bool = False, n_conds: int = 1):
         super().__init__()
         self.noise_dim = noise_dim
         # residual: a seeded cell is its seed's code plus a learned, noise-driven offset
         self.residual = bool(residual and seed_dim == out_dim)
         self.type_emb = nn.Embedding(n_types, emb_dim)
+        self.cond_emb = nn.Embedding(n_conds, emb_dim) if n_conds > 1 else None
         self.seed_proj = nn.Linear(seed_dim, emb_dim) if seed_dim > 0 else None
-        in_dim = noise_dim + emb_dim + (emb_dim + 1 if seed_dim > 0 else 0)
+        in_dim = noise_dim + emb_dim * (2 if self.cond_emb is not None else 1) \
+            + (emb_dim + 1 if seed_dim > 0 else 0)
         self.net = mlp([in_dim] + [hidden] * n_layers + [out_dim])
 
-    def forward(self, noise, types, seed_code=None, seed_mask=None):
+    def forward(self, noise, types, conds=None, seed_code=None, seed_mask=None):
         parts = [noise, self.type_emb(types)]
+        if self.cond_emb is not None:
+            parts.append(self.cond_emb(conds))
         if self.seed_proj is not None:
             if seed_code is None:
                 seed_code = noise.new_zeros(noise.shape[0], self.seed_proj.in_features)
@@ -115,35 +133,41 @@ class ConditionalGenerator(nn.Module):
 
 
 class ConditionalCritic(nn.Module):
-    """WGAN critic on (representation, type); no normalisation layers that mix samples."""
+    """WGAN critic on (representation, type[, condition]); no normalisation layers that mix samples."""
 
-    def __init__(self, in_dim: int, n_types: int, emb_dim: int, hidden: int, n_layers: int = 2):
+    def __init__(self, in_dim: int, n_types: int, emb_dim: int, hidden: int, n_layers: int = 2,
+                 n_conds: int = 1):
         super().__init__()
         self.type_emb = nn.Embedding(n_types, emb_dim)
-        self.net = mlp([in_dim + emb_dim] + [hidden] * n_layers + [1], norm=False)
+        self.cond_emb = nn.Embedding(n_conds, emb_dim) if n_conds > 1 else None
+        k = 2 if self.cond_emb is not None else 1
+        self.net = mlp([in_dim + k * emb_dim] + [hidden] * n_layers + [1], norm=False)
 
-    def forward(self, x, types):
-        return self.net(torch.cat([x, self.type_emb(types)], dim=1)).squeeze(1)
+    def forward(self, x, types, conds=None):
+        parts = [x, self.type_emb(types)]
+        if self.cond_emb is not None:
+            parts.append(self.cond_emb(conds))
+        return self.net(torch.cat(parts, dim=1)).squeeze(1)
 
 
-def gradient_penalty(critic: ConditionalCritic, real, fake, types) -> torch.Tensor:
+def gradient_penalty(critic: ConditionalCritic, real, fake, types, conds=None) -> torch.Tensor:
     """WGAN-GP penalty ``(||grad_x D(x_hat)|| - 1)^2`` on random interpolates."""
     eps = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    out = critic(x_hat, types)
+    out = critic(x_hat, types, conds)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
-def wgan_critic_loss(critic, real, fake, types, gp_weight: float) -> CriticLoss:
-    d_real = critic(real, types).mean()
-    d_fake = critic(fake, types).mean()
-    gp = gradient_penalty(critic, real, fake, types)
+def wgan_critic_loss(critic, real, fake, types, gp_weight: float, conds=None) -> CriticLoss:
+    d_real = critic(real, types, conds).mean()
+    d_fake = critic(fake, types, conds).mean()
+    gp = gradient_penalty(critic, real, fake, types, conds)
     return CriticLoss(d_fake - d_real + gp_weight * gp, d_real - d_fake, gp)
 
 
-def wgan_generator_loss(critic, fake, types) -> GeneratorLoss:
-    return GeneratorLoss(-critic(fake, types).mean())
+def wgan_generator_loss(critic, fake, types, conds=None) -> GeneratorLoss:
+    return GeneratorLoss(-critic(fake, types, conds).mean())
 
 
 # --------------------------------------------------------------------------- original

@@ -7,11 +7,13 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from .. import constants as C
 from .._utils import check_writable_dir, resolve_device, set_seed, set_threads, write_h5ad_atomic
 from ..errors import GarageError
 from ._config import GANConfig
-from ._model import GarageGAN, composition_counts, _h5_safe
+from ._model import GarageGAN, _h5_safe, group_composition
 from ._train import write_log
 
 logger = logging.getLogger(__name__)
@@ -19,15 +21,29 @@ logger = logging.getLogger(__name__)
 SUFFIX_CKPT = C.SUFFIX_GAN_CKPT
 SUFFIX_GENERATED = C.SUFFIX_GENERATED
 
-#: fast settings for ``garage run --profile test`` (1,083 bundled cells): half the
-#: adversarial epochs of the defaults, which on the bundled PBMC subset measured C2ST 0.70 and
-#: rare agreement 0.78 in ~20 s (150 epochs / 30 AE epochs / 128 hidden: 0.76 and 0.41)
+#: fast settings for ``garage run --profile test`` (about 1,000 bundled cells): fewer steps
+#: than the defaults, no early stopping (the short run would stop on noise)
 TEST_OVERRIDES: dict = {
-    "epochs": 300,
-    "ae_epochs": 60,
-    "batch_size": 128,
+    "gan_steps": 600,
+    "ae_steps": 400,
+    "decoder_steps": 150,
+    "patience": 0,
     "checkpoint_every": 0,
 }
+
+PROVENANCE_HEADER = (
+    "# PRIVATE: GARAGE seed provenance. It names the real training cells (seeds) that synthetic cells\n"
+    "# were generated from, so it identifies training cells. Keep it with the real data; share only\n"
+    "# PREFIX.synthetic.h5ad and the MultiQC report. seed_cell is empty for cells made from noise only.\n"
+)
+
+
+def write_provenance(prov, path: Path, **about) -> Path:
+    """Write the PRIVATE provenance table with its header (atomically)."""
+    from .._utils import write_text_atomic
+
+    head = PROVENANCE_HEADER + "".join(f"# {k}={v}\n" for k, v in about.items())
+    return write_text_atomic(head + prov.to_csv(sep="\t", index=False), Path(path))
 
 
 def _read_input(path: Path):
@@ -44,13 +60,17 @@ def _read_input(path: Path):
 
 
 def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu",
-            threads: int | None = None, resume: bool = False) -> dict[str, Path]:
+            threads: int | None = None, resume: bool = False, provenance: bool = True,
+            shareable_model: bool = False) -> dict[str, Path]:
     """Train the GAN on the train cells of *input* and write the stage outputs.
 
     Returns ``{"h5ad": PREFIX.synthetic.h5ad, "model": PREFIX.generator.pt,
-    "log": PREFIX.gan_log.tsv}``.  With *resume*, training continues from
-    ``OUTDIR/PREFIX.gan.ckpt.pt`` (written every ``checkpoint_every`` epochs and
-    deleted after success) and reaches the same final epoch.
+    "log": PREFIX.gan_log.tsv}`` plus ``"provenance": PREFIX.provenance.tsv``
+    (PRIVATE; with *provenance*).  *shareable_model* writes a model without seed
+    codes, seed names or training-cell digests (it generates unseeded cells
+    only).  With *resume*, training continues from ``OUTDIR/PREFIX.gan.ckpt.pt``
+    (written every ``checkpoint_every`` steps and deleted after success) and
+    reaches the same final step.
     """
     config.validate()
     dev = resolve_device(device)
@@ -58,8 +78,9 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     out_h5 = outdir / f"{prefix}{C.SUFFIX_SYNTHETIC}"
     out_model = outdir / f"{prefix}{C.SUFFIX_GENERATOR}"
     out_log = outdir / f"{prefix}{C.SUFFIX_GAN_LOG}"
+    out_prov = outdir / f"{prefix}{C.SUFFIX_PROVENANCE}"
     ckpt = outdir / f"{prefix}{SUFFIX_CKPT}"
-    if Path(input).resolve() in {p.resolve() for p in (out_h5, out_model, out_log)}:
+    if Path(input).resolve() in {p.resolve() for p in (out_h5, out_model, out_log, out_prov)}:
         raise GarageError("an output would overwrite the input", "choose another --outdir or --prefix")
     set_threads(threads)
     set_seed(config.seed)
@@ -68,40 +89,58 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     del adata
     if not model.meta["sample"]:
         model.meta["sample"] = prefix
-    # fail on a bad composition (unknown type, too few cells) before training, not after
-    composition_counts(model.meta["categories"], model.meta["train_type_counts"], config.n_cells,
-                       config.composition, config.cells_per_type, config.rare_threshold)
+    # fail on a bad composition (unknown type or condition, too few cells) before training, not after
+    meta = model.meta
+    group_composition(meta["categories"], meta["conditions"], meta["group_counts"], config.n_cells,
+                      config.composition, config.cells_per_type, config.cells_per_group, meta["rare_types"],
+                      config.allow_counterfactual)
+    if shareable_model and config.mode == "original":
+        raise GarageError("--mode original generates from real seed profiles, so its model cannot be shareable",
+                          "drop --shareable-model, or use --mode garage")
     model.check_memory(dev)
     if ckpt.exists() and not resume:
         logger.warning("ignoring an old checkpoint %s (pass --resume to continue it)", ckpt.name)
     t0 = time.perf_counter()
     rows = model.train(dev, ckpt if config.checkpoint_every else None, resume=resume)
     t_train = time.perf_counter() - t0
-    syn = model.generate(config.n_cells, config.composition, config.cells_per_type,
-                         seed=config.seed, device=dev)
+    if shareable_model:  # the shareable model generates unseeded cells: so must this output
+        for k in ("seed_codes",):
+            model.meta[k] = torch.zeros(0)
+    syn, prov = model.generate(config.n_cells, config.composition, config.cells_per_type, seed=config.seed,
+                               device=dev, cells_per_group=config.cells_per_group,
+                               allow_counterfactual=config.allow_counterfactual, with_provenance=True)
     syn.uns[C.UNS_KEY].update({
         "input": Path(input).name,
         "device": dev.type,
         "train_seconds": round(t_train, 2),
         "n_train_cells": int(model.data.n),
-        "n_seeds": int(model.data.seed_rows.numel()),
+        "n_val_cells": int(len(model.data.val_rows)),
+        "n_seeds": int(model.data.seed_rows.unique().numel()),
+        "schedule": {k: int(v) for k, v in model.meta["schedule"].items()},
+        "steps_run": model.meta["steps_run"],
     })
-    model.save(out_model)
+    outs = {"h5ad": out_h5, "model": out_model, "log": out_log}
+    model.save(out_model, shareable=shareable_model)
     write_log(rows, out_log)
+    if provenance:
+        outs["provenance"] = write_provenance(prov, out_prov, sample=model.meta["sample"], seed=config.seed,
+                                              model=out_model.name)
     write_h5ad_atomic(syn, out_h5)
     with contextlib.suppress(FileNotFoundError):
         ckpt.unlink()
     logger.info("wrote %s (%d cells, %d types) after %.1f s of training",
                 out_h5.name, syn.n_obs, syn.obs[C.OBS_CELL_TYPE].nunique(), t_train)
-    return {"h5ad": out_h5, "model": out_model, "log": out_log}
+    return outs
 
 
 def run_generate(model, outdir, prefix: str, *, n_cells: int | None = None, composition: str = "original",
-                 cells_per_type=None, seed: int = 0, device: str = "cpu") -> dict[str, Path]:
+                 cells_per_type=None, seed: int = 0, device: str = "cpu", cells_per_group=None,
+                 allow_counterfactual: bool = False, provenance: bool = False) -> dict[str, Path]:
     """More synthetic cells from a saved ``PREFIX.generator.pt``, without retraining.
 
     With the training run's seed, composition and cell number, the cells equal
-    those of ``PREFIX.synthetic.h5ad``.  Returns ``{"h5ad": PREFIX.generated.h5ad}``.
+    those of ``PREFIX.synthetic.h5ad``.  Returns ``{"h5ad": PREFIX.generated.h5ad}``
+    (plus ``"provenance"``, PRIVATE, with *provenance*).
     """
     dev = resolve_device(device)
     outdir = check_writable_dir(Path(outdir))
@@ -110,9 +149,17 @@ def run_generate(model, outdir, prefix: str, *, n_cells: int | None = None, comp
         raise GarageError("output would overwrite the model", "choose another --outdir or --prefix")
     set_seed(seed)
     gan = GarageGAN.load(model, device=dev)
-    syn = gan.generate(n_cells, composition, cells_per_type, seed=seed, device=dev)
-    syn.uns[C.UNS_KEY].update({"model": Path(model).name, "device": dev.type})
+    if not gan.meta.get("sample"):
+        gan.meta["sample"] = prefix
+    syn, prov = gan.generate(n_cells, composition, cells_per_type, seed=seed, device=dev,
+                             cells_per_group=cells_per_group, allow_counterfactual=allow_counterfactual,
+                             with_provenance=True)
+    syn.uns[C.UNS_KEY].update({"model_file": Path(model).name, "device": dev.type})
     syn.uns[C.UNS_KEY] = _h5_safe(syn.uns[C.UNS_KEY])
+    outs = {"h5ad": out}
+    if provenance:
+        outs["provenance"] = write_provenance(prov, outdir / f"{prefix}.generated{C.SUFFIX_PROVENANCE}",
+                                              sample=gan.meta.get("sample", ""), seed=seed, model=Path(model).name)
     write_h5ad_atomic(syn, out)
     logger.info("wrote %s (%d cells)", out.name, syn.n_obs)
-    return {"h5ad": out}
+    return outs

@@ -1,13 +1,21 @@
-"""Training loops: autoencoder phase, adversarial phase, periodic checkpoints.
+"""Training loops in optimiser steps: autoencoder, dispersion refit, decoder, adversarial phase.
 
-One ``torch.Generator`` on the CPU drives every data-side random choice
-(permutations, noise, seed picks, library sizes), so a fixed seed gives the
-same run, and its state travels in the checkpoint so ``--resume`` continues
-the same stream.
+Every phase runs a number of optimiser steps chosen from the data size
+(``GANConfig.schedule``) and keeps the state that scored best on the
+validation cells (train cells held out from fitting), stopping early after
+``patience`` checks without improvement.  So one set of defaults serves 800
+cells and 1,000,000, and a longer run cannot drift past its best point.
+
+Random sources: one CPU ``torch.Generator`` picks minibatch rows (the counts
+live in a CPU sparse matrix); a generator on the training device draws noise,
+seed picks and library sizes there, so nothing is copied per step.  On the
+CPU both are the same generator.  Their states travel in the checkpoint, so
+``--resume`` continues the same stream.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -31,98 +39,158 @@ from ._module import (
 
 logger = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("phase", "epoch", "ae_loss", "ae_nll", "ae_kl", "critic_loss", "distance", "gp",
-               "generator_loss", "seconds")
-CKPT_FORMAT = "garage-gan-ckpt/1"
+LOG_COLUMNS = ("phase", "step", "ae_loss", "ae_nll", "ae_kl", "critic_loss", "distance", "gp",
+               "generator_loss", "val_score", "seconds")
+CKPT_FORMAT = "garage-gan-ckpt/2"
 # minibatch steps of the dispersion refit (it fits one number per gene, so a fixed budget
 # suffices at any data size; on PBMC 3k 400 x 128 cells gives median theta 2.40, a separate
 # 300 x 512-cell refit 2.45)
 DISP_STEPS = 400
 DISP_LR = 0.05
 DECODER_LR = 3e-4  # decoder fine-tuning starts from a trained decoder: a small step
+N_CHECKS = 40  # validation checks per phase (at most); also the log's rows per phase
+MIN_FRACTION = 1 / 3  # a phase never stops before this share of its steps (warm-ups, GAN transients)
+MAX_VAL_CELLS = 4000  # validation cells scored per check (bounded cost at any data size)
+GEN_VAL_FACTOR = 4  # generated codes per validation cell in the adversarial phase's check
 
 
 @dataclass
 class TrainData:
-    """What the loops need, prepared once by the model from the AnnData."""
+    """What the loops need, prepared once by the model from the AnnData (rows = train cells)."""
 
     counts: sp.csr_matrix  # train cells x HVGs
     types: torch.Tensor  # long, train cells
-    seed_rows: torch.Tensor  # long, rows of counts that are seeds, grouped by type
-    seed_start: torch.Tensor  # long, n_types: first position of each type in seed_rows
-    seed_count: torch.Tensor  # long, n_types: number of seeds per type
-    lib_quantiles: torch.Tensor  # float, n_types x Q: per-type HVG library-size quantiles
+    conds: torch.Tensor  # long, train cells (all 0 without a condition)
+    n_conds: int
+    fit_rows: np.ndarray  # rows the networks are fitted on
+    val_rows: np.ndarray  # rows held out for the stopping rules
+    seed_rows: torch.Tensor  # long, rows of counts that are seeds, grouped by group
+    seed_start: torch.Tensor  # long, n_groups: first position of each group's seeds
+    seed_count: torch.Tensor  # long, n_groups: number of seeds usable by the group
+    lib_params: torch.Tensor  # float, n_groups x 2: (mean, sd) of log library size
+    loglib: torch.Tensor  # float, train cells: log HVG library size
     seed_codes: torch.Tensor | None = None  # seeds' representation (latent / PCA / profile)
-    codes: torch.Tensor | None = None  # latent codes of all train cells (latent space)
+    codes: torch.Tensor | None = None  # standardised codes of all train cells (latent space)
 
     @property
     def n(self) -> int:
         return self.counts.shape[0]
 
-    def batch_counts(self, idx: torch.Tensor, device) -> torch.Tensor:
-        x = self.counts[idx.numpy()].toarray()
-        return torch.from_numpy(x).to(device)
+    def group(self, types: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
+        return types * self.n_conds + conds
+
+    def batch_counts(self, idx, device) -> torch.Tensor:
+        idx = idx.cpu().numpy() if torch.is_tensor(idx) else np.asarray(idx)
+        return torch.from_numpy(self.counts[idx].toarray()).to(device)
 
 
-def sample_library(lib_quantiles: torch.Tensor, types: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Library sizes drawn from each type's quantile function (inverse-CDF, linear)."""
-    q = lib_quantiles[types]  # B x Q
-    n_q = q.shape[1]
-    u = torch.rand(types.shape[0], generator=gen) * (n_q - 1)
-    lo = u.floor().long().clamp(max=n_q - 2)
-    w = (u - lo).unsqueeze(1)
-    lo = lo.unsqueeze(1)
-    return ((1 - w) * q.gather(1, lo) + w * q.gather(1, lo + 1)).squeeze(1).clamp_min(1.0)
+def sample_library(lib_params: torch.Tensor, groups: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Library sizes from each group's log-normal (``lib_params[g] = (mean, sd)`` of log size)."""
+    p = lib_params[groups]
+    z = torch.randn(groups.shape[0], generator=gen, device=p.device, dtype=p.dtype)
+    return (p[:, 0] + p[:, 1] * z).exp().clamp_min(1.0)
 
 
-def pick_seeds(data: TrainData, types: torch.Tensor, seed_mix: float, gen: torch.Generator):
-    """Per sample: whether a seed is mixed in, and which one (index into seed_rows)."""
-    has = data.seed_count[types] > 0
-    mask = (torch.rand(types.shape[0], generator=gen) < seed_mix) & has
-    pos = data.seed_start[types] + (
-        torch.rand(types.shape[0], generator=gen) * data.seed_count[types].clamp_min(1)
-    ).long()
+def pick_seeds(data: TrainData, types: torch.Tensor, conds: torch.Tensor, seed_mix: float,
+               gen: torch.Generator):
+    """Per sample: whether a seed is mixed in, and which one (position in seed_rows/seed_codes)."""
+    g = data.group(types, conds)
+    count = data.seed_count.to(g.device)[g]
+    has = count > 0
+    mask = (torch.rand(g.shape[0], generator=gen, device=g.device) < seed_mix) & has
+    pos = data.seed_start.to(g.device)[g] + (
+        torch.rand(g.shape[0], generator=gen, device=g.device) * count.clamp_min(1)).long()
     pos = torch.where(mask, pos, torch.zeros_like(pos))
     return mask, pos
 
 
+def mmd2(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor) -> float:
+    """Biased multi-bandwidth RBF MMD^2 between two sets of codes (validation score)."""
+    def k(x, y):
+        d = torch.cdist(x, y).pow(2)
+        return sum(torch.exp(-d / s) for s in scales) / len(scales)
+
+    return float(k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean())
+
+
+@dataclass
+class Stopper:
+    """Keeps the best validation state of a phase and says when to stop."""
+
+    patience: int
+    best: float = math.inf
+    bad: int = 0
+    state: dict | None = None
+
+    def update(self, score: float, module: torch.nn.Module) -> bool:
+        """Record *score*; return True when the phase should stop."""
+        if score < self.best:
+            self.best, self.bad = score, 0
+            self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.patience > 0 and self.bad >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        if self.state is not None:
+            module.load_state_dict(self.state)
+
+
 @dataclass
 class TrainState:
-    phase: str = "ae"  # "ae" | "gan" | "done"
-    epoch: int = 0  # completed epochs in the current phase
+    phase: str = "ae"  # "ae" | "decoder" | "gan" | "done"
+    step: int = 0  # completed steps in the current phase
     rows: list = field(default_factory=list)
+    stopper: Stopper | None = None
 
 
 class Trainer:
-    """Runs the phases of one GAN model with checkpointing."""
+    """Runs the phases of one GAN model with checkpointing and validation stopping."""
 
     def __init__(self, net, data: TrainData, config, device, gen: torch.Generator,
                  ckpt_path: Path | None, config_dict: dict):
         self.net, self.data, self.cfg, self.device, self.gen = net, data, config, device, gen
+        self.dgen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(int(config.seed))
         self.ckpt_path, self.config_dict = ckpt_path, config_dict
-        self.state = TrainState(phase="ae" if config.effective_space == "latent" else "gan")
+        self.steps = config.schedule(len(data.fit_rows))
+        latent = config.effective_space == "latent"
+        self.state = TrainState(phase="ae" if latent else "gan")
         self.opt_ae = torch.optim.Adam(net.vae.parameters(), lr=config.lr_ae) if net.vae is not None else None
+        self.opt_dec = None
+        if net.vae is not None:
+            self.opt_dec = torch.optim.Adam(
+                [*net.vae.decoder.parameters(), *net.vae.px.parameters(), net.vae.log_theta], lr=DECODER_LR)
         betas = (0.5, 0.9) if config.mode == "garage" else (0.5, 0.999)
         self.opt_g = torch.optim.Adam(net.generator.parameters(), lr=config.lr_gan, betas=betas)
         self.opt_d = torch.optim.Adam(net.critic.parameters(), lr=config.lr_gan, betas=betas)
-        self.opt_dec = None
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+        self._types = data.types.to(device)
+        self._conds = data.conds.to(device)
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
         if self.ckpt_path is None:
             return
+        st = self.state.stopper
         payload = {
             "format": CKPT_FORMAT,
             "config": self.config_dict,
             "phase": self.state.phase,
-            "epoch": self.state.epoch,
+            "step": self.state.step,
             "rows": self.state.rows,
+            "stopper": None if st is None else {"patience": st.patience, "best": st.best, "bad": st.bad,
+                                                "state": st.state},
             "net": self.net.state_dict(),
             "opt_ae": self.opt_ae.state_dict() if self.opt_ae else None,
+            "opt_dec": self.opt_dec.state_dict() if self.opt_dec else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "gen_state": self.gen.get_state(),
+            "dgen_state": self.dgen.get_state(),
             "torch_state": torch.get_rng_state(),
+            "perm": self._perm,
+            "pos": self._pos,
         }
         with atomic_path(self.ckpt_path) as tmp:
             torch.save(payload, tmp)
@@ -144,88 +212,151 @@ class Trainer:
                 "rerun with the same options, or delete the checkpoint and rerun without --resume",
             )
         self.net.load_state_dict(ck["net"])
-        if self.opt_ae and ck["opt_ae"]:
-            self.opt_ae.load_state_dict(ck["opt_ae"])
-        self.opt_g.load_state_dict(ck["opt_g"])
-        self.opt_d.load_state_dict(ck["opt_d"])
+        for opt, key in ((self.opt_ae, "opt_ae"), (self.opt_dec, "opt_dec"), (self.opt_g, "opt_g"),
+                         (self.opt_d, "opt_d")):
+            if opt is not None and ck[key]:
+                opt.load_state_dict(ck[key])
         self.gen.set_state(ck["gen_state"])
+        if self.dgen is not self.gen:
+            self.dgen.set_state(ck["dgen_state"])
         torch.set_rng_state(ck["torch_state"])
-        self.state = TrainState(ck["phase"], int(ck["epoch"]), list(ck["rows"]))
-        logger.info("resumed from %s (%s epoch %d)", self.ckpt_path.name, self.state.phase, self.state.epoch)
+        self._perm, self._pos = ck["perm"], int(ck["pos"])
+        st = ck["stopper"]
+        stopper = None if st is None else Stopper(st["patience"], st["best"], st["bad"], st["state"])
+        self.state = TrainState(ck["phase"], int(ck["step"]), list(ck["rows"]), stopper)
+        logger.info("resumed from %s (%s step %d)", self.ckpt_path.name, self.state.phase, self.state.step)
         return True
 
     def _maybe_checkpoint(self) -> None:
         every = self.cfg.checkpoint_every
-        if every and self.state.epoch % every == 0:
+        if every and self.state.step % every == 0:
             self.save_checkpoint()
+
+    # ------------------------------------------------------------------ minibatches
+    def _uniform_batch(self) -> torch.Tensor:
+        """The next minibatch of fit rows (reshuffled after every pass)."""
+        rows = self.data.fit_rows
+        bs = min(self.cfg.batch_size, len(rows))
+        if self._perm is None or self._pos + bs > len(self._perm):
+            self._perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=self.gen)]
+            self._pos = 0
+        out = self._perm[self._pos:self._pos + bs]
+        self._pos += bs
+        return out
+
+    def _balanced_batch(self, balance: float) -> torch.Tensor:
+        """Type-balanced draws: a fit cell of type t has weight n_t ** -balance."""
+        if balance <= 0:
+            return self._uniform_batch()
+        if not hasattr(self, "_w"):
+            rows = torch.from_numpy(self.data.fit_rows)
+            t = self.data.types[rows]
+            n_t = torch.bincount(t).double()
+            self._w, self._rows = n_t[t] ** (-balance), rows
+        bs = min(self.cfg.batch_size, len(self._rows))
+        return self._rows[torch.multinomial(self._w, bs, replacement=True, generator=self.gen)]
 
     # ------------------------------------------------------------------ phases
     def fit(self) -> list:
-        cfg = self.cfg
+        cfg, steps = self.cfg, self.steps
         latent = cfg.effective_space == "latent"
-        pre = (cfg.ae_epochs + cfg.decoder_epochs) if latent else 0
-        total = pre + cfg.epochs
-        done = self.state.epoch + (pre if self.state.phase == "gan" else 0)
-        if self.state.phase == "done":
-            done = total
-        with progress(total=total, initial=done, desc="gan", unit="epoch") as bar:
+        total = steps["ae"] + steps["decoder"] + steps["gan"] if latent else steps["gan"]
+        offs = {"ae": 0, "decoder": steps["ae"], "gan": steps["ae"] + steps["decoder"] if latent else 0}
+        done = total if self.state.phase == "done" else offs[self.state.phase] + self.state.step
+        with progress(total=total, initial=done, desc="gan", unit="step") as bar:
             if self.state.phase == "ae":
-                while self.state.epoch < cfg.ae_epochs:
-                    self._ae_epoch()
-                    bar.update(1)
-                    self._maybe_checkpoint()
-                # both refits are quick and deterministic, so a resume repeats them
+                self._run_phase("ae", steps["ae"], self._ae_step, self._ae_val, self.net.vae, bar)
+                # quick and deterministic given the weights, so a resume repeats it
                 if cfg.refit_dispersion:
                     self._refit_dispersion()
-                for epoch in range(cfg.decoder_epochs):
-                    self._decoder_epoch(epoch + 1)
-                    bar.update(1)
-                self.state = TrainState("gan", 0, self.state.rows)
+                self._next_phase("decoder", bar, steps["ae"])
+            if self.state.phase == "decoder":
+                if steps["decoder"]:
+                    self._run_phase("decoder", steps["decoder"], self._decoder_step, self._decoder_val,
+                                    self.net.vae, bar)
+                self._next_phase("gan", bar, steps["decoder"])
             if self.state.phase == "gan":
                 self.net.prepare_codes(self.data, self.device)
-                while self.state.epoch < cfg.epochs:
-                    self._gan_epoch()
-                    bar.update(1)
-                    self._maybe_checkpoint()
+                target = self.net.generator_ema if self.net.generator_ema is not None else self.net.generator
+                self._run_phase("gan", steps["gan"], self._gan_step, self._gan_val, target, bar)
                 self.state.phase = "done"
         self.net.prepare_codes(self.data, self.device)
         return self.state.rows
 
-    def _batches(self, balance: float = 0.0):
-        if balance > 0:  # type-balanced draws: a cell of type t has weight n_t ** -balance
-            n_t = torch.bincount(self.data.types).double()
-            w = n_t[self.data.types] ** (-balance)
-            perm = torch.multinomial(w, self.data.n, replacement=True, generator=self.gen)
-        else:
-            perm = torch.randperm(self.data.n, generator=self.gen)
-        bs = self.cfg.batch_size
-        n_b = max(1, self.data.n // bs)  # drop the ragged last batch (stable GP / LayerNorm stats)
-        for b in range(n_b):
-            yield perm[b * bs:(b + 1) * bs] if n_b > 1 else perm
+    def _next_phase(self, phase: str, bar, planned: int) -> None:
+        bar.update(max(0, planned - self.state.step))
+        self.state = TrainState(phase, 0, self.state.rows)
 
-    def _ae_epoch(self) -> None:
-        t0 = time.perf_counter()
+    def _run_phase(self, phase: str, n_steps: int, step_fn, val_fn, module, bar) -> None:
+        """*n_steps* optimiser steps; every n_steps/N_CHECKS a validation check and a log row."""
+        every = max(1, n_steps // N_CHECKS)
+        if self.state.stopper is None:
+            self.state.stopper = Stopper(self.cfg.patience)
+        stopper = self.state.stopper
+        sums, n_sum, t0 = np.zeros(7), 0, time.perf_counter()
+        min_steps = int(n_steps * MIN_FRACTION)  # (the autoencoder's KL warm-up is this long)
+        while self.state.step < n_steps:
+            vals = step_fn()
+            sums += np.asarray(vals, dtype=float)  # a column is nan for every step of a phase or never
+            n_sum += 1
+            self.state.step += 1
+            bar.update(1)
+            if self.state.step % every == 0 or self.state.step == n_steps:
+                if not all(math.isfinite(vals[i]) for i in _USED[phase]):
+                    raise GarageError(f"{phase} loss became NaN/inf",
+                                      "lower --lr-ae / --lr-gan, or raise --batch-size")
+                score = val_fn() if len(self.data.val_rows) or phase == "gan" else float("nan")
+                stop = False
+                if math.isfinite(score):
+                    stop = stopper.update(score, module) and self.state.step >= min_steps
+                avg = (sums / max(n_sum, 1)).tolist()
+                self.state.rows.append([phase, self.state.step, *[None if np.isnan(v) else v for v in
+                                                                  _log_fields(phase, avg)],
+                                        score if math.isfinite(score) else None, time.perf_counter() - t0])
+                sums, n_sum, t0 = np.zeros(7), 0, time.perf_counter()
+                self._maybe_checkpoint()
+                if stop:
+                    logger.info("%s: validation score has not improved for %d checks; stopping at step %d of %d",
+                                phase, stopper.patience, self.state.step, n_steps)
+                    bar.update(n_steps - self.state.step)
+                    break
+            else:
+                self._maybe_checkpoint()
+        stopper.restore(module)
+        if math.isfinite(stopper.best):
+            logger.info("%s: best validation score %.4g", phase, stopper.best)
+
+    # ---------------------------------------------------------------- autoencoder
+    def _ae_step(self):
         vae, cfg = self.net.vae, self.cfg
         vae.train()
-        warm = max(1, cfg.ae_epochs // 2)
-        kl_w = cfg.kl_weight * min(1.0, (self.state.epoch + 1) / warm)
-        tot = np.zeros(3)
-        nb = 0
-        for idx in self._batches():
-            x = self.data.batch_counts(idx, self.device)
-            out = vae.loss(x, kl_w)
-            self.opt_ae.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 50.0)
-            self.opt_ae.step()
-            tot += [out.loss.item(), out.nll.item(), out.kl.item()]
-            nb += 1
-        self.state.epoch += 1
-        tot /= max(nb, 1)
-        self.state.rows.append(["ae", self.state.epoch, *tot.tolist(), None, None, None, None,
-                                time.perf_counter() - t0])
-        if not all(math.isfinite(v) for v in tot):
-            raise GarageError("autoencoder loss became NaN/inf", "lower --lr-ae or --batch-size")
+        warm = max(1, int(self.steps["ae"] * MIN_FRACTION))
+        kl_w = cfg.kl_weight * min(1.0, (self.state.step + 1) / warm)
+        idx = self._uniform_batch()
+        x = self.data.batch_counts(idx, self.device)
+        out = vae.loss(x, self._conds[idx.to(self.device)], kl_w)
+        self.opt_ae.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 50.0)
+        self.opt_ae.step()
+        return [out.loss.item(), out.nll.item(), out.kl.item(), np.nan, np.nan, np.nan, np.nan]
+
+    def _val_batches(self):
+        rows = self.data.val_rows[:MAX_VAL_CELLS]
+        for lo in range(0, len(rows), 1024):
+            idx = torch.from_numpy(rows[lo:lo + 1024])
+            yield idx, self.data.batch_counts(idx, self.device), self._conds[idx.to(self.device)]
+
+    @torch.no_grad()
+    def _ae_val(self) -> float:
+        """Validation score: NB NLL of the validation cells decoded at their posterior means.
+
+        That is how generation uses the decoder (codes like posterior means), so
+        the autoencoder is kept at the state whose decoder generalises best to
+        cells it never saw (the KL term, which grows as the encoder uses more of
+        the latent space, is not part of the score).
+        """
+        return self._decoder_val()
 
     def _refit_dispersion(self) -> None:
         """Refit the NB inverse dispersion with the trained decoder fixed at each cell's posterior mean.
@@ -241,145 +372,167 @@ class Trainer:
         vae.eval()
         opt = torch.optim.Adam([vae.log_theta], lr=DISP_LR)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / DISP_STEPS)
-        step, tot, n = 0, 0.0, 0
-        while step < DISP_STEPS:
-            for idx in self._batches():
-                x = self.data.batch_counts(idx, self.device)
-                with torch.no_grad():  # only theta moves
-                    mu = vae.mean_counts(x, vae.encode(x)[0])
-                nll = vae.nb_nll(x, mu)
-                opt.zero_grad(set_to_none=True)
-                nll.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                if step > DISP_STEPS - 50:  # report the converged tail
-                    tot, n = tot + nll.item(), n + 1
-                if step >= DISP_STEPS:
-                    break
+        tot, n = 0.0, 0
+        for step in range(DISP_STEPS):
+            idx = self._uniform_batch()
+            x = self.data.batch_counts(idx, self.device)
+            c = self._conds[idx.to(self.device)]
+            with torch.no_grad():  # only theta moves
+                mu = vae.mean_counts(x, vae.encode(x, c)[0], c)
+            nll = vae.nb_nll(x, mu)
+            opt.zero_grad(set_to_none=True)
+            nll.backward()
+            opt.step()
+            sched.step()
+            if step >= DISP_STEPS - 50:  # report the converged tail
+                tot, n = tot + nll.item(), n + 1
         vae.train()
         if not math.isfinite(tot):
             raise GarageError("dispersion refit became NaN/inf", "rerun with --no-refit-dispersion")
-        self.state.rows.append(["disp", step, tot / max(n, 1), tot / max(n, 1), None, None, None, None, None,
+        self.state.rows.append(["disp", DISP_STEPS, tot / n, tot / n, None, None, None, None, None, None,
                                 time.perf_counter() - t0])
         logger.info("refitted NB dispersion at posterior means: median theta %.2f",
                     float(vae.theta.detach().median()))
 
-    def _decoder_epoch(self, epoch: int) -> None:
-        """One epoch of decoder fine-tuning on each cell's posterior mean (encoder frozen).
+    def _decoder_step(self):
+        """Decoder fine-tuning on each cell's posterior mean (encoder frozen).
 
         The autoencoder phase trains the decoder on sampled codes, which blurs it;
         generation decodes codes like the posterior means, so the decoder is refitted
         to them (PBMC 3k, decoding the train cells' own codes and scored with
         ``garage evaluate``: C2ST 0.57-0.59 before, 0.556 after 20 epochs).
         """
-        t0 = time.perf_counter()
         vae = self.net.vae
-        if self.opt_dec is None:
-            self.opt_dec = torch.optim.Adam(
-                [*vae.decoder.parameters(), *vae.px.parameters(), vae.log_theta], lr=DECODER_LR
-            )
         vae.eval()  # no dropout in the (frozen) encoder
-        tot, nb = 0.0, 0
-        for idx in self._batches():
-            x = self.data.batch_counts(idx, self.device)
-            with torch.no_grad():
-                z = vae.encode(x)[0]
-            nll = vae.nb_nll(x, vae.mean_counts(x, z))
-            self.opt_dec.zero_grad(set_to_none=True)
-            nll.backward()
-            self.opt_dec.step()
-            tot, nb = tot + nll.item(), nb + 1
+        idx = self._uniform_batch()
+        x = self.data.batch_counts(idx, self.device)
+        c = self._conds[idx.to(self.device)]
+        with torch.no_grad():
+            z = vae.encode(x, c)[0]
+        nll = vae.nb_nll(x, vae.mean_counts(x, z, c))
+        self.opt_dec.zero_grad(set_to_none=True)
+        nll.backward()
+        self.opt_dec.step()
         vae.train()
-        tot /= max(nb, 1)
-        if not math.isfinite(tot):
-            raise GarageError("decoder fine-tuning loss became NaN/inf", "rerun with --decoder-epochs 0")
-        self.state.rows.append(["decoder", epoch, tot, tot, None, None, None, None, None,
-                                time.perf_counter() - t0])
+        v = nll.item()
+        return [v, v, np.nan, np.nan, np.nan, np.nan, np.nan]
 
-    def _fake(self, types: torch.Tensor):
-        """Generate a fake batch in the critic's representation (with gradients)."""
+    @torch.no_grad()
+    def _decoder_val(self) -> float:
+        vae = self.net.vae
+        vae.eval()
+        tot, n = 0.0, 0
+        for idx, x, c in self._val_batches():
+            tot += vae.nb_nll(x, vae.mean_counts(x, vae.encode(x, c)[0], c)).item() * len(idx)
+            n += len(idx)
+        vae.train()
+        return tot / max(n, 1)
+
+    # ---------------------------------------------------------------- adversarial
+    def _fake(self, types: torch.Tensor, conds: torch.Tensor, generator=None):
+        """A fake batch in the critic's representation (with gradients); all on the device."""
         net, cfg, data, dev = self.net, self.cfg, self.data, self.device
-        noise = torch.randn(types.shape[0], cfg.noise_dim, generator=self.gen).to(dev)
+        g = generator if generator is not None else net.generator
+        noise = torch.randn(types.shape[0], cfg.noise_dim, generator=self.dgen, device=dev)
         mix = 1.0 if cfg.mode == "original" else cfg.seed_mix
-        mask, pos = pick_seeds(data, types, mix, self.gen)
+        mask, pos = pick_seeds(data, types, conds, mix, self.dgen)
         if cfg.mode == "original":
-            prof = data.seed_codes[pos].to(dev)
-            logits = net.generator(noise, prof)
-        else:
-            code = data.seed_codes[pos].to(dev) if data.seed_codes is not None else None
-            out = net.generator(noise, types.to(dev), code, mask.to(dev))
-            if cfg.effective_space == "latent":
-                return out
-            logits = out
-        lib = sample_library(data.lib_quantiles, types, self.gen).to(dev)
+            return self._gene_space(g(noise, data.seed_codes[pos]), types, conds)
+        code = data.seed_codes[pos] if data.seed_codes is not None else None
+        out = g(noise, types, conds, code, mask)
+        if cfg.effective_space == "latent":
+            return out
+        return self._gene_space(out, types, conds)
+
+    def _gene_space(self, logits, types, conds):
+        lib = sample_library(self.data.lib_params, self.data.group(types, conds), self.dgen)
         mu = torch.softmax(logits, dim=1) * lib.unsqueeze(1)
         return log_normalize_torch(straight_through_counts(mu))
 
     def _real(self, idx: torch.Tensor):
         if self.cfg.effective_space == "latent":
-            return self.data.codes[idx].to(self.device)
+            return self.data.codes[idx.to(self.device)]
         return log_normalize_torch(self.data.batch_counts(idx, self.device))
 
-    def _gan_epoch(self) -> None:
-        t0 = time.perf_counter()
-        net, cfg, dev = self.net, self.cfg, self.device
+    def _gan_step(self):
+        net, cfg = self.net, self.cfg
         net.generator.train()
         net.critic.train()
-        sums = np.zeros(4)
-        n_d = n_g = 0
-        step = 0
-        for idx in self._batches(cfg.type_balance if cfg.mode == "garage" else 0.0):
-            types = self.data.types[idx]
+        original = cfg.mode == "original"
+        d_sum = np.zeros(3)
+        for _ in range(cfg.n_critic):
+            idx = self._balanced_batch(0.0 if original else cfg.type_balance)
+            didx = idx.to(self.device)
+            types, conds = self._types[didx], self._conds[didx]
             real = self._real(idx)
-            if cfg.mode == "original":
-                fake_types = self.data.types[pick_seeds_types(self.data, idx.shape[0], self.gen)]
-            else:
-                fake_types = types
+            ft, fc = (self._original_types(len(idx)) if original else (types, conds))
             with torch.no_grad():
-                fake = self._fake(fake_types)
-            if cfg.mode == "original":
+                fake = self._fake(ft, fc)
+            if original:
                 d = bce_discriminator_loss(net.critic, real, fake, cfg.label_smoothing)
             else:
-                d = wgan_critic_loss(net.critic, real, fake, types.to(dev), cfg.gp_weight)
+                d = wgan_critic_loss(net.critic, real, fake, types, cfg.gp_weight, conds if self.data.n_conds > 1
+                                     else None)
             self.opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
             self.opt_d.step()
-            sums[:3] += [d.loss.item(), d.distance.item(), d.gp.item()]
-            n_d += 1
-            step += 1
-            if step % cfg.n_critic == 0:
-                self._generator_step(types, sums)
-                n_g += 1
-        if n_g == 0:  # tiny data: at least one generator step per epoch
-            self._generator_step(self.data.types[:cfg.batch_size], sums)
-            n_g = 1
-        self.state.epoch += 1
-        row = [sums[0] / n_d, sums[1] / n_d, sums[2] / n_d, sums[3] / n_g]
-        self.state.rows.append(["gan", self.state.epoch, None, None, None, *row, time.perf_counter() - t0])
-        if not all(math.isfinite(v) for v in row):
-            raise GarageError("GAN loss became NaN/inf", "lower --lr-gan or raise --batch-size")
-
-    def _generator_step(self, types, sums) -> None:
-        net, cfg, dev = self.net, self.cfg, self.device
-        if cfg.mode == "original":
-            fake = self._fake(self.data.types[pick_seeds_types(self.data, types.shape[0], self.gen)])
-            g = bce_generator_loss(net.critic, fake)
+            d_sum += [d.loss.item(), d.distance.item(), d.gp.item()]
+        # generator step on the last batch's types (and conditions)
+        if original:
+            ft, fc = self._original_types(len(idx))
+            gl = bce_generator_loss(net.critic, self._fake(ft, fc))
         else:
-            fake = self._fake(types)
-            g = wgan_generator_loss(net.critic, fake, types.to(dev))
+            gl = wgan_generator_loss(net.critic, self._fake(types, conds), types,
+                                     conds if self.data.n_conds > 1 else None)
         self.opt_g.zero_grad(set_to_none=True)
-        g.loss.backward()
+        gl.loss.backward()
         self.opt_g.step()
         if net.generator_ema is not None:
             net.update_ema(cfg.ema_decay)
-        sums[3] += g.loss.item()
+        d_sum /= cfg.n_critic
+        return [np.nan, np.nan, np.nan, *d_sum.tolist(), gl.loss.item()]
+
+    def _original_types(self, n: int):
+        """``original`` mode: uniformly random seed cells decide the types of a fake batch."""
+        pos = torch.randint(0, self.data.seed_rows.shape[0], (n,), generator=self.gen)
+        rows = self.data.seed_rows[pos].to(self.device)
+        return self._types[rows], self._conds[rows]
+
+    @torch.no_grad()
+    def _gan_val(self) -> float:
+        """Validation score of the generator that will generate (EMA if on): MMD^2 between
+        codes generated for the validation cells' types (and conditions) and their real codes.
+        Falls back to the fit cells when there are no validation cells; gene space and the
+        original mode have no stopping rule (nan)."""
+        if self.cfg.effective_space != "latent" or self.cfg.mode == "original":
+            return float("nan")
+        rows = self.data.val_rows if len(self.data.val_rows) >= 20 else self.data.fit_rows
+        rows = torch.from_numpy(rows[:MAX_VAL_CELLS]).to(self.device)
+        real = self.data.codes[rows]
+        types = self._types[rows].repeat(GEN_VAL_FACTOR)
+        conds = self._conds[rows].repeat(GEN_VAL_FACTOR)
+        g = self.net.generator_ema if self.net.generator_ema is not None else self.net.generator
+        was = g.training
+        g.eval()
+        state = self.dgen.get_state()
+        self.dgen.manual_seed(int(self.cfg.seed) + 7919)  # the same draws at every check
+        fake = self._fake(types, conds, generator=g)
+        self.dgen.set_state(state)
+        g.train(was)
+        if not hasattr(self, "_scales"):
+            d = torch.cdist(real[:1000], real[:1000]).pow(2)
+            med = d[d > 0].median() if (d > 0).any() else torch.tensor(1.0, device=d.device)
+            self._scales = med * torch.tensor([0.25, 1.0, 4.0], device=d.device)
+        return mmd2(fake, real, self._scales)
 
 
-def pick_seeds_types(data: TrainData, n: int, gen: torch.Generator) -> torch.Tensor:
-    """``original`` mode: uniformly random seed cells (rows of counts)."""
-    pos = torch.randint(0, data.seed_rows.shape[0], (n,), generator=gen)
-    return data.seed_rows[pos]
+#: which of a step's 7 values each phase fills (the others are nan by design)
+_USED = {"ae": (0, 1, 2), "decoder": (0, 1), "gan": (3, 4, 5, 6)}
+
+
+def _log_fields(phase: str, avg: list) -> list:
+    """The 8 loss columns of the log from a step's 7 values (ae 3, critic 3, generator 1)."""
+    return [*avg[:3], *avg[3:6], avg[6]]
 
 
 def write_log(rows: list, path: Path) -> Path:

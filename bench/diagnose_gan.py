@@ -1,0 +1,156 @@
+"""Where does GARAGE's C2ST gap come from?  (issue 13.2)
+
+Trains one GARAGE model in-process on the train cells of a preprocessed file
+(validation split by default) and scores, against the file's holdout cells:
+
+- ``latent``: kNN C2ST in the model's standardised latent space between
+  generated codes and the holdout cells' encoded codes (control: train codes vs
+  holdout codes), pooled and per type; generated codes split into seeded and
+  unseeded ones.  This isolates the latent GAN.
+- ``decoded_train``: the train cells' own posterior-mean codes decoded and
+  NB-sampled at library sizes drawn as generation draws them (no GAN): the
+  ceiling the decoder and noise model allow, scored by ``garage evaluate``.
+- ``decoded_train_ownlib``: the same at each train cell's own library size
+  (isolates the library-size model).
+- ``garage``: the model's own synthetic cells, scored by ``garage evaluate``.
+
+Run:  python -m bench.diagnose_gan --data bench/_work/fidelity/sc_mixology/sc_mixology.val.preprocessed.h5ad \
+        --seeds-from bench/_work/fidelity/sc_mixology/val/garage_s0/sc_mixology.seeds.h5ad [--gan '{"n_latent": 32}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def knn_c2st(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    from garage.evaluate._metrics import c2st_auc
+
+    n = min(len(a), len(b))
+    if n < 10:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    return c2st_auc(a[rng.permutation(len(a))[:n]], b[rng.permutation(len(b))[:n]], seed=seed)
+
+
+def main(argv=None):
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+    import torch
+
+    from garage import constants as C
+    from garage._utils import set_seed
+    from garage.evaluate import EvaluateConfig, evaluate_adata
+    from garage.gan import GANConfig, GarageGAN
+    from garage.gan._nn import sample_counts
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds-from", type=Path, required=True, help="a PREFIX.seeds.h5ad (GAT output)")
+    ap.add_argument("--gan", default="{}", help="GANConfig overrides as JSON")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    set_seed(args.seed)
+    torch.set_num_threads(2)
+    real = ad.read_h5ad(args.seeds_from)
+    cfg = GANConfig(seed=args.seed, checkpoint_every=0, **json.loads(args.gan))
+    model = GarageGAN.setup(real, cfg)
+    model.train(torch.device("cpu"))
+    net, data = model.net, model.data
+    net.eval()
+    hold = real[real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT]
+    cats = model.meta["categories"]
+    hold_types = np.asarray([cats.index(t) for t in hold.obs[C.OBS_LABEL].astype(str)])
+    nl = cfg.n_latent
+    conds_h = torch.zeros(hold.n_obs, dtype=torch.long)
+    with torch.no_grad():
+        hx = torch.from_numpy(sp.csr_matrix(hold.layers[C.LAYER_COUNTS]).toarray().astype(np.float32))
+        hz = net.vae.encode(hx, conds_h if net.vae.n_conds > 1 else None)[0]
+        if cfg.joint_library:
+            hz = torch.cat([hz, hx.sum(1, keepdim=True).clamp_min(1).log()], 1)
+        hz = ((hz - net.z_mean) / net.z_std).numpy()
+    tz = data.codes.numpy()
+    ttypes = data.types.numpy()
+    # generated codes with the holdout's type composition, seeded / unseeded as generation does
+    gen = torch.Generator().manual_seed(123)
+    n = len(hold_types) * 4
+    tt = torch.from_numpy(np.resize(hold_types, n))
+    cc = torch.zeros(n, dtype=torch.long)
+    noise = torch.randn(n, cfg.noise_dim, generator=gen)
+    from garage.gan._train import pick_seeds
+
+    mask, pos = pick_seeds(data, tt, cc, cfg.seed_mix, gen)
+    code = data.seed_codes[pos] if data.seed_codes is not None else None
+    g = net.generator_ema if net.generator_ema is not None else net.generator
+    with torch.no_grad():
+        gz = g(noise, tt, cc if data.n_conds > 1 else None, code, mask).numpy()
+    rows = []
+
+    def add(name, a, b, types_a=None, types_b=None):
+        rec = {"what": name, "pooled": knn_c2st(a, b)}
+        if types_a is not None:
+            for k, t in enumerate(cats):
+                rec[t] = knn_c2st(a[types_a == k], b[types_b == k])
+        rows.append(rec)
+
+    gt = tt.numpy()
+    m = mask.numpy()
+    add("latent: generated vs holdout codes", gz, hz, gt, hold_types)
+    add("latent: generated seeded vs holdout", gz[m], hz, gt[m], hold_types)
+    add("latent: generated unseeded vs holdout", gz[~m], hz, gt[~m], hold_types)
+    add("latent: train vs holdout codes (control)", tz, hz, ttypes, hold_types)
+    if cfg.joint_library:
+        add("latent without library dim: generated vs holdout", gz[:, :nl], hz[:, :nl], gt, hold_types)
+        add("latent without library dim: train vs holdout", tz[:, :nl], hz[:, :nl], ttypes, hold_types)
+    # spread: mean distance to the type centroid, generated / holdout
+    spread = {}
+    for k, t in enumerate(cats):
+        h = hz[hold_types == k]
+        if len(h) < 3:
+            continue
+        c = h.mean(0)
+        spread[t] = float(np.linalg.norm(gz[gt == k] - c, axis=1).mean() / np.linalg.norm(h - c, axis=1).mean())
+    lat = pd.DataFrame(rows)
+    print(lat.round(3).to_string())
+    print("latent spread generated/holdout per type:", {k: round(v, 3) for k, v in spread.items()})
+
+    # decoded train codes: the decoder/noise ceiling
+    theta = net.vae.theta.detach()
+    ev = {}
+    with tempfile.TemporaryDirectory() as td:
+        for name, own in (("decoded_train", False), ("decoded_train_ownlib", True)):
+            with torch.no_grad():
+                prop, loglib = net.decode(data.codes, data.conds)
+                if own:
+                    lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
+                elif loglib is not None:
+                    lib = loglib.exp()
+                else:
+                    from garage.gan._train import sample_library
+
+                    lib = sample_library(data.lib_params, data.group(data.types, data.conds), gen)
+                x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
+            syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
+                {C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in data.types.numpy()])},
+                index=[f"d{i}" for i in range(len(x))]), var=pd.DataFrame(index=real.var_names))
+            doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=1))
+            ev[name] = {k: doc["metrics"][k]["value"] for k in ("c2st_auc", "rare_agreement", "libsize_ks")}
+            ev[name]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
+        synth = model.generate(None, "original", None, seed=args.seed)
+        doc = evaluate_adata(real, synth, EvaluateConfig(plots=False, n_repeats=1))
+        ev["garage"] = {k: doc["metrics"][k]["value"] for k in ("c2st_auc", "rare_agreement", "libsize_ks")}
+        ev["garage"]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
+    print(json.dumps(ev, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps({"latent": rows, "spread": spread, "evaluate": ev}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
