@@ -20,15 +20,17 @@ def train_small(preprocessed_small):
 
 def test_knn_interpolation_schema_and_counts(train_small):
     n_per = {"B": 30, "DC": 20, "Platelet": 7}
-    syn = knn_interpolation(train_small, C.OBS_LABEL, n_per, k=5, seed=0)
+    syn, prov = knn_interpolation(train_small, C.OBS_LABEL, n_per, k=5, seed=0, with_provenance=True)
     assert syn.n_obs == 57 and list(syn.var_names) == list(train_small.var_names)
     assert sp.issparse(syn.X) and syn.X.dtype == np.float32
     assert np.array_equal(syn.X.data, np.rint(syn.X.data)) and syn.X.data.min() >= 0
     assert syn.obs[C.OBS_CELL_TYPE].value_counts()[list(n_per)].to_dict() == n_per
     assert syn.obs[C.OBS_SYNTHETIC].all()
-    # anchors are real train cells of the same type
+    # anchors are real train cells of the same type, named only in the private provenance
+    assert not set(train_small.obs_names) & set(syn.obs_names) and C.OBS_SEED_ID not in syn.obs
     lab = train_small.obs[C.OBS_LABEL].astype(str)
-    anchors = syn.obs[C.OBS_SEED_ID].to_numpy()
+    assert (prov["synthetic_cell"].to_numpy() == syn.obs_names.to_numpy()).all()
+    anchors = prov[C.OBS_SEED_ID].to_numpy()
     assert (lab.loc[anchors].to_numpy() == syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()).all()
     # realistic counts: library sizes of the same order as the real type, no empty cells
     lib = np.asarray(syn.X.sum(1)).ravel()
