@@ -78,12 +78,19 @@ def metrics_doc(sample: str, quality: float) -> dict:
     metrics = {}
     for name, (better, control) in METRIC_BASE.items():
         exact = name == "exact_copies"
+        v = int(values[name]) if exact else round(values[name], 5)
+        c = int(control) if exact else round(control + 0.01 * (1 - quality), 5)
         metrics[name] = {
-            "value": int(values[name]) if exact else round(values[name], 5),
+            "value": v,
             "std": 0.0 if exact else 0.01,
-            "control": int(control) if exact else round(control + 0.01 * (1 - quality), 5),
+            "control": c,
             "control_std": 0.0 if exact else 0.005,
             "better": better,
+            "ci_low": v if exact else round(v - 0.025, 5),
+            "ci_high": v if exact else round(v + 0.025, 5),
+            "control_ci_low": c if exact else round(c - 0.012, 5),
+            "control_ci_high": c if exact else round(c + 0.012, 5),
+            "n_real": sum(REAL_HOLDOUT) // 2,
         }
     n_syn = sum(REAL_TRAIN)
     return {
@@ -94,7 +101,11 @@ def metrics_doc(sample: str, quality: float) -> dict:
         "n_cells": {"real_train": sum(REAL_TRAIN), "real_holdout": sum(REAL_HOLDOUT), "synthetic": n_syn},
         "metrics": metrics,
         "rare_types": RARE,
+        "rare_n_real_holdout": {t: REAL_HOLDOUT[TYPES.index(t)] for t in RARE},
         "missing_types": ["Platelet"] if quality < 0.5 else [],
+        "privacy_ok": quality >= 0.5,
+        "privacy_reasons": [] if quality >= 0.5 else ["dcr_ratio 0.650 is below 0.9"],
+        "privacy_notes": ["seed_nn_share not computed (pass --provenance PREFIX.provenance.tsv)"],
     }
 
 
@@ -301,6 +312,7 @@ def test_parse_logs_module_data(mqc, results, garage_log):
 
     plots = mqc.list_plots()["garage"]
     names = [p if isinstance(p, str) else next(iter(p)) for p in plots]
+    # files in the first-wave per-type schema: no diagnosis columns, so no diagnosis section
     assert names == ["Metrics vs control", "Cell types: real vs synthetic", "Per-type agreement", "Privacy"]
 
     assert report.software_versions["GARAGE"]["torch"] == ["2.13.0"]
@@ -370,6 +382,9 @@ def test_multiqc_strict_cli_report(results, tmp_path):
         assert f'id="{anchor}"' in html, anchor
     for title in ("C2ST AUC", "Rare agreement", "DCR ratio", "Exact copies"):
         assert title in html
+    # intervals and the verdict they give (0.025 half-width vs 0.012: pbmc_a overlaps its control)
+    assert "95% CI" in html and "no difference" in html and "worse than control" in html
+    assert "pbmc_c: privacy NOT OK" in html and "pbmc_a: privacy OK" in html
     # sections appear in the configured order
     positions = [html.index(f'id="{a}"') for a in ("garage-metrics", "garage-composition",
                                                     "garage-agreement", "garage-privacy")]
@@ -432,7 +447,7 @@ def test_assets_config_matches_run_report_defaults():
 
 
 # ---------------------------------------------------------------- real `garage evaluate` outputs
-def _synthetic_from_train(real, seed: int, drop: str | None = None):
+def _synthetic_from_train(real, seed: int, drop: str | None = None, condition: bool = False):
     """Poisson-resampled real train cells in the synthetic schema (a deliberately memorising 'generator')."""
     import anndata as ad
     import numpy as np
@@ -451,27 +466,73 @@ def _synthetic_from_train(real, seed: int, drop: str | None = None):
         {
             C.OBS_CELL_TYPE: pd.Categorical(train.obs[C.OBS_LABEL].astype(str)),
             C.OBS_SYNTHETIC: True,
-            C.OBS_SEED_ID: "",
         },
         index=[f"syn{i}" for i in range(len(counts))],
     )
+    if condition:
+        obs[C.OBS_SYN_CONDITION] = pd.Categorical(train.obs[C.OBS_CONDITION].astype(str))
     X = sp.csr_matrix(rng.poisson(counts * scale).astype(np.float32))
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=real.var_names.copy()))
 
 
+def _with_condition(real):
+    """The real file with a condition: random halves 'ctrl'/'stim', 'stim' cells with 100 genes
+    induced (Poisson(3) extra counts), recorded as preprocess records a --condition-key."""
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from garage import constants as C
+
+    rng = np.random.default_rng(3)
+    real = real.copy()
+    x = sp.csr_matrix(real.layers[C.LAYER_COUNTS]).toarray()
+    cond = np.where(rng.random(real.n_obs) < 0.5, "stim", "ctrl")
+    genes = np.argsort(-x.sum(axis=0))[100:200]
+    rows = np.flatnonzero(cond == "stim")
+    x[np.ix_(rows, genes)] += rng.poisson(3.0, (len(rows), len(genes)))
+    real.layers[C.LAYER_COUNTS] = sp.csr_matrix(x)
+    real.obs[C.OBS_CONDITION] = pd.Categorical(cond)
+    real.uns[C.UNS_KEY] = {**real.uns[C.UNS_KEY], C.UNS_CONDITION_KEY: "treatment"}
+    return real
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, preprocessed_small) -> Path:
-    """OUTDIR/evaluate of two real `garage evaluate` runs on the bundled PBMC 3k subset."""
+    """OUTDIR/evaluate of three real `garage evaluate` runs on the bundled PBMC 3k subset: one
+    with pictures and seeds, one missing a rare type, one with a condition."""
     evaluate = pytest.importorskip("garage.evaluate")
     import anndata as ad
+    import numpy as np
+
+    from garage import constants as C
 
     root = tmp_path_factory.mktemp("evaluated")
     real = ad.read_h5ad(preprocessed_small)
-    cfg = evaluate.EvaluateConfig(**{**evaluate.TEST_OVERRIDES, "plots": False})
-    for prefix, seed, drop in (("resampled", 1, None), ("no_platelet", 2, "Platelet")):
+    cfg = evaluate.EvaluateConfig(**{**evaluate.TEST_OVERRIDES, "plots": False, "n_repeats": 3})
+    # seeds: every 10th train cell, all of the rare types' train cells
+    train = real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN
+    rare = real.obs[C.OBS_LABEL].astype(str).isin(real.uns[C.UNS_KEY][C.UNS_RARE_TYPES])
+    seeds = real.copy()
+    seeds.obs[C.OBS_SEED] = train & (rare | (np.arange(real.n_obs) % 10 == 0))
+    seeds_path = root / "resampled.seeds.h5ad"
+    seeds.write_h5ad(seeds_path)
+    for prefix, seed, drop, plots in (("resampled", 1, None, True), ("no_platelet", 2, "Platelet", False)):
         syn = root / f"{prefix}.synthetic.h5ad"
         _synthetic_from_train(real, seed, drop).write_h5ad(syn)
-        evaluate.run_evaluate(preprocessed_small, syn, root / "evaluate", prefix, cfg)
+        evaluate.run_evaluate(
+            preprocessed_small, syn, root / "evaluate", prefix,
+            evaluate.EvaluateConfig(**{**evaluate.TEST_OVERRIDES, "plots": plots, "n_repeats": 3,
+                                       "umap_max_cells": 300}),
+            seeds=seeds_path if prefix == "resampled" else None,
+        )
+    creal = _with_condition(real)
+    creal_path = root / "conditioned.preprocessed.h5ad"
+    creal.write_h5ad(creal_path)
+    syn = root / "conditioned.synthetic.h5ad"
+    _synthetic_from_train(creal, 4, condition=True).write_h5ad(syn)
+    evaluate.run_evaluate(creal_path, syn, root / "evaluate", "conditioned",
+                          evaluate.EvaluateConfig(**{**cfg.__dict__, "condition_min_cells": 8}))
     return root / "evaluate"
 
 
@@ -482,19 +543,25 @@ def test_real_evaluate_outputs(evaluated, mqc, garage_log, tmp_path):
     assert garage_log.warnings() == []  # the real files are complete
     data = mqc.get_module_data(module="garage")
     metrics = data["multiqc_garage_metrics"]
-    assert set(metrics) == {"resampled", "no_platelet"}
+    assert set(metrics) == {"resampled", "no_platelet", "conditioned"}
     for sample in metrics:
         doc = json.loads((evaluated / f"{sample}{SUFFIX_METRICS}").read_text())
         assert set(doc["metrics"]) == set(METRIC_NAMES)
         for name, entry in doc["metrics"].items():
             if entry["value"] is not None:
                 assert metrics[sample][name] == pytest.approx(entry["value"])
+                if entry["ci_low"] is not None:
+                    assert metrics[sample][f"{name}_ci_low"] == pytest.approx(entry["ci_low"])
     # dropping a rare type shows up where a user would look for it
     assert metrics["no_platelet"]["missing_types"] == "Platelet"
     assert metrics["no_platelet"]["rare_agreement"] < metrics["resampled"]["rare_agreement"]
+    assert metrics["resampled"]["privacy_ok"] is False  # Poisson-resampled train cells leak
     per_type = data["multiqc_garage_per_type"]
     assert per_type["no_platelet · Platelet"]["missing"] is True
     assert per_type["resampled · Platelet"]["n_synthetic"] > 0
+    assert per_type["resampled · B"]["c2st_n"] > 0
+    per_condition = data["multiqc_garage_per_condition"]
+    assert {r["metric"] for r in per_condition.values()} >= {"c2st_auc", "condition_lfc_corr"}
 
     out = tmp_path / "mqc"
     proc = run_cli(
@@ -503,10 +570,29 @@ def test_real_evaluate_outputs(evaluated, mqc, garage_log, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     html = (out / "multiqc_report.html").read_text()
-    assert 'id="garage-metrics"' in html and "no_platelet" in html
+    for anchor in ("garage-metrics", "garage-composition", "garage-agreement", "garage-diagnosis",
+                   "garage-privacy", "garage-conditions", "garage-pictures"):
+        assert f'id="{anchor}"' in html, anchor
+    assert "no_platelet" in html
     assert "Missing from the synthetic data:</strong> no_platelet: Platelet" in html
+    assert "resampled: privacy NOT OK" in html and "seed_mia_auc" in html
+    # each picture garage evaluate drew is embedded (the UMAP and per-type PNG of "resampled")
+    pictures = re.findall(r'data-garage-picture="(\w+)"><img src="data:image/png;base64,', html)
+    assert sorted(pictures) == ["per_type", "umap"]
     gs = read_tsv(out / "multiqc_data" / "multiqc_general_stats.txt")
-    assert set(gs) == {"resampled", "no_platelet"}
+    assert set(gs) == {"resampled", "no_platelet", "conditioned"}
+
+
+def test_run_report_has_parameters_and_methods(evaluated, tmp_path):
+    from garage.multiqc import run_report
+
+    params = {"gan": {"epochs": 300, "composition": "balanced"}, "evaluate": {"n_repeats": 3}}
+    html = run_report(evaluated, tmp_path / "multiqc", params=params).read_text()
+    for anchor in ("garage-run-params", "garage-methods", "garage-pictures", "garage-metrics"):
+        assert anchor in html, anchor
+    assert "gan.composition" in html and "balanced" in html
+    for cite in ("Veličković", "Gulrajani", "Lopez R", "Ewels P", "Wolf FA"):
+        assert cite in html, cite
 
 
 def test_run_report_leaves_caller_logging_alone(results, tmp_path):

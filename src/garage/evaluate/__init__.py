@@ -110,9 +110,17 @@ def _sample_of(real, sample: str | None) -> str:
 def _threads(threads: int | None):
     """Cap BLAS/OpenMP threads: evaluation is many small linear-algebra calls, where
     extra threads mostly add overhead (8x slower logistic regression on a busy
-    2-core machine)."""
+    2-core machine; 30x slower neighbour searches).
+
+    threadpoolctl only limits libraries that are already loaded, so the libraries
+    whose thread pools evaluation uses (OpenBLAS through numpy/scipy, OpenMP
+    through scikit-learn) are imported first.
+    """
     if threads is None:
         return contextlib.nullcontext()
+    import scipy.linalg  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=max(1, int(threads)))

@@ -14,6 +14,7 @@ the intervals reads "no difference" (``garage.evaluate._intervals.verdict``).
 from __future__ import annotations
 
 import base64
+import fnmatch
 import html
 import logging
 import math
@@ -132,7 +133,7 @@ class MultiqcModule(BaseMultiqcModule):
             self._read_per_condition(f, prefix_to_sample)
         for sp, kind, suffix in ((SP_UMAP, "umap", SUFFIX_UMAP),
                                  (SP_PER_TYPE_PLOT, "per_type", SUFFIX_PER_TYPE_PLOT)):
-            for f in self.find_log_files(sp, filecontents=False):
+            for f in self._find_pictures(sp, suffix):
                 self._read_image(f, kind, suffix, prefix_to_sample)
 
         self._metrics = self.ignore_samples(self._metrics)
@@ -202,6 +203,33 @@ class MultiqcModule(BaseMultiqcModule):
         self._per_condition[s_name] = rows
         self.add_data_source(f, s_name=s_name, section="per_condition")
 
+    def _find_pictures(self, sp: str, suffix: str) -> list[dict[str, Any]]:
+        """PNG files of one kind.
+
+        MultiQC's file search skips images unless ``ignore_images: false`` (the default
+        keeps it from reading binary files for every module).  The search pattern is
+        used when images are searched; otherwise the analysis folders are scanned for
+        the suffix directly, which finds the files wherever ``garage evaluate`` or
+        Nextflow's staging put them.
+        """
+        from multiqc import config
+
+        found = {os.path.join(f["root"], f["fn"]): f for f in self.find_log_files(sp, filecontents=False)}
+        if getattr(config, "ignore_images", True):
+            pattern = (config.sp.get(sp) or {}).get("fn", f"*{suffix}")
+            ignore_dirs = list(getattr(config, "fn_ignore_dirs", []) or [])
+            out_dir = os.path.abspath(getattr(config, "output_dir", "") or "")
+            for d in getattr(config, "analysis_dir", []) or []:
+                roots = [d] if os.path.isdir(d) else []
+                for root in roots:
+                    for cur, dirs, files in os.walk(root, followlinks=True):
+                        dirs[:] = [x for x in dirs if not any(fnmatch.fnmatch(x, p) for p in ignore_dirs)
+                                   and os.path.abspath(os.path.join(cur, x)) != out_dir]
+                        for fn in files:
+                            if fnmatch.fnmatch(fn, pattern):
+                                found.setdefault(os.path.join(cur, fn), {"root": cur, "fn": fn, "sp_key": sp})
+        return [found[k] for k in sorted(found)]
+
     def _read_image(self, f: dict[str, Any], kind: str, suffix: str,
                     prefix_to_sample: dict[tuple[str, str], str]) -> None:
         s_name = self._sample_for(f, suffix, prefix_to_sample)
@@ -216,7 +244,7 @@ class MultiqcModule(BaseMultiqcModule):
             log.warning(f"{s_name}: {f['fn']} is not a PNG file; skipped")
             return
         self._images.setdefault(s_name, {})[kind] = path
-        self.add_data_source(f, s_name=s_name, section=f"{kind}_picture")
+        self.add_data_source(s_name=s_name, path=path, section=f"{kind}_picture")
 
     def _read_per_type(self, f: dict[str, Any], prefix_to_sample: dict[tuple[str, str], str]) -> None:
         s_name = self._sample_for(f, SUFFIX_PER_TYPE, prefix_to_sample)
@@ -316,10 +344,24 @@ class MultiqcModule(BaseMultiqcModule):
                     row[f"{name}_std"] = mv.std
                     row[f"{name}_control"] = mv.control
                     row[f"{name}_control_std"] = mv.control_std
+                    for key in ("ci_low", "ci_high", "control_ci_low", "control_ci_high"):
+                        row[f"{name}_{key}"] = getattr(mv, key)
+                    row[f"{name}_n_real"] = mv.n_real
+                    row[f"{name}_verdict"] = verdict(mv)
                 row["rare_types"] = ";".join(m.rare_types)
                 row["missing_types"] = ";".join(m.missing_types)
+                row["privacy_ok"] = m.privacy_ok
+                row["privacy_reasons"] = " | ".join(m.privacy_reasons)
                 rows[s_name] = row
             self.write_data_file(rows, "multiqc_garage_metrics")
+        if self._per_condition:
+            pc: dict[str, dict[str, Any]] = {}
+            for s_name, crow in self._per_condition.items():
+                for r in crow:
+                    key = SEP.join(x for x in (s_name, r["condition"], r.get("reference") or "",
+                                               r.get("cell_type") or "", r["metric"]) if x)
+                    pc[key] = {"sample": s_name, **r}
+            self.write_data_file(pc, "multiqc_garage_per_condition")
         if self._per_type:
             per_type: dict[str, dict[str, Any]] = {}
             for s_name, type_rows in self._per_type.items():
