@@ -65,6 +65,11 @@ def composition_options(f):
               help="Weight of the VAE's KL term (latent space).")
 @click.option("--seed-residual/--no-seed-residual", default=True, show_default=True,
               help="Latent space: a seeded cell is its seed's latent code plus a generated offset.")
+@click.option("--seed-floor", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Privacy: weight of the penalty keeping seeded cells at least as far from their seed as its "
+                   "k-th real neighbour (0: off).")
+@click.option("--seed-floor-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="The neighbour that sets a seed's privacy radius.")
 @click.option("--library", type=click.Choice(["joint", "lognormal"]), default="joint", show_default=True,
               help="Library sizes: generated with each cell's code (joint) or from a per-type log-normal.")
 @click.option("--refit-dispersion/--no-refit-dispersion", default=True, show_default=True,

@@ -129,6 +129,14 @@ class GANConfig:
     seed_residual
         Latent space: a seeded cell's code is its seed's latent code plus a
         generated offset (otherwise the seed only enters through its projection).
+    seed_floor
+        Latent space, privacy: weight of a penalty that keeps every seeded cell
+        at least as far from its own seed as the seed's *seed_floor_k*-th
+        nearest real neighbour of its type (``relu(1 - d / r) ** 2``), so a
+        seed's synthetic cells sit among its neighbours, not on it, and the
+        output does not reveal which cells were seeds (0: off).
+    seed_floor_k
+        Which neighbour sets the seed's radius.
     library
         Library sizes of generated cells: ``joint`` (the latent GAN generates
         each cell's log library size together with its code, so size and state
@@ -200,6 +208,8 @@ class GANConfig:
     seed_mix: float = 0.5
     kl_weight: float = 1.0
     seed_residual: bool = True
+    seed_floor: float = 1.0
+    seed_floor_k: int = 3
     library: Library = "joint"
     refit_dispersion: bool = True
     ema_decay: float = 0.99
@@ -309,6 +319,9 @@ class GANConfig:
         need(0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}",
              "pass e.g. 0.99 (0 = no averaging)")
         need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
+        need(self.seed_floor >= 0, "--seed-floor must be >= 0", "pass e.g. 1.0 (0: off)")
+        need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
+             "pass e.g. 3")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
         need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")

@@ -300,6 +300,7 @@ class GANNet(nn.Module):
         self.z_std.copy_(z[fit].std(0).clamp_min(1e-4) if len(fit) > 1 else torch.ones_like(self.z_mean))
         data.codes = ((z - self.z_mean) / self.z_std).float()
         data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None
+        data.seed_radius = _seed_radius(data, self.cfg.seed_floor_k) if data.seed_codes is not None else None
         self.vae.train()
 
     @torch.no_grad()
@@ -743,6 +744,35 @@ def _library_model(loglib, types, conds, n_types, n_conds) -> np.ndarray:
             v = (n_g * v_g + LIB_SHRINK * tv) / (n_g + LIB_SHRINK)
             out[t * n_conds + c] = (m, max(np.sqrt(v), 0.05))
     return out
+
+
+def _seed_radius(data: TrainData, k: int) -> torch.Tensor:
+    """Per seed position: code-space distance to its k-th nearest fit cell of its type (itself excluded).
+
+    One k-d tree query per type (linear in cells).  A type with fewer than k + 1
+    fit cells uses its farthest one; a seed alone in its type gets the median radius.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    codes = data.codes.cpu().numpy()
+    types = data.types.numpy()
+    fit = data.fit_rows
+    rows = data.seed_rows.cpu().numpy()
+    radius = np.full(len(rows), np.nan)
+    for t in np.unique(types[rows]):
+        ref = fit[types[fit] == t]
+        at = np.flatnonzero(types[rows] == t)
+        if len(ref) < 2:
+            continue
+        kk = int(min(k + 1, len(ref)))
+        d, idx = NearestNeighbors(n_neighbors=kk).fit(codes[ref]).kneighbors(codes[rows[at]])
+        own = ref[idx] == rows[at][:, None]  # drop the seed itself when it is a fit cell
+        d = np.where(own, np.inf, d)
+        d.sort(axis=1)
+        radius[at] = np.where(np.isfinite(d[:, min(k, kk) - 1]), d[:, min(k, kk) - 1], d[:, 0])
+    ok = np.isfinite(radius) & (radius > 0)
+    radius[~ok] = np.median(radius[ok]) if ok.any() else 1.0
+    return torch.from_numpy(radius.astype(np.float32)).to(data.codes.device)
 
 
 def _lib_params_of(meta: dict) -> torch.Tensor:

@@ -71,6 +71,7 @@ class TrainData:
     loglib: torch.Tensor  # float, train cells: log HVG library size
     seed_codes: torch.Tensor | None = None  # seeds' representation (latent / PCA / profile)
     codes: torch.Tensor | None = None  # standardised codes of all train cells (latent space)
+    seed_radius: torch.Tensor | None = None  # per seed position: distance to its k-th real neighbour
 
     @property
     def n(self) -> int:
@@ -429,13 +430,17 @@ class Trainer:
         return tot / max(n, 1)
 
     # ---------------------------------------------------------------- adversarial
-    def _fake(self, types: torch.Tensor, conds: torch.Tensor, generator=None):
-        """A fake batch in the critic's representation (with gradients); all on the device."""
+    def _fake(self, types: torch.Tensor, conds: torch.Tensor, generator=None, seeds_out: list | None = None):
+        """A fake batch in the critic's representation (with gradients); all on the device.
+
+        *seeds_out*, if given, receives ``(mask, pos)``: which samples were seeded, by which seed."""
         net, cfg, data, dev = self.net, self.cfg, self.data, self.device
         g = generator if generator is not None else net.generator
         noise = torch.randn(types.shape[0], cfg.noise_dim, generator=self.dgen, device=dev)
         mix = 1.0 if cfg.mode == "original" else cfg.seed_mix
         mask, pos = pick_seeds(data, types, conds, mix, self.dgen)
+        if seeds_out is not None:
+            seeds_out += [mask, pos]
         if cfg.mode == "original":
             return self._gene_space(g(noise, data.seed_codes[pos]), types, conds)
         code = data.seed_codes[pos] if data.seed_codes is not None else None
@@ -482,8 +487,10 @@ class Trainer:
             ft, fc = self._original_types(len(idx))
             gl = bce_generator_loss(net.critic, self._fake(ft, fc))
         else:
-            gl = wgan_generator_loss(net.critic, self._fake(types, conds), types,
-                                     conds if self.data.n_conds > 1 else None)
+            seeds: list = []
+            fake = self._fake(types, conds, seeds_out=seeds)
+            gl = wgan_generator_loss(net.critic, fake, types, conds if self.data.n_conds > 1 else None)
+            gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)
         self.opt_g.zero_grad(set_to_none=True)
         gl.loss.backward()
         self.opt_g.step()
@@ -491,6 +498,18 @@ class Trainer:
             net.update_ema(cfg.ema_decay)
         d_sum /= cfg.n_critic
         return [np.nan, np.nan, np.nan, *d_sum.tolist(), gl.loss.item()]
+
+    def _seed_floor(self, fake: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Privacy penalty: seeded codes closer to their own seed than the seed's k-th neighbour.
+
+        ``mean over seeded cells of relu(1 - ||fake - seed|| / r_seed) ** 2``; 0 when
+        the floor is off, no cell is seeded, or the space is not latent.
+        """
+        r = self.data.seed_radius
+        if r is None or self.cfg.seed_floor <= 0 or not bool(mask.any()):
+            return fake.new_zeros(())
+        d = (fake[mask] - self.data.seed_codes[pos[mask]]).norm(dim=1)
+        return torch.relu(1.0 - d / r[pos[mask]]).pow(2).mean()
 
     def _original_types(self, n: int):
         """``original`` mode: uniformly random seed cells decide the types of a fake batch."""
