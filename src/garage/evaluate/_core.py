@@ -216,15 +216,14 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
 
     log.start("gene statistics (mean, variance, zero fraction) and library size")
     LN, CN = space.lognorm, space.counts
-    LT, CT = LN["train"][ref], CN["train"][ref]
 
     def genes(h, s, t):
         gh = gene_stats(LN["holdout"][h], CN["holdout"][h])
         gs = gene_stats(LN["synthetic"][s], CN["synthetic"][s])
-        gt = gene_stats(LT[t], CT[t])
+        gt = gene_stats(LN["train"][ref[t]], CN["train"][ref[t]])
         out = {k: (pearson(gh[k], gs[k]), pearson(gh[k], gt[k])) for k in ("mean", "var", "zero")}
         out["ks"] = (libsize_ks(CN["holdout"][h], CN["synthetic"][s]),
-                     libsize_ks(CN["holdout"][h], CT[t]))
+                     libsize_ks(CN["holdout"][h], CN["train"][ref[t]]))
         return out
 
     hv = [genes(h, s, t) for h, s, t in half_draws]

@@ -153,7 +153,7 @@ def plot_per_type(
             ax.text(i, 0.02, "missing", rotation=90, ha="center", va="bottom", color="red",
                     fontsize=8)
     ax.set_ylim(0, 1.18)
-    ax.set_ylabel("agreement with a classifier trained on real holdout cells")
+    ax.set_ylabel("agreement (judge trained on real holdout)")
     ax.set_title("label agreement per type")
     ax.legend(frameon=False, fontsize=8, loc="upper left", ncol=2)
     for ax in axes:

@@ -39,12 +39,29 @@ logger = logging.getLogger(__name__)
 _RUN_PREPROCESS = "run `garage preprocess` on the counts and pass its PREFIX.preprocessed.h5ad as --real"
 
 
+class LognormView:
+    """Log-normalised rows of a count matrix, computed when indexed (``view[rows]``).
+
+    The space keeps counts only; log-normalised values exist for the rows a metric
+    uses at the time it uses them, so memory holds one sparse copy of the cells.
+    """
+
+    def __init__(self, counts: sp.csr_matrix) -> None:
+        self.counts = counts
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.counts.shape
+
+    def __getitem__(self, rows) -> sp.csr_matrix:
+        return log_normalize(self.counts[rows])
+
+
 @dataclass
 class Space:
     """Everything the metrics need, per set (train / holdout / synthetic)."""
 
     pca: dict[str, np.ndarray]  # cells x n_pcs, float64
-    lognorm: dict[str, sp.csr_matrix]  # log-normalised HVGs
     counts: dict[str, sp.csr_matrix]  # integer counts over HVGs
     labels: dict[str, np.ndarray]  # str labels
     var_names: list[str]
@@ -63,6 +80,11 @@ class Space:
     def n(self, key: str) -> int:
         return self.pca[key].shape[0]
 
+    @property
+    def lognorm(self) -> dict[str, LognormView]:
+        """Log-normalised HVGs per set, computed for the rows indexed."""
+        return {k: LognormView(v) for k, v in self.counts.items()}
+
     def subset(self, keep: dict[str, np.ndarray]) -> "Space":
         """The same space restricted to rows (bool masks per set); PCA unchanged."""
         kt = np.asarray(keep["train"], dtype=bool)
@@ -80,7 +102,6 @@ class Space:
             prov = np.where(p >= 0, new_index[np.maximum(p, 0)], -1)
         return Space(
             pca={k: rows(k, v) for k, v in self.pca.items()},
-            lognorm={k: rows(k, v) for k, v in self.lognorm.items()},
             counts={k: rows(k, v) for k, v in self.counts.items()},
             labels={k: rows(k, v) for k, v in self.labels.items()},
             var_names=self.var_names,
@@ -241,6 +262,14 @@ def stratified_cap(labels: np.ndarray, cap: int, rng: np.random.Generator,
     return np.sort(np.concatenate(out))
 
 
+def _project(counts: sp.csr_matrix, comp: np.ndarray, chunk: int = 20_000) -> np.ndarray:
+    """Log-normalise and project rows in chunks (sparse x dense; no dense cells x genes)."""
+    out = np.empty((counts.shape[0], comp.shape[0]), dtype=np.float64)
+    for i in range(0, counts.shape[0], chunk):
+        out[i: i + chunk] = log_normalize(counts[i: i + chunk]) @ comp.T
+    return out
+
+
 def build_space(real, synth, n_pcs: int, seed: int, fit_fraction: float = 0.5,
                 *, pca_max_cells: int = 10_000, rare_threshold: float | None = None) -> Space:
     """Log-normalise both sides with the shared formula and project on a train PCA."""
@@ -257,8 +286,7 @@ def build_space(real, synth, n_pcs: int, seed: int, fit_fraction: float = 0.5,
         "holdout": lab[is_ho],
         "synthetic": synth.obs[C.OBS_CELL_TYPE].astype(str).str.strip().to_numpy(),
     }
-    lognorm = {k: log_normalize(v) for k, v in counts.items()}
-    n_train, n_genes = lognorm["train"].shape
+    n_train, n_genes = counts["train"].shape
     uns = real.uns.get(C.UNS_KEY, {})
     rare_source = "preprocess" if C.UNS_RARE_TYPES in uns else "threshold"
     present = set(lab)
@@ -268,15 +296,16 @@ def build_space(real, synth, n_pcs: int, seed: int, fit_fraction: float = 0.5,
     fit_rows = fit[stratified_cap(labels["train"][fit], pca_max_cells, rng, set(rare))]
     k = int(min(n_pcs, len(fit_rows) - 1, n_genes - 1))
     pca = PCA(n_components=k, svd_solver="randomized", random_state=seed)
-    pca.fit(lognorm["train"][fit_rows].toarray())  # bounded: <= ~pca_max_cells x HVGs
+    # bounded: <= ~pca_max_cells x HVGs is the only dense block
+    pca.fit(log_normalize(counts["train"][fit_rows]).toarray())
     comp = pca.components_.astype(np.float64)  # k x genes
     shift = pca.mean_ @ comp.T
-    coords = {key: np.asarray(m @ comp.T, dtype=np.float64) - shift for key, m in lognorm.items()}
+    coords = {key: _project(m, comp) - shift for key, m in counts.items()}
     logger.info(
         "shared space: %d HVGs -> %d PCs (%.1f%% variance) fitted on %d of %d train cells; "
         "%d holdout / %d synthetic cells",
         n_genes, k, 100 * pca.explained_variance_ratio_.sum(), len(fit_rows),
-        n_train, lognorm["holdout"].shape[0], lognorm["synthetic"].shape[0],
+        n_train, counts["holdout"].shape[0], counts["synthetic"].shape[0],
     )
     conditions, cond_key = None, condition_key_of(real)
     if cond_key is not None:
@@ -287,7 +316,7 @@ def build_space(real, synth, n_pcs: int, seed: int, fit_fraction: float = 0.5,
                 synth.obs[C.OBS_SYN_CONDITION].astype(str).str.strip().to_numpy()
             )
     return Space(
-        coords, lognorm, counts, labels, list(real.var_names.astype(str)), k, ref, fit,
+        coords, counts, labels, list(real.var_names.astype(str)), k, ref, fit,
         rare=sorted(rare), rare_source=rare_source, conditions=conditions,
         condition_key=cond_key, train_names=real.obs_names.astype(str).to_numpy()[is_tr],
         pca_fit_cells=len(fit_rows),

@@ -107,9 +107,9 @@ requested type; counts were drawn from the decoder's negative-binomial distribut
 control (real training cells against the same held-out cells), in a PCA fitted on real training
 cells: a classifier two-sample test (Lopez-Paz &amp; Oquab 2017), kernel maximum mean discrepancy
 (Gretton et al. 2012), exact Wasserstein distance (POT; Flamary et al. 2021), per-gene statistics,
-Leiden clustering (Traag et al. 2019), cell-type agreement, train-on-synthetic utility, distance-
-based privacy tests and distance-based membership-inference attacks (Chen et al. 2020), including
-a seed-aware attack. 95% intervals come from resampling the real cells (delete-half jackknife,
+Leiden clustering (Traag et al. 2019), cell-type agreement, train-on-synthetic utility,
+distance-based privacy tests and distance-based membership-inference attacks (Chen et al. 2020),
+including a seed-aware attack. 95% intervals come from resampling the real cells (delete-half jackknife,
 Shao &amp; Wu 1989; stratified bootstrap, Efron &amp; Tibshirani 1993); a difference inside the
 intervals is reported as no difference. The privacy checks are empirical attacks, not a
 differential-privacy guarantee. This report was made with MultiQC (Ewels et al. 2016).</p>
@@ -154,8 +154,8 @@ def _params_from_metrics(indir: Path) -> dict[str, Any]:
     return out
 
 
-def custom_sections(folder: Path, params: dict[str, Any] | None, indir: Path) -> list[Path]:
-    """Write the parameter-summary and methods sections as MultiQC custom content (``*_mqc.yaml``)."""
+def custom_sections(params: dict[str, Any] | None, indir: Path) -> dict[str, dict[str, Any]]:
+    """The parameter-summary and methods sections as MultiQC ``custom_data`` (inline HTML)."""
     from .. import __version__
     from html import escape
 
@@ -167,7 +167,6 @@ def custom_sections(folder: Path, params: dict[str, Any] | None, indir: Path) ->
         _flatten("", _params_from_metrics(indir), rows)
         source = "the evaluation parameters recorded in each sample's metrics file"
     params_doc = {
-        "id": SECTION_PARAMS,
         "section_name": "GARAGE parameter summary",
         "description": f"Every parameter of this run, from {source}.",
         "plot_type": "html",
@@ -175,16 +174,12 @@ def custom_sections(folder: Path, params: dict[str, Any] | None, indir: Path) ->
     }
     refs = "".join(f"<li>{escape(full)}</li>" for _, full in CITATIONS)
     methods_doc = {
-        "id": SECTION_METHODS,
         "section_name": "GARAGE methods description",
         "description": "Suggested text for a methods section, and the references it cites.",
         "plot_type": "html",
         "data": METHODS_HTML.format(version=escape(__version__)) + f"<h5>References</h5><ol>{refs}</ol>",
     }
-    return [
-        _write_yaml(params_doc, Path(folder) / "garage_params_mqc.yaml"),
-        _write_yaml(methods_doc, Path(folder) / "garage_methods_mqc.yaml"),
-    ]
+    return {SECTION_PARAMS: params_doc, SECTION_METHODS: methods_doc}
 
 
 def run_report(
@@ -249,12 +244,9 @@ def run_report(
 
     with tempfile.TemporaryDirectory(prefix="garage_mqc_") as tmp:
         config_files: list[str] = [str(_write_yaml(DEFAULT_CONFIG, Path(tmp) / "garage_default.yml"))]
-        extra_dirs: list[str] = []
         if methods:
-            sections = Path(tmp) / "sections"
-            sections.mkdir()
-            custom_sections(sections, params, indir)
-            extra_dirs.append(str(sections))
+            extra = {"custom_data": custom_sections(params, indir)}
+            config_files.append(str(_write_yaml(extra, Path(tmp) / "garage_sections.yml")))
         if config is not None:
             config_files.append(str(config))
         cfg = ClConfig(
@@ -271,7 +263,7 @@ def run_report(
         root = logging.getLogger()
         saved = (root.handlers[:], root.level, root.propagate)
         try:
-            result = multiqc.run(str(indir), *extra_dirs, cfg=cfg)
+            result = multiqc.run(str(indir), cfg=cfg)
         finally:
             root.handlers[:] = saved[0]
             root.setLevel(saved[1])

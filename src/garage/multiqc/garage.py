@@ -413,7 +413,7 @@ class MultiqcModule(BaseMultiqcModule):
     def _interval(self, name: str, lo: float | None, hi: float | None) -> str | None:
         if lo is None or hi is None:
             return None
-        return f"[{self._fmt(name, lo)}, {self._fmt(name, hi)}]"
+        return f"{self._fmt(name, lo)} – {self._fmt(name, hi)}"
 
     def _add_metrics_section(self) -> None:
         if not self._metrics:
@@ -820,6 +820,8 @@ class MultiqcModule(BaseMultiqcModule):
             return
         data: dict[str, dict[str, Any]] = {}
         for s_name, rows in self._per_condition.items():
+            # the condition effect first: it is what a condition-aware generator must keep
+            rows = sorted(rows, key=lambda r: r["metric"] != "condition_lfc_corr")
             for r in rows:
                 name = r["metric"]
                 spec = spec_for(name) if name in METRIC_SPECS else None
@@ -831,9 +833,9 @@ class MultiqcModule(BaseMultiqcModule):
                     where = r["condition"]
                 fmt = (lambda v: None if v is None else f"{v:.3g}")  # noqa: E731
                 ci = (None if r.get("ci_low") is None or r.get("ci_high") is None
-                      else f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]")
+                      else f"{fmt(r['ci_low'])} – {fmt(r['ci_high'])}")
                 cci = (None if r.get("control_ci_low") is None or r.get("control_ci_high") is None
-                       else f"[{fmt(r['control_ci_low'])}, {fmt(r['control_ci_high'])}]")
+                       else f"{fmt(r['control_ci_low'])} – {fmt(r['control_ci_high'])}")
                 data[f"{s_name}{SEP}{where}{SEP}{title}"] = {
                     "synthetic": fmt(r.get("value")) or "n/a",
                     "synthetic_ci": ci,
