@@ -210,10 +210,13 @@ def run_samples(
             logger.info("[%s] gat done", s.sample)
             d = outdir / "gan"
             gn = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
-                                 "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}) \
+                                 "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}",
+                                 "provenance": d / f"{s.sample}{C.SUFFIX_PROVENANCE}"}) \
                 or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume)
             logger.info("[%s] gan done", s.sample)
-            e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg)
+            # the seeds and the (private) provenance make the privacy metrics seed-aware
+            e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg,
+                                seeds=g["h5ad"], provenance=gn.get("provenance"))
             logger.info("[%s] evaluate done", s.sample)
             res.outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
             res.outputs["preprocessed"] = str(pp)

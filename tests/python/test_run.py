@@ -75,8 +75,8 @@ def test_profile_test_runs_every_stage(test_profile_run):
         for rel in (f"preprocess/{sample}.preprocessed.h5ad", f"gat/{sample}.seeds.h5ad",
                     f"gat/{sample}.gat.pt", f"gat/{sample}.gat_log.tsv",
                     f"gan/{sample}.synthetic.h5ad", f"gan/{sample}.generator.pt",
-                    f"gan/{sample}.gan_log.tsv", f"evaluate/{sample}.garage_metrics.json",
-                    f"evaluate/{sample}.per_type.tsv"):
+                    f"gan/{sample}.gan_log.tsv", f"gan/{sample}.provenance.tsv",
+                    f"evaluate/{sample}.garage_metrics.json", f"evaluate/{sample}.per_type.tsv"):
             assert (out / rel).is_file(), rel
         syn = ad.read_h5ad(out / f"gan/{sample}.synthetic.h5ad")
         assert syn.obs["synthetic"].all()
@@ -85,20 +85,35 @@ def test_profile_test_runs_every_stage(test_profile_run):
         metrics = json.loads((out / f"evaluate/{sample}.garage_metrics.json").read_text())
         assert metrics["sample"] == sample
         assert 0.0 <= metrics["metrics"]["c2st_auc"]["value"] <= 1.0
+        # garage run hands evaluate the seeds and the private provenance: the seed-aware checks ran
+        assert metrics["metrics"]["seed_mia_auc"]["value"] is not None
+        assert isinstance(metrics["privacy_ok"], bool)
     html = out / "multiqc" / "multiqc_report.html"
-    assert html.is_file() and "garage" in html.read_text().lower()
+    text = html.read_text()
+    assert html.is_file() and "garage" in text.lower()
+    # the shareable report names no real cell of either input
+    for sample in ("pbmc3k_small", "pbmc68k_reduced"):
+        real = ad.read_h5ad(out / f"preprocess/{sample}.preprocessed.h5ad", backed="r")
+        names = [n for n in real.obs_names.astype(str) if len(n) >= 8]
+        assert not [n for n in names if n in text][:3]
     summary = (out / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()
     assert len(summary) == 3 and all("\tok\t" in ln for ln in summary[1:])
 
 
 def test_bad_sample_fails_alone(tmp_path, pbmc68k_counts_path):
+    """A sheet with the optional condition_key column (set for one sample): the bad sample fails
+    alone, the good one is conditioned on its covariate."""
+    from garage.datasets import dataset_path
+
     bad = ad.read_h5ad(pbmc68k_counts_path)
     bad.X = bad.X * 0.5  # not integer counts any more
     bad_path = tmp_path / "bad.h5ad"
     bad.write_h5ad(bad_path)
+    good_path = dataset_path("sc_mixology_small")
     sheet = _sheet(
         tmp_path,
-        f"sample,counts,label_key\ngood,{pbmc68k_counts_path},bulk_labels\nbad,{bad_path},bulk_labels\n",
+        f"sample,counts,label_key,condition_key\ngood,{good_path},cell_type,protocol\n"
+        f"bad,{bad_path},bulk_labels,\n",
     )
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -109,6 +124,8 @@ def test_bad_sample_fails_alone(tmp_path, pbmc68k_counts_path):
     assert "1 of 2 samples completed" in proc.stderr
     assert "bad: failed:" in proc.stderr and "not integer counts" in proc.stderr
     assert (out / "evaluate" / "good.garage_metrics.json").is_file()
+    syn = ad.read_h5ad(out / "gan" / "good.synthetic.h5ad")
+    assert set(syn.obs["protocol"].astype(str)) == {"CEL-seq2", "Drop-seq"}
     assert not list(out.rglob("bad.*"))  # nothing half-written for the bad sample
 
 
