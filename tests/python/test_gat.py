@@ -338,11 +338,13 @@ def test_coverage_strategy_covers_each_type_better_than_score(res, small):
             .groupby("k")["s"].idxmax())
     assert set(obs.index[best.to_numpy()]) == set(seeds.index)
     # region 0 holds the type's best seed
-    top = seeds.sort_values(C.OBS_SCORE, ascending=False).groupby(C.OBS_LABEL, observed=True).head(1)
+    top = (seeds.sort_values(C.OBS_SCORE, ascending=False)
+           .groupby(C.OBS_LABEL, observed=True).head(1))
     assert (top[OBS_SEED_REGION] == 0).all()
     # independent of the row order
     perm = np.random.default_rng(5).permutation(small.n_obs)
-    shuf = gat_adata(small[perm].copy(), GATConfig(**{**TEST_OVERRIDES, "seed_strategy": "coverage"}))
+    shuf = gat_adata(small[perm].copy(),
+                     GATConfig(**{**TEST_OVERRIDES, "seed_strategy": "coverage"}))
     assert set(shuf.adata.obs_names[shuf.adata.obs[C.OBS_SEED]]) == set(seeds.index)
 
 
@@ -451,8 +453,8 @@ def test_hvg_features_stay_sparse_and_exact(res, small):
     feats = NodeFeatures.fit(small.X)
     assert feats.is_sparse and feats.bytes_per_row < 0.5 * 4 * small.n_vars
     dense = small.X.toarray() / feats.scale
-    assert feats.scale == pytest.approx(float((small.X.toarray() - small.X.toarray().mean(0)).std()),
-                                        rel=1e-4)
+    x = small.X.toarray()
+    assert feats.scale == pytest.approx(float((x - x.mean(0)).std()), rel=1e-4)
     idx = torch.tensor([5, 0, 700, 5])
     rows = feats.rows(idx)
     assert rows.layout == torch.sparse_csr

@@ -47,7 +47,8 @@ _unit = click.FloatRange(0, 1, min_open=False, max_open=True)
 @click.option("--rare-threshold", type=_unit, default=None,
               show_default="unused: preprocess decides the rare types",
               help="Deprecated fallback: rare types are read from the input "
-                   "(uns['garage']['rare_types'], decided by `garage preprocess --rare-threshold`). "
+                   "(uns['garage']['rare_types'], decided by "
+                   "`garage preprocess --rare-threshold`). "
                    "Only for inputs without that list (default then 0.03); ignored otherwise.")
 @click.option("--rare-min-seeds", type=click.IntRange(min=0), default=10, show_default=True,
               help="Guaranteed seeds per rare type (all its train cells if fewer).")

@@ -135,7 +135,8 @@ def _rare_types(adata, config: GATConfig) -> tuple[list[str], str]:
         if given is not None and (used is None or not np.isclose(float(used), float(given))):
             logger.warning(
                 "--rare-threshold %g is ignored: the input's rare types %s were decided by "
-                "`garage preprocess`%s; pass --rare-threshold to `garage preprocess` to change them",
+                "`garage preprocess`%s; pass --rare-threshold to `garage preprocess` to change "
+                "them",
                 given, rare, "" if used is None else f" with threshold {float(used):g}")
         return rare, "preprocess"
     thr = C.RARE_THRESHOLD if config.rare_threshold is None else float(config.rare_threshold)

@@ -121,7 +121,7 @@ class AttentionCentrality:
 def attention_centrality(
     attention: list[tuple[Tensor, Tensor]], num_nodes: int, kind: str = "raw"
 ) -> np.ndarray:
-    """A centrality straight from a list of per-layer ``(edge_index, alpha)`` (full-graph forward)."""
+    """A centrality straight from per-layer ``(edge_index, alpha)`` (full-graph forward)."""
     acc = AttentionCentrality(num_nodes, len(attention))
     for ei, alpha in attention:
         acc.add(ei[0].cpu(), ei[1].cpu(), alpha.detach().cpu())
