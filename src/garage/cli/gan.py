@@ -54,7 +54,8 @@ def composition_options(f):
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
               help="Share of each type (x condition) with >= 20 train cells held out for the stopping rules.")
 @click.option("--patience", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Validation checks without improvement before a phase stops (0: run every step).")
+              help="Validation checks without improvement before a phase stops and keeps its best state "
+                   "(0: run every step, keep the last).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--n-latent", type=click.IntRange(min=1), default=16, show_default=True)

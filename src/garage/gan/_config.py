@@ -111,8 +111,9 @@ class GANConfig:
         Fraction of every type (x condition) with at least 20 train cells held
         out as validation cells for the stopping rules (never trained on).
     patience
-        Validation checks without improvement before a phase stops (0: never
-        stop early; the best validation state is kept either way).
+        Validation checks without improvement before a phase stops; the phase
+        then keeps its best validation state.  0: no validation stopping (every
+        step runs and the last state is kept; the score is still logged).
     batch_size
         Minibatch size for every phase.
     noise_dim

@@ -133,7 +133,8 @@ class Stopper:
         return self.patience > 0 and self.bad >= self.patience
 
     def restore(self, module: torch.nn.Module) -> None:
-        if self.state is not None:
+        """Back to the best validation state (patience 0: keep the last state)."""
+        if self.state is not None and self.patience > 0:
             module.load_state_dict(self.state)
 
 
