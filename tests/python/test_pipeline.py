@@ -623,7 +623,7 @@ def modules() -> dict[str, Module]:
 
 #: The module runs below check command lines and output names, not model quality, so on
 #: top of -profile test's params they shorten training (same flags, smaller numbers).
-CI_FAST = {"gat_epochs": 2, "gan_epochs": 2, "n_top_genes": 500}
+CI_FAST = {"gat_epochs": 2, "n_top_genes": 500}
 
 
 @pytest.fixture(scope="module")
@@ -634,7 +634,11 @@ def tparams() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fast_params(tparams) -> dict[str, Any]:
     fast = tparams | CI_FAST
-    fast["gan_args"] = re.sub(r"--ae-epochs \d+", "--ae-epochs 2", tparams["gan_args"] or "")
+    gan_args = tparams["gan_args"] or ""
+    for flag, value in (("--gan-steps", 20), ("--ae-steps", 20), ("--decoder-steps", 10), ("--ae-epochs", 2)):
+        gan_args = re.sub(rf"{flag} \d+", f"{flag} {value}", gan_args)
+    fast["gan_args"] = gan_args
+    fast["evaluate_args"] = re.sub(r"--n-repeats \d+", "--n-repeats 1", tparams["evaluate_args"] or "")
     return fast
 
 
