@@ -41,6 +41,8 @@ from ._options import existing_file, outdir_option, prefix_option, seed_option
                    "nearest-neighbour privacy searches.")
 @click.option("--classifier-max-cells", type=click.IntRange(min=10), default=5000,
               show_default=True, help="Training cells of one cell-type classifier (judge, TSTR).")
+@click.option("--per-type-max-cells", type=click.IntRange(min=10), default=500, show_default=True,
+              help="Cells per type and set in the per-type C2ST, spread and DCR.")
 @click.option("--pca-max-cells", type=click.IntRange(min=10), default=10000, show_default=True,
               help="Train cells the shared PCA is fitted on (the only dense block).")
 @click.option("--umap-max-cells", type=click.IntRange(min=10), default=2000, show_default=True,

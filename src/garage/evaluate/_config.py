@@ -158,6 +158,5 @@ TEST_OVERRIDES: dict = {
     "leiden_max_cells": 500,
     "privacy_max_cells": 2000,
     "classifier_max_cells": 2000,
-    "per_type_max_cells": 200,
     "umap_max_cells": 500,
 }

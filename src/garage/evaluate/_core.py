@@ -181,10 +181,14 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
         for _ in range(min(cfg.n_repeats, N_VALUE_DRAWS))]
     H, S, T = P["holdout"], P["synthetic"], P["train"][ref]
 
-    def run(fn, name, n_real):
-        """fn(h, s, t, r) -> (value, control) for one draw; full draws give the value."""
+    def run(fn, name, n_real, cap=None):
+        """fn(h, s, t, r) -> (value, control) for one draw; full draws give the value.
+
+        With a *cap* on the cells fn uses, full and half draws coincide once both exceed it.
+        """
         hv = [fn(h, s, t, r) for r, (h, s, t) in enumerate(half_draws)]
-        fv = hv if same else [fn(h, s, t, r) for r, (h, s, t) in enumerate(full_draws)]
+        same_here = same or (cap is not None and min(n, cap) == min(nh, cap))
+        fv = hv if same_here else [fn(h, s, t, r) for r, (h, s, t) in enumerate(full_draws)]
         return _e(name, [a for a, _ in hv], [b for _, b in hv], n_real,
                   _mean([a for a, _ in fv]), _mean([b for _, b in fv]))
 
@@ -199,7 +203,7 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
     log.start("mmd_rbf")
     med = median_sq_distance(np.r_[T, H], _rng(cfg.seed, "bandwidth"))
     scales = med * np.asarray(cfg.mmd_factors, dtype=float)
-    space._mmd_scales = scales  # reused by the per-type MMD
+    space.mmd_scales = scales  # reused by the per-type MMD
     metrics["mmd_rbf"] = run(
         lambda h, s, t, r: (mmd_rbf(H[h], S[s], scales), mmd_rbf(H[h], T[t], scales)),
         "mmd_rbf", n)
@@ -211,7 +215,7 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
     metrics["wasserstein_pca"] = run(
         lambda h, s, t, r: (wasserstein(H[h[:nw], :d], S[s[:nw], :d]),
                             wasserstein(H[h[:nw], :d], T[t[:nw], :d])),
-        "wasserstein_pca", min(n, nw))
+        "wasserstein_pca", min(n, nw), cap=nw)
     log.done("wasserstein_pca")
 
     log.start("gene statistics (mean, variance, zero fraction) and library size")
@@ -615,7 +619,7 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
     log = _Log(metrics, timings)
     log.start("per-type MMD")
     rng = _rng(cfg.seed, "per_type_mmd")
-    scales = space._mmd_scales
+    scales = space.mmd_scales
     P = space.pca
     mmd_t = {
         t: per_type_mmd(

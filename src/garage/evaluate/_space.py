@@ -76,6 +76,7 @@ class Space:
     seed: np.ndarray | None = None  # bool over train rows: GAT seed cells
     provenance: np.ndarray | None = None  # int over synthetic rows: train row of its seed, -1
     pca_fit_cells: int = 0
+    mmd_scales: np.ndarray | None = None  # RBF widths, fixed once per run (set by the MMD)
 
     def n(self, key: str) -> int:
         return self.pca[key].shape[0]
