@@ -268,7 +268,7 @@ def test_memory_preflight_stops_before_reading(tmp_path, small_counts_path):
 
     cfg = PreprocessConfig(label_key="cell_type")
     t0 = time.perf_counter()
-    with pytest.raises(GarageError, match=r"needs about .* GB, more than the available memory") as e:
+    with pytest.raises(GarageError, match=r"needs about .* GB \(peak while .*\), more than the available memory") as e:
         run_preprocess(small_counts_path, tmp_path / "out", "x", cfg, available_bytes=50 << 20)
     assert time.perf_counter() - t0 < 5
     assert "node with at least" in str(e.value)
