@@ -624,7 +624,7 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
     mmd_t = {
         t: per_type_mmd(
             P["holdout"][L["holdout"] == t], P["synthetic"][L["synthetic"] == t], scales,
-            max_cells=cfg.max_cells, n_repeats=cfg.n_repeats, rng=rng,
+            max_cells=cfg.per_type_max_cells, n_repeats=cfg.n_repeats, rng=rng,
         )
         for t in types
     }
