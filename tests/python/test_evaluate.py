@@ -363,6 +363,14 @@ def test_memoriser_fails_privacy(independent, independent_seeds):
     assert doc["params"]["seeds_given"] and doc["params"]["provenance_given"]
 
 
+def test_holdout_presented_as_synthetic_passes_privacy(real):
+    """The real control itself (holdout cells as the synthetic set) must not be flagged."""
+    hold = real[real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT]
+    doc = evaluate_adata(real, as_synthetic(hold), CFG, seeds=list(central_seeds(real)))
+    assert doc["privacy_ok"] is True, doc["privacy_reasons"]
+    assert doc["metrics"]["seed_mia_auc"]["value"] is not None
+
+
 def test_seed_files_that_do_not_belong_are_errors(real):
     syn = _syn(real, 20)
     with pytest.raises(GarageError, match="not train cells of the real file"):
