@@ -53,9 +53,9 @@ def composition_options(f):
               help="Deprecated: decoder passes over the cells (converted to --decoder-steps).")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
               help="Share of each type (x condition) with >= 20 train cells held out for the stopping rules.")
-@click.option("--patience", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Validation checks without improvement before a phase stops and keeps its best state "
-                   "(0: run every step, keep the last).")
+@click.option("--patience", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Adversarial phase: stop after this many validation checks (of ~40) without a 2%% "
+                   "improvement (0: run every step).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--n-latent", type=click.IntRange(min=1), default=16, show_default=True)
@@ -71,7 +71,7 @@ def composition_options(f):
                    "k-th real neighbour (0: off).")
 @click.option("--seed-floor-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="The neighbour that sets a seed's privacy radius.")
-@click.option("--library", type=click.Choice(["joint", "lognormal"]), default="joint", show_default=True,
+@click.option("--library", type=click.Choice(["joint", "lognormal"]), default="lognormal", show_default=True,
               help="Library sizes: generated with each cell's code (joint) or from a per-type log-normal.")
 @click.option("--refit-dispersion/--no-refit-dispersion", default=True, show_default=True,
               help="Latent space: refit the NB dispersion at the cells' posterior means after the VAE phase.")

@@ -104,16 +104,17 @@ class GANConfig:
         phase (each after *n_critic* critic steps) and decoder fine-tuning
         steps.  ``None`` (default) chooses them from the number of train cells
         (see ``schedule``), so one set of defaults serves 800 cells and
-        1,000,000; both phases also stop early on the validation cells.
+        1,000,000; the adversarial phase also stops early on a validation plateau.
     epochs, ae_epochs, decoder_epochs
         Deprecated: passes over the train cells, converted to steps.
     val_fraction
         Fraction of every type (x condition) with at least 20 train cells held
         out as validation cells for the stopping rules (never trained on).
     patience
-        Validation checks without improvement before a phase stops; the phase
-        then keeps its best validation state.  0: no validation stopping (every
-        step runs and the last state is kept; the score is still logged).
+        The adversarial phase stops after this many validation checks (of about
+        40) in which the validation MMD did not improve by 2 %; the last state
+        is kept.  0: run every step.  The autoencoder phases run their schedule
+        (their validation loss is logged only).
     batch_size
         Minibatch size for every phase.
     noise_dim
@@ -139,11 +140,12 @@ class GANConfig:
     seed_floor_k
         Which neighbour sets the seed's radius.
     library
-        Library sizes of generated cells: ``joint`` (the latent GAN generates
-        each cell's log library size together with its code, so size and state
-        stay correlated) or ``lognormal`` (a log-normal per type x condition,
-        shrunk towards the type's for small groups).  Neither reproduces the
-        library size of an individual training cell.
+        Library sizes of generated cells: ``lognormal`` (a log-normal per type x
+        condition, shrunk towards the type's for small groups; default) or
+        ``joint`` (the latent GAN generates each cell's log library size with its
+        code, so size and state stay correlated; on PBMC 3k's validation split
+        it measured worse, C2ST 0.612 vs 0.587).  Neither reproduces the library
+        size of an individual training cell.
     refit_dispersion
         Latent space: after the autoencoder phase, refit the NB dispersion with
         the decoder fixed at the cells' posterior means (the way generation
@@ -200,7 +202,7 @@ class GANConfig:
     ae_epochs: int | None = None
     decoder_epochs: int | None = None
     val_fraction: float = 0.1
-    patience: int = 8
+    patience: int = 10
     batch_size: int = 128
     noise_dim: int = 32
     n_latent: int = 16
@@ -211,7 +213,7 @@ class GANConfig:
     seed_residual: bool = True
     seed_floor: float = 1.0
     seed_floor_k: int = 3
-    library: Library = "joint"
+    library: Library = "lognormal"
     refit_dispersion: bool = True
     ema_decay: float = 0.99
     n_critic: int = 5
