@@ -47,9 +47,12 @@ workflow GARAGE {
     // Stage 4: fidelity, utility and privacy against the real holdout (with a real-vs-real control)
     //
     // A sample whose input a stage rejected (exit 2, errorStrategy 'ignore' in conf/base.config)
-    // emits nothing from that stage on, so the join simply leaves it out.
+    // emits nothing from that stage on, so the join simply leaves it out. The seeds and the
+    // private provenance make the privacy metrics seed-aware.
     ch_evaluate_input = GARAGE_PREPROCESS.out.h5ad
         .join(GARAGE_GAN.out.h5ad, failOnDuplicate: true)
+        .join(GARAGE_GAT.out.h5ad, failOnDuplicate: true)
+        .join(GARAGE_GAN.out.provenance, failOnDuplicate: true)
     GARAGE_EVALUATE(ch_evaluate_input)
     ch_multiqc_files = ch_multiqc_files
         .mix(GARAGE_EVALUATE.out.multiqc_files.flatten())

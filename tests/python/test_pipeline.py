@@ -697,6 +697,8 @@ def test_ext_args_render_for_every_process(tparams, meta):
     assert "--label-key 'bulk_labels'" in pp and "--layer 'counts'" in pp
     assert "--condition-key 'phase'" in pp
     assert f"--rare-threshold {tparams['rare_threshold']}" in pp  # rarity is decided once, in preprocess
+    for later in ("GARAGE_GAT", "GARAGE_GAN", "GARAGE_EVALUATE"):  # ... and read from the file afterwards
+        assert "--rare-threshold" not in render_ext_args(later, tparams, meta), later
     plain = render_ext_args("GARAGE_PREPROCESS", tparams, meta)
     assert "--layer" not in plain and "--condition-key" not in plain
 
@@ -807,15 +809,20 @@ def test_module_gan(pipeline_run):
     gat = _needs(results, "GARAGE_GAT")
     out = task("GARAGE_GAN", {"seeds": gat["h5ad"][0]})
     assert out["h5ad"][0].name == f"{P68K}.synthetic.h5ad"
+    assert out["provenance"][0].read_text().startswith("# PRIVATE")
 
 
 def test_module_evaluate(pipeline_run):
     require_cli("evaluate")
     task, results = pipeline_run
     pp, gan = _needs(results, "GARAGE_PREPROCESS"), _needs(results, "GARAGE_GAN")
-    out = task("GARAGE_EVALUATE", {"real": pp["h5ad"][0], "synthetic": gan["h5ad"][0]})
+    gat = _needs(results, "GARAGE_GAT")
+    out = task("GARAGE_EVALUATE", {"real": pp["h5ad"][0], "synthetic": gan["h5ad"][0], "seeds": gat["h5ad"][0],
+                                   "provenance": gan["provenance"][0]})
     metrics = json.loads(out["metrics"][0].read_text())
     assert metrics["sample"] == P68K and "c2st_auc" in metrics["metrics"]
+    # the seeds and the provenance reached evaluate: the seed-aware privacy checks ran
+    assert metrics["metrics"]["seed_mia_auc"]["value"] is not None and "privacy_ok" in metrics
     assert {p.name for p in out["multiqc_files"]} == {f"{P68K}.garage_metrics.json", f"{P68K}.per_type.tsv"}
     # optional only for --no-plots; the default command line must produce both
     assert {p.name for p in out.get("plots", [])} == {f"{P68K}.umap.png", f"{P68K}.per_type.png"}

@@ -5,7 +5,7 @@ process GARAGE_EVALUATE {
     // container: set in conf/base.config from the container_registry / container_tag parameters
 
     input:
-    tuple val(meta), path(real), path(synthetic)
+    tuple val(meta), path(real), path(synthetic), path(seeds), path(provenance)
 
     output:
     tuple val(meta), path("${prefix}.garage_metrics.json"), emit: metrics
@@ -21,6 +21,8 @@ process GARAGE_EVALUATE {
     garage_evaluate.py \\
         --real ${real} \\
         --synthetic ${synthetic} \\
+        --seeds ${seeds} \\
+        --provenance ${provenance} \\
         --prefix ${prefix} \\
         --outdir . \\
         --threads ${task.cpus} \\
