@@ -388,16 +388,18 @@ def test_seed_files_that_do_not_belong_are_errors(real):
 
 def test_rare_types_come_from_preprocess(real):
     """One definition of rare: the list preprocess wrote wins over --rare-threshold."""
-    from garage.evaluate import _prepare
+    from garage.evaluate import _prepare, _threads
 
     syn = _syn(real, 50)
     cfg = EvaluateConfig(rare_threshold=0.5, plots=False)
-    space = _prepare(real, syn, cfg)
+    with _threads(1):
+        space = _prepare(real, syn, cfg)
     assert space.rare == sorted(real.uns[C.UNS_KEY][C.UNS_RARE_TYPES]) == ["DC", "Platelet"]
     assert space.rare_source == "preprocess"
     old = real.copy()
     del old.uns[C.UNS_KEY][C.UNS_RARE_TYPES]  # a file from before preprocess recorded it
-    space = _prepare(old, syn, cfg)
+    with _threads(1):
+        space = _prepare(old, syn, cfg)
     assert space.rare_source == "threshold" and len(space.rare) > 2
 
 
