@@ -536,21 +536,31 @@ def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, s
     real_all = np.r_[T_all, H]
     c_seed = loo_distances(real_all, seeds, k).mean(axis=1)
     c_cand = loo_distances(real_all, len(T_all) + cand, k).mean(axis=1)
+    # pseudo-seeds: train cells that were NOT seeds, matched to each seed the same way.  They
+    # were trained on like the seeds, so they carry any general membership leak and the same
+    # hubness, but nothing seed-specific: the attack on them is the null.
+    nonseed = np.flatnonzero(~space.seed)
+    if len(nonseed) > cap:
+        nonseed = np.sort(rng.permutation(nonseed)[:cap])
+    c_non = loo_distances(real_all, nonseed, k).mean(axis=1)
     si, ci = match_by_centrality(c_seed, LTa[seeds], c_cand, LH[cand])
+    sp_, pi = match_by_centrality(c_seed, LTa[seeds], c_non, LTa[nonseed])
+    to_c, to_p = dict(zip(si.tolist(), ci.tolist())), dict(zip(sp_.tolist(), pi.tolist()))
+    si = np.asarray(sorted(set(to_c) & set(to_p)), dtype=int)  # seeds with both matches
+    ci = np.asarray([to_c[i] for i in si], dtype=int)
+    pi = np.asarray([to_p[i] for i in si], dtype=int)
     sub["seed_pairs"] = len(si)
     if len(si) >= 2:
-        xs, xc = T_all[seeds[si]], H[cand[ci]]
+        xs, xc, xp = T_all[seeds[si]], H[cand[ci]], T_all[nonseed[pi]]
         d_s_syn = nn_distances(S, xs, 1)[:, 0]
         d_c_syn = nn_distances(S, xc, 1)[:, 0]
-        nonseed = T_all[~space.seed]
-        d_s_real = nn_distances(nonseed, xs, 1)[:, 0]
-        d_c_real = nn_distances(nonseed, xc, 1)[:, 0]
+        d_p_syn = nn_distances(S, xp, 1)[:, 0]
         v, c = [], []
         idx = np.arange(len(si))
         for _ in range(cfg.n_repeats):
             b = _boot(rng, idx)
             v.append(paired_auc(d_s_syn[b], d_c_syn[b]))
-            c.append(paired_auc(d_s_real[b], d_c_real[b]))
+            c.append(paired_auc(d_p_syn[b], d_c_syn[b]))
         metrics["seed_mia_auc"] = _e("seed_mia_auc", v, c, len(np.unique(seeds[si])))
     # share of seeded synthetic cells whose nearest train cell is their own seed
     if space.provenance is not None and (space.provenance >= 0).any():
