@@ -234,7 +234,10 @@ def run_samples(
         from .multiqc import run_report
 
         try:
-            html = run_report(outdir / "evaluate", outdir / "multiqc")
+            report_params = {"profile": profile or "", "seed": seed, "device": device,
+                             "gat": dataclasses.asdict(gat_cfg), "gan": gan_cfg.to_dict(),
+                             "evaluate": ev.params_of(ev_cfg)}
+            html = run_report(outdir / "evaluate", outdir / "multiqc", params=report_params)
             logger.info("MultiQC report: %s", html)
         except Exception as exc:  # the report must not hide finished samples
             logger.error("MultiQC report failed: %s", exc)
