@@ -70,7 +70,7 @@ CASES = {
     "gan_seed_mix_gt_1": (["gan", "--input", "{seeds}", "--seed-mix", "2"], "--seed-mix"),
     "gan_zero_epochs": (["gan", "--input", "{seeds}", "--epochs", "0"], "--epochs"),
     "gan_unknown_type": (["gan", "--input", "{seeds}", "--cells-per-type", "Martian=5"], "Martian"),
-    "gan_bad_cells_per_type": (["gan", "--input", "{seeds}", "--cells-per-type", "DC"], "TYPE=N"),
+    "gan_bad_cells_per_type": (["gan", "--input", "{seeds}", "--cells-per-type", "DC"], "is not NAME=N"),
     "gan_cuda_without_gpu": (["gan", "--input", "{seeds}", "--device", "cuda"], "no CUDA GPU"),
     "generate_corrupt_model": (["generate", "--model", "{corrupt_model}"], "generator"),
     "generate_from_gat_model": (["generate", "--model", "{gat_model}"], "generator"),
