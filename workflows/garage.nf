@@ -48,14 +48,19 @@ workflow GARAGE {
     //
     // A sample whose input a stage rejected (exit 2, errorStrategy 'ignore' in conf/base.config)
     // emits nothing from that stage on, so the join simply leaves it out. The seeds and the
-    // private provenance make the privacy metrics seed-aware.
+    // private provenance make the privacy metrics seed-aware. The provenance is optional
+    // (--no-provenance in --gan_args): remainder keeps a sample without one, and [] tells
+    // GARAGE_EVALUATE to run without --provenance.
     ch_evaluate_input = GARAGE_PREPROCESS.out.h5ad
         .join(GARAGE_GAN.out.h5ad, failOnDuplicate: true)
         .join(GARAGE_GAT.out.h5ad, failOnDuplicate: true)
-        .join(GARAGE_GAN.out.provenance, failOnDuplicate: true)
+        .join(GARAGE_GAN.out.provenance, failOnDuplicate: true, remainder: true)
+        .map { meta, real, synthetic, seeds, provenance -> [meta, real, synthetic, seeds, provenance ?: []] }
     GARAGE_EVALUATE(ch_evaluate_input)
+    // per_condition: samples with a condition_key only
     ch_multiqc_files = ch_multiqc_files
         .mix(GARAGE_EVALUATE.out.multiqc_files.flatten())
+        .mix(GARAGE_EVALUATE.out.per_condition.map { _meta, tsv -> tsv })
         .mix(GARAGE_EVALUATE.out.plots.map { _meta, pngs -> pngs }.flatten())
 
     //

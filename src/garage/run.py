@@ -27,6 +27,9 @@ REQUIRED_COLUMNS = ("sample", "counts")
 OPTIONAL_COLUMNS = ("label_key", "condition_key", "layer")
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STAGES = ("preprocess", "gat", "gan", "evaluate")
+#: options of the params file's ``gan`` section that are ``run_gan`` arguments, not GANConfig
+#: fields (``garage gan --no-provenance`` / ``--shareable-model``), with their defaults
+GAN_RUN_OPTIONS: dict[str, bool] = {"provenance": True, "shareable_model": False}
 
 
 @dataclass(frozen=True)
@@ -122,18 +125,36 @@ def _load_params(path: Path | None) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict) or not set(data) <= set(STAGES):
         raise GarageError(
             f"params file must map stage names {list(STAGES)} to option dicts (got {list(data) if isinstance(data, dict) else type(data).__name__})",
-            'e.g. {"gan": {"epochs": 200}}',
+            'e.g. {"gan": {"gan_steps": 2000}}',
         )
     return data
 
 
-def _config(cls, overrides: dict[str, Any], stage: str, seed: int | None = None):
+def _gan_run_options(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
+    """Split the ``gan`` section into GANConfig fields and ``run_gan`` options (GAN_RUN_OPTIONS).
+
+    ``provenance: false`` skips the PRIVATE ``PREFIX.provenance.tsv`` (evaluate then runs
+    without it: no ``seed_nn_share``); ``shareable_model: true`` writes a generator without
+    seed codes, seed names or training-cell digests (and this run's cells are unseeded).
+    """
+    overrides = dict(overrides)
+    options: dict[str, bool] = {}
+    for name, default in GAN_RUN_OPTIONS.items():
+        value = overrides.pop(name, default)
+        if not isinstance(value, bool):
+            raise GarageError(f"gan option {name!r} in params must be true or false (got {value!r})",
+                              f'e.g. {{"gan": {{"{name}": {str(not default).lower()}}}}}')
+        options[name] = value
+    return overrides, options
+
+
+def _config(cls, overrides: dict[str, Any], stage: str, seed: int | None = None, also_valid=()):
     names = {f.name for f in dataclasses.fields(cls)}
     if seed is not None and "seed" in names:
         overrides = {"seed": seed} | overrides
     bad = sorted(set(overrides) - names)
     if bad:
-        raise GarageError(f"unknown {stage} option(s) {bad} in params", f"valid: {sorted(names)}")
+        raise GarageError(f"unknown {stage} option(s) {bad} in params", f"valid: {sorted(names | set(also_valid))}")
     cfg = cls(**overrides)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -187,7 +208,8 @@ def run_samples(
         "evaluate": ({**ev.TEST_OVERRIDES} if test else {}) | params.get("evaluate", {}),
     }
     gat_cfg = _config(gat.GATConfig, stage_over["gat"], "gat", seed)
-    gan_cfg = _config(gan.GANConfig, stage_over["gan"], "gan", seed)
+    gan_over, gan_opts = _gan_run_options(stage_over["gan"])
+    gan_cfg = _config(gan.GANConfig, gan_over, "gan", seed, also_valid=GAN_RUN_OPTIONS)
     ev_cfg = _config(ev.EvaluateConfig, stage_over["evaluate"], "evaluate", seed)
 
     results: list[SampleResult] = []
@@ -209,12 +231,16 @@ def run_samples(
                 or gat.run_gat(pp, d, s.sample, gat_cfg, device=device, threads=threads, resume=resume)
             logger.info("[%s] gat done", s.sample)
             d = outdir / "gan"
-            gn = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
-                                 "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}",
-                                 "provenance": d / f"{s.sample}{C.SUFFIX_PROVENANCE}"}) \
-                or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume)
+            gan_outputs = {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
+                           "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}
+            if gan_opts["provenance"]:
+                gan_outputs["provenance"] = d / f"{s.sample}{C.SUFFIX_PROVENANCE}"
+            gn = _reuse(resume, gan_outputs) \
+                or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume,
+                               **gan_opts)
             logger.info("[%s] gan done", s.sample)
-            # the seeds and the (private) provenance make the privacy metrics seed-aware
+            # the seeds and the (private) provenance make the privacy metrics seed-aware (no
+            # provenance with gan.provenance: false: evaluate then runs without it)
             e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg,
                                 seeds=g["h5ad"], provenance=gn.get("provenance"))
             logger.info("[%s] evaluate done", s.sample)
@@ -235,7 +261,7 @@ def run_samples(
 
         try:
             report_params = {"profile": profile or "", "seed": seed, "device": device,
-                             "gat": dataclasses.asdict(gat_cfg), "gan": gan_cfg.to_dict(),
+                             "gat": dataclasses.asdict(gat_cfg), "gan": gan_cfg.to_dict() | gan_opts,
                              "evaluate": ev.params_of(ev_cfg)}
             html = run_report(outdir / "evaluate", outdir / "multiqc", params=report_params)
             logger.info("MultiQC report: %s", html)

@@ -824,6 +824,7 @@ def test_module_evaluate(pipeline_run):
     # the seeds and the provenance reached evaluate: the seed-aware privacy checks ran
     assert metrics["metrics"]["seed_mia_auc"]["value"] is not None and "privacy_ok" in metrics
     assert {p.name for p in out["multiqc_files"]} == {f"{P68K}.garage_metrics.json", f"{P68K}.per_type.tsv"}
+    assert out.get("per_condition", []) == []  # no condition_key: no per-condition table
     # optional only for --no-plots; the default command line must produce both
     assert {p.name for p in out.get("plots", [])} == {f"{P68K}.umap.png", f"{P68K}.per_type.png"}
 
@@ -857,6 +858,103 @@ def test_module_stub(name, modules, tmp_path, meta):
 def test_module_version_evals(name, modules, tmp_path):
     versions = run_evals(modules[name], tmp_path)
     assert versions and all(re.match(r"^v?\d+\.\d+", v) for v in versions.values()), versions
+
+
+def _publish_patterns(process: str) -> list[str]:
+    """The publishDir `pattern:` globs of one process in conf/modules.config, braces expanded."""
+    text = strip_comments((REPO / "conf/modules.config").read_text())
+    block = find_block(text, rf"withName:\s*'{process}'")
+    return [g for p in re.findall(r"pattern:\s*'([^']+)'", block) for g in expand_braces(p)]
+
+
+def _declared_names(module: Module, prefix: str = "S") -> dict[str, tuple[list[str], bool]]:
+    """emit -> (file names its path patterns give for *prefix*, optional)."""
+    ctx = {"prefix": prefix, "meta": {"id": prefix}, "task": {"ext": {}, "process": module.name}}
+    out: dict[str, tuple[list[str], bool]] = {}
+    for emit, pattern, optional in module.outputs:
+        names, opt = out.get(emit, ([], optional))
+        out[emit] = (names + expand_braces(interpolate(pattern, ctx)), opt and optional)
+    return out
+
+
+def test_publish_patterns_cover_every_module_output(modules):
+    """Every file a GARAGE stage emits, optional ones included, is published by conf/modules.config."""
+    import fnmatch
+
+    for name, m in modules.items():
+        if name == "MULTIQC":  # published whole
+            continue
+        globs = _publish_patterns(name)
+        assert globs, f"{name} publishes nothing"
+        for emit, (names, _) in _declared_names(m).items():
+            for fn in names:
+                assert any(fnmatch.fnmatchcase(fn, g) for g in globs), (
+                    f"{name}: output {fn} (emit {emit}) matches no publishDir pattern {globs}")
+
+
+def test_evaluate_module_declares_every_garage_evaluate_output(modules):
+    """Each file `garage evaluate` can write is a GARAGE_EVALUATE output; those it writes only
+    sometimes (per_condition.tsv with a condition, the PNGs without --no-plots) are optional."""
+    require_cli("evaluate")
+    from garage.evaluate import output_paths
+
+    declared = _declared_names(modules["GARAGE_EVALUATE"])
+    optional = {fn for names, opt in declared.values() if opt for fn in names}
+    required = {fn for names, opt in declared.values() if not opt for fn in names}
+    always = {p.name for p in output_paths(Path("."), "S", plots=False, conditions=False).values()}
+    every = {p.name for p in output_paths(Path("."), "S", plots=True, conditions=True).values()}
+    assert every <= optional | required, f"not declared: {sorted(every - optional - required)}"
+    assert required <= always, f"declared required but not always written: {sorted(required - always)}"
+    assert "S.per_condition.tsv" in optional and declared["per_condition"][1]
+
+
+def test_gan_without_provenance_reaches_evaluate(modules, tparams, meta, tmp_path):
+    """`--gan_args '--no-provenance'`: GARAGE_GAN succeeds without PREFIX.provenance.tsv, the
+    workflow hands GARAGE_EVALUATE `[]` for it, and evaluate then runs without --provenance."""
+    require_cli("gan")
+    require_cli("evaluate")
+    assert "no_provenance" in cli_flags("gan")
+    gan = modules["GARAGE_GAN"]
+    args = render_ext_args("GARAGE_GAN", tparams | {"gan_args": "--no-provenance"}, meta)
+    script, ctx = render(gan, stub=False, meta=meta, inputs={"seeds": f"{P68K}.seeds.h5ad"}, ext_args=args)
+    assert "--no-provenance" in script
+    gan_dir = tmp_path / "gan"
+    gan_dir.mkdir()
+    for emit, (names, _) in _declared_names(gan, P68K).items():
+        if emit != "provenance":
+            for fn in names:
+                (gan_dir / fn).touch()
+    assert declared_outputs(gan, ctx, gan_dir).get("provenance", []) == []  # fails on a missing required one
+
+    # the workflow keeps a sample without provenance (remainder) and passes [] in its place
+    _, workflows, _ = parse_pipeline(REPO)
+    stmt = next(s for s in workflows["GARAGE"].statements if s.startswith("ch_evaluate_input ="))
+    assert re.search(r"\.join\(\s*GARAGE_GAN\.out\.provenance\s*,[^)]*\bremainder:\s*true", stmt), stmt
+    assert re.search(r"\bprovenance\s*\?:\s*\[\]", stmt), stmt
+
+    # the evaluate command line: --provenance only with a file (a stand-in records its argv)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "garage_evaluate.py").write_text('#!/bin/bash\nprintf \'%s\\n\' "$@" > argv.txt\n')
+    (fake / "garage_evaluate.py").chmod(0o755)
+    ev = modules["GARAGE_EVALUATE"]
+    ev_args = render_ext_args("GARAGE_EVALUATE", tparams, meta)
+    for n, provenance in enumerate(([], f"{P68K}.provenance.tsv")):
+        workdir = tmp_path / f"evaluate{n}"
+        workdir.mkdir()
+        inputs = {"real": "r.h5ad", "synthetic": "s.h5ad", "seeds": "d.h5ad", "provenance": provenance}
+        script, _ = render(ev, stub=False, meta=meta, inputs=inputs, ext_args=ev_args)
+        env = task_env()
+        env["PATH"] = os.pathsep.join([str(fake), env["PATH"]])
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        argv = (workdir / "argv.txt").read_text().splitlines()
+        assert "" not in argv and "--seeds" in argv, argv
+        if provenance:
+            assert argv[argv.index("--provenance") + 1] == provenance
+        else:
+            assert "--provenance" not in argv, argv
 
 
 # ---------------------------------------------------------------------------------------
@@ -1780,7 +1878,8 @@ def test_multiqc_receives_every_report_input():
     the parameter summary / methods YAMLs all flow into MULTIQC's input."""
     _, workflows, _ = parse_pipeline(REPO)
     fed = _inputs_of_call(workflows["GARAGE"], "MULTIQC")
-    for source in ("GARAGE_EVALUATE.out.multiqc_files", "GARAGE_EVALUATE.out.plots", "channel.topic('versions')",
+    for source in ("GARAGE_EVALUATE.out.multiqc_files", "GARAGE_EVALUATE.out.per_condition",
+                   "GARAGE_EVALUATE.out.plots", "channel.topic('versions')",
                    "softwareVersionsToYAML", "sampleStatusMultiqc", "ch_report_files"):
         assert source in fed, f"{source} does not reach MULTIQC"
     # ch_report_files is the initialisation's parameter summary + methods description

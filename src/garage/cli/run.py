@@ -11,13 +11,16 @@ from ._options import device_option, seed_option, threads_option
 
 @click.command("run")
 @click.option("--input", "input_", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="CSV samplesheet: sample,counts[,label_key,layer].")
+              help="CSV samplesheet: sample,counts[,label_key,layer,condition_key] (condition_key: "
+                   "an obs column of a covariate such as donor or protocol; optional).")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Results folder (same layout as the Nextflow pipeline).")
 @click.option("--profile", type=click.Choice(["test"]), default=None,
               help="test: bundled real data (PBMC 3k subset + pbmc68k_reduced), fast settings.")
 @click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help='JSON/YAML mapping stage -> options, e.g. {"gan": {"epochs": 200}}.')
+              default=None,
+              help='JSON/YAML mapping stage -> options (config field names), e.g. {"gan": {"gan_steps": '
+                   '2000, "shareable_model": true}}; gan also takes provenance: false.')
 @click.option("--resume", is_flag=True, help="Reuse finished outputs and continue from checkpoints.")
 @click.option("--no-report", is_flag=True, help="Skip the MultiQC report.")
 @seed_option

@@ -259,8 +259,9 @@ class GANConfig:
         steps (600 critic passes at 5 critic steps per generator step), clipped
         to [1,500, 5,000].  Small data gets enough steps to converge; large data
         is bounded, because a 16-d latent distribution does not need more steps
-        when the cells are more numerous.  Both phases stop earlier when the
-        validation cells stop improving (*patience*).
+        when the cells are more numerous.  Only the adversarial phase may stop
+        earlier, when its validation score stops improving (*patience*); the
+        autoencoder and decoder phases run every step.
         """
         per_pass = max(1, n_train // self.batch_size)
         ae = self.ae_steps if self.ae_steps is not None else (

@@ -1,10 +1,14 @@
 """Training loops in optimiser steps: autoencoder, dispersion refit, decoder, adversarial phase.
 
 Every phase runs a number of optimiser steps chosen from the data size
-(``GANConfig.schedule``) and keeps the state that scored best on the
-validation cells (train cells held out from fitting), stopping early after
-``patience`` checks without improvement.  So one set of defaults serves 800
-cells and 1,000,000, and a longer run cannot drift past its best point.
+(``GANConfig.schedule``), so one set of defaults serves 800 cells and
+1,000,000.  About ``N_CHECKS`` times per phase the validation cells (train
+cells held out from fitting) are scored and the score is logged
+(``val_score``).  Only the adversarial phase stops early: after ``patience``
+checks without a ``MIN_DELTA`` improvement, never before ``MIN_FRACTION`` of
+its steps (gene space and the original mode have no validation score and run
+every step).  The autoencoder and decoder phases run their whole schedule
+(``Trainer._run_phase`` says why).  No phase rewinds: the last state is kept.
 
 Random sources: one CPU ``torch.Generator`` picks minibatch rows (the counts
 live in a CPU sparse matrix); a generator on the training device draws noise,
@@ -353,9 +357,10 @@ class Trainer:
         """Validation score: NB NLL of the validation cells decoded at their posterior means.
 
         That is how generation uses the decoder (codes like posterior means), so
-        the autoencoder is kept at the state whose decoder generalises best to
-        cells it never saw (the KL term, which grows as the encoder uses more of
-        the latent space, is not part of the score).
+        it measures how well the decoder generalises to cells it never saw (the KL
+        term, which grows as the encoder uses more of the latent space, is not part
+        of the score).  Logged only: the phase runs its whole schedule and keeps
+        its last state (see ``_run_phase``).
         """
         return self._decoder_val()
 

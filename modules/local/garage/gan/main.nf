@@ -11,8 +11,9 @@ process GARAGE_GAN {
     tuple val(meta), path("${prefix}.synthetic.h5ad"), emit: h5ad
     tuple val(meta), path("${prefix}.generator.pt"), emit: model
     tuple val(meta), path("${prefix}.gan_log.tsv"), emit: log
-    // PRIVATE: names the real seed cell of every seeded synthetic cell (published to private/)
-    tuple val(meta), path("${prefix}.provenance.tsv"), emit: provenance
+    // PRIVATE: names the real seed cell of every seeded synthetic cell (published to private/);
+    // absent with --no-provenance in ext.args (GARAGE_EVALUATE then runs without it)
+    tuple val(meta), path("${prefix}.provenance.tsv"), optional: true, emit: provenance
     tuple val("${task.process}"), val('garage'), eval('garage --version | sed "s/^garage //"'), emit: versions_garage, topic: versions
     tuple val("${task.process}"), val('torch'), eval('python -c "import torch; print(torch.__version__)"'), emit: versions_torch, topic: versions
 

@@ -1,0 +1,130 @@
+"""`garage run --params`: the `gan` section's run options (provenance, shareable_model).
+
+Fast: the stages are replaced by stand-ins that record how `run_samples` calls them, so
+nothing is trained here (tests/python/test_run.py runs the real stages).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from garage import run as garage_run
+from garage.errors import GarageError
+
+
+def test_gan_run_options_split_from_config_fields():
+    over, opts = garage_run._gan_run_options({"gan_steps": 50, "provenance": False, "shareable_model": True})
+    assert over == {"gan_steps": 50}
+    assert opts == {"provenance": False, "shareable_model": True}
+    assert garage_run._gan_run_options({}) == ({}, {"provenance": True, "shareable_model": False})
+
+
+@pytest.mark.parametrize("name, value", [("provenance", "no"), ("shareable_model", 1)])
+def test_gan_run_options_must_be_booleans(name, value):
+    with pytest.raises(GarageError, match=f"{name}.*true or false"):
+        garage_run._gan_run_options({name: value})
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, tmp_path):
+    """Replace every stage by a stand-in that writes nothing heavy and records its call."""
+    import garage.evaluate as ev
+    import garage.gan as gan
+    import garage.gat as gat
+    import garage.preprocess as pp
+
+    calls: dict[str, dict] = {}
+
+    def touch(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        return path
+
+    def run_preprocess(counts, outdir, prefix, config):
+        return {"h5ad": touch(Path(outdir) / f"{prefix}.preprocessed.h5ad")}
+
+    def run_gat(inp, outdir, prefix, config, **kw):
+        return {k: touch(Path(outdir) / f"{prefix}.{s}") for k, s in
+                (("h5ad", "seeds.h5ad"), ("model", "gat.pt"), ("log", "gat_log.tsv"))}
+
+    def run_gan(inp, outdir, prefix, config, *, provenance=True, shareable_model=False, **kw):
+        calls["gan"] = {"provenance": provenance, "shareable_model": shareable_model, "config": config}
+        out = {k: touch(Path(outdir) / f"{prefix}.{s}") for k, s in
+               (("h5ad", "synthetic.h5ad"), ("model", "generator.pt"), ("log", "gan_log.tsv"))}
+        if provenance:
+            out["provenance"] = touch(Path(outdir) / f"{prefix}.provenance.tsv")
+        return out
+
+    def run_evaluate(real, synthetic, outdir, prefix, config, *, seeds=None, provenance=None, **kw):
+        calls["evaluate"] = {"seeds": seeds, "provenance": provenance}
+        return {"metrics": touch(Path(outdir) / f"{prefix}.garage_metrics.json")}
+
+    monkeypatch.setattr(pp, "run_preprocess", run_preprocess)
+    monkeypatch.setattr(gat, "run_gat", run_gat)
+    monkeypatch.setattr(gan, "run_gan", run_gan)
+    monkeypatch.setattr(ev, "run_evaluate", run_evaluate)
+    counts = touch(tmp_path / "counts.h5ad")
+    return calls, [garage_run.Sample("s1", counts, "cell_type")]
+
+
+def _params(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_params_gan_shareable_model_and_no_provenance(stand_ins, tmp_path):
+    calls, samples = stand_ins
+    params = _params(tmp_path, {"gan": {"gan_steps": 7, "shareable_model": True, "provenance": False}})
+    results = garage_run.run_samples(samples, tmp_path / "out", params_file=params, report=False)
+    assert [r.status for r in results] == ["ok"], results[0].message
+    assert calls["gan"]["shareable_model"] is True and calls["gan"]["provenance"] is False
+    assert calls["gan"]["config"].gan_steps == 7
+    # no provenance file, so evaluate must not be handed one
+    assert calls["evaluate"]["provenance"] is None and calls["evaluate"]["seeds"] is not None
+    assert not (tmp_path / "out/gan/s1.provenance.tsv").exists()
+
+
+def test_params_gan_defaults_keep_provenance(stand_ins, tmp_path):
+    calls, samples = stand_ins
+    results = garage_run.run_samples(samples, tmp_path / "out", report=False)
+    assert [r.status for r in results] == ["ok"], results[0].message
+    assert calls["gan"]["shareable_model"] is False and calls["gan"]["provenance"] is True
+    assert Path(calls["evaluate"]["provenance"]).name == "s1.provenance.tsv"
+
+
+def test_resume_without_provenance_reuses_gan_outputs(stand_ins, tmp_path):
+    """With provenance: false a finished GAN stage is reused without a provenance file."""
+    calls, samples = stand_ins
+    params = _params(tmp_path, {"gan": {"provenance": False}})
+    garage_run.run_samples(samples, tmp_path / "out", params_file=params, report=False)
+    calls.clear()
+    results = garage_run.run_samples(samples, tmp_path / "out", params_file=params, report=False, resume=True)
+    assert [r.status for r in results] == ["ok"]
+    assert "gan" not in calls and calls["evaluate"]["provenance"] is None
+
+
+def test_unknown_gan_option_lists_the_run_options(stand_ins, tmp_path):
+    _, samples = stand_ins
+    params = _params(tmp_path, {"gan": {"epoch": 3}})
+    with pytest.raises(GarageError) as err:
+        garage_run.run_samples(samples, tmp_path / "out", params_file=params, report=False)
+    assert "'epoch'" in str(err.value) and "shareable_model" in err.value.fix and "provenance" in err.value.fix
+
+
+def test_run_help_documents_condition_key_and_gan_steps():
+    from garage.cli.run import run
+
+    out = CliRunner().invoke(run, ["--help"], terminal_width=200).output
+    assert "condition_key" in out and "gan_steps" in out and "shareable_model" in out
+    assert '"epochs"' not in out
+
+
+def test_params_hint_uses_gan_steps(tmp_path):
+    with pytest.raises(GarageError) as err:
+        garage_run._load_params(_params(tmp_path, {"train": {}}))
+    assert "gan_steps" in err.value.fix and "epochs" not in err.value.fix
