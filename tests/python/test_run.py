@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from garage import constants as C
 from garage.errors import GarageError
 from garage.run import read_samplesheet
 
@@ -98,6 +99,34 @@ def test_profile_test_runs_every_stage(test_profile_run):
         assert not [n for n in names if n in text][:3]
     summary = (out / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()
     assert len(summary) == 3 and all("\tok\t" in ln for ln in summary[1:])
+
+
+def test_every_stage_uses_the_one_rare_list(test_profile_run):
+    """One definition of rare (issue 15).  On the bundled PBMC subset DC is just under 3% of all
+    cells but just over 3% of the train split: a per-stage threshold would disagree.  Every
+    stage must carry the list preprocess decided."""
+    out, proc = test_profile_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sample = "pbmc3k_small"
+    pp = ad.read_h5ad(out / f"preprocess/{sample}.preprocessed.h5ad", backed="r")
+    lab = pp.obs[C.OBS_LABEL].astype(str).to_numpy()
+    train = pp.obs[C.OBS_SPLIT].astype(str).to_numpy() == C.SPLIT_TRAIN
+    share_all, share_train = np.mean(lab == "DC"), np.mean(lab[train] == "DC")
+    assert share_all < 0.03 < share_train  # the near-threshold case
+    decided = sorted(map(str, pp.uns[C.UNS_KEY][C.UNS_RARE_TYPES]))
+    assert decided == ["DC", "Platelet"]
+    seeds = ad.read_h5ad(out / f"gat/{sample}.seeds.h5ad", backed="r")
+    syn = ad.read_h5ad(out / f"gan/{sample}.synthetic.h5ad", backed="r")
+    metrics = json.loads((out / f"evaluate/{sample}.garage_metrics.json").read_text())
+    assert sorted(map(str, seeds.uns[C.UNS_KEY][C.UNS_RARE_TYPES])) == decided
+    assert sorted(map(str, syn.uns[C.UNS_KEY][C.UNS_RARE_TYPES])) == decided
+    assert sorted(metrics["rare_types"]) == decided
+    # the GAT gave DC the rare quota: every train DC cell (under rare_min) is a seed
+    s_lab = seeds.obs[C.OBS_LABEL].astype(str).to_numpy()
+    s_train = seeds.obs[C.OBS_SPLIT].astype(str).to_numpy() == C.SPLIT_TRAIN
+    is_seed = seeds.obs[C.OBS_SEED].astype(bool).to_numpy()
+    n_dc_train = int(((s_lab == "DC") & s_train).sum())
+    assert int(((s_lab == "DC") & is_seed).sum()) >= min(n_dc_train, 10)
 
 
 def test_bad_sample_fails_alone(tmp_path, pbmc68k_counts_path):
