@@ -40,7 +40,7 @@ def composition_options(f):
 @click.option("--space", type=click.Choice(["latent", "gene"]), default="latent", show_default=True,
               help="Where the adversarial game runs: a count-VAE latent space, or the HVGs directly.")
 @click.option("--gan-steps", type=click.IntRange(min=1), default=None,
-              help="Generator steps of the adversarial phase [default: chosen from the number of cells].")
+              help="Generator steps of the adversarial phase [default: 6000].")
 @click.option("--ae-steps", type=click.IntRange(min=1), default=None,
               help="Autoencoder optimiser steps (latent space) [default: chosen from the number of cells].")
 @click.option("--decoder-steps", type=click.IntRange(min=0), default=None,
@@ -53,9 +53,9 @@ def composition_options(f):
               help="Deprecated: decoder passes over the cells (converted to --decoder-steps).")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
               help="Share of each type (x condition) with >= 20 train cells held out for the stopping rules.")
-@click.option("--patience", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
               help="Adversarial phase: stop after this many validation checks (of ~40) without a 2%% "
-                   "improvement (0: run every step).")
+                   "improvement (0, the default: run every step; the score plateaued while C2ST still improved).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--n-latent", type=click.IntRange(min=1), default=16, show_default=True)
