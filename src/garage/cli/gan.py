@@ -54,7 +54,7 @@ def composition_options(f):
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
               help="Share of each type (x condition) with >= 20 train cells held out for the stopping rules.")
 @click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Adversarial phase: stop after this many validation checks (of ~40) without a 2%% "
+              help="Adversarial phase: stop after this many validation checks (of ~40) without a 2% "
                    "improvement (0, the default: run every step; the score plateaued while C2ST still improved).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--noise-dim", type=click.IntRange(min=1), default=32, show_default=True)

@@ -80,7 +80,6 @@ def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
     return out
 
 
-@dataclass(frozen=True)
 #: adversarial generator steps when neither --gan-steps nor --epochs is given.  Chosen on the
 #: validation splits of the development datasets (bench/results/fidelity_notes.md): 6,000 steps
 #: without early stopping brought C2ST from 0.622 to 0.563 (sc_mixology) and 0.621 to 0.587
@@ -88,6 +87,7 @@ def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
 GAN_STEPS_DEFAULT = 6000
 
 
+@dataclass(frozen=True)
 class GANConfig:
     """Options of the conditional hybrid-input GAN (saved inside ``PREFIX.generator.pt``).
 
