@@ -58,13 +58,23 @@ def _train_method(method: str, seeds_h5ad: Path, out: Path, seed: int, scvi_epoc
     train = real[real.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN].copy()
     labels = train.obs[C.OBS_LABEL].astype(str)
     n_per_type = labels.value_counts().to_dict()  # same composition as the train split
+    # a condition (preprocess --condition-key): baselines keep it, so evaluate can score per condition
+    cond = train.obs[C.OBS_CONDITION].astype(str) if C.OBS_CONDITION in train.obs.columns else None
     if method == "knn_interp":
+        import pandas as pd
+
         from garage.baselines import knn_interpolation
 
+        sep = "\x1f"  # interpolate within type x condition when there is a condition
+        groups = labels if cond is None else labels + sep + cond
         syn = knn_interpolation(
             ad.AnnData(train.layers[C.LAYER_COUNTS], obs=train.obs[[]], var=train.var[[]]),
-            labels, n_per_type, seed=seed,
+            groups, groups.value_counts().to_dict(), seed=seed,
         )
+        if cond is not None:
+            parts = syn.obs[C.OBS_CELL_TYPE].astype(str).str.split(sep, n=1, expand=True)
+            syn.obs[C.OBS_CELL_TYPE] = pd.Categorical(parts[0])
+            syn.obs[C.OBS_SYN_CONDITION] = pd.Categorical(parts[1])
     elif method == "scvi":
         import pandas as pd
         import scipy.sparse as sp
@@ -73,7 +83,9 @@ def _train_method(method: str, seeds_h5ad: Path, out: Path, seed: int, scvi_epoc
         scvi.settings.seed = seed
         a = ad.AnnData(sp.csr_matrix(train.layers[C.LAYER_COUNTS]), obs=pd.DataFrame(index=train.obs_names),
                        var=pd.DataFrame(index=train.var_names))
-        scvi.model.SCVI.setup_anndata(a)
+        if cond is not None:  # scVI's own covariate mechanism: the condition as batch
+            a.obs["condition"] = cond.to_numpy()
+        scvi.model.SCVI.setup_anndata(a, batch_key="condition" if cond is not None else None)
         model = scvi.model.SCVI(a)
         model.train(max_epochs=scvi_epochs, accelerator="cpu", enable_progress_bar=False)
         rng = np.random.default_rng(seed)
@@ -90,6 +102,8 @@ def _train_method(method: str, seeds_h5ad: Path, out: Path, seed: int, scvi_epoc
             C.OBS_CELL_TYPE: pd.Categorical(cts), C.OBS_SYNTHETIC: True,
             C.OBS_SEED_ID: train.obs_names[idx].astype(str)}, index=[f"scvi_{i}" for i in range(len(idx))]),
             var=pd.DataFrame(index=train.var_names))
+        if cond is not None:  # each posterior sample keeps its train cell's condition
+            syn.obs[C.OBS_SYN_CONDITION] = pd.Categorical(cond.to_numpy()[idx])
     elif method == "control":
         import pandas as pd
         import scipy.sparse as sp

@@ -59,12 +59,22 @@ VAL_SEED = 1009  # the validation re-split's own seed (not the preprocess seed)
 #: metrics in the summary table: name -> how to read it
 TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "rare_spread_ratio",
          "tstr_macro_f1", "tstr_rare_f1", "dcr_ratio", "mia_auc", "seed_mia_auc", "train_s")
+#: extra columns when a dataset has a condition (NAME+KEY)
+COND_TABLE = ("condition_lfc_corr", "condition_lfc_corr_control", "c2st_per_condition")
 FID = WORK / "fidelity"
 
 
 # ------------------------------------------------------------------ datasets
 def dataset(name: str) -> tuple[Path, str, str | None]:
-    """(counts file, label key, condition key) of a benchmark dataset."""
+    """(counts file, label key, condition key) of a benchmark dataset.
+
+    ``NAME+KEY`` (e.g. ``kang_ifnb+stim``) runs dataset NAME with ``garage preprocess
+    --condition-key KEY``: split by type x condition, a conditioned GARAGE, baselines that keep
+    the condition, and evaluate's per-condition scores (issue 16)."""
+    if "+" in name:
+        base, cond = name.split("+", 1)
+        path, key, _ = dataset(base)
+        return path, key, cond
     try:  # the dataset registry (bench/datasets.py) knows more datasets and how to build them
         from . import datasets as reg
 
@@ -207,6 +217,8 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
            "peak_mb": round(m["peak_mb"]), "metrics": doc["metrics"],
            "per_type": str(out / "evaluate" / "eval.per_type.tsv"),
            "rare_types": doc.get("rare_types", []), "n_cells": doc.get("n_cells", {})}
+    if doc.get("conditions"):
+        row["cond"] = _condition_summary(doc["conditions"])
     done.write_text(json.dumps(row, indent=1, default=float))
     return row
 
@@ -242,7 +254,24 @@ def _fail(done: Path, key: str, why: str) -> dict:
 
 
 # ------------------------------------------------------------------ summary
+def _condition_summary(block: dict) -> dict:
+    """Means over conditions (per-condition C2ST) and over (type, condition) pairs (lfc corr)."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None and np.isfinite(x)]
+        return float(np.mean(xs)) if xs else None
+
+    per = block.get("metrics", {})
+    eff = block.get("effect", [])
+    return {"c2st_per_condition": mean([m["c2st_auc"]["value"] for m in per.values()]),
+            "c2st_per_condition_control": mean([m["c2st_auc"]["control"] for m in per.values()]),
+            "condition_lfc_corr": mean([e.get("value") for e in eff]),
+            "condition_lfc_corr_control": mean([e.get("control") for e in eff]),
+            "n_effects": len(eff), "levels": block.get("levels", [])}
+
+
 def _value(row: dict, name: str):
+    if name in COND_TABLE:
+        return (row.get("cond") or {}).get(name)
     m = row.get("metrics", {})
     if name == "c2st_gap":
         c = m.get("c2st_auc", {})
@@ -264,7 +293,7 @@ def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
         if r.get("status") != "ok":
             continue
         rec = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"]}
-        rec.update({k: _value(r, k) for k in TABLE})
+        rec.update({k: _value(r, k) for k in TABLE + COND_TABLE})
         recs.append(rec)
     # the real-vs-real control: each metric's own control value (train vs holdout) in GARAGE's runs
     for r in rows:
@@ -274,12 +303,18 @@ def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
             rec.update({k: m.get(k, {}).get("control") for k in TABLE if k in m})
             rec["c2st_gap"] = 0.0
             rec["rare_agreement_control"] = m.get("rare_agreement", {}).get("control")
+            cs = r.get("cond") or {}
+            rec["c2st_per_condition"] = cs.get("c2st_per_condition_control")
+            rec["condition_lfc_corr"] = rec["condition_lfc_corr_control"] = cs.get("condition_lfc_corr_control")
             recs.append(rec)
     df = pd.DataFrame(recs)
     out = []
     for (ds, meth), g in df.groupby(["dataset", "method"], sort=False):
         rec = {"dataset": ds, "method": meth, "n_seeds": len(g)}
-        for k in TABLE:
+        for k in TABLE + COND_TABLE:
+            if k not in g.columns:
+                rec[k], rec[k + "_hw"] = np.nan, np.nan
+                continue
             v = pd.to_numeric(g[k], errors="coerce").dropna().to_numpy(float)
             rec[k] = float(v.mean()) if v.size else np.nan
             rec[k + "_hw"] = (float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
@@ -335,12 +370,21 @@ def write_report(summary, split: str, cmd: str, tag: str) -> Path:
              "`c2st_gap` = C2ST AUC minus its real-vs-real control in the same evaluation "
              "(0 is perfect). `rare_agreement_control` is the real holdout's own agreement. "
              "`train_s` includes GARAGE's GAT stage.", ""]
-    cols = ["method", "n_seeds", *TABLE]
     for ds, g in summary.groupby("dataset", sort=False):
+        keys = TABLE
+        if "+" in ds:  # a condition: per-condition C2ST and the condition effect (issue 16)
+            keys = TABLE + ("c2st_per_condition", "condition_lfc_corr")
+        cols = ["method", "n_seeds", *keys]
         lines += [f"## {ds}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for _, r in g.iterrows():
-            lines.append("| " + " | ".join([r["method"], str(r["n_seeds"])] + [cell(r, k) for k in TABLE]) + " |")
+            lines.append("| " + " | ".join([r["method"], str(r["n_seeds"])] + [cell(r, k) for k in keys]) + " |")
         lines.append("")
+    if any("+" in str(ds) for ds in summary["dataset"]):
+        lines += ["`NAME+KEY` datasets ran with `garage preprocess --condition-key KEY`. "
+                  "`c2st_per_condition`: C2ST of synthetic vs real holdout cells of the same condition, "
+                  "mean over conditions. `condition_lfc_corr`: correlation of per-gene log-fold changes "
+                  "between conditions (synthetic vs holdout), mean over types with enough cells under "
+                  "both; its control row is train vs holdout.", ""]
     lines += ["## Issue 13 targets (GARAGE defaults)", "", *targets(summary), ""]
     base.with_suffix(".md").write_text("\n".join(lines))
     return base.with_suffix(".md")
