@@ -62,6 +62,8 @@ TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "ra
 #: extra columns when a dataset has a condition (NAME+KEY)
 COND_TABLE = ("condition_lfc_corr", "condition_lfc_corr_control", "c2st_per_condition")
 FID = WORK / "fidelity"
+#: git revision whose GAT/GAN code the cached GARAGE rows must come from (``--code-rev``; HEAD)
+CODE_REV: str | None = None
 
 
 # ------------------------------------------------------------------ datasets
@@ -167,19 +169,23 @@ def _opt_args(opts: dict) -> list[str]:
 
 
 def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_epochs: int | None,
-            force: bool = False) -> dict | None:
-    """Train + evaluate one (dataset, split, method, seed); return its row (cached)."""
-    pp = prepare(name, split)
+            force: bool = False, report_only: bool = False) -> dict | None:
+    """Train + evaluate one (dataset, split, method, seed); return its row (cached).
+
+    *report_only*: return the cached row of the current code, or None; never compute."""
     opts = _variant_opts(method, variants)
     code = _code_version() if method.startswith("garage") else ""
     key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code], sort_keys=True).encode()).hexdigest()[:8]
     out = FID / name / split / f"{method.replace('@', '_')}_s{seed}"
-    out.mkdir(parents=True, exist_ok=True)
     done = out / "row.json"
     if done.exists() and not force:
         row = json.loads(done.read_text())
         if row.get("key") == key:
             return row
+    if report_only:
+        return None
+    pp = prepare(name, split)
+    out.mkdir(parents=True, exist_ok=True)
     t_gat = 0.0
     if method.startswith("garage"):
         gat_opts = opts.get("gat", {})
@@ -230,10 +236,12 @@ def _code_version() -> str:
     """Git tree ids of the GAT and GAN code: a cached GARAGE row is reused only for the same code."""
     import subprocess
 
-    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD:src/garage/gan", "HEAD:src/garage/gat"],
+    rev = CODE_REV or "HEAD"
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", f"{rev}:src/garage/gan", f"{rev}:src/garage/gat"],
                          capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src/garage/gan", "src/garage/gat"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = "" if CODE_REV else subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "src/garage/gan", "src/garage/gat"],
+        capture_output=True, text=True).stdout.strip()
     return out.stdout.strip().replace("\n", ":") + (":dirty" if dirty else "")
 
 
@@ -401,8 +409,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scvi-epochs", type=int, default=None, help="default: scvi-tools' own schedule")
     ap.add_argument("--tag", default="")
     ap.add_argument("--force", action="store_true", help="recompute cached rows")
+    ap.add_argument("--code-rev", default=None,
+                    help="with --report-only: the commit whose GARAGE rows to report (default HEAD)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the table from the cached rows of the current code; compute nothing")
     args = ap.parse_args(argv)
 
+    global CODE_REV
+    CODE_REV = args.code_rev
     variants = {}
     for v in args.variant:
         n, js = v.split("=", 1)
@@ -415,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         for method in methods:
             for seed in (seeds if method != "control" else seeds[:1]):
                 t1 = time.time()
-                row = run_one(name, args.split, method, seed, variants, args.scvi_epochs, args.force)
+                row = run_one(name, args.split, method, seed, variants, args.scvi_epochs, args.force,
+                              args.report_only)
                 if row:
                     rows.append(row)
                     if row.get("status") == "ok":

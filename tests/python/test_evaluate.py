@@ -371,6 +371,94 @@ def test_holdout_presented_as_synthetic_passes_privacy(real):
     assert doc["metrics"]["seed_mia_auc"]["value"] is not None
 
 
+def _no_platelet_holdout(real):
+    """(real', holdout cells as 'synthetic', central seeds of real'): real' keeps its Platelet
+    cells in train only (like a singleton type preprocess keeps in train), so no per-type or
+    rare DCR can run on the synthetic Platelet cells (the removed holdout ones)."""
+    split = real.obs[C.OBS_SPLIT].astype(str)
+    lab = real.obs[C.OBS_LABEL].astype(str)
+    real2 = real[~((split == C.SPLIT_HOLDOUT) & (lab == "Platelet")).to_numpy()].copy()
+    syn = as_synthetic(real[split == C.SPLIT_HOLDOUT])
+    return real2, syn, central_seeds(real2)
+
+
+def test_types_no_privacy_check_covers_are_listed_unchecked(real):
+    """A type with synthetic cells but no holdout cells (Platelet), or whose seeded cells share
+    one seed (DC: seed_nn_share's shuffle is the identity), passes no check of its own: it must
+    be listed in privacy_unchecked_types and named in privacy_notes, not pass silently."""
+    real2, syn, seeds = _no_platelet_holdout(real)
+    st = syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()
+    seed_type = real2.obs[C.OBS_LABEL].astype(str)[seeds].to_numpy()
+    seed_of = np.full(syn.n_obs, "", dtype=object)
+    seed_of[st == "DC"] = seeds[seed_type == "DC"][0]  # every seeded DC cell: one seed
+    b, bs = np.flatnonzero(st == "B"), seeds[seed_type == "B"]
+    seed_of[b] = bs[np.arange(len(b)) % len(bs)]  # B: many seeds, so B is checked
+    prov = pd.DataFrame({"synthetic_cell": syn.obs_names, "cell_type": st, C.OBS_SEED_ID: seed_of})
+    doc = evaluate_adata(real2, syn, CFG, seeds=list(seeds), provenance=prov)
+    assert doc["privacy_ok"] is True, doc["privacy_reasons"]  # boolean semantics unchanged
+    assert doc["privacy_unchecked_types"] == ["DC", "Platelet"]
+    note = next(n for n in doc["privacy_notes"] if n.startswith("not checked: "))
+    assert "DC [seed_nn_share: one seed only" in note
+    assert "Platelet [rare_dcr_ratio and per-type DCR: no real holdout cells" in note
+    assert "unverified" in note and "B [" not in note
+    table = doc["per_type"].set_index("cell_type")
+    assert table.loc["Platelet", "n_synthetic"] > 0 and table.loc["Platelet", "n_real_holdout"] == 0
+    # the MultiQC plugin carries the list
+    parse = pytest.importorskip("garage.multiqc._parse")
+    text = json.dumps({k: v for k, v in doc.items() if k != "per_type"}, default=str)
+    assert parse.parse_metrics_json(text).privacy_unchecked_types == ("DC", "Platelet")
+
+
+def test_seed_notes_say_why_a_seed_check_did_not_run(real):
+    """Seeds and a provenance that gives no cell a seed: seed_nn_share cannot run, and the note
+    says so instead of asking for --provenance, which was given."""
+    real2, syn, seeds = _no_platelet_holdout(real)
+    prov = pd.DataFrame({"synthetic_cell": syn.obs_names, "cell_type": syn.obs[C.OBS_CELL_TYPE],
+                         C.OBS_SEED_ID: ""})
+    doc = evaluate_adata(real2, syn, CFG, seeds=list(seeds), provenance=prov)
+    notes = " | ".join(doc["privacy_notes"])
+    assert "seed_nn_share not computed (--provenance given, but it gives no synthetic cell a seed" \
+        in notes, notes
+    assert "pass --provenance" not in notes
+    assert doc["metrics"]["seed_mia_auc"]["value"] is not None
+    assert doc["params"]["subsample"]["seeds"] == len(seeds)
+
+
+def test_privacy_verdict_notes_name_the_reason():
+    """Unit test of the notes: no input, inputs that mark no seed, too few matched pairs, fewer
+    than half of the seeds matched, and unchecked types (which never fail privacy_ok)."""
+    from garage.evaluate._privacy import privacy_verdict
+
+    def e(v, c):
+        return {"value": v, "control": c, "ci_low": v - 0.01, "ci_high": v + 0.01,
+                "control_ci_low": c - 0.01, "control_ci_high": c + 0.01}
+
+    base = {"dcr_ratio": e(1.0, 1.0), "nndr_ratio": e(1.0, 1.0), "rare_dcr_ratio": e(1.0, 1.0),
+            "mia_auc": e(0.5, 0.5), "exact_copies": {"value": 0, "control": 0}}
+    seeded = base | {"seed_mia_auc": e(0.5, 0.5), "seed_nn_share": e(0.05, 0.05)}
+
+    def notes(metrics, **ctx):
+        return " | ".join(privacy_verdict(metrics, ctx)[2])
+
+    assert "seed_mia_auc not computed (pass --seeds" in notes(base)
+    assert "seed_nn_share not computed (pass --provenance" in notes(base)
+    text = notes(base, seed_inputs=("seeds",), n_seeds=0)
+    assert "seed_mia_auc not computed (--seeds given, but they mark no seed cell)" in text
+    text = notes(base, seed_inputs=("seeds", "provenance"), n_seeds=12, seeds=12, seed_pairs=1,
+                 seeded_synthetic=0)
+    assert "seed_mia_auc not computed (only 1 of 12 seeds have a holdout cell" in text
+    assert "pass --" not in text and "gives no synthetic cell a seed" in text
+    text = notes(seeded, seed_inputs=("seeds", "provenance"), n_seeds=87, seeds=87,
+                 seed_pairs=25, seeded_synthetic=400)
+    assert "seed_mia_auc rests on 25 of 87 seeds" in text and "fewer than half" in text
+    assert "rests on" not in notes(seeded, seed_inputs=("seeds",), n_seeds=87, seeds=87,
+                                   seed_pairs=60, seeded_synthetic=400)
+    ok, reasons, n = privacy_verdict(seeded, {"unchecked": {"X": ["per-type DCR: no real "
+                                                                  "holdout cells"]}})
+    assert ok is True and reasons == []
+    assert any(s.startswith("not checked: X [per-type DCR: no real holdout cells]") for s in n)
+
+
 def test_seed_files_that_do_not_belong_are_errors(real):
     syn = _syn(real, 20)
     with pytest.raises(GarageError, match="not train cells of the real file"):
@@ -549,7 +637,7 @@ def test_cli_writes_all_outputs(real, preprocessed_small, tmp_path):
     doc = json.loads((out / f"s1{C.SUFFIX_METRICS}").read_text())
     for key in ("sample", "garage_version", "versions", "params", "n_cells", "metrics",
                 "rare_types", "missing_types", "privacy_ok", "privacy_reasons", "privacy_notes",
-                "rare_n_real_holdout"):
+                "privacy_unchecked_types", "rare_n_real_holdout"):
         assert key in doc
     assert "conditions" not in doc  # no condition in the real file: as before
     assert doc["sample"] == "s1" and doc["params"]["n_repeats"] == 3

@@ -280,6 +280,19 @@ def test_shareable_model_has_no_seed_or_cell_identity(seeds_small, real_small, t
     assert payload["shareable"] and int(payload["seed_count"].sum()) == 0
     text = repr({k: v for k, v in payload.items() if k != "state_dict"})
     assert not any(n in text for n in real_small.obs_names[:300])
+    # library sizes: a small group's own (mean, sd) with its count would give its cells' exact
+    # mean log library size, so small groups get the pooled parameters; large groups keep theirs
+    from garage.gan._model import LIB_SHARE_MIN_GROUP
+
+    counts = np.asarray(payload["group_counts"])
+    small = counts < LIB_SHARE_MIN_GROUP
+    assert small.any() and (~small).any(), counts  # Platelet: ~10 train cells
+    lib, pooled = payload["lib_params"], payload["lib_pooled"]
+    assert torch.equal(lib[torch.from_numpy(small)], pooled.expand(int(small.sum()), 2))
+    assert "train_type_counts" not in payload
+    own = GarageGAN.setup(real_small, GANConfig(**TINY, n_cells=40)).data.lib_params
+    assert torch.equal(lib[torch.from_numpy(~small)], own[torch.from_numpy(~small)])
+    assert not torch.equal(own[torch.from_numpy(small)], lib[torch.from_numpy(small)])
     out = run_generate(res["model"], tmp_path, "g", n_cells=30, seed=1, provenance=True)
     prov = pd.read_csv(out["provenance"], sep="\t", comment="#", keep_default_na=False)
     assert (prov[C.OBS_SEED_ID] == "").all()  # unseeded cells only

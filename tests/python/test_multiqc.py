@@ -426,6 +426,27 @@ def test_run_report_in_process(results, tmp_path):
     assert (tmp_path / "multiqc" / "multiqc_data" / "multiqc_garage_metrics.txt").is_file()
 
 
+def test_unchecked_types_show_in_the_privacy_section(results, tmp_path):
+    """Types no per-type or seed privacy check covered are named next to the verdict, with the
+    note, even when privacy_ok is true: the report must not read as a clean pass for them."""
+    from garage.multiqc import run_report
+
+    mpath = results / "evaluate" / f"pbmc_a{SUFFIX_METRICS}"
+    doc = json.loads(mpath.read_text())
+    assert doc["privacy_ok"] is True
+    doc["privacy_unchecked_types"] = ["Megakaryocyte"]
+    doc["privacy_notes"].append("not checked: Megakaryocyte [per-type DCR: no real holdout cells]"
+                                " - treat them as unverified")
+    mpath.write_text(json.dumps(doc))
+    html = run_report(results / "evaluate", tmp_path / "multiqc").read_text()
+    assert "pbmc_a: privacy OK" in html
+    assert re.search(r"unverified types.{0,200}Megakaryocyte", html), "no unverified types line"
+    assert "not checked: Megakaryocyte [per-type DCR: no real holdout cells]" in html
+    data = read_tsv(tmp_path / "multiqc" / "multiqc_data" / "multiqc_garage_metrics.txt")
+    assert data["pbmc_a"]["privacy_unchecked_types"] == "Megakaryocyte"
+    assert data["pbmc_b2"]["privacy_unchecked_types"] == ""
+
+
 def test_run_report_errors(tmp_path):
     from garage.errors import GarageError
     from garage.multiqc import run_report

@@ -892,6 +892,31 @@ def test_publish_patterns_cover_every_module_output(modules):
                     f"{name}: output {fn} (emit {emit}) matches no publishDir pattern {globs}")
 
 
+def _publish_dirs(process: str) -> dict[str, list[str]]:
+    """publishDir folder (relative to params.outdir) -> its `pattern:` globs, braces expanded."""
+    text = strip_comments((REPO / "conf/modules.config").read_text())
+    block = find_block(text, rf"withName:\s*'{process}'")
+    out: dict[str, list[str]] = {}
+    for m in re.finditer(r'path:\s*\{\s*"\$\{params\.outdir\}/([^"]+)"\s*\}(.*?)(?=path:|\Z)',
+                         block, re.S):
+        pat = re.search(r"pattern:\s*'([^']+)'", m.group(2))
+        out.setdefault(m.group(1), []).extend(expand_braces(pat.group(1)) if pat else ["*"])
+    return out
+
+
+def test_sensitive_gan_outputs_are_published_to_private_only():
+    """The generator (seed codes, seed names, training-cell digests) and the provenance (names
+    training cells) go to OUTDIR/private/, never next to the shareable synthetic file in gan/."""
+    import fnmatch
+
+    dirs = _publish_dirs("GARAGE_GAN")
+    assert set(dirs) == {"gan", "private"}, dirs
+    for fn, where in (("S.generator.pt", "private"), ("S.provenance.tsv", "private"),
+                      ("S.synthetic.h5ad", "gan"), ("S.gan_log.tsv", "gan")):
+        hits = [d for d, globs in dirs.items() if any(fnmatch.fnmatchcase(fn, g) for g in globs)]
+        assert hits == [where], (fn, hits)
+
+
 def test_evaluate_module_declares_every_garage_evaluate_output(modules):
     """Each file `garage evaluate` can write is a GARAGE_EVALUATE output; those it writes only
     sometimes (per_condition.tsv with a condition, the PNGs without --no-plots) are optional."""

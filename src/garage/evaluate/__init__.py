@@ -69,6 +69,8 @@ def _prepare(real, synthetic, config: EvaluateConfig, seeds=None, provenance=Non
     space = build_space(real, synthetic, config.n_pcs, config.seed, config.pca_fit_fraction,
                         pca_max_cells=config.pca_max_cells, rare_threshold=config.rare_threshold)
     if seeds is not None or prov is not None:
+        space.seed_inputs = tuple(k for k, v in (("seeds", seeds), ("provenance", prov))
+                                  if v is not None)
         attach(space, seed_names, prov, synthetic.obs_names)
     logger.info("evaluate: shared space built in %.1fs", time.perf_counter() - t0)
     return space
@@ -93,6 +95,7 @@ def _document(result: Result, space, config: EvaluateConfig, sample: str, extra:
         "privacy_ok": result.privacy_ok,
         "privacy_reasons": result.privacy_reasons,
         "privacy_notes": result.privacy_notes,
+        "privacy_unchecked_types": result.privacy_unchecked_types,
         "timings_s": result.timings,
     }
     if result.conditions is not None:

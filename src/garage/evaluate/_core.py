@@ -79,6 +79,8 @@ class Result:
     privacy_ok: bool = True
     privacy_reasons: list[str] = field(default_factory=list)
     privacy_notes: list[str] = field(default_factory=list)
+    #: types with synthetic cells whose per-type/rare DCR or seed checks could not run
+    privacy_unchecked_types: list[str] = field(default_factory=list)
     rare_n_real_holdout: dict[str, int] = field(default_factory=dict)
     conditions: dict | None = None
     per_condition: pd.DataFrame | None = None
@@ -398,8 +400,13 @@ def _pooled_privacy(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict,
     log.done("dcr_ratio", "nndr_ratio", "mia_auc", "exact_copies", group="privacy")
 
 
-def _per_type(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> dict:
-    """Per-type C2ST, spread ratio and DCR (bounded per-type pools), plus rare summaries."""
+def _per_type(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict,
+              unchecked: dict[str, list[str]] | None = None) -> dict:
+    """Per-type C2ST, spread ratio and DCR (bounded per-type pools), plus rare summaries.
+
+    *unchecked* collects, per type with synthetic cells, why its per-type DCR (and, for a
+    rare type, its part of ``rare_dcr_ratio``) could not be computed.
+    """
     P, L = space.pca, space.labels
     ref = space.train_ref
     H, S, T_all = P["holdout"], P["synthetic"], P["train"]
@@ -507,6 +514,22 @@ def _per_type(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: 
             dv.append(safe_ratio(float(np.median(np.concatenate(rare_draws["dcr_v"][b]))), den))
             dc.append(safe_ratio(float(np.median(np.concatenate(rare_draws["dcr_c"][b]))), den))
     metrics["rare_dcr_ratio"] = _e("rare_dcr_ratio", dv, dc, n_rare)
+    if unchecked is not None:
+        for t in types:
+            if not len(ps[t]):
+                continue  # no synthetic cells of the type: nothing to check
+            e = out[t]["dcr"]
+            if not len(ph[t]):
+                why = "no real holdout cells"
+            elif not len(pr[t]):
+                why = "no real train-reference cells"
+            elif e["value"] is None or e["control"] is None:
+                why = "undefined"
+            else:
+                continue
+            what = "rare_dcr_ratio and per-type DCR" if t in rare and why != "undefined" \
+                else "per-type DCR"
+            unchecked.setdefault(t, []).append(f"{what}: {why}")
     log.done("rare_spread_ratio", "rare_dcr_ratio", group="per_type_diagnosis")
     return out
 
@@ -516,8 +539,16 @@ def _per_type(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: 
 SEED_MATCH_CALIPER = 0.05
 
 
-def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict) -> None:
-    """``seed_mia_auc`` (matched-pair attack with a real null) and ``seed_nn_share``."""
+def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: dict,
+                  unchecked: dict[str, list[str]] | None = None) -> None:
+    """``seed_mia_auc`` (matched-pair attack with a real null) and ``seed_nn_share``.
+
+    *unchecked* collects the types with synthetic cells whose seeds no seed check covers:
+    seeds of the type in no matched pair of ``seed_mia_auc``, or seeded synthetic cells of
+    the type that all share one seed (the within-type shuffle of ``seed_nn_share`` is then
+    the identity, so its control equals its value).
+    """
+    unchecked = {} if unchecked is None else unchecked
     empty = {"value": None, "std": None, "control": None, "control_std": None,
              "ci_low": None, "ci_high": None, "control_ci_low": None, "control_ci_high": None,
              "n_real": None}
@@ -531,8 +562,11 @@ def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, s
     cap = cfg.privacy_max_cells
     rng = _rng(cfg.seed, "seeds")
     seeds = np.flatnonzero(space.seed)
+    syn_types = set(L["synthetic"])
+    seed_types = sorted(set(LTa[seeds]) & syn_types)
     if len(seeds) > cap:
         seeds = np.sort(rng.permutation(seeds)[:cap])
+    sub["seeds"] = len(seeds)
     cand = stratified_cap(LH, cap, rng, set(space.rare))
     k = cfg.seed_neighbors
     log.start(f"seed privacy ({len(seeds)} seeds vs matched holdout cells; nearest of "
@@ -573,6 +607,11 @@ def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, s
             v.append(paired_auc(d_s_syn[b], d_c_syn[b]))
             c.append(paired_auc(d_p_syn[b], d_c_syn[b]))
         metrics["seed_mia_auc"] = _e("seed_mia_auc", v, c, len(np.unique(seeds[si])))
+    matched = set(LTa[seeds[si]]) if len(si) >= 2 else set()
+    for t in seed_types:
+        if t not in matched:
+            unchecked.setdefault(t, []).append(
+                "seed_mia_auc: no seed of the type in the matched pairs")
     # share of seeded synthetic cells whose nearest train cell is their own seed
     if space.provenance is not None and (space.provenance >= 0).any():
         seeded = np.flatnonzero(space.provenance >= 0)
@@ -585,6 +624,10 @@ def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, s
         groups = _groups(lab)
         v, c = [], []
         idx = np.arange(len(seeded))
+        for g in groups:
+            if len(np.unique(own[g])) < 2:
+                unchecked.setdefault(str(lab[g[0]]), []).append(
+                    "seed_nn_share: one seed only, so its shuffled control equals its value")
         for _ in range(cfg.n_repeats):
             b = _boot(rng, idx)
             shuffled = own.copy()
@@ -606,15 +649,16 @@ def headline(space: Space, cfg: EvaluateConfig, *, prefix: str = "", privacy: bo
     metrics: dict[str, dict] = {}
     timings: dict[str, float] = {}
     sub: dict[str, int] = {}
+    unchecked: dict[str, list[str]] = {}  # type -> privacy checks that could not run on it
     log = _Log(metrics, timings, prefix)
     _two_sample(space, cfg, log, metrics, sub)
-    aux = {"agreement": _agreement(space, cfg, log, metrics, sub)}
+    aux = {"agreement": _agreement(space, cfg, log, metrics, sub), "unchecked": unchecked}
     if per_type:
-        aux["per_type"] = _per_type(space, cfg, log, metrics, sub)
+        aux["per_type"] = _per_type(space, cfg, log, metrics, sub, unchecked)
     _utility(space, cfg, log, metrics, sub)
     if privacy:
         _pooled_privacy(space, cfg, log, metrics, sub)
-        _seed_metrics(space, cfg, log, metrics, sub)
+        _seed_metrics(space, cfg, log, metrics, sub, unchecked)
     order = [k for k in METRIC_NAMES if k in metrics]
     return {k: metrics[k] for k in order}, sub, timings, aux
 
@@ -652,10 +696,21 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
     timings["per_type_mmd"] = round(time.perf_counter() - log.t0, 3)
     table = per_type_table(L, aux["agreement"], mmd_t, rare, aux["per_type"])
 
-    ok, reasons, notes = privacy_verdict(metrics)
+    unchecked = {t: aux["unchecked"][t] for t in sorted(aux["unchecked"])}
+    ok, reasons, notes = privacy_verdict(metrics, {
+        "seed_inputs": space.seed_inputs,
+        "n_seeds": 0 if space.seed is None else int(space.seed.sum()),
+        "seeded_synthetic": 0 if space.provenance is None else int((space.provenance >= 0).sum()),
+        "seeds": sub.get("seeds"),
+        "seed_pairs": sub.get("seed_pairs"),
+        "unchecked": unchecked,
+    })
     if not ok:
         for r in reasons:
             logger.warning("privacy: %s", r)
+    if unchecked:
+        logger.warning("privacy: types with synthetic cells on which a per-type or seed check "
+                       "could not run (unverified; see privacy_notes): %s", ", ".join(unchecked))
     conditions, per_condition = None, None
     if space.conditions is not None:
         t0 = time.perf_counter()
@@ -674,6 +729,7 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
         privacy_ok=ok,
         privacy_reasons=reasons,
         privacy_notes=notes,
+        privacy_unchecked_types=list(unchecked),
         rare_n_real_holdout={t: int((L["holdout"] == t).sum()) for t in rare},
         conditions=conditions,
         per_condition=per_condition,

@@ -148,14 +148,46 @@ PRIVACY_THRESHOLDS: dict[str, float] = {
 }
 
 
-def privacy_verdict(metrics: dict) -> tuple[bool, list[str], list[str]]:
+def _seed_mia_note(ctx: dict) -> str:
+    """Why ``seed_mia_auc`` was not computed, from the evaluation's context."""
+    inputs = ctx.get("seed_inputs") or ()
+    if not inputs:
+        return "seed_mia_auc not computed (pass --seeds PREFIX.seeds.h5ad or --provenance)"
+    given = " and ".join(f"--{k}" for k in inputs)
+    if not ctx.get("n_seeds"):
+        return f"seed_mia_auc not computed ({given} given, but they mark no seed cell)"
+    pairs, tried = ctx.get("seed_pairs"), ctx.get("seeds")
+    if pairs is not None and pairs < 2:
+        return (f"seed_mia_auc not computed (only {pairs} of {tried} seeds have a holdout cell and "
+                "a non-seed train cell of their type within the centrality caliper; 2 needed)")
+    return "seed_mia_auc not computed"
+
+
+def _seed_nn_note(ctx: dict) -> str:
+    """Why ``seed_nn_share`` was not computed, from the evaluation's context."""
+    if "provenance" not in (ctx.get("seed_inputs") or ()):
+        return "seed_nn_share not computed (pass --provenance PREFIX.provenance.tsv)"
+    if not ctx.get("seeded_synthetic"):
+        return ("seed_nn_share not computed (--provenance given, but it gives no synthetic cell a "
+                "seed: every cell was made from noise)")
+    return "seed_nn_share not computed"
+
+
+def privacy_verdict(metrics: dict, context: dict | None = None) -> tuple[bool, list[str], list[str]]:
     """``(privacy_ok, reasons, notes)`` from the metric entries.
 
     *reasons* lists every failed check in words; *notes* lists checks that could
-    not run (e.g. no ``--seeds``).
+    not run, and why (e.g. no ``--seeds``), and the types with synthetic cells that
+    no per-type or seed check covered.  *context* (optional) says what the notes
+    need: ``seed_inputs`` (the seed inputs given: "seeds", "provenance"),
+    ``n_seeds`` (seed cells marked), ``seeds`` and ``seed_pairs`` (seeds tried and
+    matched by ``seed_mia_auc``), ``seeded_synthetic`` (synthetic cells with a seed)
+    and ``unchecked`` (type -> the checks that could not run on it).  Unchecked types
+    never fail ``privacy_ok``: they are unverified, and the notes say so.
     """
     from ._intervals import differs
 
+    ctx = dict(context or {})
     th = PRIVACY_THRESHOLDS
     reasons: list[str] = []
     notes: list[str] = []
@@ -200,8 +232,20 @@ def privacy_verdict(metrics: dict) -> tuple[bool, list[str], list[str]]:
          "cells are (membership leak)")
     if not high("seed_mia_auc", "seed_mia_auc_excess", "seed cells are closer to synthetic cells "
                 "than matched unseen cells are (the generator re-emits its seeds)"):
-        notes.append("seed_mia_auc not computed (pass --seeds PREFIX.seeds.h5ad or --provenance)")
+        notes.append(_seed_mia_note(ctx))
+    else:
+        pairs, tried = ctx.get("seed_pairs"), ctx.get("seeds")
+        if pairs is not None and tried and pairs < tried / 2:
+            notes.append(f"seed_mia_auc rests on {pairs} of {tried} seeds: the centrality matching "
+                         "kept fewer than half (the others have no holdout cell or non-seed train "
+                         "cell of their type within the caliper), so most seeds are not checked")
     if not high("seed_nn_share", "seed_nn_share_excess", "seeded synthetic cells have their own "
                 "seed as nearest training cell more often than chance"):
-        notes.append("seed_nn_share not computed (pass --provenance PREFIX.provenance.tsv)")
+        notes.append(_seed_nn_note(ctx))
+    unchecked = ctx.get("unchecked") or {}
+    if unchecked:
+        notes.append("not checked: " + "; ".join(
+            f"{t} [{'; '.join(why)}]" for t, why in unchecked.items())
+            + " - these types have synthetic cells, but the checks named could not run on them, "
+            "so privacy_ok does not vouch for them: treat them as unverified")
     return not reasons, reasons, notes

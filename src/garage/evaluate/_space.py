@@ -75,6 +75,7 @@ class Space:
     train_names: np.ndarray | None = None  # obs names of the train rows
     seed: np.ndarray | None = None  # bool over train rows: GAT seed cells
     provenance: np.ndarray | None = None  # int over synthetic rows: train row of its seed, -1
+    seed_inputs: tuple[str, ...] = ()  # the seed inputs given ("seeds", "provenance"), for notes
     pca_fit_cells: int = 0
     mmd_scales: np.ndarray | None = None  # RBF widths, fixed once per run (set by the MMD)
 
@@ -118,6 +119,7 @@ class Space:
             train_names=None if self.train_names is None else rows("train", self.train_names),
             seed=None if self.seed is None else rows("train", self.seed),
             provenance=prov,
+            seed_inputs=self.seed_inputs,
             pca_fit_cells=self.pca_fit_cells,
         )
 

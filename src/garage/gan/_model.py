@@ -15,7 +15,13 @@ What leaves this module, and how private it is
   cells and the digests answer "was this exact cell in training?", so treat
   this file like the data.  ``save(..., shareable=True)`` (``garage gan
   --shareable-model``) writes a model without seed codes, seed names or
-  digests, which can only generate unseeded cells.
+  digests, which can only generate unseeded cells.  Its library-size model
+  gives every type x condition group of fewer than ``LIB_SHARE_MIN_GROUP`` train
+  cells the pooled (all cells') log-normal: a small group's own parameters and
+  its cell count invert the shrinkage of :func:`_library_model` to the group's
+  exact mean log library size (for a singleton type, the cell's library size).
+  It keeps ``group_counts`` (generation's composition needs them) and drops the
+  redundant ``train_type_counts``.
 - ``mode='original'`` feeds real seed profiles to its generator, so its model
   holds the seeds' log-normalised HVG profiles.
 """
@@ -66,6 +72,10 @@ _PREPROCESS_VAR = {"n_cells", "highly_variable", "highly_variable_rank", "means"
 #: library-size model: a group's log-normal is shrunk towards its type's (and a type's towards
 #: all cells') with this many pseudo-cells, so a group of a few cells does not reproduce them
 LIB_SHRINK = 10.0
+#: a shareable model replaces the library-size parameters of every type x condition group with
+#: fewer train cells than this by the pooled ones (all train cells): its own parameters and its
+#: cell count would give its cells' exact mean log library size
+LIB_SHARE_MIN_GROUP = 20
 #: groups with fewer train cells than this give no validation cells
 MIN_VAL_GROUP = 20
 
@@ -377,6 +387,7 @@ class GarageGAN:
         fit_rows, val_rows = _validation_split(groups, config.val_fraction, config.seed)
         loglib = np.log(np.maximum(np.asarray(counts.sum(1)).ravel(), 1.0)).astype(np.float32)
         lib_params = _library_model(loglib[fit_rows], types[fit_rows], conds[fit_rows], n_types, n_conds)
+        lib_pooled = _library_pooled(loglib[fit_rows])
 
         if needs_seeds:
             is_seed = np.asarray(adata.obs[C.OBS_SEED]).astype(bool)[train]
@@ -434,6 +445,7 @@ class GarageGAN:
             "conditions": conditions,
             "train_type_counts": [int(v) for v in np.bincount(types, minlength=n_types)],
             "group_counts": [int(v) for v in group_counts],
+            "lib_pooled": torch.from_numpy(lib_pooled),
             "rare_types": rare_types_of(adata, config.rare_threshold),
             "label_key": label_key_of(adata) or "",
             "condition_key": cond_key or "",
@@ -520,7 +532,7 @@ class GarageGAN:
         self.net.to(device).eval()
         cats, conds_names = meta["categories"], meta.get("conditions", [])
         n_conds = max(1, len(conds_names))
-        gc = np.asarray(meta.get("group_counts", meta["train_type_counts"]))
+        gc = np.asarray(meta["group_counts"] if "group_counts" in meta else meta["train_type_counts"])
         n_per = group_composition(cats, conds_names, gc, n_cells, composition, cells_per_type, cells_per_group,
                                   meta.get("rare_types"), allow_counterfactual)
         seeded_model = meta.get("seed_codes") is not None and meta["seed_codes"].numel() > 0
@@ -644,7 +656,9 @@ class GarageGAN:
 
     # ---------------------------------------------------------------- save / load
     def save(self, path: Path, shareable: bool = False) -> Path:
-        """Write the model.  *shareable*: without seed codes, seed names and training-cell digests."""
+        """Write the model.  *shareable*: without seed codes, seed names and training-cell digests,
+        with the pooled library-size model for groups of fewer than ``LIB_SHARE_MIN_GROUP`` train
+        cells and without ``train_type_counts`` (generation reads ``group_counts``)."""
         from .._utils import atomic_path
 
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()
@@ -657,6 +671,10 @@ class GarageGAN:
             for k in SENSITIVE_META:
                 meta.pop(k, None)
             meta["seed_count"] = torch.zeros_like(meta["seed_count"])
+            if "lib_params" in meta:
+                meta["lib_params"] = _shareable_lib_params(meta)
+            if "group_counts" in meta:  # generation's composition reads group_counts only
+                meta.pop("train_type_counts", None)
         payload = {
             "format": MODEL_FORMAT,
             "garage_version": __version__,
@@ -744,6 +762,34 @@ def _library_model(loglib, types, conds, n_types, n_conds) -> np.ndarray:
             v = (n_g * v_g + LIB_SHRINK * tv) / (n_g + LIB_SHRINK)
             out[t * n_conds + c] = (m, max(np.sqrt(v), 0.05))
     return out
+
+
+def _library_pooled(loglib) -> np.ndarray:
+    """(mean, sd) of log library size over all (fit) train cells: what small groups share."""
+    if len(loglib) == 0:
+        return np.asarray([0.0, 0.05], dtype=np.float32)
+    return np.asarray([float(loglib.mean()), max(float(np.sqrt(loglib.var())), 0.05)], dtype=np.float32)
+
+
+def _shareable_lib_params(meta: dict) -> torch.Tensor:
+    """``lib_params`` with every group of fewer than LIB_SHARE_MIN_GROUP train cells set to the
+    pooled parameters (the same for all such groups)."""
+    params = _lib_params_of(meta).clone()
+    counts = np.asarray(meta.get("group_counts", meta.get("train_type_counts", [])), dtype=np.int64)
+    if len(counts) != params.shape[0]:
+        raise GarageError("the model's library-size parameters do not match its group counts",
+                          "retrain it with `garage gan`")
+    pooled = meta.get("lib_pooled")
+    if pooled is None:  # a model from before lib_pooled: the count-weighted mixture of all groups
+        w = torch.as_tensor(counts, dtype=torch.float32).clamp_min(0)
+        w = w / w.sum().clamp_min(1.0)
+        m, sd = params[:, 0], params[:, 1]
+        mean = (w * m).sum()
+        var = (w * (sd ** 2 + m ** 2)).sum() - mean ** 2
+        pooled = torch.stack([mean, var.clamp_min(0.0025).sqrt()])
+    small = torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)
+    params[small] = torch.as_tensor(pooled, dtype=params.dtype)
+    return params
 
 
 def _seed_radius(data: TrainData, k: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ The schemas are fixed in ``docs/developer.md``:
   ``control_std``/``better`` and, since the second wave, ``ci_low``/``ci_high``/
   ``control_ci_low``/``control_ci_high``/``n_real``), ``rare_types``,
   ``missing_types``, ``privacy_ok``, ``privacy_reasons``, ``privacy_notes``,
-  ``rare_n_real_holdout`` and, with a condition, ``conditions``.
+  ``privacy_unchecked_types``, ``rare_n_real_holdout`` and, with a condition,
+  ``conditions``.
 * ``PREFIX.per_type.tsv``: ``cell_type, n_real_train, n_real_holdout,
   n_synthetic, frac_real, frac_synthetic, agreement, mmd, is_rare, missing``
   then the appended diagnosis columns (``constants.PER_TYPE_COLUMNS``).
@@ -98,6 +99,8 @@ class SampleMetrics:
     privacy_ok: bool | None = None
     privacy_reasons: tuple[str, ...] = field(default=())
     privacy_notes: tuple[str, ...] = field(default=())
+    #: types with synthetic cells on which a per-type or seed privacy check could not run
+    privacy_unchecked_types: tuple[str, ...] = field(default=())
     rare_n_real_holdout: dict[str, int] = field(default_factory=dict)
     conditions: dict[str, Any] | None = None
 
@@ -240,6 +243,7 @@ def parse_metrics_json(text: str | None) -> SampleMetrics:
     missing_types = _names("missing_types")
     privacy_reasons = _names("privacy_reasons")
     privacy_notes = _names("privacy_notes")
+    privacy_unchecked_types = _names("privacy_unchecked_types")
     privacy_ok = doc.get("privacy_ok")
     if privacy_ok is not None and not isinstance(privacy_ok, bool):
         problems.append(f"'privacy_ok' = {privacy_ok!r} is not true/false; skipped")
@@ -278,6 +282,7 @@ def parse_metrics_json(text: str | None) -> SampleMetrics:
         privacy_ok=privacy_ok,
         privacy_reasons=privacy_reasons,
         privacy_notes=privacy_notes,
+        privacy_unchecked_types=privacy_unchecked_types,
         rare_n_real_holdout=rare_n,
         conditions=conditions,
     )

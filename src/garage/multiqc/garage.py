@@ -352,6 +352,7 @@ class MultiqcModule(BaseMultiqcModule):
                 row["missing_types"] = ";".join(m.missing_types)
                 row["privacy_ok"] = m.privacy_ok
                 row["privacy_reasons"] = " | ".join(m.privacy_reasons)
+                row["privacy_unchecked_types"] = ";".join(m.privacy_unchecked_types)
                 rows[s_name] = row
             self.write_data_file(rows, "multiqc_garage_metrics")
         if self._per_condition:
@@ -792,8 +793,11 @@ class MultiqcModule(BaseMultiqcModule):
                 text = f"**{s}: privacy OK**"
             else:
                 text = f"**{s}: privacy NOT OK**: " + "; ".join(m.privacy_reasons)
+            if m.privacy_unchecked_types:
+                text += (" - **unverified types** (a per-type or seed privacy check could not run "
+                         "on their synthetic cells): " + ", ".join(m.privacy_unchecked_types))
             if m.privacy_notes:
-                text += " (not checked: " + "; ".join(m.privacy_notes) + ")"
+                text += " (notes: " + " | ".join(m.privacy_notes) + ")"
             verdicts.append(f"- {text}")
         if verdicts:
             description += "\n\n" + "\n".join(verdicts)
