@@ -360,6 +360,29 @@ def targets(summary) -> list[str]:
     return lines
 
 
+def _overview(summary, cell) -> list[str]:
+    """One table across datasets: a metric per method (mean ± half-width, seeds), control first."""
+    order = ["real (control)", "garage", "garage_noseed", "garage_random", "scvi", "knn_interp"]
+    methods = [m for m in order if m in set(summary["method"])]
+    methods += [m for m in dict.fromkeys(summary["method"]) if m not in methods]
+    out = []
+    for metric, title in (("c2st_auc", "C2ST AUC (0.5 = indistinguishable; compare with the control)"),
+                          ("rare_agreement", "rare agreement (real holdout's own: the control)"),
+                          ("tstr_rare_f1", "TSTR rare F1 (control: trained on real train cells)"),
+                          ("mia_auc", "membership-attack AUC (0.5 = no leak)")):
+        rows = []
+        for ds, g in summary.groupby("dataset", sort=False):
+            by = {r["method"]: r for _, r in g.iterrows()}
+            vals = [cell(by[m], metric) + (f" ({int(by[m]['n_seeds'])})" if m in by and m != "real (control)"
+                                           and cell(by[m], metric) else "") if m in by else "" for m in methods]
+            if any(vals):
+                rows.append("| " + " | ".join([ds, *vals]) + " |")
+        if rows:
+            out += [f"## Overview: {title}", "", "Mean ± 95 % half-width over training seeds (number of seeds).", "",
+                    "| dataset | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1), *rows, ""]
+    return out
+
+
 def write_report(summary, split: str, cmd: str, tag: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"fidelity_{split}{('_' + tag) if tag else ''}"
@@ -393,6 +416,7 @@ def write_report(summary, split: str, cmd: str, tag: str) -> Path:
                   "mean over conditions. `condition_lfc_corr`: correlation of per-gene log-fold changes "
                   "between conditions (synthetic vs holdout), mean over types with enough cells under "
                   "both; its control row is train vs holdout.", ""]
+    lines += _overview(summary, cell)
     lines += ["## Issue 13 targets (GARAGE defaults)", "", *targets(summary), ""]
     base.with_suffix(".md").write_text("\n".join(lines))
     return base.with_suffix(".md")
