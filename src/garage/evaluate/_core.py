@@ -284,16 +284,22 @@ def _agreement(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub:
     agree = {t: [] for t in types}
     ctrl = {t: [] for t in types}
     tv, tc, rv, rc = [], [], [], []
+    s_groups, t_groups = _groups(LS), _groups(LT)
     for b in range(-1, cfg.n_repeats):  # b = -1: the judge on the whole pool (the value)
         idx = pool if b < 0 else strat_boot(rng, groups)
         clf = TypeClassifier(cfg.seed + max(b, 0)).fit(H[idx], LH[idx])
         ps, pr = clf.predict(S), clf.predict(T)
+        # the draws also resample the judged cells within each type, so a type's interval carries
+        # the sampling error of its few cells, not only the judge's
+        js = np.arange(len(LS)) if b < 0 else strat_boot(rng, s_groups)
+        jr = np.arange(len(LT)) if b < 0 else strat_boot(rng, t_groups)
+        ps, lsb, pr, ltb = ps[js], LS[js], pr[jr], LT[jr]
         for t in types:
-            ms, mr = LS == t, LT == t
+            ms, mr = lsb == t, ltb == t
             agree[t].append(float(np.mean(ps[ms] == t)) if ms.any() else np.nan)
             ctrl[t].append(float(np.mean(pr[mr] == t)) if mr.any() else np.nan)
-        tv.append(float(np.mean(ps == LS)))
-        tc.append(float(np.mean(pr == LT)))
+        tv.append(float(np.mean(ps == lsb)))
+        tc.append(float(np.mean(pr == ltb)))
         if rare:
             # a rare type that is missing from the synthetic cells counts as 0 agreement
             rv.append(float(np.mean([agree[t][-1] if t in present else 0.0 for t in rare])))
