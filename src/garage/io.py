@@ -342,10 +342,11 @@ def _table_blocks(path: Path, sep: str, rows: int):
         def block():
             try:
                 values = np.loadtxt(lines, delimiter=sep, dtype=np.float32, ndmin=2, quotechar='"')
-            except ValueError as exc:
+            except ValueError:
                 raise GarageError(
-                    f"table {path.name} has non-numeric or empty values near row {names[0]!r} "
-                    f"({str(exc).splitlines()[0][:120]})",
+                    # rows, not names or values: this line can reach the shareable report
+                    f"table {path.name} has non-numeric or empty values in data rows "
+                    f"{len(names) - len(lines) + 1}-{len(names)}",
                     "the first column must hold cell names and the others numbers "
                     "(use --transpose for genes x cells)",
                 ) from None
@@ -494,7 +495,9 @@ def validate_counts(adata, *, source: str = "input") -> None:
     dup_cells = adata.obs_names[adata.obs_names.duplicated()]
     if len(dup_cells):
         raise GarageError(
-            f"{source} has {len(dup_cells)} duplicate cell names, e.g. {list(dup_cells[:3])}",
+            # row numbers, not names: this message can reach the shareable report (sample status)
+            f"{source} has {len(dup_cells)} duplicate cell names, e.g. at rows "
+            f"{[int(i) + 1 for i in np.flatnonzero(adata.obs_names.duplicated())[:3]]} (1-based)",
             "give every cell (barcode) a unique name, e.g. prefix barcodes with the sample id",
         )
     X = adata.X
