@@ -338,6 +338,7 @@ def _table_blocks(path: Path, sep: str, rows: int):
         columns = None
         names: list[str] = []
         lines: list[str] = []
+        before = [0]  # data rows in earlier blocks
 
         def block():
             try:
@@ -346,7 +347,7 @@ def _table_blocks(path: Path, sep: str, rows: int):
                 raise GarageError(
                     # rows, not names or values: this line can reach the shareable report
                     f"table {path.name} has non-numeric or empty values in data rows "
-                    f"{len(names) - len(lines) + 1}-{len(names)}",
+                    f"{before[0] + 1}-{before[0] + len(lines)}",
                     "the first column must hold cell names and the others numbers "
                     "(use --transpose for genes x cells)",
                 ) from None
@@ -370,6 +371,7 @@ def _table_blocks(path: Path, sep: str, rows: int):
             lines.append(rest)
             if len(lines) == rows:
                 yield columns, names, block()
+                before[0] += len(lines)
                 names, lines = [], []
         if lines:
             yield columns, names, block()
