@@ -517,3 +517,21 @@ def test_real_and_synthetic_of_two_samples_concat_and_run_scanpy(trained_small, 
     sc.pp.neighbors(both, n_neighbors=10)
     sc.tl.leiden(both, flavor="igraph", n_iterations=2, directed=False, random_state=0)
     assert both.obs["leiden"].nunique() > 3
+
+
+def test_group_names_with_commas_and_separators_parse():
+    """Cell Ontology labels carry commas, and a type or condition may contain '|': the options
+    still name them (a comma ends an item only after '=N'; the '|' split that names a known
+    type x condition pair wins)."""
+    from garage.gan._config import parse_cells_per_type
+    from garage.gan._model import group_composition
+
+    assert dict(parse_cells_per_type("CD4-positive, alpha-beta T cell=50,B=20")) == {
+        "CD4-positive, alpha-beta T cell": 50, "B": 20}
+    with pytest.raises(GarageError, match="is not NAME=N"):
+        parse_cells_per_type("DC=200,Platelet")
+    cats, conds = ["CD4|naive", "B"], ["ctrl", "IFN, 6h"]
+    counts = np.array([[10, 10], [10, 10]])
+    out = group_composition(cats, conds, counts, n_cells=100,
+                            cells_per_group="CD4|naive|IFN, 6h=7,B|ctrl=3")
+    assert out[0, 1] == 7 and out[1, 0] == 3

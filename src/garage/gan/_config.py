@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .. import constants as C
 
 from collections.abc import Mapping
@@ -36,7 +38,17 @@ def parse_cells_per_type(value, option: str = "--cells-per-type",
         return None
     if isinstance(value, str):
         pairs = []
-        for item in value.split(","):
+        # a comma ends an item only after "=N", so names with commas (Cell Ontology labels such
+        # as "CD4-positive, alpha-beta T cell") parse: "CD4-positive, alpha-beta T cell=50,B=20"
+        items, cur = [], ""
+        for part in value.split(","):
+            cur = part if not cur else cur + "," + part
+            if re.search(r"=\s*[^,=]+\s*$", cur) and re.search(r"=\s*-?\d+\s*$", cur):
+                items.append(cur)
+                cur = ""
+        if cur.strip():
+            items.append(cur)
+        for item in items:
             item = item.strip()
             if not item:
                 continue

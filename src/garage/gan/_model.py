@@ -194,8 +194,13 @@ def group_composition(
                 f"--cells-per-group asks for {name!r} but this model has no condition covariate",
                 "use --cells-per-type, or train with a condition (garage preprocess --condition-key)",
             )
-        t, c = name.split(GROUP_SEP, 1)
-        t, c = t.strip(), c.strip()
+        # the type or the condition may itself contain the separator: take the split that names
+        # a known (type, condition) pair, else the first
+        splits = [(name[:k].strip(), name[k + 1:].strip()) for k, ch in enumerate(name) if ch == GROUP_SEP]
+        if not splits:
+            raise GarageError(f"--cells-per-group item {name!r} is not TYPE{GROUP_SEP}CONDITION=N",
+                              'write e.g. --cells-per-group "B|STIM=300,DC|CTRL=50"')
+        t, c = next((tc for tc in splits if tc[0] in categories and tc[1] in conditions), splits[0])
         if t not in categories:
             raise GarageError(f"--cells-per-group names unknown cell type {t!r}",
                               f"use types the model was trained on: {', '.join(categories)}")
