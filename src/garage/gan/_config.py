@@ -43,7 +43,7 @@ def parse_cells_per_type(value, option: str = "--cells-per-type",
         items, cur = [], ""
         for part in value.split(","):
             cur = part if not cur else cur + "," + part
-            if re.search(r"=\s*[^,=]+\s*$", cur) and re.search(r"=\s*-?\d+\s*$", cur):
+            if re.search(r"=\s*-?\d+\s*$", cur):
                 items.append(cur)
                 cur = ""
         if cur.strip():
