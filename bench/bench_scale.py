@@ -132,8 +132,10 @@ def run(args) -> list[dict]:
     cap_mb = args.mem_cap_gb * 1024 if args.mem_cap_gb else None
     timeout = args.timeout_min * 60 if args.timeout_min else None
     for n in args.sizes:
-        rows = [r for r in rows if r["cells"] != n]  # a rerun of a size replaces it
-        done = {d for d in done if d[0] != n}
+        # a rerun of a size replaces the rows it measures (its stages, and scVI unless skipped)
+        redo = set(args.stages) | (set() if args.skip_scvi else {"scvi_train"})
+        rows = [r for r in rows if r["cells"] != n or r["stage"] not in redo]
+        done = {d for d in done if d[0] != n or d[1] not in redo}
         out = WORK / "scale" / f"s{n}"
         out.mkdir(parents=True, exist_ok=True)
         counts = WORK / f"pbmc3k_resampled_{n}.h5ad"

@@ -59,6 +59,9 @@ VAL_SEED = 1009  # the validation re-split's own seed (not the preprocess seed)
 #: metrics in the summary table: name -> how to read it
 TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "rare_spread_ratio",
          "tstr_macro_f1", "tstr_rare_f1", "dcr_ratio", "mia_auc", "seed_mia_auc", "train_s")
+#: the seed ablation's rare-type figures (issue 13.4): GAT seeds vs random seeds vs no seeds
+SEED_TABLE = ("rare_agreement", "tstr_rare_f1", "rare_c2st", "rare_dcr_ratio", "rare_spread_ratio")
+SEED_METHODS = ("garage", "garage_random", "garage_noseed")
 #: extra columns when a dataset has a condition (NAME+KEY)
 COND_TABLE = ("condition_lfc_corr", "condition_lfc_corr_control", "c2st_per_condition")
 FID = WORK / "fidelity"
@@ -277,7 +280,23 @@ def _condition_summary(block: dict) -> dict:
             "n_effects": len(eff), "levels": block.get("levels", [])}
 
 
+def _rare_per_type(row: dict, column: str, control: bool = False):
+    """Mean of a per-type column (``c2st``) over the rare types, from the row's per_type.tsv."""
+    import pandas as pd
+
+    path = row.get("per_type")
+    if not path or not Path(path).exists():
+        return None
+    pt = pd.read_csv(path, sep="\t")
+    rare = pt[pt["is_rare"].astype(str).str.lower() == "true"]
+    col = f"{column}_control" if control else column
+    v = pd.to_numeric(rare.get(col), errors="coerce").dropna() if col in rare else pd.Series([], dtype=float)
+    return float(v.mean()) if len(v) else None
+
+
 def _value(row: dict, name: str):
+    if name == "rare_c2st":
+        return _rare_per_type(row, "c2st")
     if name in COND_TABLE:
         return (row.get("cond") or {}).get(name)
     m = row.get("metrics", {})
@@ -301,14 +320,15 @@ def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
         if r.get("status") != "ok":
             continue
         rec = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"]}
-        rec.update({k: _value(r, k) for k in TABLE + COND_TABLE})
+        rec.update({k: _value(r, k) for k in TABLE + COND_TABLE + SEED_TABLE})
         recs.append(rec)
     # the real-vs-real control: each metric's own control value (train vs holdout) in GARAGE's runs
     for r in rows:
         if r.get("status") == "ok" and r["method"] == "garage":
             rec = {"dataset": r["dataset"], "method": "real (control)", "seed": r["seed"]}
             m = r["metrics"]
-            rec.update({k: m.get(k, {}).get("control") for k in TABLE if k in m})
+            rec.update({k: m.get(k, {}).get("control") for k in TABLE + SEED_TABLE if k in m})
+            rec["rare_c2st"] = _rare_per_type(r, "c2st", control=True)
             rec["c2st_gap"] = 0.0
             rec["rare_agreement_control"] = m.get("rare_agreement", {}).get("control")
             cs = r.get("cond") or {}
@@ -319,7 +339,7 @@ def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
     out = []
     for (ds, meth), g in df.groupby(["dataset", "method"], sort=False):
         rec = {"dataset": ds, "method": meth, "n_seeds": len(g)}
-        for k in TABLE + COND_TABLE:
+        for k in dict.fromkeys(TABLE + COND_TABLE + SEED_TABLE):
             if k not in g.columns:
                 rec[k], rec[k + "_hw"] = np.nan, np.nan
                 continue
@@ -383,6 +403,32 @@ def _overview(summary, cell) -> list[str]:
     return out
 
 
+def _seed_ablation(summary, cell) -> list[str]:
+    """Issue 13.4: GAT seeds vs random seeds (same quotas) vs no seeds, rare-type figures."""
+    rows = []
+    for ds, g in summary.groupby("dataset", sort=False):
+        by = {r["method"]: r for _, r in g.iterrows()}
+        if not any(m in by for m in SEED_METHODS[1:]) or "garage" not in by:
+            continue
+        if not np.isfinite(by["garage"].get("rare_agreement", np.nan)):
+            continue  # no rare types
+        for m in ("real (control)", *SEED_METHODS):
+            if m in by:
+                n = "" if m == "real (control)" else str(int(by[m]["n_seeds"]))
+                rows.append("| " + " | ".join([ds, m, n, *[cell(by[m], k) for k in SEED_TABLE]]) + " |")
+    if not rows:
+        return []
+    return ["## Seed ablation: GAT seeds vs random seeds vs no seeds (rare types)", "",
+            "`garage_random`: the same number of seeds per type, chosen at random "
+            "(`garage gat --seed-strategy random`); `garage_noseed`: `--seed-mix 0`. "
+            "`rare_c2st`: per-type C2ST averaged over the rare types (0.5 = indistinguishable; the "
+            "control row is real train vs holdout); `rare_dcr_ratio`: distance to the closest train "
+            "cell, rare types (≥ 1: no closer than real holdout cells). A blank `rare_c2st`: "
+            "every rare type has too few holdout cells for evaluate's per-type C2ST.", "",
+            "| dataset | method | n_seeds | " + " | ".join(SEED_TABLE) + " |", "|" + "---|" * (len(SEED_TABLE) + 3),
+            *rows, ""]
+
+
 def write_report(summary, split: str, cmd: str, tag: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"fidelity_{split}{('_' + tag) if tag else ''}"
@@ -417,6 +463,7 @@ def write_report(summary, split: str, cmd: str, tag: str) -> Path:
                   "between conditions (synthetic vs holdout), mean over types with enough cells under "
                   "both; its control row is train vs holdout.", ""]
     lines += _overview(summary, cell)
+    lines += _seed_ablation(summary, cell)
     lines += ["## Issue 13 targets (GARAGE defaults)", "", *targets(summary), ""]
     base.with_suffix(".md").write_text("\n".join(lines))
     return base.with_suffix(".md")

@@ -1,0 +1,87 @@
+"""Benchmark bookkeeping that the committed tables rest on: the seed-ablation table of
+bench.fidelity and the partial reruns of bench.bench_scale (no training here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench import bench_scale, fidelity  # noqa: E402
+
+
+def _row(tmp_path, method, seed, rare_c2st, agreement):
+    pt = tmp_path / f"{method}_{seed}.tsv"
+    pd.DataFrame({"cell_type": ["A", "R1", "R2"], "is_rare": ["false", "true", "true"],
+                  "c2st": [0.9, rare_c2st, np.nan], "c2st_control": [0.5, 0.45, np.nan]}).to_csv(pt, sep="\t",
+                                                                                               index=False)
+    metric = {"value": agreement, "control": 0.8}
+    return {"dataset": "d", "method": method, "seed": seed, "status": "ok", "per_type": str(pt),
+            "metrics": {"c2st_auc": {"value": 0.6, "control": 0.5}, "rare_agreement": metric,
+                        "tstr_rare_f1": metric, "rare_dcr_ratio": {"value": 1.0, "control": 1.0},
+                        "rare_spread_ratio": {"value": 0.9, "control": 1.0}}}
+
+
+def test_seed_ablation_table_uses_rare_types_only(tmp_path):
+    rows = [_row(tmp_path, "garage", s, 0.6 + 0.02 * s, 0.9) for s in range(3)]
+    rows += [_row(tmp_path, "garage_random", s, 0.7, 0.7) for s in range(2)]
+    summary = fidelity.summarise(rows)
+    by = {r["method"]: r for _, r in summary.iterrows()}
+    # the mean over rare types ignores the common type (0.9) and the rare type without a value
+    assert np.isclose(by["garage"]["rare_c2st"], 0.62)
+    assert np.isclose(by["real (control)"]["rare_c2st"], 0.45)
+    assert by["garage_random"]["n_seeds"] == 2 and np.isclose(by["garage_random"]["rare_agreement"], 0.7)
+
+    def cell(r, k):
+        return "" if not np.isfinite(r[k]) else f"{r[k]:.3f}"
+
+    lines = fidelity._seed_ablation(summary, cell)
+    table = [ln for ln in lines if ln.startswith("| d |")]
+    assert [ln.split(" | ")[1] for ln in table] == ["real (control)", "garage", "garage_random"]
+    assert "0.620" in table[1] and "0.700" in table[2]
+
+
+def test_seed_ablation_table_absent_without_an_ablation(tmp_path):
+    summary = fidelity.summarise([_row(tmp_path, "garage", 0, 0.6, 0.9)])
+    assert fidelity._seed_ablation(summary, lambda r, k: "") == []
+
+
+def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_scale, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench_scale, "WORK", tmp_path / "work")
+    monkeypatch.setattr(bench_scale, "_n_genes", lambda counts: 5)
+    monkeypatch.setattr(bench_scale, "write_resampled", lambda src, n, out: Path(out).write_text("x"))
+    monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
+    calls = []
+
+    def fake_measure(cmd, **kw):
+        calls.append(cmd)
+        if "--_scvi" in cmd:  # the scVI child writes its JSON
+            Path(cmd[cmd.index("--_out") + 1]).write_text(json.dumps({"train_s": 7.0, "epochs": 3,
+                                                                       "train_cells": 4}))
+        else:
+            pp = tmp_path / "work" / "scale" / "s100" / "s100.preprocessed.h5ad"
+            pp.parent.mkdir(parents=True, exist_ok=True)
+            pp.write_text("x")
+        return {"status": "ok", "wall_s": 1.0, "cpu_s": 1.0, "peak_mb": 10.0}
+
+    monkeypatch.setattr(bench_scale, "measure", fake_measure)
+
+    def args(**kw):
+        base = dict(sizes=[100], stages=list(bench_scale.STAGES), skip_scvi=True, device="cpu", threads=None,
+                    seed=0, mem_cap_gb=None, timeout_min=None, extra={}, merge=True, note="", name="t",
+                    command="c")
+        return Namespace(**{**base, **kw})
+
+    bench_scale.run(args())  # GARAGE stages only
+    rows = bench_scale.run(args(stages=[], skip_scvi=False))  # then scVI alone
+    stages = sorted(r["stage"] for r in rows)
+    assert stages == sorted([*bench_scale.STAGES, "scvi_train"])  # the stage rows survived the scVI rerun
+    assert sum("--_scvi" in c for c in calls) == 1 and len(calls) == len(bench_scale.STAGES) + 1
+    rows = bench_scale.run(args(stages=["gan"]))  # a rerun of one stage replaces that row only
+    assert sorted(r["stage"] for r in rows) == stages
