@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from .errors import GarageError
+from .errors import GarageError, ResourceError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def resolve_device(choice: str) -> "torch.device":  # noqa: F821
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda":
         if not torch.cuda.is_available():
-            raise GarageError(
+            raise ResourceError(
                 "--device cuda was requested but no CUDA GPU is visible to torch",
                 "run with --device cpu (or auto), or use a CUDA build of torch on a GPU node "
                 "(Nextflow: -profile gpu)",

@@ -1,19 +1,42 @@
-"""The one exception type for bad input and bad options.
+"""The project's exception types: bad input, and not enough resources.
 
 The CLI turns a :class:`GarageError` into a single ``Error: ...`` line on
-stderr and exit code 2; anything else is an internal error (exit code 1).
+stderr and exit code 2 (bad input: rerunning the same sample cannot help).
+A :class:`ResourceError` (and a Python ``MemoryError`` or a CUDA out-of-memory
+error) becomes one ``Error: ...`` line and exit code 3: the input may be fine
+but the task did not get enough memory, or no GPU, so a retry with more
+resources may succeed. Anything else is an internal error (exit code 1).
 """
 
 from __future__ import annotations
+
+#: exit status of the ``garage`` CLIs (conf/base.config maps each to an error strategy)
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_RESOURCES = 3
 
 
 class GarageError(Exception):
     """Bad input or options. The message says what is wrong and how to fix it."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, problem: str, fix: str | None = None) -> None:
         self.problem = problem
         self.fix = fix
         msg = problem if fix is None else f"{problem}. Fix: {fix}"
         super().__init__(msg.replace("\n", " "))
+
+
+class ResourceError(GarageError):
+    """Not enough resources (memory, GPU memory, no visible GPU) for a valid input.
+
+    A subclass of :class:`GarageError`, so code that drops a bad sample drops
+    this one too; the CLI exits with 3 instead of 2 so that a scheduler can
+    retry the task with more resources.
+    """
+
+    exit_code = EXIT_RESOURCES
+
+
+__all__ = ["GarageError", "ResourceError", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_RESOURCES"]

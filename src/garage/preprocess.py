@@ -24,7 +24,7 @@ from . import constants as C
 from ._meta import decide_rare_types
 from ._norm import log_normalize
 from ._utils import check_writable_dir, progress, versions, write_h5ad_atomic
-from .errors import GarageError
+from .errors import GarageError, ResourceError
 from .io import as_csr32, inspect_counts, read_counts, validate_counts
 
 logger = logging.getLogger(__name__)
@@ -595,7 +595,7 @@ def available_memory_bytes() -> int:
 
 def check_memory(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
                  layout: str = "h5ad", available_bytes: int | None = None) -> int:
-    """Raise a :class:`GarageError` when the estimate exceeds the budget; return the estimate.
+    """Raise a :class:`ResourceError` (exit 3) when the estimate exceeds the budget; return the estimate.
 
     The budget is ``config.max_memory_gb`` when set, else *available_bytes*
     when given, else 90% of :func:`available_memory_bytes`.
@@ -618,7 +618,7 @@ def check_memory(n_obs: int, n_vars: int, nnz: int, config: PreprocessConfig, *,
         if peak == "PCA and kNN" and n_vars > config.n_top_genes > 500:
             fixes.append(f"lower --n-top-genes (now {config.n_top_genes})")
         fixes.append("or split the sample into smaller ones")
-        raise GarageError(
+        raise ResourceError(
             f"preprocessing {n_obs} cells x {n_vars} genes ({nnz} stored counts) needs about "
             f"{need / GB:.1f} GB (peak while {peak}), more than the {what} ({have / GB:.1f} GB)",
             "; ".join(fixes),

@@ -3,7 +3,10 @@
 This is the embedded default for one machine (no Nextflow).  It writes the
 same files, in the same layout, as the Nextflow pipeline publishes:
 ``OUTDIR/{preprocess,gat,gan,evaluate,multiqc}/``.  A bad sample fails alone
-with its message; the others complete; the exit status says whether all did.
+with its message, and so does a sample that does not fit the machine (a
+:class:`~garage.errors.ResourceError`, ``MemoryError`` or CUDA out of memory:
+status ``out-of-resources``); the others complete; the exit status says whether
+all did.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import constants as C
-from .errors import GarageError
+from .errors import GarageError, ResourceError
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +178,7 @@ def _reuse(resume: bool, outputs: dict[str, Path]) -> dict[str, Path] | None:
 @dataclass
 class SampleResult:
     sample: str
-    status: str = "ok"  # ok | failed | internal-error
+    status: str = "ok"  # ok | failed (bad input) | out-of-resources | internal-error
     message: str = ""
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
@@ -246,13 +249,23 @@ def run_samples(
             logger.info("[%s] evaluate done", s.sample)
             res.outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
             res.outputs["preprocessed"] = str(pp)
+        except ResourceError as exc:  # memory / GPU: this sample does not fit, the next may
+            res.status, res.message = "out-of-resources", str(exc)
+            logger.error("[%s] not enough resources: %s", s.sample, exc)
         except GarageError as exc:
             res.status, res.message = "failed", str(exc)
             logger.error("[%s] %s", s.sample, exc)
+        except MemoryError:
+            res.status, res.message = "out-of-resources", OUT_OF_MEMORY
+            logger.error("[%s] %s", s.sample, OUT_OF_MEMORY)
         except Exception as exc:  # one sample's crash must not stop the batch
-            res.status = "internal-error"
-            res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            logger.exception("[%s] internal error", s.sample)
+            if _is_cuda_out_of_memory(exc):
+                res.status, res.message = "out-of-resources", CUDA_OUT_OF_MEMORY
+                logger.error("[%s] %s", s.sample, CUDA_OUT_OF_MEMORY)
+            else:
+                res.status = "internal-error"
+                res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                logger.exception("[%s] internal error", s.sample)
         res.seconds = round(time.perf_counter() - t0, 1)
         results.append(res)
 
@@ -269,6 +282,26 @@ def run_samples(
             logger.error("MultiQC report failed: %s", exc)
     _write_summary(results, outdir)
     return results
+
+
+OUT_OF_MEMORY = "out of memory (MemoryError): run on a machine with more memory, or lower the batch sizes"
+CUDA_OUT_OF_MEMORY = "out of GPU memory (CUDA out of memory): use a larger GPU, lower the batch sizes, or --device cpu"
+
+
+def _is_cuda_out_of_memory(exc: BaseException) -> bool:
+    from .cli import is_cuda_out_of_memory
+
+    return is_cuda_out_of_memory(exc)
+
+
+def exit_status(results: list[SampleResult]) -> int:
+    """0 all completed; else 1 (an internal error) > 3 (out of resources) > 2 (bad input)."""
+    statuses = {r.status for r in results}
+    if statuses <= {"ok"}:
+        return 0
+    if "internal-error" in statuses:
+        return 1
+    return 3 if "out-of-resources" in statuses else 2
 
 
 def _write_summary(results: list[SampleResult], outdir: Path) -> Path:

@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 from garage import constants as C
-from garage.errors import GarageError
+from garage.errors import GarageError, ResourceError
 from garage.gan import (
     TEST_OVERRIDES,
     GANConfig,
@@ -365,7 +365,7 @@ def test_memory_guard(seeds_small, monkeypatch):
 
     m = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, batch_size=4096))
     monkeypatch.setattr(_model, "_available_ram", lambda: 64 * 2**20)
-    with pytest.raises(GarageError, match="--batch-size"):
+    with pytest.raises(ResourceError, match="--batch-size"):  # exit 3: retried with more memory
         m.check_memory(torch.device("cpu"))
 
 

@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 
 from garage import constants as C
 from garage._utils import set_threads
-from garage.errors import GarageError
+from garage.errors import GarageError, ResourceError
 from garage.gat import OBS_SEED_REGION, TEST_OVERRIDES, GATConfig, gat_adata, load_gat, run_gat
 from garage.gat._features import NodeFeatures
 from garage.gat._graph import CSRGraph, NeighborSampler, layerwise_inference
@@ -589,9 +589,9 @@ def test_config_validation(kw):
 
 
 def test_memory_guard_names_the_fix(small):
-    with pytest.raises(GarageError, match="--minibatch-threshold"):
+    with pytest.raises(ResourceError, match="--minibatch-threshold"):  # exit 3, not 2
         gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "max_memory_gb": 1e-3}))
-    with pytest.raises(GarageError, match="--batch-size"):
+    with pytest.raises(ResourceError, match="--batch-size"):
         gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "max_memory_gb": 1e-3,
                                       "minibatch_threshold": 0}))
 

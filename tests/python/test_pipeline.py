@@ -1299,47 +1299,59 @@ def base_settings(nf_classpath) -> list[Setting]:
     return process_settings(nf_classpath, "conf/base.config")
 
 
-#: exit status -> action, for the per-sample GARAGE stages and for MULTIQC
+#: exit status -> (first attempt, last attempt) action, for the per-sample GARAGE stages and
+#: for MULTIQC. The last attempt is task.attempt == maxRetries + 1: a 'retry' there would
+#: make Nextflow terminate the run.
 EXPECTED_ACTION = {
-    1: ("finish", "finish"),        # internal error (traceback bug): stop the run
-    2: ("ignore", "finish"),        # bad input of one sample: drop it (MultiQC: stop)
-    104: ("retry", "retry"),        # connection reset / killed by the system
-    126: ("finish", "finish"),      # command not executable
-    127: ("finish", "finish"),      # command not found (broken image)
-    129: ("finish", "finish"),
-    130: ("retry", "retry"),        # SIGINT
-    134: ("retry", "retry"),        # SIGABRT
-    137: ("retry", "retry"),        # SIGKILL (out of memory)
-    139: ("retry", "retry"),        # SIGSEGV
-    140: ("retry", "retry"),        # SIGUSR2 (SLURM/SGE time limit)
-    143: ("retry", "retry"),        # SIGTERM
-    145: ("retry", "retry"),
-    146: ("finish", "finish"),
-    255: ("finish", "finish"),
+    1: (("finish", "finish"), ("finish", "finish")),    # internal error (traceback bug): stop the run
+    2: (("ignore", "ignore"), ("finish", "finish")),    # bad input of one sample: drop it (MultiQC: stop)
+    3: (("retry", "ignore"), ("finish", "finish")),     # not enough resources: retry, then drop with a warning
+    104: (("retry", "finish"), ("retry", "finish")),    # connection reset / killed by the system
+    126: (("finish", "finish"), ("finish", "finish")),  # command not executable
+    127: (("finish", "finish"), ("finish", "finish")),  # command not found (broken image)
+    129: (("finish", "finish"), ("finish", "finish")),
+    130: (("retry", "finish"), ("retry", "finish")),    # SIGINT
+    134: (("retry", "finish"), ("retry", "finish")),    # SIGABRT
+    137: (("retry", "finish"), ("retry", "finish")),    # SIGKILL (out of memory)
+    139: (("retry", "finish"), ("retry", "finish")),    # SIGSEGV
+    140: (("retry", "finish"), ("retry", "finish")),    # SIGUSR2 (SLURM/SGE time limit)
+    143: (("retry", "finish"), ("retry", "finish")),    # SIGTERM
+    145: (("retry", "finish"), ("retry", "finish")),
+    146: (("finish", "finish"), ("finish", "finish")),
+    255: (("finish", "finish"), ("finish", "finish")),
 }
+MAX_RETRIES = 2
+
+
+def _task(code: int, attempt: int, workdir: Path, process: str) -> dict[str, Any]:
+    """The task properties the errorStrategy closures read (Nextflow's TaskConfig)."""
+    return {"exitStatus": code, "attempt": attempt, "maxRetries": MAX_RETRIES, "workDir": str(workdir),
+            "process": FQN.format(process), "cpus": 6 * attempt, "memory": f"{36 * attempt} GB"}
 
 
 def test_error_strategy_every_exit_code(nf_classpath, base_settings, tmp_path):
-    """conf/base.config's errorStrategy closures, evaluated by Groovy for each exit status."""
+    """conf/base.config's errorStrategy closures, evaluated by Groovy for each exit status, on the
+    first attempt and on the last one."""
     workdir = tmp_path / "work" / "ab" / "cdef"
     workdir.mkdir(parents=True)
     (workdir / ".command.err").write_text("12:00:00 INFO garage.preprocess: reading x.csv ...\nError: table x.csv is empty\n")
+    retries = resolve_directive(base_settings, "GARAGE_GAT", "maxRetries")
+    assert retries is not None and int(retries.value) == MAX_RETRIES
     cases, expected = [], []
     for process in ("GARAGE_PREPROCESS", "GARAGE_GAT", "GARAGE_GAN", "GARAGE_EVALUATE", "MULTIQC"):
         setting = resolve_directive(base_settings, process, "errorStrategy")
         assert setting is not None and setting.closure, f"{process}: errorStrategy must be a closure"
-        for code, (garage_action, mqc_action) in EXPECTED_ACTION.items():
-            cases.append({"source": setting.source,
-                          "task": {"exitStatus": code, "attempt": 1, "workDir": str(workdir), "process": FQN.format(process)},
-                          "meta": {"id": "s1"},
-                          "workflow": {"workDir": str(tmp_path / "work"), "runName": "run_a"}})
-            expected.append((process, code, mqc_action if process == "MULTIQC" else garage_action))
+        for code, (garage_actions, mqc_actions) in EXPECTED_ACTION.items():
+            for which, attempt in ((0, 1), (1, MAX_RETRIES + 1)):
+                cases.append({"source": setting.source, "task": _task(code, attempt, workdir, process),
+                              "meta": {"id": "s1"},
+                              "workflow": {"workDir": str(tmp_path / "work"), "runName": "run_a"}})
+                want = (mqc_actions if process == "MULTIQC" else garage_actions)[which]
+                expected.append((process, code, attempt, want))
     actions = eval_closures(nf_classpath, cases)
-    for (process, code, want), got in zip(expected, actions):
-        assert got == want, f"{process} exit {code}: {got!r}, expected {want!r}"
-    # the retries really get more: maxRetries > 0 and every resource closure scales with task.attempt
-    retries = resolve_directive(base_settings, "GARAGE_GAT", "maxRetries")
-    assert retries is not None and int(retries.value) >= 1
+    for (process, code, attempt, want), got in zip(expected, actions):
+        assert got == want, f"{process} exit {code} attempt {attempt}: {got!r}, expected {want!r}"
+    # the retries really get more: every resource closure scales with task.attempt
     for process in PROCESS_LABELS:
         for directive in ("memory", "time"):
             s = resolve_directive(base_settings, process, directive)
@@ -1349,7 +1361,9 @@ def test_error_strategy_every_exit_code(nf_classpath, base_settings, tmp_path):
 
 
 def test_exit2_records_the_sample_and_its_error(nf_classpath, base_settings, tmp_path):
-    """Exit 2 writes the record the workflow reads back: sample, process, exit, the `Error:` line."""
+    """Exit 2, and exit 3 at the last attempt, write the record the workflow reads back: sample,
+    process, exit, the `Error:` line, work dir and the reason; exit 3 with attempts left writes
+    nothing (the task is retried)."""
     wf_work = tmp_path / "work"
     workdir = wf_work / "3f" / "a1b2c3"
     workdir.mkdir(parents=True)
@@ -1359,41 +1373,59 @@ def test_exit2_records_the_sample_and_its_error(nf_classpath, base_settings, tmp
     setting = resolve_directive(base_settings, "GARAGE_PREPROCESS", "errorStrategy")
     empty = wf_work / "00" / "empty"  # a task that printed nothing: still a record, still 'ignore'
     empty.mkdir(parents=True)
+    oom = wf_work / "7c" / "oom"
+    oom.mkdir(parents=True)
+    (oom / ".command.err").write_text(
+        "Error: training needs about 80.0 GiB but only 40.0 GiB is free on cuda. Fix: lower --batch-size\n")
+    gan = resolve_directive(base_settings, "GARAGE_GAN", "errorStrategy").source
+    wf = {"workDir": str(wf_work), "runName": "calm_curie"}
     actions = eval_closures(nf_classpath, [
         {"source": setting.source,
          "task": {"exitStatus": 2, "attempt": 1, "workDir": str(workdir), "process": FQN.format("GARAGE_PREPROCESS")},
-         "meta": {"id": "broken"}, "workflow": {"workDir": str(wf_work), "runName": "calm_curie"}},
+         "meta": {"id": "broken"}, "workflow": wf},
         {"source": resolve_directive(base_settings, "GARAGE_GAT", "errorStrategy").source,
          "task": {"exitStatus": 2, "attempt": 1, "workDir": str(empty), "process": "GARAGE_GAT"},
-         "meta": {"id": "quiet"}, "workflow": {"workDir": str(wf_work), "runName": "calm_curie"}},
+         "meta": {"id": "quiet"}, "workflow": wf},
+        {"source": gan, "task": _task(3, 1, oom, "GARAGE_GAN"), "meta": {"id": "big"}, "workflow": wf},
+        {"source": gan, "task": _task(3, MAX_RETRIES + 1, oom, "GARAGE_GAN"), "meta": {"id": "huge"}, "workflow": wf},
     ])
-    assert actions == ["ignore", "ignore"]
+    assert actions == ["ignore", "ignore", "retry", "ignore"]
     records = sorted((wf_work / "garage-failed" / "calm_curie").glob("*.tsv"))
-    assert [r.name for r in records] == ["GARAGE_GAT.quiet.tsv", "GARAGE_PREPROCESS.broken.tsv"]
-    fields = records[1].read_text().rstrip("\n").split("\t")
-    assert fields[:3] == ["broken", "GARAGE_PREPROCESS", "2"]
+    assert [r.name for r in records] == ["GARAGE_GAN.huge.tsv", "GARAGE_GAT.quiet.tsv", "GARAGE_PREPROCESS.broken.tsv"]
+    fields = records[2].read_text().rstrip("\n").split("\t")
+    assert fields[:3] == ["broken", "GARAGE_PREPROCESS", "2"] and fields[5] == "input"
     assert fields[3].startswith("Error: table broken.csv has non-numeric columns")
-    assert records[0].read_text().split("\t")[3] == "(no error message on stderr)"
-    records = records[1:]
+    assert records[1].read_text().split("\t")[3] == "(no error message on stderr)"
+    huge = records[0].read_text().rstrip("\n").split("\t")
+    assert huge[:3] == ["huge", "GARAGE_GAN", "3"] and huge[5] == "resources"
+    assert huge[3].startswith("did not fit the resource limits after 3 attempts (last: 18 CPUs, 108 GB memory): "
+                              "Error: training needs about 80.0 GiB"), huge[3]
     # the workflow reads the same folder back (readFailureRecords)
     utils = (REPO / UTILS_NF).read_text()
     assert "workflow.workDir.resolve('garage-failed').resolve(workflow.runName.toString())" in utils
     assert "workflow.workDir.resolve('garage-failed').resolve(workflow.runName.toString())" in \
         (REPO / "conf/base.config").read_text()
-    # and parses each record with parseFailureRecord
-    parsed = call_nf_functions(nf_classpath, ["parseFailureRecord"],
-                               f"return parseFailureRecord({_groovy_data(records[0].read_text())})")
-    assert parsed["sample"] == "broken" and parsed["process"] == "GARAGE_PREPROCESS" and parsed["exit_status"] == "2"
-    assert parsed["message"] == fields[3]
+    # and parses each record with parseFailureRecord; the reason becomes the summary's words
+    parsed = call_nf_functions(
+        nf_classpath, ["parseFailureRecord", "failureReasonText"],
+        f"def p = [{_groovy_data(records[2].read_text())}, {_groovy_data(records[0].read_text())}].collect {{ r -> parseFailureRecord(r) }}\n"
+        "return p.collect { r -> r + [text: failureReasonText(r.reason)] }")
+    assert parsed[0]["sample"] == "broken" and parsed[0]["process"] == "GARAGE_PREPROCESS" and parsed[0]["exit_status"] == "2"
+    assert parsed[0]["message"] == fields[3] and parsed[0]["text"] == "bad input"
+    assert parsed[1]["exit_status"] == "3" and parsed[1]["text"] == "did not fit the resource limits"
 
 
-STATUS_STAGE_IDS = [["input", "a"], ["input", "b"], ["input", "c"],
-                    ["GARAGE_PREPROCESS", "a"], ["GARAGE_PREPROCESS", "c"],
+STATUS_STAGE_IDS = [["input", "a"], ["input", "b"], ["input", "c"], ["input", "d"],
+                    ["GARAGE_PREPROCESS", "a"], ["GARAGE_PREPROCESS", "c"], ["GARAGE_PREPROCESS", "d"],
                     ["GARAGE_GAT", "a"], ["GARAGE_GAT", "c"],
                     ["GARAGE_GAN", "a"], ["GARAGE_GAN", "c"],
                     ["GARAGE_EVALUATE", "a"]]
 STATUS_FAILURES = [{"sample": "b", "process": "GARAGE_PREPROCESS", "exit_status": "2",
-                    "message": "Error: counts must be non-negative integers: found -3 in \"b.csv\"", "work_dir": "/w/1"}]
+                    "message": "Error: counts must be non-negative integers: found -3 in \"b.csv\"", "work_dir": "/w/1",
+                    "reason": "input"},
+                   {"sample": "d", "process": "GARAGE_GAT", "exit_status": "3",
+                    "message": "did not fit the resource limits after 3 attempts: Error: the GAT needs about 90 GB",
+                    "work_dir": "/w/2", "reason": "resources"}]
 PARAMS_SUMMARY = {"Core Nextflow options": {"runName": "calm_curie", "profile": "test,docker",
                                             "commandLine": "nextflow run garage-sc/garage -profile test,docker"},
                   "Input/output options": {"input": "sheet.csv", "outdir": "results"},
@@ -1414,7 +1446,7 @@ def report_run(nf_classpath, modules, tmp_path_factory) -> dict[str, Any]:
         "command_line": "nextflow run garage-sc/garage -profile test,docker", "doi_text": ""}
     out = call_nf_functions(
         nf_classpath,
-        ["sampleStatusRows", "sampleStatusTsv", "sampleStatusMultiqc", "yamlString", "htmlEscape",
+        ["sampleStatusRows", "failureReasonText", "sampleStatusTsv", "sampleStatusMultiqc", "yamlString", "htmlEscape",
          "paramsSummaryMultiqc", "methodsDescriptionText", "failIfNoSampleCompleted"],
         "def error(msg) { throw new IllegalStateException(msg.toString()) }\n"
         f"def rows = sampleStatusRows({_groovy_data(STATUS_STAGE_IDS)}, {_groovy_data(STATUS_FAILURES)})\n"
@@ -1446,19 +1478,27 @@ def report_run(nf_classpath, modules, tmp_path_factory) -> dict[str, Any]:
 def test_sample_status_table_and_report(report_run):
     """The workflow's run summary: which samples completed, where the others stopped and why."""
     rows = {r["sample"]: r for r in report_run["rows"]}
-    assert [r["sample"] for r in report_run["rows"]] == ["a", "b", "c"]
-    assert rows["a"]["status"] == "ok"
+    assert [r["sample"] for r in report_run["rows"]] == ["a", "b", "c", "d"]
+    assert rows["a"]["status"] == "ok" and rows["a"]["reason"] == ""
     assert rows["b"] == {"sample": "b", "status": "failed", "stage": "GARAGE_PREPROCESS", "exit_status": "2",
-                         "message": STATUS_FAILURES[0]["message"]}
+                         "message": STATUS_FAILURES[0]["message"], "reason": "bad input"}
     assert rows["c"]["status"] == "failed" and rows["c"]["stage"] == "GARAGE_EVALUATE"
     assert ".command.err" in rows["c"]["message"]  # no record: the message says where to look
+    assert rows["c"]["reason"] == "unknown"
+    # a sample that still lacked memory at its last attempt (exit 3): listed with the reason
+    assert rows["d"] == {"sample": "d", "status": "failed", "stage": "GARAGE_GAT", "exit_status": "3",
+                         "message": STATUS_FAILURES[1]["message"], "reason": "did not fit the resource limits"}
     tsv = list(csv.DictReader(report_run["tsv"].splitlines(), delimiter="\t"))
-    assert [t["sample"] for t in tsv] == ["a", "b", "c"] and tsv[1]["message"] == STATUS_FAILURES[0]["message"]
+    assert list(tsv[0]) == ["sample", "status", "stage", "exit_status", "message", "reason"]
+    assert [t["sample"] for t in tsv] == ["a", "b", "c", "d"] and tsv[1]["message"] == STATUS_FAILURES[0]["message"]
+    assert [t["reason"] for t in tsv] == ["", "bad input", "unknown", "did not fit the resource limits"]
     yaml = pytest.importorskip("yaml")
     doc = yaml.safe_load(report_run["mqc"])
     assert doc["plot_type"] == "table" and doc["data"]["b"]["message"] == STATUS_FAILURES[0]["message"]
+    assert doc["data"]["d"]["reason"] == "did not fit the resource limits" and "reason" in doc["headers"]
     # rendered by the MULTIQC module's command
     assert 'id="garage-sample-status"' in report_run["html"] and "non-negative integers" in report_run["html"]
+    assert "did not fit the resource limits" in report_run["html"]
     # some samples dropped: the run goes on; all dropped: it fails (after the report)
     assert report_run["some_ok"] == "ok"
     assert report_run["none_ok"].startswith("Every sample failed")

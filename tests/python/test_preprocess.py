@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from garage import constants as C
-from garage.errors import GarageError
+from garage.errors import GarageError, ResourceError
 from garage.preprocess import PreprocessConfig, preprocess_adata, stratified_split
 
 GARAGE = [sys.executable, "-m", "garage.cli"]
@@ -268,7 +268,7 @@ def test_memory_preflight_stops_before_reading(tmp_path, small_counts_path):
 
     cfg = PreprocessConfig(label_key="cell_type")
     t0 = time.perf_counter()
-    with pytest.raises(GarageError, match=r"needs about .* GB \(peak while .*\), more than the available memory") as e:
+    with pytest.raises(ResourceError, match=r"needs about .* GB \(peak while .*\), more than the available memory") as e:
         run_preprocess(small_counts_path, tmp_path / "out", "x", cfg, available_bytes=50 << 20)
     assert time.perf_counter() - t0 < 5
     assert "node with at least" in str(e.value)
@@ -295,7 +295,7 @@ def test_device_auto_is_the_default_and_resolves_to_cpu_here():
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: auto resolves to cuda")
     assert resolve_device("auto").type == "cpu"
-    with pytest.raises(GarageError, match="no CUDA GPU"):
+    with pytest.raises(ResourceError, match="no CUDA GPU"):  # exit 3: retried, maybe on a GPU node
         resolve_device("cuda")
 
 
@@ -309,10 +309,10 @@ def _bad_cases(tmp: Path, small: Path):
     base = ad.read_h5ad(small)[:300].copy()
     cases = {}
 
-    def mk(name, fn, args=("--label-key", "cell_type"), expect="", suffix=".h5ad"):
+    def mk(name, fn, args=("--label-key", "cell_type"), expect="", suffix=".h5ad", code=2):
         p = tmp / f"{name}{suffix}"
         fn(p)
-        cases[name] = (p, list(args), expect)
+        cases[name] = (p, list(args), expect, code)
 
     def mod(f):
         def w(p):
@@ -383,17 +383,19 @@ def _bad_cases(tmp: Path, small: Path):
     mk("missing_layer", lambda p: _write(base.copy(), p),
        args=("--label-key", "cell_type", "--layer", "nope"), expect="layer 'nope' not found")
     mk("mtx_folder_without_matrix", lambda p: p.mkdir(), suffix="_dir", expect="without matrix.mtx")
+    # not a bad input: not enough memory is exit 3 (the pipeline retries with more)
     mk("too_little_memory", lambda p: _write(base.copy(), p),
-       args=("--label-key", "cell_type", "--max-memory-gb", "0.01"), expect="needs about")
+       args=("--label-key", "cell_type", "--max-memory-gb", "0.01"), expect="needs about", code=3)
     return cases
 
 
 def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path):
-    """Every bad input: exit 2, one `Error:` line naming the problem, no output, input unchanged."""
+    """Every bad input: exit 2 (3 for too little memory), one `Error:` line naming the problem,
+    no output, input unchanged."""
     cases = _bad_cases(tmp_path, small_counts_path)
     assert len(cases) >= 18
     failures = []
-    for name, (path, args, expect) in cases.items():
+    for name, (path, args, expect, code) in cases.items():
         before = _sha(path)
         out = tmp_path / f"out_{name}"
         proc = subprocess.run(
@@ -402,7 +404,7 @@ def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path):
         )
         err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
         problems = []
-        if proc.returncode != 2:
+        if proc.returncode != code:
             problems.append(f"exit {proc.returncode}")
         if len(err_lines) != 1 or expect not in err_lines[0]:
             problems.append(f"stderr={proc.stderr.strip()[-300:]!r}")

@@ -170,3 +170,25 @@ def test_resume_reuses_finished_stages(test_profile_run):
     assert "reusing finished outputs" in again.stderr
     assert (syn.stat().st_mtime_ns, seeds.stat().st_mtime_ns) == before
     assert (out / "evaluate" / "pbmc3k_small.garage_metrics.json").is_file()
+
+
+def test_out_of_resources_sample_fails_alone(tmp_path, small_counts_path, monkeypatch):
+    """Not enough memory (ResourceError, MemoryError) fails that sample only, like a bad
+    sample; the summary names the status and the exit status is 3 (retry with more)."""
+    from garage import preprocess
+    from garage.errors import ResourceError
+    from garage.run import Sample, exit_status, run_samples
+
+    def fake_preprocess(counts, outdir, prefix, config, **kw):
+        raise {"big": ResourceError("preprocessing needs about 90 GB", "use a larger node"),
+               "huge": MemoryError(), "broken": GarageError("table is empty")}[prefix]
+
+    monkeypatch.setattr(preprocess, "run_preprocess", fake_preprocess)
+    samples = [Sample(name, small_counts_path, "cell_type") for name in ("big", "huge", "broken")]
+    results = run_samples(samples, tmp_path / "out", report=False)
+    assert [(r.sample, r.status) for r in results] == [
+        ("big", "out-of-resources"), ("huge", "out-of-resources"), ("broken", "failed")]
+    assert "needs about 90 GB" in results[0].message and "out of memory" in results[1].message
+    summary = (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text()
+    assert "big\tout-of-resources\t" in summary and "broken\tfailed\t" in summary
+    assert exit_status(results) == 3

@@ -2,10 +2,15 @@
 
 Subcommands live in their own modules and are imported only when invoked, so
 ``garage --version`` and ``garage --help`` never import torch.  The CLI parses
-and validates options, builds a config, calls the library, and turns a
-:class:`~garage.errors.GarageError` into one ``Error:`` line and exit code 2.
-Any other exception is an internal error: one line and exit code 1 (the full
-traceback with ``--debug``).
+and validates options, builds a config, calls the library, and turns errors into
+one ``Error:`` line and an exit code:
+
+- 2: a :class:`~garage.errors.GarageError`, bad input or options;
+- 3: not enough resources, a :class:`~garage.errors.ResourceError` (memory
+  pre-flight check, no visible GPU for ``--device cuda``), a Python
+  ``MemoryError`` or a CUDA out-of-memory error: a retry with more memory (or
+  on a GPU node) may succeed;
+- 1: anything else, an internal error (the full traceback with ``--debug``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,21 @@ import sys
 import click
 
 from .. import __version__
+from ..errors import EXIT_RESOURCES
+
+OUT_OF_MEMORY = ("out of memory (MemoryError). Fix: run on a node with more memory (the pipeline "
+                 "retries with more), or lower --batch-size / use --minibatch")
+CUDA_OUT_OF_MEMORY = ("out of GPU memory (CUDA out of memory). Fix: run on a GPU with more memory "
+                      "(the pipeline retries), or lower --batch-size, or use --device cpu")
+
+
+def is_cuda_out_of_memory(exc: BaseException) -> bool:
+    """True for ``torch.cuda.OutOfMemoryError`` (and the plain RuntimeError older torch raised)."""
+    torch = sys.modules.get("torch")  # never import torch here: only a loaded torch can raise it
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("CUDA out of memory")
 
 # name -> "module:attribute"; each stage owns its module
 COMMANDS: dict[str, str] = {
@@ -48,11 +68,11 @@ class LazyGroup(click.Group):
         debug = ctx.params.get("debug", False)
         try:
             return super().invoke(ctx)
-        except GarageError as exc:
+        except GarageError as exc:  # exit 2 (bad input) or 3 (ResourceError)
             if debug:
                 raise
             click.echo(f"Error: {exc}", err=True)
-            ctx.exit(GarageError.exit_code)
+            ctx.exit(exc.exit_code)
         except click.UsageError as exc:  # bad option value, missing file, ...: one line
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"Error: {exc.format_message()}{hint}", err=True)
@@ -65,14 +85,14 @@ class LazyGroup(click.Group):
         except MemoryError:
             if debug:
                 raise
-            click.echo(
-                "Error: out of memory. Fix: lower --batch-size or use --minibatch, or run on a larger node",
-                err=True,
-            )
-            ctx.exit(1)
+            click.echo(f"Error: {OUT_OF_MEMORY}", err=True)
+            ctx.exit(EXIT_RESOURCES)
         except Exception as exc:  # internal error: one line unless --debug
             if debug:
                 raise
+            if is_cuda_out_of_memory(exc):
+                click.echo(f"Error: {CUDA_OUT_OF_MEMORY}", err=True)
+                ctx.exit(EXIT_RESOURCES)
             msg = str(exc).splitlines()[0] if str(exc) else ""
             click.echo(
                 f"Internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback "
@@ -115,4 +135,4 @@ def main(debug: bool, verbose: int, quiet: bool) -> None:
         warnings.filterwarnings("ignore", message=".*")  # library chatter stays out of logs
 
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "is_cuda_out_of_memory"]

@@ -29,7 +29,7 @@ from ._options import device_option, seed_option, threads_option
 def run(input_, outdir, profile, params_file, resume, no_report, seed, device, threads) -> None:
     """Run preprocess -> gat -> gan -> evaluate -> MultiQC for every sample, in-process."""
     from ..errors import GarageError
-    from ..run import read_samplesheet, run_samples, test_samplesheet
+    from ..run import exit_status, read_samplesheet, run_samples, test_samplesheet
 
     if input_ is None and profile != "test":
         raise GarageError("--input is required (or use --profile test)", "pass --input samplesheet.csv")
@@ -46,5 +46,6 @@ def run(input_, outdir, profile, params_file, resume, no_report, seed, device, t
     report = Path(outdir) / "multiqc" / "multiqc_report.html"
     if report.exists():
         click.echo(f"  report: {report}", err=True)
-    if len(ok) < len(results):
-        raise click.exceptions.Exit(1 if any(r.status == "internal-error" for r in results) else 2)
+    status = exit_status(results)  # 1 internal error > 3 out of resources > 2 bad input
+    if status:
+        raise click.exceptions.Exit(status)

@@ -46,7 +46,7 @@ from .._meta import condition_key_of, label_key_of, rare_types_of
 from .._norm import log_normalize
 from .._utils import versions
 from ..baselines import _row_hashes, synthetic_anndata
-from ..errors import GarageError
+from ..errors import GarageError, ResourceError
 from ._config import GROUP_SEP, GANConfig, parse_cells_per_group, parse_cells_per_type
 from ._module import (
     ConditionalCritic,
@@ -464,7 +464,7 @@ class GarageGAN:
 
     # ---------------------------------------------------------------- memory guard
     def check_memory(self, device: torch.device) -> int:
-        """Estimate peak bytes; raise a GarageError suggesting a smaller batch if it won't fit."""
+        """Estimate peak bytes; raise a ResourceError (exit 3) suggesting a smaller batch if it won't fit."""
         cfg, g = self.config, len(self.meta["var_names"])
         n_params = sum(p.numel() for p in self.net.parameters())
         per_batch = cfg.batch_size * g * 4 * (40 if cfg.effective_space == "gene" else 16)
@@ -476,7 +476,7 @@ class GarageGAN:
             est += self.data.counts.data.nbytes * 3 if self.data is not None else 0
             free = _available_ram()
         if free and est > 0.8 * free:
-            raise GarageError(
+            raise ResourceError(
                 f"training needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device.type}",
                 f"lower --batch-size (now {cfg.batch_size}) or --hidden, or use a larger node",
             )

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._utils import atomic_path
-from ..errors import GarageError
+from ..errors import GarageError, ResourceError
 from ._config import GATConfig
 from ._features import NodeFeatures
 from ._graph import CSRGraph, NeighborSampler
@@ -139,7 +139,7 @@ def estimate_memory_bytes(
 
 def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
                  minibatch: bool, device: torch.device, bytes_per_row: float | None = None) -> int:
-    """Raise a :class:`GarageError` when the estimate exceeds the budget; return the estimate."""
+    """Raise a :class:`ResourceError` (exit 3) when the estimate exceeds the budget; return the estimate."""
     need = estimate_memory_bytes(n_nodes, n_edges, in_dim, config, minibatch=minibatch,
                                  bytes_per_row=bytes_per_row)
     if config.max_memory_gb is not None:
@@ -157,7 +157,7 @@ def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
             fix = (f"use neighbour-sampled minibatches: set --minibatch-threshold below "
                    f"{n_nodes} (e.g. 0) and, if needed, a smaller --batch-size, or run on a "
                    "larger node")
-        raise GarageError(
+        raise ResourceError(
             f"the GAT needs about {need / gb:.1f} GB for {n_nodes} cells and {n_edges} edges "
             f"({'minibatch' if minibatch else 'full-batch'}), more than the {what} "
             f"({have / gb:.1f} GB)",

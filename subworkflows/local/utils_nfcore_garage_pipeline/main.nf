@@ -232,7 +232,7 @@ def completionSummary(summary_params, outdir, report_list, status_rows) {
     if (status_rows) {
         def failed = status_rows.findAll { row -> row.status != 'ok' }
         lines << "  samples  : ${status_rows.size() - failed.size()} of ${status_rows.size()} completed (${outdir}/pipeline_info/garage_sample_status.tsv)"
-        failed.each { row -> lines << "  dropped  : ${row.sample} at ${row.stage} (exit ${row.exit_status}): ${row.message}" }
+        failed.each { row -> lines << "  dropped  : ${row.sample} at ${row.stage} (exit ${row.exit_status}, ${row.reason}): ${row.message}" }
     }
     if (summary_params?.containsKey('Core Nextflow options')) {
         lines << "  profile  : ${workflow.profile}"
@@ -268,11 +268,13 @@ def warnIfNoContainerEngine() {
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
     RUN SUMMARY: which samples completed, which were dropped and why
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-    conf/base.config's errorStrategy writes one record per task that exited 2 to
+    conf/base.config's errorStrategy writes one record per task that exited 2 (bad input), or
+    3 at its last attempt (did not fit the resource limits), to
     workflow.workDir/garage-failed/<runName>/<PROCESS>.<sample>.tsv:
         sample <TAB> process <TAB> exit status <TAB> the CLI's one-line error <TAB> work dir
+        <TAB> reason ('input' or 'resources')
     The workflow compares the samples of the samplesheet with the samples each stage
-    emitted and takes the reason from those records.
+    emitted and takes the error and its reason from those records.
 */
 
 //
@@ -283,7 +285,8 @@ def readFailureRecords() {
     if (!failed_dir.exists()) {
         return []
     }
-    def record_files = failed_dir.listFiles() ?: []
+    def record_files = []
+    failed_dir.eachFile { record_file -> record_files << record_file }
     return record_files
         .findAll { record_file -> record_file.name.endsWith('.tsv') }
         .collect { record_file -> parseFailureRecord(record_file.text) }
@@ -295,12 +298,23 @@ def parseFailureRecord(text) {
     if (!fields || fields.size() < 4) {
         return null
     }
-    return [sample: fields[0], process: fields[1], exit_status: fields[2], message: fields[3], work_dir: fields.size() > 4 ? fields[4] : '']
+    def reason = fields.size() > 5 ? fields[5].trim() : (fields[2] == '2' ? 'input' : '')
+    return [sample: fields[0], process: fields[1], exit_status: fields[2], message: fields[3], work_dir: fields.size() > 4 ? fields[4] : '', reason: reason]
+}
+
+//
+// A failure record's reason -> the words of the run summary, the TSV and the report
+//
+def failureReasonText(reason) {
+    def texts = [input: 'bad input', resources: 'did not fit the resource limits']
+    return texts[reason?.toString()] ?: 'unknown'
 }
 
 //
 // stage_ids: [stage, sample id] pairs ('input' for the samplesheet); failures: parseFailureRecord maps.
-// One row per sample, sorted: status 'ok', or 'failed' with the first stage that has no output for it.
+// One row per sample, sorted: status 'ok', or 'failed' with the first stage that has no output for
+// it and the reason: 'bad input' (exit 2), 'did not fit the resource limits' (exit 3 at the last
+// attempt) or 'unknown' (no record: see the message).
 //
 def sampleStatusRows(stage_ids, failures) {
     def stages = ['GARAGE_PREPROCESS', 'GARAGE_GAT', 'GARAGE_GAN', 'GARAGE_EVALUATE']
@@ -311,20 +325,20 @@ def sampleStatusRows(stage_ids, failures) {
     return samples.collect { sample ->
         def lost_at = stages.find { stage -> !(seen[stage] ?: []).contains(sample) }
         if (!lost_at) {
-            return [sample: sample, status: 'ok', stage: '', exit_status: '', message: '']
+            return [sample: sample, status: 'ok', stage: '', exit_status: '', message: '', reason: '']
         }
         def record = failures.find { failure -> failure.sample == sample && failure.process == lost_at }
         def message = record
             ? record.message
             : "${lost_at} produced no output; see that task's .command.err (its work dir is in pipeline_info/execution_trace_*.txt)".toString()
-        return [sample: sample, status: 'failed', stage: lost_at, exit_status: record ? record.exit_status.toString() : '', message: message]
+        return [sample: sample, status: 'failed', stage: lost_at, exit_status: record ? record.exit_status.toString() : '', message: message, reason: failureReasonText(record?.reason)]
     }
 }
 
 def sampleStatusTsv(rows) {
-    def lines = ['sample\tstatus\tstage\texit_status\tmessage']
+    def lines = ['sample\tstatus\tstage\texit_status\tmessage\treason']
     rows.each { row ->
-        lines << [row.sample, row.status, row.stage, row.exit_status, row.message]
+        lines << [row.sample, row.status, row.stage, row.exit_status, row.message, row.reason ?: '']
             .collect { value -> value.toString().replaceAll('[\\t\\r\\n]+', ' ') }
             .join('\t')
     }
@@ -337,7 +351,7 @@ def sampleStatusTsv(rows) {
 def sampleStatusMultiqc(rows) {
     def failed = rows.findAll { row -> row.status != 'ok' }
     def description = failed
-        ? "${rows.size() - failed.size()} of ${rows.size()} samples completed. A stage that rejects a sample's input (exit status 2) drops only that sample; the error it printed is listed here and in pipeline_info/garage_sample_status.tsv."
+        ? "${rows.size() - failed.size()} of ${rows.size()} samples completed. A stage that rejects a sample's input (exit status 2), or that still lacks memory or a GPU after its retries (exit status 3: did not fit the resource limits), drops only that sample; the error it printed and the reason are listed here and in pipeline_info/garage_sample_status.tsv."
         : "All ${rows.size()} samples completed every stage (pipeline_info/garage_sample_status.tsv)."
     def lines = [
         "id: 'garage-sample-status'",
@@ -355,13 +369,15 @@ def sampleStatusMultiqc(rows) {
         "    title: 'Dropped at'",
         "  exit_status:",
         "    title: 'Exit status'",
+        "  reason:",
+        "    title: 'Reason'",
         "  message:",
         "    title: 'Error'",
         "data:",
     ]
     rows.each { row ->
         lines << "  ${yamlString(row.sample)}:".toString()
-        ['status', 'stage', 'exit_status', 'message'].each { key ->
+        ['status', 'stage', 'exit_status', 'reason', 'message'].each { key ->
             lines << "    ${key}: ${yamlString(row[key] ?: '')}".toString()
         }
     }
@@ -381,7 +397,7 @@ def failIfNoSampleCompleted(rows, outdir) {
 
 def warnFailedSamples(rows) {
     rows.findAll { row -> row.status != 'ok' }.each { row ->
-        log.warn("Sample '${row.sample}' was dropped at ${row.stage} (exit ${row.exit_status ?: '?'}): ${row.message}")
+        log.warn("Sample '${row.sample}' was dropped at ${row.stage} (exit ${row.exit_status ?: '?'}, ${row.reason ?: 'unknown'}): ${row.message}")
     }
 }
 
