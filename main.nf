@@ -59,8 +59,8 @@ workflow {
     // Version, parameter validation, samplesheet -> [meta, counts]
     //
     PIPELINE_INITIALISATION(
-        params.version,
-        params.validate_params,
+        params.version.toString().toBoolean(),
+        params.validate_params.toString().toBoolean(),
         params.input,
         params.label_key,
         params.outdir,

@@ -100,6 +100,23 @@ def groovy_str(value: Any) -> str:
     return str(value)
 
 
+def groovy_method(value: Any, name: str) -> Any:
+    """The few no-argument Groovy methods config closures call on params."""
+    if name == "toString":
+        return groovy_str(value)
+    if name in ("toBoolean", "toInteger", "toDouble", "trim") and not isinstance(value, str):
+        raise GroovyError(f"{name}() called on {type(value).__name__} {value!r}: call toString() first")
+    if name == "toBoolean":  # Groovy's String.toBoolean()
+        return value.strip().lower() in ("true", "y", "1")
+    if name == "toInteger":
+        return int(value.strip())
+    if name == "toDouble":
+        return float(value.strip())
+    if name == "trim":
+        return value.strip()
+    raise GroovyError(f"method {name}() is not supported by this evaluator")
+
+
 def interpolate(body: str, ctx: dict[str, Any]) -> str:
     """Expand ``${expr}`` in a GString body (escapes are left to the caller)."""
     out, i = [], 0
@@ -160,7 +177,12 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
             while peek("."):
                 take(".")
                 _, attr = take()
-                v = v.get(attr) if isinstance(v, dict) else getattr(v, attr, None)
+                if peek("("):  # a no-argument method call, e.g. params.use_gpu.toString().toBoolean()
+                    take("(")
+                    take(")")
+                    v = groovy_method(v, attr)
+                else:
+                    v = v.get(attr) if isinstance(v, dict) else getattr(v, attr, None)
             return v
         raise GroovyError(f"unexpected {val!r} in {text!r}")
 
