@@ -61,6 +61,7 @@ workflow {
     PIPELINE_INITIALISATION(
         params.version.toString().toBoolean(),
         params.validate_params.toString().toBoolean(),
+        params.use_gpu.toString().toBoolean(),
         params.input,
         params.label_key,
         params.outdir,

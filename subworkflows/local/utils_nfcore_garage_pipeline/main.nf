@@ -18,6 +18,7 @@ workflow PIPELINE_INITIALISATION {
     take:
     version           // boolean: print the version and exit
     validate_params   // boolean: validate params against nextflow_schema.json
+    use_gpu           // boolean: params.use_gpu (set by -profile gpu)
     input             // string: path to the samplesheet
     default_label_key // string: label column used when the samplesheet gives none
     outdir            // string: the results folder (params JSON goes to pipeline_info/)
@@ -42,6 +43,15 @@ workflow PIPELINE_INITIALISATION {
     }
     log.info(paramsSummaryLog(workflow))
     warnIfNoContainerEngine()
+
+    //
+    // -profile gpu is the one GPU switch: --use_gpu alone would pick the CUDA image and
+    // --device cuda without the GPU request, the container's GPU options or --gpu_max_forks
+    //
+    def gpu_error = gpuSwitchError(use_gpu, workflow.profile)
+    if (gpu_error) {
+        error(gpu_error)
+    }
 
     //
     // Record the parameters of this run next to its results
@@ -253,6 +263,18 @@ def optionalColumn(value) {
         return null
     }
     return value.toString()
+}
+
+//
+// params.use_gpu is set by -profile gpu, which also adds what the GPU tasks need (accelerator,
+// --gpus all / --nv, maxForks); null when consistent, else the error to stop the run with
+//
+def gpuSwitchError(use_gpu, profile) {
+    def profiles = (profile ?: '').toString().tokenize(',').collect { name -> name.trim() }
+    if (use_gpu && !profiles.contains('gpu')) {
+        return "--use_gpu is set without -profile gpu (profiles: ${profile ?: 'none'}). Use -profile <docker/singularity/...>,gpu instead: it also requests the GPU and exposes it to the container.".toString()
+    }
+    return null
 }
 
 //
