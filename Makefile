@@ -5,6 +5,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 OUT    ?= results/test
+# where torch comes from: PyPI by default; CI sets PyTorch's CPU index, since PyPI's Linux
+# wheel is the multi-GB CUDA build (.github/workflows/python-tests.yml)
+TORCH_INDEX_URL ?=
 
 .PHONY: install demo test test-slow bench lint clean
 
@@ -12,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# pinned: 2.13.0 is the local CPU wheel; an unpinned torch pulls the multi-GB CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

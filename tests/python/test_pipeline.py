@@ -1858,7 +1858,7 @@ def _tool(name: str) -> str:
 
 
 def test_github_workflows_validate_offline():
-    assert {w.name for w in WORKFLOWS} >= {"release-images.yml", "nf-test.yml"}
+    assert {w.name for w in WORKFLOWS} >= {"release-images.yml", "nf-test.yml", "python-tests.yml"}
     proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
                            *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -1884,6 +1884,28 @@ def test_github_workflows_build_release_images_and_run_nf_test():
     assert "bash .github/scripts/nf-test-ci.sh" in runs and "make image" in runs
     script = (REPO / ".github/scripts/nf-test-ci.sh").read_text()
     assert 'nf-test test --profile "${profile}" --ci' in script and "+docker" in script
+
+
+def test_python_tests_workflow_runs_make_test():
+    """The Python suite runs on GitHub for every push to main and every pull request, with Java
+    for the Groovy checks (CI=true turns their skip into a failure) and CPU torch."""
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load((REPO / ".github/workflows/python-tests.yml").read_text())
+    on = wf.get("on", wf.get(True))
+    assert on["push"]["branches"] == ["main"] and "pull_request" in on
+    steps = wf["jobs"]["pytest"]["steps"]
+    uses = [str(s.get("uses", "")) for s in steps]
+    assert any(u.startswith("actions/setup-java@") for u in uses) and any(u.startswith("actions/setup-python@") for u in uses)
+    assert all(re.search(r"@[0-9a-f]{40}$", u) for u in uses if u), "pin every action by commit"
+    runs = [s["run"] for s in steps if "run" in s]
+    assert runs == ["make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"]
+    proc = subprocess.run(["make", "-n", "test", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+                           "VENV=/nonexistent/venv"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in proc.stdout
+    assert "/nonexistent/venv/bin/pytest" in proc.stdout
+    # the README command is the one CI runs
+    assert "`make test`" in (REPO / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------
