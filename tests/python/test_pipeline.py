@@ -1600,6 +1600,18 @@ class NfWorkflow:
     name: str
     takes: list[str]
     statements: list[str]
+    emits: list[tuple[str, str]] = field(default_factory=list)  # (emit name, expression)
+
+
+def _assignment(stmt: str) -> tuple[str, str] | None:
+    """(name, expression) of `[def] name = expr` or of `expr.set { name }` / `.tap { name }`."""
+    am = re.match(r"^(?:def\s+)?(\w+)\s*=(?!=)\s*(.+)$", stmt, re.S)
+    if am:
+        return am.group(1), am.group(2)
+    sm = re.match(r"^(.+?)\s*\.\s*(?:set|tap)\s*\{\s*(\w+)\s*\}\s*$", stmt, re.S)
+    if sm:
+        return sm.group(2), sm.group(1)
+    return None
 
 
 def parse_pipeline(root: Path) -> tuple[dict[str, set[str]], dict[str, NfWorkflow], dict[str, str]]:
@@ -1627,16 +1639,22 @@ def parse_pipeline(root: Path) -> tuple[dict[str, set[str]], dict[str, NfWorkflo
             main = _section(body, "main", ("emit",)) or body
             takes = [ln.strip().split()[0] for ln in strip_comments(take).splitlines() if ln.strip()]
             main = strip_comments(main)
-            workflows[name] = NfWorkflow(name, takes, _statements(main))
+            wf_emits = []
+            for stmt in _statements(_section(body, "emit", ())):
+                em = re.match(r"^(\w+)\s*(?:=(?!=)\s*(.+))?$", stmt, re.S)
+                if em:
+                    wf_emits.append((em.group(1), em.group(2) or em.group(1)))
+            workflows[name] = NfWorkflow(name, takes, _statements(main), wf_emits)
     return emits, workflows, aliases
 
 
 def topic_deadlocks(root: Path) -> list[str]:
-    """Processes that consume (directly, through channels, functions or subworkflows) a topic
-    they, or a process downstream of them, emit into."""
+    """Processes that consume (directly, through channels, `.set { }`, functions, subworkflow
+    inputs or subworkflow outputs) a topic they, or a process downstream of them, emit into."""
     emits, workflows, aliases = parse_pipeline(root)
     consumes: dict[str, set[str]] = {p: set() for p in emits}       # process -> topics upstream of it
     tainted: dict[str, dict[str, set[str]]] = {w: {} for w in workflows}  # workflow -> name -> topics
+    outputs: dict[str, dict[str, set[str]]] = {w: {} for w in workflows}  # workflow -> emit -> topics
 
     def topics_of(expr: str, scope: dict[str, set[str]]) -> set[str]:
         found = set(re.findall(r"\b[Cc]hannel\s*\.\s*topic\s*\(\s*['\"](\w+)['\"]", expr))
@@ -1645,40 +1663,39 @@ def topic_deadlocks(root: Path) -> list[str]:
                 found |= topics
         return found
 
+    def grow(mapping: dict[str, set[str]], key: str, topics: set[str]) -> bool:
+        if topics <= mapping.get(key, set()):
+            return False
+        mapping[key] = mapping.get(key, set()) | topics
+        return True
+
     changed = True
     while changed:
         changed = False
         for wf in workflows.values():
             scope = tainted[wf.name]
             for stmt in wf.statements:
-                am = re.match(r"^(?:def\s+)?(\w+)\s*=(?!=)\s*(.+)$", stmt)
-                if am:
-                    t = topics_of(am.group(2), scope)
-                    if not t <= scope.get(am.group(1), set()):
-                        scope[am.group(1)] = scope.get(am.group(1), set()) | t
-                        changed = True
+                assigned = _assignment(stmt)
+                if assigned:
+                    changed |= grow(scope, assigned[0], topics_of(assigned[1], scope))
                 for callee in list(aliases) + list(workflows):
                     args = _call_args(stmt, callee)
                     if args is None:
                         continue
                     real = aliases.get(callee, callee)
                     t = set().union(*(topics_of(a, scope) for a in args)) if args else set()
-                    if not t:
-                        continue
                     if real in emits and not t <= consumes[real]:
                         consumes[real] |= t
                         changed = True
                     if real in workflows:
-                        inner = tainted[real]
                         for arg, take in zip(args, workflows[real].takes):
-                            ta = topics_of(arg, scope)
-                            if ta and not ta <= inner.get(take, set()):
-                                inner[take] = inner.get(take, set()) | ta
-                                changed = True
-                    out_key = f"{callee}.out"
-                    if not t <= scope.get(out_key, set()):
-                        scope[out_key] = scope.get(out_key, set()) | t
-                        changed = True
+                            changed |= grow(tainted[real], take, topics_of(arg, scope))
+                        # what the subworkflow emits, as `CALLEE.out.name` here
+                        for emit_name, topics in outputs[real].items():
+                            changed |= grow(scope, f"{callee}.out.{emit_name}", topics)
+                    changed |= grow(scope, f"{callee}.out", t)
+            for emit_name, expr in wf.emits:
+                changed |= grow(outputs[wf.name], emit_name, topics_of(expr, scope))
     return sorted(f"{p} consumes topic '{t}' and emits into it" for p in consumes for t in consumes[p] & emits[p])
 
 
@@ -1717,6 +1734,70 @@ def test_topic_deadlock_check_catches_planted_cycles(tmp_path, rel, old, new):
     target.write_text(text.replace(old, new, 1))
     found = topic_deadlocks(root)
     assert found, f"planted topic cycle in {rel} not detected"
+
+
+PLANTED_SUBWORKFLOW = """
+workflow ALL_VERSIONS {
+
+    main:
+    ch_all = channel.topic('versions')
+        .collect()
+
+    emit:
+    versions = ch_all // channel: every version tuple
+}
+"""
+
+
+def test_topic_deadlock_check_follows_subworkflow_outputs_and_set(tmp_path):
+    """Two cycles the check once missed, planted in copies of the pipeline: (1) an aliased
+    process that emits into `versions`, fed from the topic through a subworkflow's output;
+    (2) `channel.topic('versions').collect().set { ch_v }` feeding a process that emits into
+    `versions`. Each alone must be reported; the real pipeline has none."""
+    garage = "workflows/garage.nf"
+    anchor = "    GARAGE_GAN(GARAGE_GAT.out.h5ad)\n"
+
+    # (1) through a subworkflow output, into an aliased process
+    (tmp_path / "one").mkdir()
+    root = _pipeline_copy(tmp_path / "one")
+    sub = root / "subworkflows/local/all_versions/main.nf"
+    sub.parent.mkdir(parents=True)
+    sub.write_text(PLANTED_SUBWORKFLOW)
+    text = (root / garage).read_text()
+    assert anchor in text
+    text = text.replace(
+        "include { GARAGE_GAN        } from '../modules/local/garage/gan/main'\n",
+        "include { GARAGE_GAN        } from '../modules/local/garage/gan/main'\n"
+        "include { GARAGE_GAT as GARAGE_GAT_AGAIN } from '../modules/local/garage/gat/main'\n"
+        "include { ALL_VERSIONS } from '../subworkflows/local/all_versions/main'\n", 1)
+    text = text.replace(anchor, anchor + "    ALL_VERSIONS()\n"
+                        "    GARAGE_GAT_AGAIN(GARAGE_PREPROCESS.out.h5ad.combine(ALL_VERSIONS.out.versions)"
+                        ".map { row -> row[0..1] })\n", 1)
+    (root / garage).write_text(text)
+    found = topic_deadlocks(root)
+    assert found == ["GARAGE_GAT consumes topic 'versions' and emits into it"], found
+
+    # (2) through `.set { }`
+    (tmp_path / "two").mkdir()
+    root = _pipeline_copy(tmp_path / "two")
+    text = (root / garage).read_text()
+    text = text.replace(anchor, "    channel.topic('versions').collect().set { ch_v }\n"
+                        "    GARAGE_GAN(GARAGE_GAT.out.h5ad.combine(ch_v).map { row -> row[0..1] })\n", 1)
+    (root / garage).write_text(text)
+    found = topic_deadlocks(root)  # GARAGE_EVALUATE, downstream of GARAGE_GAN, waits too
+    assert "GARAGE_GAN consumes topic 'versions' and emits into it" in found, found
+
+    # the same statements without the topic: no cycle (the check does not flag every .set)
+    (tmp_path / "clean").mkdir()
+    root = _pipeline_copy(tmp_path / "clean")
+    text = (root / garage).read_text()
+    text = text.replace(anchor, "    GARAGE_GAT.out.h5ad.set { ch_seeds }\n    GARAGE_GAN(ch_seeds)\n", 1)
+    (root / garage).write_text(text)
+    assert topic_deadlocks(root) == []
+    # and the pipeline itself: its subworkflow outputs are parsed (emit: blocks)
+    _, workflows, _ = parse_pipeline(REPO)
+    assert ("multiqc_report", "GARAGE.out.multiqc_report") in workflows["GARAGE_PIPELINE"].emits
+    assert topic_deadlocks(REPO) == []
 
 
 # ---------------------------------------------------------------------------------------
