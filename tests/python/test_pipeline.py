@@ -62,17 +62,51 @@ _TOKEN = re.compile(
         (?P<dq>"(?:[^"\\]|\\.)*")
       | (?P<sq>'(?:[^'\\]|\\.)*')
       | (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
-      | (?P<op>\?:|==|!=|\?|:|\(|\)|\.)
+      | (?P<op>\?:|==|!=|\?|:|\(|\)|\.|,)
       | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     )""",
     re.VERBOSE,
 )
 
 
+def _gstring_end(text: str, pos: int) -> int:
+    """Index past the double-quoted GString starting at text[pos]; a ${...} inside it may hold
+    quoted strings of its own, e.g. "${x.replace("'", "-")}"."""
+    i, depth, quote = pos + 1, 0, None
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if quote:
+            if c == quote:
+                quote = None
+        elif depth and c in "\"'":
+            quote = c
+        elif text.startswith("${", i):
+            depth += 1
+            i += 1
+        elif depth and c == "{":
+            depth += 1
+        elif depth and c == "}":
+            depth -= 1
+        elif not depth and c == '"':
+            return i + 1
+        i += 1
+    raise GroovyError(f"unterminated string in {text!r}")
+
+
 def _tokenize(text: str) -> list[tuple[str, str]]:
     pos, out = 0, []
     text = text.strip()
     while pos < len(text):
+        if text[pos] == '"':
+            end = _gstring_end(text, pos)
+            out.append(("dq", text[pos:end]))
+            pos = end
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            continue
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise GroovyError(f"cannot parse Groovy near {text[pos:pos + 30]!r} in {text!r}")
@@ -100,8 +134,12 @@ def groovy_str(value: Any) -> str:
     return str(value)
 
 
-def groovy_method(value: Any, name: str) -> Any:
-    """The few no-argument Groovy methods config closures call on params."""
+def groovy_method(value: Any, name: str, *args: Any) -> Any:
+    """The few Groovy methods config closures call on params."""
+    if name == "replace" and isinstance(value, str) and len(args) == 2:
+        return value.replace(str(args[0]), str(args[1]))
+    if args:
+        raise GroovyError(f"method {name}() with arguments {args!r} is not supported by this evaluator")
     if name == "toString":
         return groovy_str(value)
     if name in ("toBoolean", "toInteger", "toDouble", "trim") and not isinstance(value, str):
@@ -117,12 +155,17 @@ def groovy_method(value: Any, name: str) -> Any:
     raise GroovyError(f"method {name}() is not supported by this evaluator")
 
 
-def interpolate(body: str, ctx: dict[str, Any]) -> str:
-    """Expand ``${expr}`` in a GString body (escapes are left to the caller)."""
+def interpolate(body: str, ctx: dict[str, Any], unescape: bool = False) -> str:
+    """Expand ``${expr}`` in a GString body. ``\\$`` is left to the caller; with *unescape*,
+    ``\\'``, ``\\"`` and ``\\\\`` in the literal parts become ``'``, ``"`` and ``\\``
+    (never inside an interpolated value)."""
     out, i = [], 0
     while i < len(body):
         if body.startswith("\\$", i):
             out.append("\\$")
+            i += 2
+        elif unescape and body[i] == "\\" and i + 1 < len(body) and body[i + 1] in "'\"\\":
+            out.append(body[i + 1])
             i += 2
         elif body.startswith("${", i):
             depth, j = 1, i + 2
@@ -159,7 +202,7 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
     def primary():
         kind, val = take()
         if kind == "dq":
-            return interpolate(val[1:-1], ctx).replace("\\'", "'").replace('\\"', '"')
+            return interpolate(val[1:-1], ctx, unescape=True)
         if kind == "sq":
             return val[1:-1].replace("\\'", "'")
         if kind == "num":
@@ -177,10 +220,15 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
             while peek("."):
                 take(".")
                 _, attr = take()
-                if peek("("):  # a no-argument method call, e.g. params.use_gpu.toString().toBoolean()
+                if peek("("):  # a method call, e.g. params.use_gpu.toString().toBoolean()
                     take("(")
+                    args = []
+                    while not peek(")"):
+                        args.append(ternary())
+                        if not peek(")"):
+                            take(",")
                     take(")")
-                    v = groovy_method(v, attr)
+                    v = groovy_method(v, attr, *args)
                 else:
                     v = v.get(attr) if isinstance(v, dict) else getattr(v, attr, None)
             return v
@@ -723,6 +771,28 @@ def test_ext_args_render_for_every_process(tparams, meta):
         assert "--rare-threshold" not in render_ext_args(later, tparams, meta), later
     plain = render_ext_args("GARAGE_PREPROCESS", tparams, meta)
     assert "--layer" not in plain and "--condition-key" not in plain
+
+
+@pytest.mark.parametrize("title", ["GARAGE test profile", "Bob's batch", "it's 'quoted' twice", "a \"b\" $HOME"])
+def test_multiqc_title_survives_the_shell(tparams, meta, title):
+    """--multiqc_title goes into a single-quoted shell word: an apostrophe must not end it."""
+    import shlex
+
+    args = render_ext_args("MULTIQC", tparams | {"multiqc_title": title}, meta)
+    assert shlex.split(args) == ["--title", title], args
+    assert render_ext_args("MULTIQC", tparams | {"multiqc_title": None}, meta) == ""
+
+
+def test_multiqc_title_quoting_in_groovy(nf_classpath, tparams):
+    """The same ext.args closure run by the Groovy runtime gives the same shell words."""
+    import shlex
+
+    args = next(s for s in process_settings(nf_classpath, "conf/modules.config")
+                if s.path == ["withName:MULTIQC", "ext", "args"])
+    titles = ["Bob's batch", "it's 'quoted' twice", 'a "b" $HOME']
+    got = eval_closures(nf_classpath, [{"source": args.source, "params": tparams | {"multiqc_title": t}}
+                                       for t in titles])
+    assert [shlex.split(g) for g in got] == [["--title", t] for t in titles], got
 
 
 def _flags(args: str) -> dict[str, str]:
