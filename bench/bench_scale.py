@@ -282,9 +282,8 @@ def _markdown(p: dict) -> str:
         "those cells (time per epoch x default epochs; 'N of D' in the epochs column); such rows "
         "are left out of the growth table and the plot.",
         "",
-        "Timings were taken on a shared 2-core machine while other jobs ran (load column; the "
-        "benchmark ran under `nice -n 10`), so wall times are upper bounds; CPU seconds move much "
-        "less with the load.",
+        "Timings were taken on a shared 2-core machine while other jobs ran (load column), so "
+        "wall times are upper bounds; CPU seconds move much less with the load.",
         "",
         "## Per size",
         "",
