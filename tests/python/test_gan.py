@@ -374,13 +374,14 @@ def _cli(*args, **kw):
     return subprocess.run([*GARAGE, *map(str, args)], capture_output=True, text=True, **kw)
 
 
-def test_cli_cuda_without_gpu_exits_2(seeds_small, tmp_path):
+def test_cli_cuda_without_gpu_exits_3(seeds_small, tmp_path):
+    """No visible GPU is not bad input: exit 3 (not enough resources), which the pipeline retries."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     r = _cli("gan", "--input", seeds_small, "--prefix", "c", "--outdir", tmp_path, "--device", "cuda")
-    assert r.returncode == 2
+    assert r.returncode == 3
     assert r.stderr.strip().count("\n") == 0 and "cuda" in r.stderr
 
 
