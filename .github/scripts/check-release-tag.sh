@@ -20,21 +20,21 @@ config="${3:-nextflow.config}"
 
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "${pyproject}")"
 if [[ -z "${version}" ]]; then
-    echo "::error::no version = \"...\" line in ${pyproject}"
+    echo >&2 "::error::no version = \"...\" line in ${pyproject}"
     exit 1
 fi
 if [[ "${tag}" != "${version}" && "${tag}" != "v${version}" ]]; then
-    echo "::error::tag ${tag} is not ${version} or v${version} (${pyproject} version)"
+    echo >&2 "::error::tag ${tag} is not ${version} or v${version} (${pyproject} version)"
     exit 1
 fi
 container_tag="$(sed -n "s/^[[:space:]]*container_tag[[:space:]]*=[[:space:]]*'\([^']*\)'.*$/\1/p" "${config}")"
 if [[ "${container_tag}" != "${version}" ]]; then
-    echo "::error::${config} params.container_tag is '${container_tag}', not ${version}"
+    echo >&2 "::error::${config} params.container_tag is '${container_tag}', not ${version}"
     exit 1
 fi
 manifest_version="$(sed -n "s/^[[:space:]]*version[[:space:]]*=[[:space:]]*'\([^']*\)'.*$/\1/p" "${config}")"
 if [[ "${manifest_version}" != "${version}" ]]; then
-    echo "::error::${config} manifest.version is '${manifest_version}', not ${version}"
+    echo >&2 "::error::${config} manifest.version is '${manifest_version}', not ${version}"
     exit 1
 fi
 echo "${version}"

@@ -369,6 +369,16 @@ def test_memory_guard(seeds_small, monkeypatch):
         m.check_memory(torch.device("cpu"))
 
 
+def test_memory_budget_follows_the_cgroup_limit(monkeypatch):
+    """The GAN's budget is preprocess's cgroup-capped reading, so a task retried with more memory
+    (Docker --memory, a SLURM job's cgroup) sees the larger limit."""
+    from garage import preprocess
+    from garage.gan import _model
+
+    monkeypatch.setattr(preprocess, "available_memory_bytes", lambda: 123 * 2**20)
+    assert _model._available_ram() == 123 * 2**20
+
+
 # ----------------------------------------------------------------------------- CLI
 def _cli(*args, **kw):
     return subprocess.run([*GARAGE, *map(str, args)], capture_output=True, text=True, **kw)

@@ -51,15 +51,15 @@ def test_tag_must_equal_the_version(tmp_path, tag, version, ok):
     assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
     if ok:
         assert proc.stdout.strip() == version
-    else:
-        assert proc.stdout.startswith("::error::")
+    else:  # on stderr: the workflow captures stdout with $(...), which would swallow the annotation
+        assert proc.stderr.startswith("::error::") and proc.stdout == ""
 
 
 def test_config_versions_must_match_too(tmp_path):
     bad_tag = _check(tmp_path, "v0.1.0", "0.1.0", container_tag="0.1.0-dev")
-    assert bad_tag.returncode == 1 and "container_tag" in bad_tag.stdout
+    assert bad_tag.returncode == 1 and "container_tag" in bad_tag.stderr
     bad_manifest = _check(tmp_path, "v0.1.0", "0.1.0", manifest="0.0.9")
-    assert bad_manifest.returncode == 1 and "manifest.version" in bad_manifest.stdout
+    assert bad_manifest.returncode == 1 and "manifest.version" in bad_manifest.stderr
 
 
 def test_repository_versions_pass_and_the_workflow_uses_the_script():

@@ -886,15 +886,12 @@ def _hash_rows_from_tensor(t: torch.Tensor) -> list[bytes]:
 
 
 def _available_ram() -> int:
-    try:
-        import psutil
+    """Available memory, capped by the cgroup limit of a container or a scheduler's job (so a
+    task retried with more memory sees its larger limit); preprocess's reading of /proc and the
+    cgroup files."""
+    from ..preprocess import available_memory_bytes
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover
-        try:
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError):
-            return 0
+    return int(available_memory_bytes())
 
 
 def _h5_safe(obj):
