@@ -10,6 +10,8 @@ resources may succeed. Anything else is an internal error (exit code 1).
 
 from __future__ import annotations
 
+import sys
+
 #: exit status of the ``garage`` CLIs (conf/base.config maps each to an error strategy)
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -39,4 +41,21 @@ class ResourceError(GarageError):
     exit_code = EXIT_RESOURCES
 
 
-__all__ = ["GarageError", "ResourceError", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_RESOURCES"]
+#: the one-line messages of a Python MemoryError and a CUDA out-of-memory error (CLI and `garage run`)
+OUT_OF_MEMORY = ("out of memory (MemoryError). Fix: run on a node with more memory, or lower "
+                 "--batch-size / use --minibatch")
+CUDA_OUT_OF_MEMORY = ("out of GPU memory (CUDA out of memory). Fix: run on a GPU with more memory, "
+                      "or lower --batch-size, or use --device cpu")
+
+
+def is_cuda_out_of_memory(exc: BaseException) -> bool:
+    """True for ``torch.cuda.OutOfMemoryError`` (and the plain RuntimeError older torch raised)."""
+    torch = sys.modules.get("torch")  # never import torch here: only a loaded torch can raise it
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("CUDA out of memory")
+
+
+__all__ = ["GarageError", "ResourceError", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_RESOURCES",
+           "OUT_OF_MEMORY", "CUDA_OUT_OF_MEMORY", "is_cuda_out_of_memory"]

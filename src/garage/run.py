@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from . import constants as C
-from .errors import GarageError, ResourceError
+from .errors import (CUDA_OUT_OF_MEMORY, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_RESOURCES,
+                     OUT_OF_MEMORY, GarageError, ResourceError, is_cuda_out_of_memory)
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ def run_samples(
             res.status, res.message = "out-of-resources", OUT_OF_MEMORY
             logger.error("[%s] %s", s.sample, OUT_OF_MEMORY)
         except Exception as exc:  # one sample's crash must not stop the batch
-            if _is_cuda_out_of_memory(exc):
+            if is_cuda_out_of_memory(exc):
                 res.status, res.message = "out-of-resources", CUDA_OUT_OF_MEMORY
                 logger.error("[%s] %s", s.sample, CUDA_OUT_OF_MEMORY)
             else:
@@ -284,24 +285,14 @@ def run_samples(
     return results
 
 
-OUT_OF_MEMORY = "out of memory (MemoryError): run on a machine with more memory, or lower the batch sizes"
-CUDA_OUT_OF_MEMORY = "out of GPU memory (CUDA out of memory): use a larger GPU, lower the batch sizes, or --device cpu"
-
-
-def _is_cuda_out_of_memory(exc: BaseException) -> bool:
-    from .cli import is_cuda_out_of_memory
-
-    return is_cuda_out_of_memory(exc)
-
-
 def exit_status(results: list[SampleResult]) -> int:
     """0 all completed; else 1 (an internal error) > 3 (out of resources) > 2 (bad input)."""
     statuses = {r.status for r in results}
     if statuses <= {"ok"}:
         return 0
     if "internal-error" in statuses:
-        return 1
-    return 3 if "out-of-resources" in statuses else 2
+        return EXIT_INTERNAL
+    return EXIT_RESOURCES if "out-of-resources" in statuses else EXIT_BAD_INPUT
 
 
 def _write_summary(results: list[SampleResult], outdir: Path) -> Path:

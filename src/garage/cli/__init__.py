@@ -22,21 +22,8 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import EXIT_RESOURCES
-
-OUT_OF_MEMORY = ("out of memory (MemoryError). Fix: run on a node with more memory (the pipeline "
-                 "retries with more), or lower --batch-size / use --minibatch")
-CUDA_OUT_OF_MEMORY = ("out of GPU memory (CUDA out of memory). Fix: run on a GPU with more memory "
-                      "(the pipeline retries), or lower --batch-size, or use --device cpu")
-
-
-def is_cuda_out_of_memory(exc: BaseException) -> bool:
-    """True for ``torch.cuda.OutOfMemoryError`` (and the plain RuntimeError older torch raised)."""
-    torch = sys.modules.get("torch")  # never import torch here: only a loaded torch can raise it
-    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and str(exc).startswith("CUDA out of memory")
+from ..errors import (CUDA_OUT_OF_MEMORY, EXIT_INTERNAL, EXIT_RESOURCES, OUT_OF_MEMORY,
+                      is_cuda_out_of_memory)
 
 # name -> "module:attribute"; each stage owns its module
 COMMANDS: dict[str, str] = {
@@ -99,7 +86,7 @@ class LazyGroup(click.Group):
                 "and report it)",
                 err=True,
             )
-            ctx.exit(1)
+            ctx.exit(EXIT_INTERNAL)
 
 
 def configure_logging(verbosity: int) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import fields
 from pathlib import Path
 
