@@ -147,11 +147,100 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class LogProgress:
+    """Progress as log lines, for stderr that is not a terminal (Nextflow's .command.err, a
+    SLURM log), where tqdm's in-place bar would be one long line of carriage returns: a line
+    at every 10 % (at most one per LOG_MIN_S) and a heartbeat every LOG_HEARTBEAT_S, each
+    with the elapsed time and an ETA.  The subset of tqdm's interface GARAGE uses."""
+
+    LOG_MIN_S = 5.0
+    LOG_HEARTBEAT_S = 120.0
+
+    def __init__(self, iterable=None, total=None, initial=0, desc="", unit="it", leave=True,
+                 clock=None, **_ignored):
+        import time
+
+        self._clock = clock or time.monotonic
+        self.iterable, self.desc, self.unit = iterable, desc or "progress", unit
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n, self._start_n = total, initial, initial
+        self._t0 = self._last = self._clock()
+        self._next_pct = (int(100 * initial / total) // 10 + 1) * 10 if total else None
+        self.postfix = ""
+        self.lines: list[str] = []  # what was logged (tests read it)
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def _line(self) -> str:
+        el = self._clock() - self._t0
+        done = self.n - self._start_n
+        if self.total:
+            pct = 100.0 * self.n / self.total
+            msg = f"{self.desc}: {pct:3.0f}% ({self.n:,}/{self.total:,} {self.unit}), {_fmt_s(el)} elapsed"
+            if done > 0 and self.n < self.total:
+                msg += f", ETA {_fmt_s(el / done * (self.total - self.n))}"
+        else:
+            msg = f"{self.desc}: {self.n:,} {self.unit}, {_fmt_s(el)} elapsed"
+        return msg + (f" [{self.postfix}]" if self.postfix else "")
+
+    def _emit(self) -> None:
+        line = self._line()
+        self.lines.append(line)
+        logger.info("%s", line)
+        self._last = self._clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self._clock()
+        if self.total and self._next_pct is not None and 100.0 * self.n / self.total >= self._next_pct:
+            # the last line always, unless the whole job took under LOG_MIN_S (no noise for quick reads)
+            if now - self._last >= self.LOG_MIN_S or (self.n >= self.total and now - self._t0 >= self.LOG_MIN_S):
+                self._emit()
+            self._next_pct = (int(100 * self.n / self.total) // 10 + 1) * 10
+        elif now - self._last >= self.LOG_HEARTBEAT_S:
+            self._emit()
+
+    def close(self) -> None:
+        pass
+
+
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar that switches itself off when stderr is not a TTY."""
+    """A tqdm bar on a terminal; on any other stderr (a pipeline's log file) progress lines with
+    an ETA through the logger (LogProgress)."""
     from tqdm.auto import tqdm
 
-    kwargs.setdefault("disable", None)  # None: auto-disable on non-TTY
+    if kwargs.get("disable") is True:
+        return tqdm(iterable, **kwargs)
+    if not _stderr_is_tty():
+        return LogProgress(iterable, **kwargs)
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
