@@ -123,7 +123,8 @@ class GANConfig:
         phase (each after *n_critic* critic steps) and decoder fine-tuning
         steps.  ``None`` (default) chooses them from the number of train cells
         (see ``schedule``), so one set of defaults serves 800 cells and
-        1,000,000; the adversarial phase also stops early on a validation plateau.
+        1,000,000; with ``patience`` > 0 the adversarial phase may also stop
+        early on a validation plateau (off by default).
     epochs, ae_epochs, decoder_epochs
         Deprecated: passes over the train cells, converted to steps.
     val_fraction
@@ -274,8 +275,6 @@ class GANConfig:
 
         ``auto``: the autoencoder gets 60 passes over the cells, clipped to
         [1,000, 20,000] steps; the decoder fine-tuning a third of that, clipped
-        to [300, 3,000]; the adversarial phase ``120 x n / batch`` generator
-        steps (600 critic passes at 5 critic steps per generator step), clipped
         to [300, 3,000]; the adversarial phase a fixed ``GAN_STEPS_DEFAULT``
         (6,000) generator steps: a 16-d latent distribution needs about as many
         steps whatever the number of cells, and on the validation splits the
