@@ -129,6 +129,9 @@ def _row(n: int, stage: str, m: dict, log: Path, genes: int, **extra) -> dict:
         "wall_s": round(m["wall_s"], 1), "cpu_s": round(m.get("cpu_s", 0.0), 1),
         "peak_mb": round(max(m["peak_mb"], m.get("polled_peak_mb", 0))),
         "load_1min_before": extra.pop("load", None),
+        # which code, command and day measured this row (a --merge table mixes runs)
+        "commit": git_commit(), "run": extra.pop("run", None),
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if row["status"] != "ok":
         row["error"] = _error_line(log)
@@ -138,14 +141,11 @@ def _row(n: int, stage: str, m: dict, log: Path, genes: int, **extra) -> dict:
 
 def run(args) -> list[dict]:
     rows = _load(args) if args.merge else []
-    done = {(r["cells"], r["stage"]) for r in rows}
     cap_mb = args.mem_cap_gb * 1024 if args.mem_cap_gb else None
     timeout = args.timeout_min * 60 if args.timeout_min else None
     for n in args.sizes:
-        # a rerun of a size replaces the rows it measures (its stages, and scVI unless skipped)
-        redo = set(args.stages) | (set() if args.skip_scvi else {"scvi_train"})
-        rows = [r for r in rows if r["cells"] != n or r["stage"] not in redo]
-        done = {d for d in done if d[0] != n or d[1] not in redo}
+        # a rerun of a size replaces the rows it measures (its stages, and scVI unless skipped),
+        # each one when its new measurement is in (_put): an interrupted rerun keeps the old rows
         out = WORK / "scale" / f"s{n}"
         out.mkdir(parents=True, exist_ok=True)
         counts = WORK / f"pbmc3k_resampled_{n}.h5ad"
@@ -156,31 +156,31 @@ def run(args) -> list[dict]:
                 print(f"[{n}] resampled input written in {time.perf_counter() - t0:.0f} s", flush=True)
             genes = _n_genes(counts)
         except Exception as exc:  # e.g. the disk is full: record it, go on with the next size
-            rows.append({"cells": n, "genes": None, "stage": "input", "status": "failed",
+            _put(rows, {"cells": n, "genes": None, "stage": "input", "status": "failed",
                          "wall_s": None, "peak_mb": None, "error": f"{type(exc).__name__}: {exc}"[:300]})
             _save(rows, args)
             continue
         ok = True
         for stage in args.stages:
             if not ok:
-                rows.append({"cells": n, "genes": genes, "stage": stage, "status": "skipped",
-                             "wall_s": None, "peak_mb": None})
+                _put(rows, {"cells": n, "genes": genes, "stage": stage, "status": "skipped",
+                            "wall_s": None, "peak_mb": None})
                 continue
             cmd = _stage_cmd(stage, n, counts, out, args)
             log = out / f"{stage}.stderr.log"
             print(f"[{n}] {stage}: {shlex.join(map(str, cmd))}", flush=True)
             load = round(os.getloadavg()[0], 1)
             m = measure(cmd, mem_cap_mb=cap_mb, timeout_s=timeout, log=log)
-            rows.append(_row(n, stage, m, log, genes, load=load))
-            print(f"[{n}] {stage}: {rows[-1]}", flush=True)
-            ok = rows[-1]["status"] == "ok"
+            new = _put(rows, _row(n, stage, m, log, genes, load=load, run=args.command))
+            print(f"[{n}] {stage}: {new}", flush=True)
+            ok = new["status"] == "ok"
             _save(rows, args)
         if args.skip_scvi:
             continue
         pp = out / f"s{n}.preprocessed.h5ad"
         if not pp.exists():
-            rows.append({"cells": n, "genes": genes, "stage": "scvi_train", "status": "skipped",
-                         "wall_s": None, "peak_mb": None, "error": "no preprocessed file"})
+            _put(rows, {"cells": n, "genes": genes, "stage": "scvi_train", "status": "skipped",
+                        "wall_s": None, "peak_mb": None, "error": "no preprocessed file"})
             _save(rows, args)
             continue
         res = out / "scvi.json"
@@ -197,15 +197,22 @@ def run(args) -> list[dict]:
         info = json.loads(res.read_text()) if res.exists() else {}
         if m["status"] == "ok" and "train_s" not in info:
             m = {**m, "status": "failed"}
-        rows.append(_row(n, "scvi_train", m, log, genes, load=load,
+        new = _put(rows, _row(n, "scvi_train", m, log, genes, load=load, run=args.command,
                          train_s=round(info["train_s"], 1) if "train_s" in info else None,
                          epochs=info.get("epochs"), default_epochs=info.get("default_epochs"),
                          projected_train_s=(round(info["projected_train_s"], 1)
                                             if "projected_train_s" in info else None),
                          train_cells=info.get("train_cells")))
-        print(f"[{n}] scvi: {rows[-1]}", flush=True)
+        print(f"[{n}] scvi: {new}", flush=True)
         _save(rows, args)
     return rows
+
+
+def _put(rows: list[dict], row: dict) -> dict:
+    """Add *row*, replacing the earlier row of the same size and stage."""
+    rows[:] = [r for r in rows if (r["cells"], r["stage"]) != (row["cells"], row["stage"])]
+    rows.append(row)
+    return row
 
 
 # ------------------------------------------------------------ results
@@ -264,16 +271,21 @@ def _markdown(p: dict) -> str:
     out = [f"# {p['name']}", ""]
     if p.get("note"):
         out += [f"**{p['note']}**", ""]
+    commits = sorted({r.get("commit") or "unrecorded" for r in rows})
+    runs = sorted({r["run"] for r in rows if r.get("run")})
+    genes = sorted({r["genes"] for r in rows if r.get("genes")})
     out += [
-        f"Command: `{p['command']}`  ",
-        f"Code: commit `{p['commit']}` (`+dirty`: with uncommitted changes in src/), device "
-        f"`{p['device']}`  ",
+        f"Command (last run): `{p['command']}`  ",
+        f"Code: commit `{p['commit']}` at the last write (`+dirty`: with uncommitted changes in "
+        f"src/); the rows were measured at {', '.join(f'`{c}`' for c in commits)} (per-stage "
+        f"table), device `{p['device']}`  ",
         f"Machine: {p['machine']['cpus']} CPUs, {p['machine']['platform']}, Python "
         f"{p['machine']['python']}; written {p['machine']['date']}",
         "",
-        "Inputs: PBMC 3k counts (13,714 genes) resampled with replacement and binomially thinned "
+        f"Inputs: PBMC 3k counts ({', '.join(f'{g:,}' for g in genes) or '?'} genes) resampled with "
+        "replacement and binomially thinned "
         "(p = 0.9) to each size, labels kept (rare DC and Platelet included). Each stage is its own "
-        "`garage` CLI child process with default options; wall time, CPU time (user + system) and "
+        "`garage` CLI child process (options: the run's command); wall time, CPU time (user + system) and "
         "peak RSS are that process's. `scvi_train` is scVI (scvi-tools) `SCVI.train()` with its "
         "default schedule on the same train-split HVG counts GARAGE's generator trains on "
         "(`train()` s = the call alone; wall, CPU and peak = the whole child, including reading). "
@@ -282,9 +294,11 @@ def _markdown(p: dict) -> str:
         "those cells (time per epoch x default epochs; 'N of D' in the epochs column); such rows "
         "are left out of the growth table and the plot.",
         "",
-        "Timings were taken on a shared 2-core machine while other jobs ran (load column), so "
-        "wall times are upper bounds; CPU seconds move much less with the load.",
+        "The load column is the 1-minute load average just before each stage started (on 2 "
+        "cores, above about 1 means another job shared the machine, and wall times are then "
+        "upper bounds; CPU seconds move much less with the load).",
         "",
+        *([f"Runs merged into this table: {'; '.join(f'`{r}`' for r in runs)}.", ""] if runs else []),
         "## Per size",
         "",
         "| cells | GARAGE wall s | GARAGE CPU s | GARAGE peak MB | slowest stage | scVI `train()` s | "
@@ -310,12 +324,13 @@ def _markdown(p: dict) -> str:
              if sc else "–"),
             _fmt(gan["wall_s"]) if gan and gan["status"] == "ok" else "–"]) + " |")
     out += ["", "## Per stage", "",
-            "| cells | stage | status | wall s | CPU s | peak MB | load (1 min) before |",
-            "|---:|---|---|---:|---:|---:|---:|"]
+            "| cells | stage | status | wall s | CPU s | peak MB | load (1 min) before | commit | measured |",
+            "|---:|---|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         out.append("| " + " | ".join([
             f"{r['cells']:,}", r["stage"], r["status"], _fmt(r.get("wall_s")),
-            _fmt(r.get("cpu_s")), _fmt(r.get("peak_mb")), _fmt(r.get("load_1min_before"))]) + " |")
+            _fmt(r.get("cpu_s")), _fmt(r.get("peak_mb")), _fmt(r.get("load_1min_before")),
+            r.get("commit") or "–", r.get("measured") or "–"]) + " |")
     # growth between consecutive sizes: exponent b in t ~ cells^b (1 = linear)
     grow = []
     for s in (*STAGES, "scvi_train"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench import bench_scale, fidelity  # noqa: E402
@@ -85,3 +86,37 @@ def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch):
     assert sum("--_scvi" in c for c in calls) == 1 and len(calls) == len(bench_scale.STAGES) + 1
     rows = bench_scale.run(args(stages=["gan"]))  # a rerun of one stage replaces that row only
     assert sorted(r["stage"] for r in rows) == stages
+    assert all(r.get("commit") and r.get("measured") and r.get("run") == "c" for r in rows)
+    md = (tmp_path / "results" / "t.md").read_text()
+    assert "| commit | measured |" in md and "5 genes" in md
+
+
+def test_scale_interrupted_rerun_keeps_the_old_rows(tmp_path, monkeypatch):
+    """A rerun that dies in its second stage replaces only the row it measured; the old rows of
+    the later stages stay (they used to be dropped at the start of the rerun)."""
+    monkeypatch.setattr(bench_scale, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench_scale, "WORK", tmp_path / "work")
+    monkeypatch.setattr(bench_scale, "_n_genes", lambda counts: 5)
+    monkeypatch.setattr(bench_scale, "write_resampled", lambda src, n, out: Path(out).write_text("x"))
+    monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
+    monkeypatch.setattr(bench_scale, "measure",
+                        lambda cmd, **kw: {"status": "ok", "wall_s": 1.0, "cpu_s": 1.0, "peak_mb": 10.0})
+    args = Namespace(sizes=[100], stages=list(bench_scale.STAGES), skip_scvi=True, device="cpu", threads=None,
+                     seed=0, mem_cap_gb=None, timeout_min=None, extra={}, merge=True, note="", name="t",
+                     command="first")
+    bench_scale.run(args)
+
+    def dies_in_gat(cmd, **kw):
+        if "gat" in cmd:
+            raise KeyboardInterrupt
+        return {"status": "ok", "wall_s": 2.0, "cpu_s": 2.0, "peak_mb": 20.0}
+
+    monkeypatch.setattr(bench_scale, "measure", dies_in_gat)
+    args.command = "second"
+    with pytest.raises(KeyboardInterrupt):
+        bench_scale.run(args)
+    rows = json.loads((tmp_path / "results" / "t.json").read_text())["rows"]
+    by = {r["stage"]: r for r in rows}
+    assert sorted(by) == sorted(bench_scale.STAGES)
+    assert by["preprocess"]["run"] == "second" and by["preprocess"]["wall_s"] == 2.0
+    assert all(by[s]["run"] == "first" for s in ("gat", "gan", "evaluate"))
