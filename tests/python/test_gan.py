@@ -369,6 +369,19 @@ def test_memory_guard(seeds_small, monkeypatch):
         m.check_memory(torch.device("cpu"))
 
 
+def test_memory_estimate_counts_the_synthetic_cells(seeds_small):
+    """The GAN's pre-flight estimate includes the generated cells (sparse blocks and their stacked
+    copy), so asking for many more cells raises it in proportion."""
+    import torch
+
+    few = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, n_cells=100))
+    many = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, n_cells=100_100))
+    counts = few.data.counts
+    per_cell = counts.nnz / counts.shape[0]
+    extra = many.check_memory(torch.device("cpu")) - few.check_memory(torch.device("cpu"))
+    assert extra == pytest.approx(100_000 * (per_cell * 16 + 400), rel=1e-6)
+
+
 def test_memory_budget_follows_the_cgroup_limit(monkeypatch):
     """The GAN's budget is preprocess's cgroup-capped reading, so a task retried with more memory
     (Docker --memory, a SLURM job's cgroup) sees the larger limit."""

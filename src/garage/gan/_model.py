@@ -472,8 +472,17 @@ class GarageGAN:
         if device.type == "cuda":
             free = torch.cuda.mem_get_info(device)[0]
         else:
-            est += self.data.counts.data.nbytes * 3 if self.data is not None else 0
+            if self.data is not None:
+                counts = self.data.counts
+                est += counts.data.nbytes * 3
+                # the synthetic cells: sparse blocks plus their stacked copy (float32 values and
+                # int32 indices, as dense as the train counts) and the per-cell tables
+                n_out = cfg.n_cells or int(sum(self.meta["group_counts"]))
+                per_cell = counts.nnz / max(1, counts.shape[0])
+                est += int(n_out * (per_cell * 8 * 2 + 400))
             free = _available_ram()
+        logger.info("memory estimate for training and generation: %.2f GiB (free: %s)", est / 2**30,
+                    f"{free / 2**30:.1f} GiB" if free else "unknown")
         if free and est > 0.8 * free:
             raise ResourceError(
                 f"training needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device.type}",
