@@ -130,7 +130,7 @@ def _row(n: int, stage: str, m: dict, log: Path, genes: int, **extra) -> dict:
         "peak_mb": round(max(m["peak_mb"], m.get("polled_peak_mb", 0))),
         "load_1min_before": extra.pop("load", None),
         # which code, command and day measured this row (a --merge table mixes runs)
-        "commit": git_commit(), "run": extra.pop("run", None),
+        "commit": extra.pop("commit", None) or git_commit(), "run": extra.pop("run", None),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if row["status"] != "ok":
@@ -164,14 +164,16 @@ def run(args) -> list[dict]:
         for stage in args.stages:
             if not ok:
                 _put(rows, {"cells": n, "genes": genes, "stage": stage, "status": "skipped",
-                            "wall_s": None, "peak_mb": None})
+                            "wall_s": None, "peak_mb": None, "run": args.command,
+                            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
                 continue
             cmd = _stage_cmd(stage, n, counts, out, args)
             log = out / f"{stage}.stderr.log"
             print(f"[{n}] {stage}: {shlex.join(map(str, cmd))}", flush=True)
             load = round(os.getloadavg()[0], 1)
+            commit = git_commit()  # the code that runs, read before the stage (commits may land meanwhile)
             m = measure(cmd, mem_cap_mb=cap_mb, timeout_s=timeout, log=log)
-            new = _put(rows, _row(n, stage, m, log, genes, load=load, run=args.command))
+            new = _put(rows, _row(n, stage, m, log, genes, load=load, run=args.command, commit=commit))
             print(f"[{n}] {stage}: {new}", flush=True)
             ok = new["status"] == "ok"
             _save(rows, args)
@@ -193,11 +195,12 @@ def run(args) -> list[dict]:
         log = out / "scvi.stderr.log"
         print(f"[{n}] scvi: {shlex.join(cmd)}", flush=True)
         load = round(os.getloadavg()[0], 1)
+        commit = git_commit()
         m = measure(cmd, mem_cap_mb=cap_mb, timeout_s=timeout, log=log)
         info = json.loads(res.read_text()) if res.exists() else {}
         if m["status"] == "ok" and "train_s" not in info:
             m = {**m, "status": "failed"}
-        new = _put(rows, _row(n, "scvi_train", m, log, genes, load=load, run=args.command,
+        new = _put(rows, _row(n, "scvi_train", m, log, genes, load=load, run=args.command, commit=commit,
                          train_s=round(info["train_s"], 1) if "train_s" in info else None,
                          epochs=info.get("epochs"), default_epochs=info.get("default_epochs"),
                          projected_train_s=(round(info["projected_train_s"], 1)

@@ -120,3 +120,25 @@ def test_scale_interrupted_rerun_keeps_the_old_rows(tmp_path, monkeypatch):
     assert sorted(by) == sorted(bench_scale.STAGES)
     assert by["preprocess"]["run"] == "second" and by["preprocess"]["wall_s"] == 2.0
     assert all(by[s]["run"] == "first" for s in ("gat", "gan", "evaluate"))
+
+
+def test_scale_row_records_the_commit_that_ran(tmp_path, monkeypatch):
+    """A commit landing while a stage runs must not be credited with that stage's row."""
+    monkeypatch.setattr(bench_scale, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench_scale, "WORK", tmp_path / "work")
+    monkeypatch.setattr(bench_scale, "_n_genes", lambda counts: 5)
+    monkeypatch.setattr(bench_scale, "write_resampled", lambda src, n, out: Path(out).write_text("x"))
+    monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
+    head = ["aaa"]
+    monkeypatch.setattr(bench_scale, "git_commit", lambda: head[0])
+
+    def measure(cmd, **kw):
+        head[0] = "bbb"  # a commit lands during the stage
+        return {"status": "ok", "wall_s": 1.0, "cpu_s": 1.0, "peak_mb": 10.0}
+
+    monkeypatch.setattr(bench_scale, "measure", measure)
+    args = Namespace(sizes=[100], stages=["preprocess"], skip_scvi=True, device="cpu", threads=None,
+                     seed=0, mem_cap_gb=None, timeout_min=None, extra={}, merge=False, note="", name="t",
+                     command="c")
+    rows = bench_scale.run(args)
+    assert rows[0]["commit"] == "aaa"
