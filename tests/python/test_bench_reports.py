@@ -52,12 +52,17 @@ def test_seed_ablation_table_absent_without_an_ablation(tmp_path):
     assert fidelity._seed_ablation(summary, lambda r, k: "") == []
 
 
-def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch):
+@pytest.fixture
+def scale_sandbox(tmp_path, monkeypatch):
+    """bench_scale writing under tmp_path, with no input resampling and no plot."""
     monkeypatch.setattr(bench_scale, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(bench_scale, "WORK", tmp_path / "work")
     monkeypatch.setattr(bench_scale, "_n_genes", lambda counts: 5)
     monkeypatch.setattr(bench_scale, "write_resampled", lambda src, n, out: Path(out).write_text("x"))
     monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
+
+
+def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch, scale_sandbox):
     calls = []
 
     def fake_measure(cmd, **kw):
@@ -91,14 +96,9 @@ def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch):
     assert "| commit | measured |" in md and "5 genes" in md
 
 
-def test_scale_interrupted_rerun_keeps_the_old_rows(tmp_path, monkeypatch):
+def test_scale_interrupted_rerun_keeps_the_old_rows(tmp_path, monkeypatch, scale_sandbox):
     """A rerun that dies in its second stage replaces only the row it measured; the old rows of
     the later stages stay (they used to be dropped at the start of the rerun)."""
-    monkeypatch.setattr(bench_scale, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(bench_scale, "WORK", tmp_path / "work")
-    monkeypatch.setattr(bench_scale, "_n_genes", lambda counts: 5)
-    monkeypatch.setattr(bench_scale, "write_resampled", lambda src, n, out: Path(out).write_text("x"))
-    monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
     monkeypatch.setattr(bench_scale, "measure",
                         lambda cmd, **kw: {"status": "ok", "wall_s": 1.0, "cpu_s": 1.0, "peak_mb": 10.0})
     args = Namespace(sizes=[100], stages=list(bench_scale.STAGES), skip_scvi=True, device="cpu", threads=None,
@@ -122,13 +122,8 @@ def test_scale_interrupted_rerun_keeps_the_old_rows(tmp_path, monkeypatch):
     assert all(by[s]["run"] == "first" for s in ("gat", "gan", "evaluate"))
 
 
-def test_scale_row_records_the_commit_that_ran(tmp_path, monkeypatch):
+def test_scale_row_records_the_commit_that_ran(tmp_path, monkeypatch, scale_sandbox):
     """A commit landing while a stage runs must not be credited with that stage's row."""
-    monkeypatch.setattr(bench_scale, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(bench_scale, "WORK", tmp_path / "work")
-    monkeypatch.setattr(bench_scale, "_n_genes", lambda counts: 5)
-    monkeypatch.setattr(bench_scale, "write_resampled", lambda src, n, out: Path(out).write_text("x"))
-    monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
     head = ["aaa"]
     monkeypatch.setattr(bench_scale, "git_commit", lambda: head[0])
 
