@@ -129,14 +129,18 @@ def _row(n: int, stage: str, m: dict, log: Path, genes: int, **extra) -> dict:
         "wall_s": round(m["wall_s"], 1), "cpu_s": round(m.get("cpu_s", 0.0), 1),
         "peak_mb": round(max(m["peak_mb"], m.get("polled_peak_mb", 0))),
         "load_1min_before": extra.pop("load", None),
-        # which code, command and day measured this row (a --merge table mixes runs)
-        "commit": extra.pop("commit", None) or git_commit(), "run": extra.pop("run", None),
-        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **_stamp(extra.pop("run", None), extra.pop("commit", None)),
     }
     if row["status"] != "ok":
         row["error"] = _error_line(log)
     row.update(extra)
     return row
+
+
+def _stamp(run: str | None, commit: str | None = None) -> dict:
+    """Which code, command and time measured a row (a --merge table mixes runs)."""
+    return {"commit": commit or git_commit(), "run": run,
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def run(args) -> list[dict]:
@@ -157,15 +161,15 @@ def run(args) -> list[dict]:
             genes = _n_genes(counts)
         except Exception as exc:  # e.g. the disk is full: record it, go on with the next size
             _put(rows, {"cells": n, "genes": None, "stage": "input", "status": "failed",
-                         "wall_s": None, "peak_mb": None, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                        "wall_s": None, "peak_mb": None, "error": f"{type(exc).__name__}: {exc}"[:300],
+                        **_stamp(args.command)})
             _save(rows, args)
             continue
         ok = True
         for stage in args.stages:
             if not ok:
                 _put(rows, {"cells": n, "genes": genes, "stage": stage, "status": "skipped",
-                            "wall_s": None, "peak_mb": None, "run": args.command,
-                            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+                            "wall_s": None, "peak_mb": None, **_stamp(args.command)})
                 continue
             cmd = _stage_cmd(stage, n, counts, out, args)
             log = out / f"{stage}.stderr.log"
@@ -182,7 +186,8 @@ def run(args) -> list[dict]:
         pp = out / f"s{n}.preprocessed.h5ad"
         if not pp.exists():
             _put(rows, {"cells": n, "genes": genes, "stage": "scvi_train", "status": "skipped",
-                        "wall_s": None, "peak_mb": None, "error": "no preprocessed file"})
+                        "wall_s": None, "peak_mb": None, "error": "no preprocessed file",
+                        **_stamp(args.command)})
             _save(rows, args)
             continue
         res = out / "scvi.json"

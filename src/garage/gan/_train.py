@@ -7,7 +7,8 @@ cells held out from fitting) are scored and the score is logged
 (``val_score``).  Only the adversarial phase can stop early, and only when
 ``patience`` > 0 (off by default): after ``patience`` checks without a
 ``MIN_DELTA`` improvement, never before ``MIN_FRACTION`` of its steps (gene
-space and the original mode have no validation score and run every step).  The autoencoder and decoder phases run their whole schedule
+space and the original mode have no validation score and run every step).
+The autoencoder and decoder phases run their whole schedule
 (``Trainer._run_phase`` says why).  No phase rewinds: the last state is kept.
 
 Random sources: one CPU ``torch.Generator`` picks minibatch rows (the counts
