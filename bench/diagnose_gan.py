@@ -84,13 +84,15 @@ def main(argv=None):
     tt = torch.from_numpy(np.resize(hold_types, n))
     cc = torch.zeros(n, dtype=torch.long)
     noise = torch.randn(n, cfg.noise_dim, generator=gen)
-    from garage.gan._train import pick_seeds
+    from garage.gan._train import draw_labels, pick_seeds, state_probs
 
-    mask, pos = pick_seeds(data, tt, cc, cfg.seed_mix, gen)
+    probs = state_probs(data.state_counts, data.k_states, data.n_conds) if data.k_states > 1 else None
+    lab = draw_labels(tt, cc, probs, data.k_states, data.n_conds, gen)  # type x within-type state
+    mask, pos = pick_seeds(data, lab, cc, cfg.seed_mix, gen)
     code = data.seed_codes[pos] if data.seed_codes is not None else None
     g = net.generator_ema if net.generator_ema is not None else net.generator
     with torch.no_grad():
-        gz = g(noise, tt, cc if data.n_conds > 1 else None, code, mask).numpy()
+        gz = g(noise, lab, cc if data.n_conds > 1 else None, code, mask).numpy()
     rows = []
 
     def add(name, a, b, types_a=None, types_b=None):

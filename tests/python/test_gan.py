@@ -582,3 +582,73 @@ def test_validation_mmd_is_blockwise_and_exact():
     assert want > 1e-3  # the shift is detectable, so the comparison means something
     assert abs(got - want) < 1e-5 * max(1.0, abs(want)) + 1e-6
     assert abs(_train.mmd2(a, a, scales)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- within-type states
+def test_within_type_states_on_real_cells(seeds_small, real_small, tmp_path):
+    """type_states > 1: big types split into k-means states of >= state_min_cells fit cells, rare
+    types stay one state, every seed is drawn from its own state, and the saved model generates
+    the same cells as training did, with the train type composition."""
+    k, min_cells = 3, 40
+    cfg = GANConfig(**TINY, type_states=k, state_min_cells=min_cells, seed=0)
+    model = GarageGAN.setup(real_small, cfg)
+    model.train("cpu")
+    d = model.data
+    types, labels, fit = d.types.numpy(), d.labels.numpy(), d.fit_rows
+    assert (labels // k == types).all()
+    per_state = np.bincount(labels[fit], minlength=len(model.meta["categories"]) * k).reshape(-1, k)
+    n_fit = np.bincount(types[fit], minlength=per_state.shape[0])
+    for t in range(per_state.shape[0]):
+        used = per_state[t][per_state[t] > 0]
+        assert len(used) == 1 or (used >= min_cells).all(), (t, per_state[t])
+        if n_fit[t] < 2 * min_cells:  # rare / small types: one state
+            assert len(used) == 1
+    assert (per_state > 0).sum(1).max() >= 2, "no type was split although some have > 2 x min_cells cells"
+    assert (d.state_counts.numpy().sum(1) == per_state.ravel()).all()
+    # seeds come from the state they serve
+    rows, start, count = d.seed_rows.numpy(), d.seed_start.numpy(), d.seed_count.numpy()
+    for g in range(len(start)):
+        assert (labels[rows[start[g]:start[g] + count[g]]] == g // d.n_conds).all()
+    assert count.sum() > 0
+    # the networks see type x state labels
+    assert model.net.generator.type_emb.num_embeddings == per_state.shape[0] * k
+    # state draws follow the fit cells' state shares (inside a type)
+    from garage.gan._train import draw_labels, state_probs
+
+    big = int(np.argmax(n_fit))
+    probs = state_probs(d.state_counts, k, d.n_conds)
+    import torch
+
+    drawn = draw_labels(torch.full((20000,), big), torch.zeros(20000, dtype=torch.long), probs, k, d.n_conds,
+                        torch.Generator().manual_seed(0)).numpy()
+    share = np.bincount(drawn - big * k, minlength=k) / len(drawn)
+    assert np.abs(share - per_state[big] / per_state[big].sum()).max() < 0.02
+    # save / load / generate: the saved model knows its states and reproduces generation
+    path = model.save(tmp_path / "m.generator.pt")
+    a = model.generate(n_cells=300, seed=3)
+    b = GarageGAN.load(path).generate(n_cells=300, seed=3)
+    assert (a.X != b.X).nnz == 0
+    ref = np.bincount(types, minlength=per_state.shape[0]) / len(types)
+    got = pd.Series(a.obs[C.OBS_CELL_TYPE].astype(str)).value_counts()
+    for t, name in enumerate(model.meta["categories"]):
+        assert abs(got.get(name, 0) - 300 * ref[t]) <= 1.5
+
+
+def test_state_probs_fall_back_to_the_type_for_a_group_without_cells():
+    import torch
+
+    from garage.gan._train import state_probs
+
+    # 2 types x 2 states x 2 conditions; type 1 has no cell in condition 1
+    counts = torch.tensor([[30, 10], [10, 30], [20, 0], [60, 0]])
+    p = state_probs(counts, 2, 2).numpy()  # rows: type 0 cond 0, type 0 cond 1, type 1 cond 0, type 1 cond 1
+    assert np.allclose(p[0], [0.75, 0.25]) and np.allclose(p[1], [0.25, 0.75])
+    assert np.allclose(p[2], [0.25, 0.75]) and np.allclose(p[3], [0.25, 0.75])
+
+
+def test_type_states_are_off_outside_the_latent_game():
+    assert GANConfig(type_states=4).effective_type_states == 4
+    assert GANConfig(type_states=4, space="gene").effective_type_states == 1
+    assert GANConfig(type_states=4, mode="original").effective_type_states == 1
+    with pytest.raises(GarageError, match="type-states"):
+        GANConfig(type_states=0).validate()

@@ -77,6 +77,10 @@ def composition_options(f):
               help="Latent space: refit the NB dispersion at the cells' posterior means after the VAE phase.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
               help="Generate with a moving average of the generator's weights (0: the last weights).")
+@click.option("--type-states", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Latent space: condition on up to N k-means states inside each type (1: off).")
+@click.option("--state-min-cells", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Fit cells every within-type state must hold (smaller types keep one state).")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--type-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Adversarial batches draw type t with weight n_t^-x (0 uniform, 1 balanced).")

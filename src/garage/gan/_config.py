@@ -174,6 +174,19 @@ class GANConfig:
         ``garage`` mode: cells are generated with an exponential moving average
         of the generator's weights, warmed up as ``min(decay, (1+t)/(10+t))``
         (0: use the last weights).
+    type_states
+        ``garage`` mode, latent space: the generator and the critic are
+        conditioned on up to this many *states* inside each type (k-means
+        clusters of the type's latent codes, fitted on the fit cells), so one
+        Gaussian does not have to cover several sub-states of a type and put
+        mass on the bridges between them (Liu et al., "Diverse Image Generation
+        via Self-Conditioned GANs", CVPR 2020).  A generated cell draws its
+        state by the state's share of its type (x condition) and seeded cells
+        take seeds from their own state.  1: off (one state per type).
+    state_min_cells
+        Every state holds at least this many fit cells (a type with fewer than
+        twice as many is one state), so rare types keep one state and no state
+        is small enough to single out training cells.
     n_critic
         Critic steps per generator step.
     type_balance
@@ -236,6 +249,8 @@ class GANConfig:
     library: Library = "lognormal"
     refit_dispersion: bool = True
     ema_decay: float = 0.99
+    type_states: int = 1
+    state_min_cells: int = 50
     n_critic: int = 5
     type_balance: float = 0.5
     gp_weight: float = 10.0
@@ -265,6 +280,11 @@ class GANConfig:
         if self.count_dist != "auto":
             return self.count_dist
         return "nb" if self.effective_space == "latent" else "poisson"
+
+    @property
+    def effective_type_states(self) -> int:
+        """States per type the networks are conditioned on (1 outside garage mode's latent space)."""
+        return int(self.type_states) if self.mode == "garage" and self.effective_space == "latent" else 1
 
     @property
     def joint_library(self) -> bool:
@@ -331,7 +351,8 @@ class GANConfig:
              "pass e.g. 8 (0: never stop early)")
         need(0.0 <= self.val_fraction < 0.5, f"--val-fraction must be in [0, 0.5), got {self.val_fraction}",
              "pass e.g. 0.1")
-        for name in ("batch_size", "noise_dim", "n_latent", "hidden", "type_emb_dim", "n_critic"):
+        for name in ("batch_size", "noise_dim", "n_latent", "hidden", "type_emb_dim", "n_critic", "type_states",
+                     "state_min_cells"):
             v = getattr(self, name)
             need(isinstance(v, int) and v >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}",
                  "pass a positive number")

@@ -55,7 +55,7 @@ from ._module import (
     OriginalGenerator,
 )
 from ._nn import sample_counts
-from ._train import TrainData, Trainer, sample_library
+from ._train import TrainData, Trainer, draw_labels, sample_library, state_probs
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ LIB_SHRINK = 10.0
 LIB_SHARE_MIN_GROUP = 20
 #: groups with fewer train cells than this give no validation cells
 MIN_VAL_GROUP = 20
+#: within-type states: k-means is fitted on at most this many fit cells of a type (then predicts all)
+MAX_STATE_FIT = 20000
 
 
 # --------------------------------------------------------------------------- composition
@@ -252,6 +254,8 @@ class GANNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         space = cfg.effective_space
+        # the networks' labels: type x within-type state (one state per type unless type_states > 1)
+        n_types = n_types * cfg.effective_type_states
         self.vae = None
         self.code_dim = cfg.n_latent + (1 if cfg.joint_library else 0)
         if cfg.mode == "original":
@@ -313,6 +317,8 @@ class GANNet(nn.Module):
         self.z_mean.copy_(z[fit].mean(0))
         self.z_std.copy_(z[fit].std(0).clamp_min(1e-4) if len(fit) > 1 else torch.ones_like(self.z_mean))
         data.codes = ((z - self.z_mean) / self.z_std).float()
+        if data.labels is None:
+            _assign_states(data, self.cfg.effective_type_states, self.cfg.state_min_cells, self.cfg.seed)
         data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None
         data.seed_radius = _seed_radius(data, self.cfg.seed_floor_k) if data.seed_codes is not None else None
         self.vae.train()
@@ -439,6 +445,8 @@ class GarageGAN:
             lib_params=torch.from_numpy(lib_params),
             loglib=torch.from_numpy(loglib),
             seed_codes=seed_codes,
+            k_states=config.effective_type_states,
+            names=names,
         )
         net = GANNet(config, counts.shape[1], n_types, seed_dim, n_conds)
         uns = adata.uns.get(C.UNS_KEY, {})
@@ -515,6 +523,14 @@ class GarageGAN:
         )
         self.meta["seed_start"] = self.data.seed_start.cpu()
         self.meta["seed_count"] = self.data.seed_count.cpu()
+        # within-type states regroup the seed table by state: the seed names follow it
+        self.meta["seed_names"] = self.data.names[self.data.seed_rows.cpu().numpy()].tolist()
+        if self.data.k_states > 1:
+            self.meta["k_states"] = int(self.data.k_states)
+            self.meta["state_counts"] = self.data.state_counts.cpu()
+            logger.info("within-type states per type: %s", {
+                c: int((self.data.state_counts.view(len(self.meta["categories"]), self.data.k_states, -1)[i]
+                        .sum(1) > 0).sum()) for i, c in enumerate(self.meta["categories"])})
         self.meta["lib_params"] = self.data.lib_params.cpu()
         self.meta["schedule"] = trainer.steps
         self.meta["steps_run"] = {r[0]: int(r[1]) for r in rows}
@@ -574,18 +590,22 @@ class GarageGAN:
         seed_count_d = seed_count.to(device)
         codes = meta["seed_codes"].to(device) if seeded_model else None
         lib_params = _lib_params_of(meta).to(device)
+        k_states = int(meta.get("k_states", 1))
+        probs = (state_probs(meta["state_counts"], k_states, n_conds).to(device) if k_states > 1 else None)
 
         def draw(t: torch.Tensor, c: torch.Tensor):
             t, c = t.to(device), c.to(device)
             noise = torch.randn(t.shape[0], cfg.noise_dim, generator=dgen, device=device)
             mix = 1.0 if cfg.mode == "original" else cfg.seed_mix
-            g = t * n_conds + c
-            cnt = seed_count_d[g]
+            g = t * n_conds + c  # library sizes: per type x condition
+            lab = draw_labels(t, c, probs, k_states, n_conds, dgen)  # the networks' label (type x state)
+            gs = lab * n_conds + c  # seeds: from the cell's own state (and condition)
+            cnt = seed_count_d[gs]
             mask = (torch.rand(t.shape[0], generator=dgen, device=device) < mix) & (cnt > 0)
-            pos = seed_start[g] + (torch.rand(t.shape[0], generator=dgen, device=device) * cnt.clamp_min(1)).long()
+            pos = seed_start[gs] + (torch.rand(t.shape[0], generator=dgen, device=device) * cnt.clamp_min(1)).long()
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
-            prop, loglib = self.net.proportions(t, c, noise, code, mask)
+            prop, loglib = self.net.proportions(lab, c, noise, code, mask)
             if loglib is None:
                 lib = sample_library(lib_params, g, dgen)
             else:
@@ -803,6 +823,56 @@ def _shareable_lib_params(meta: dict) -> torch.Tensor:
     small = torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)
     params[small] = torch.as_tensor(pooled, dtype=params.dtype)
     return params
+
+
+def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> None:
+    """Within-type states: ``data.labels`` (type * k_max + state), ``data.state_counts`` and the
+    seed table regrouped by state x condition.
+
+    Each type's standardised codes of fit cells are clustered by k-means with the largest
+    k <= *k_max* whose every cluster holds >= *min_cells* fit cells (a type with fewer than
+    2 * *min_cells* fit cells is one state); the type's other cells (validation) get the nearest
+    centre.  States are numbered by size.  A state x condition group without its own seeds uses
+    its state's seeds; a state without seeds generates unseeded cells (a seed from another state
+    would have to be moved across the type).  k-means is sklearn's (fixed seed, so a resumed run
+    finds the same states); with *k_max* = 1 the labels are the types and nothing changes.
+    """
+    types = data.types.cpu().numpy()
+    if k_max <= 1:
+        data.labels = data.types.clone()
+        return
+    from sklearn.cluster import KMeans
+
+    codes = data.codes.cpu().numpy().astype(np.float64)
+    fit = data.fit_rows
+    n_types = int(types.max()) + 1 if len(types) else 0
+    labels = types * k_max
+    rng = np.random.default_rng([int(seed), 29])
+    for t in range(n_types):
+        rows_t = np.flatnonzero(types == t)
+        fit_t = fit[types[fit] == t]
+        k = int(min(k_max, len(fit_t) // max(1, min_cells)))
+        sub = fit_t if len(fit_t) <= MAX_STATE_FIT else np.sort(rng.choice(fit_t, MAX_STATE_FIT, replace=False))
+        while k >= 2:
+            km = KMeans(n_clusters=k, n_init=4, random_state=int(seed)).fit(codes[sub])
+            sizes = np.bincount(km.predict(codes[fit_t]), minlength=k)
+            if sizes.min() >= min_cells:
+                rank = np.empty(k, dtype=np.int64)
+                rank[np.argsort(-sizes, kind="stable")] = np.arange(k)
+                labels[rows_t] = t * k_max + rank[km.predict(codes[rows_t])]
+                break
+            k -= 1
+    n_conds = data.n_conds
+    conds = data.conds.cpu().numpy()
+    data.labels = torch.from_numpy(labels.astype(np.int64))
+    data.state_counts = torch.from_numpy(np.bincount(
+        labels[fit] * n_conds + conds[fit], minlength=n_types * k_max * n_conds).reshape(-1, n_conds))
+    is_seed = np.zeros(len(types), dtype=bool)
+    is_seed[data.seed_rows.cpu().numpy()] = True
+    rows, start, count = _seed_table(is_seed, labels, conds, n_types * k_max, n_conds)
+    data.seed_rows = torch.from_numpy(rows)
+    data.seed_start = torch.from_numpy(start).to(data.seed_start.device)
+    data.seed_count = torch.from_numpy(count).to(data.seed_count.device)
 
 
 def _seed_radius(data: TrainData, k: int) -> torch.Tensor:

@@ -78,6 +78,12 @@ class TrainData:
     seed_codes: torch.Tensor | None = None  # seeds' representation (latent / PCA / profile)
     codes: torch.Tensor | None = None  # standardised codes of all train cells (latent space)
     seed_radius: torch.Tensor | None = None  # per seed position: distance to its k-th real neighbour
+    # within-type states (GANConfig.type_states): the networks' label of a cell is
+    # type * k_states + state; with k_states = 1 it is the type, and the seed table is per type
+    k_states: int = 1
+    labels: torch.Tensor | None = None  # long, train cells: the networks' label (set by prepare_codes)
+    state_counts: torch.Tensor | None = None  # long, (n_types * k_states) x n_conds: fit cells per state
+    names: np.ndarray | None = None  # train cell names (the seed names of the saved model)
 
     @property
     def n(self) -> int:
@@ -98,10 +104,13 @@ def sample_library(lib_params: torch.Tensor, groups: torch.Tensor, gen: torch.Ge
     return (p[:, 0] + p[:, 1] * z).exp().clamp_min(1.0)
 
 
-def pick_seeds(data: TrainData, types: torch.Tensor, conds: torch.Tensor, seed_mix: float,
+def pick_seeds(data: TrainData, labels: torch.Tensor, conds: torch.Tensor, seed_mix: float,
                gen: torch.Generator):
-    """Per sample: whether a seed is mixed in, and which one (position in seed_rows/seed_codes)."""
-    g = data.group(types, conds)
+    """Per sample: whether a seed is mixed in, and which one (position in seed_rows/seed_codes).
+
+    *labels* are the networks' labels (the types when there are no within-type states): the seed
+    table is grouped by label x condition, so a cell's seed comes from its own state."""
+    g = data.group(labels, conds)
     count = data.seed_count.to(g.device)[g]
     has = count > 0
     mask = (torch.rand(g.shape[0], generator=gen, device=g.device) < seed_mix) & has
@@ -109,6 +118,30 @@ def pick_seeds(data: TrainData, types: torch.Tensor, conds: torch.Tensor, seed_m
         torch.rand(g.shape[0], generator=gen, device=g.device) * count.clamp_min(1)).long()
     pos = torch.where(mask, pos, torch.zeros_like(pos))
     return mask, pos
+
+
+def state_probs(state_counts: torch.Tensor, k_states: int, n_conds: int) -> torch.Tensor:
+    """Per type x condition group, the probability of each of its type's states (a
+    ``(n_types * n_conds) x k_states`` table) from the fit cells per state and condition.
+
+    A group without fit cells (a counterfactual) uses its type's states over all conditions."""
+    c = state_counts.double().reshape(-1, k_states, n_conds).permute(0, 2, 1)  # types x conds x states
+    by_type = c.sum(1, keepdim=True).expand_as(c)
+    c = torch.where(c.sum(2, keepdim=True) > 0, c, by_type)
+    empty = c.sum(2) == 0
+    c[..., 0] = torch.where(empty, torch.ones_like(c[..., 0]), c[..., 0])
+    return (c / c.sum(2, keepdim=True)).reshape(-1, k_states).float()
+
+
+def draw_labels(types: torch.Tensor, conds: torch.Tensor, probs: torch.Tensor | None, k_states: int,
+                n_conds: int, gen: torch.Generator) -> torch.Tensor:
+    """The networks' labels of cells to generate: their type, refined by a state drawn from the
+    state shares of their type x condition (*probs*, from :func:`state_probs`)."""
+    if k_states <= 1 or probs is None:
+        return types
+    p = probs.to(types.device)[types * n_conds + conds]
+    s = torch.multinomial(p, 1, generator=gen).squeeze(1)
+    return types * k_states + s
 
 
 #: rows of one kernel block in mmd2: a block is MMD_BLOCK x len(y) floats (about 64 MB at the
@@ -181,6 +214,7 @@ class Trainer:
         self._pos = 0
         self._types = data.types.to(device)
         self._conds = data.conds.to(device)
+        self._labels = self._types  # the networks' labels; within-type states once codes exist
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
@@ -289,10 +323,16 @@ class Trainer:
                 self._next_phase("gan", bar, steps["decoder"])
             if self.state.phase == "gan":
                 self.net.prepare_codes(self.data, self.device)
+                self._set_labels()
                 self._run_phase("gan", steps["gan"], self._gan_step, self._gan_val, bar)
                 self.state.phase = "done"
         self.net.prepare_codes(self.data, self.device)
+        self._set_labels()
         return self.state.rows
+
+    def _set_labels(self) -> None:
+        if self.data.labels is not None:
+            self._labels = self.data.labels.to(self.device)
 
     def _next_phase(self, phase: str, bar, planned: int) -> None:
         bar.update(max(0, planned - self.state.step))
@@ -486,7 +526,8 @@ class Trainer:
         for _ in range(cfg.n_critic):
             idx = self._balanced_batch(0.0 if original else cfg.type_balance)
             didx = idx.to(self.device)
-            types, conds = self._types[didx], self._conds[didx]
+            # the networks' labels: the types, or type x within-type state (type_states > 1)
+            types, conds = self._labels[didx], self._conds[didx]
             real = self._real(idx)
             ft, fc = (self._original_types(len(idx)) if original else (types, conds))
             with torch.no_grad():
@@ -546,7 +587,7 @@ class Trainer:
         rows = self.data.val_rows if len(self.data.val_rows) >= 20 else self.data.fit_rows
         rows = torch.from_numpy(rows[:MAX_VAL_CELLS]).to(self.device)
         real = self.data.codes[rows]
-        types = self._types[rows].repeat(GEN_VAL_FACTOR)
+        types = self._labels[rows].repeat(GEN_VAL_FACTOR)
         conds = self._conds[rows].repeat(GEN_VAL_FACTOR)
         g = self.net.generator_ema if self.net.generator_ema is not None else self.net.generator
         was = g.training
