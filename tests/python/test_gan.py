@@ -380,6 +380,26 @@ def test_memory_estimate_counts_the_synthetic_cells(seeds_small):
     per_cell = counts.nnz / counts.shape[0]
     extra = many.check_memory(torch.device("cpu")) - few.check_memory(torch.device("cpu"))
     assert extra == pytest.approx(100_000 * (per_cell * 16 + 400), rel=1e-6)
+    # without --n-cells, --cells-per-type can ask for far more cells than the train cells: the
+    # estimate follows the composition that will be generated
+    default = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY))
+    n_train = sum(default.meta["group_counts"])
+    big = default.meta["categories"][int(np.argmax(default.meta["train_type_counts"]))]
+    pinned = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, cells_per_type={big: 50_000}))
+    extra = pinned.check_memory(torch.device("cpu")) - default.check_memory(torch.device("cpu"))
+    assert extra == pytest.approx((50_000 - n_train) * (per_cell * 16 + 400), rel=1e-6)
+
+
+def test_generate_refuses_what_will_not_fit_before_generating(trained_small, tmp_path, monkeypatch):
+    """garage generate checks memory for the cells asked for (exit 3) and writes nothing."""
+    from garage.gan import _model
+
+    monkeypatch.setattr(_model, "_available_ram", lambda: 2**30)
+    with pytest.raises(ResourceError, match="--n-cells"):
+        run_generate(trained_small["model"], tmp_path, "huge", n_cells=10_000_000)
+    assert not list(tmp_path.iterdir())
+    out = run_generate(trained_small["model"], tmp_path, "ok", n_cells=200)  # a small request still runs
+    assert ad.read_h5ad(out["h5ad"]).n_obs == 200
 
 
 def test_memory_budget_follows_the_cgroup_limit(monkeypatch):
@@ -582,6 +602,7 @@ def test_validation_mmd_is_blockwise_and_exact():
     assert want > 1e-3  # the shift is detectable, so the comparison means something
     assert abs(got - want) < 1e-5 * max(1.0, abs(want)) + 1e-6
     assert abs(_train.mmd2(a, a, scales)) < 1e-5
+    assert np.isnan(_train.mmd2(a[:0], b, scales))  # no codes on one side: no score, not a crash
 
 
 # ----------------------------------------------------------------------------- within-type states

@@ -466,6 +466,8 @@ class GarageGAN:
             "train_hashes": _hash_tensor(counts),
             "sample": str(uns.get("sample", "")),
             "n_val_cells": int(len(val_rows)),
+            # stored non-zeros per train cell (a mean over all cells): sizes generation's memory check
+            "nnz_per_cell": float(counts.nnz / max(1, counts.shape[0])),
         }
         return cls(config, net, meta, data)
 
@@ -483,11 +485,13 @@ class GarageGAN:
             if self.data is not None:
                 counts = self.data.counts
                 est += counts.data.nbytes * 3
-                # the synthetic cells: sparse blocks plus their stacked copy (float32 values and
-                # int32 indices, as dense as the train counts) and the per-cell tables
-                n_out = cfg.n_cells or int(sum(self.meta["group_counts"]))
-                per_cell = counts.nnz / max(1, counts.shape[0])
-                est += int(n_out * (per_cell * 8 * 2 + 400))
+                # the synthetic cells of the requested composition (--n-cells, --cells-per-type,
+                # --cells-per-group), as dense as the train counts
+                meta = self.meta
+                n_out = int(group_composition(
+                    meta["categories"], meta["conditions"], meta["group_counts"], cfg.n_cells, cfg.composition,
+                    cfg.cells_per_type, cfg.cells_per_group, meta["rare_types"], cfg.allow_counterfactual).sum())
+                est += generation_bytes(n_out, counts.nnz / max(1, counts.shape[0]))
             free = _available_ram()
         logger.info("memory estimate for training and generation: %.2f GiB (free: %s)", est / 2**30,
                     f"{free / 2**30:.1f} GiB" if free else "unknown")
@@ -495,6 +499,21 @@ class GarageGAN:
             raise ResourceError(
                 f"training needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device.type}",
                 f"lower --batch-size (now {cfg.batch_size}) or --hidden, or use a larger node",
+            )
+        return est
+
+    def check_generation_memory(self, n_out: int) -> int:
+        """``garage generate``: refuse (exit 3) before generating *n_out* cells that will not fit in RAM."""
+        per_cell = float(self.meta.get("nnz_per_cell", 0.1 * len(self.meta["var_names"])))
+        est = generation_bytes(n_out, per_cell) + GEN_CHUNK * len(self.meta["var_names"]) * 4 * 8
+        free = _available_ram()
+        logger.info("memory estimate for %d cells: %.2f GiB (free: %s)", n_out, est / 2**30,
+                    f"{free / 2**30:.1f} GiB" if free else "unknown")
+        if free and est > 0.8 * free:
+            raise ResourceError(
+                f"generating {n_out} cells needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free",
+                "ask for fewer cells (--n-cells) and run generate several times with different --seed, "
+                "or use a larger node",
             )
         return est
 
@@ -564,6 +583,8 @@ class GarageGAN:
         gc = np.asarray(meta["group_counts"] if "group_counts" in meta else meta["train_type_counts"])
         n_per = group_composition(cats, conds_names, gc, n_cells, composition, cells_per_type, cells_per_group,
                                   meta.get("rare_types"), allow_counterfactual)
+        if self.data is None:  # a loaded model (garage generate): training checked its own run
+            self.check_generation_memory(int(n_per.sum()))
         seeded_model = meta.get("seed_codes") is not None and meta["seed_codes"].numel() > 0
         seed_count = meta["seed_count"].clone()
         if not seeded_model:
@@ -755,6 +776,12 @@ class GarageGAN:
 
 
 # --------------------------------------------------------------------------- helpers
+def generation_bytes(n_out: int, nnz_per_cell: float) -> int:
+    """Peak bytes of *n_out* generated cells: the CSR blocks and their stacked copy (float32 values,
+    int32 indices: 8 bytes per stored count, twice) and about 400 bytes of per-cell tables."""
+    return int(n_out * (nnz_per_cell * 8 * 2 + 400))
+
+
 def _validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows held out for the stopping rules: *fraction* of every group with >= MIN_VAL_GROUP cells."""
     rng = np.random.default_rng([int(seed), 17])

@@ -154,6 +154,9 @@ def mmd2(a: torch.Tensor, b: torch.Tensor, scales: torch.Tensor) -> float:
 
     Kernel means are summed over row blocks: the same value as the full matrices, in bounded
     memory (the full 16,000 x 16,000 matrices of a large-data check were ~1 GB each)."""
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return float("nan")  # no codes on one side: no score (the caller logs it as missing)
+
     def kmean(x, y):
         total = 0.0
         for i in range(0, x.shape[0], MMD_BLOCK):
