@@ -367,6 +367,12 @@ def test_memory_guard(seeds_small, monkeypatch):
     monkeypatch.setattr(_model, "_available_ram", lambda: 64 * 2**20)
     with pytest.raises(ResourceError, match="--batch-size"):  # exit 3: retried with more memory
         m.check_memory(torch.device("cpu"))
+    # --max-memory-gb sets the budget whatever the machine has
+    monkeypatch.setattr(_model, "_available_ram", lambda: 512 * 2**30)
+    capped = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, max_memory_gb=0.01))
+    with pytest.raises(ResourceError, match="max-memory-gb"):
+        capped.check_memory(torch.device("cpu"))
+    GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY)).check_memory(torch.device("cpu"))
 
 
 def test_memory_estimate_counts_the_synthetic_cells(seeds_small):

@@ -93,6 +93,8 @@ def composition_options(f):
 @click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=RARE_THRESHOLD,
               show_default=True,
               help="Only for inputs without uns['garage']['rare_types'] (not from garage preprocess).")
+@click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Memory budget of the pre-flight check (default: available memory, cgroup-capped).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True,
               help="Write OUTDIR/PREFIX.gan.ckpt.pt every N optimiser steps (0: never).")
 @click.option("--provenance/--no-provenance", default=True, show_default=True,

@@ -220,6 +220,9 @@ class GANConfig:
     rare_threshold
         Only for inputs without ``uns['garage']['rare_types']`` (files not made
         by ``garage preprocess``): a type below this fraction of the cells is rare.
+    max_memory_gb
+        Memory budget of the pre-flight check on the CPU (default: the available
+        memory, capped by a container's or scheduler job's cgroup limit).
     checkpoint_every
         Write ``OUTDIR/PREFIX.gan.ckpt.pt`` every N optimiser steps (0: never).
     seed
@@ -265,6 +268,7 @@ class GANConfig:
     allow_counterfactual: bool = False
     rare_threshold: float = C.RARE_THRESHOLD
     checkpoint_every: int = 500
+    max_memory_gb: float | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -377,3 +381,5 @@ class GANConfig:
              "--count-dist nb needs the VAE dispersion of --space latent",
              "use --count-dist poisson/multinomial with --space gene or --mode original")
         need(self.seed >= 0, "--seed must be >= 0", "pass e.g. 0")
+        need(self.max_memory_gb is None or self.max_memory_gb > 0,
+             f"--max-memory-gb must be > 0, got {self.max_memory_gb}", "pass e.g. 16, or omit it")

@@ -492,13 +492,14 @@ class GarageGAN:
                     meta["categories"], meta["conditions"], meta["group_counts"], cfg.n_cells, cfg.composition,
                     cfg.cells_per_type, cfg.cells_per_group, meta["rare_types"], cfg.allow_counterfactual).sum())
                 est += generation_bytes(n_out, counts.nnz / max(1, counts.shape[0]))
-            free = _available_ram()
+            free = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb else _available_ram()
         logger.info("memory estimate for training and generation: %.2f GiB (free: %s)", est / 2**30,
                     f"{free / 2**30:.1f} GiB" if free else "unknown")
         if free and est > 0.8 * free:
             raise ResourceError(
                 f"training needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device.type}",
-                f"lower --batch-size (now {cfg.batch_size}) or --hidden, or use a larger node",
+                f"lower --batch-size (now {cfg.batch_size}) or --hidden, ask for fewer cells, or use a larger node"
+                + (" (or raise --max-memory-gb)" if cfg.max_memory_gb else ""),
             )
         return est
 
@@ -531,7 +532,7 @@ class GarageGAN:
         # options that do not change training may differ between a run and its --resume
         train_opts = {k: v for k, v in self.config.to_dict().items()
                       if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
-                                   "allow_counterfactual", "checkpoint_every")}
+                                   "allow_counterfactual", "checkpoint_every", "max_memory_gb")}
         trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
         if resume:
             trainer.load_checkpoint()
