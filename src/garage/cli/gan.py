@@ -77,6 +77,8 @@ def composition_options(f):
               help="Latent space: refit the NB dispersion at the cells' posterior means after the VAE phase.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
               help="Generate with a moving average of the generator's weights (0: the last weights).")
+@click.option("--gan-batch-size", type=click.IntRange(min=2), default=None,
+              help="Minibatch size of the adversarial phase (default: --batch-size).")
 @click.option("--type-states", type=click.IntRange(min=1), default=1, show_default=True,
               help="Latent space: condition on up to N k-means states inside each type (1: off).")
 @click.option("--state-min-cells", type=click.IntRange(min=1), default=50, show_default=True,

@@ -136,7 +136,10 @@ class GANConfig:
         is kept.  0: run every step.  The autoencoder phases run their schedule
         (their validation loss is logged only).
     batch_size
-        Minibatch size for every phase.
+        Minibatch size of the autoencoder phases (and of the adversarial phase
+        unless *gan_batch_size* is given).
+    gan_batch_size
+        Minibatch size of the adversarial phase (default: *batch_size*).
     noise_dim
         Generator noise dimension (independent of the gene count).
     n_latent, hidden, type_emb_dim
@@ -240,6 +243,7 @@ class GANConfig:
     val_fraction: float = 0.1
     patience: int = 0
     batch_size: int = 128
+    gan_batch_size: int | None = None
     noise_dim: int = 32
     n_latent: int = 16
     hidden: int = 256
@@ -284,6 +288,10 @@ class GANConfig:
         if self.count_dist != "auto":
             return self.count_dist
         return "nb" if self.effective_space == "latent" else "poisson"
+
+    @property
+    def adversarial_batch_size(self) -> int:
+        return int(self.gan_batch_size or self.batch_size)
 
     @property
     def effective_type_states(self) -> int:
@@ -361,6 +369,8 @@ class GANConfig:
             need(isinstance(v, int) and v >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}",
                  "pass a positive number")
         need(self.batch_size >= 2, "--batch-size must be >= 2", "pass e.g. 128")
+        need(self.gan_batch_size is None or (isinstance(self.gan_batch_size, int) and self.gan_batch_size >= 2),
+             f"--gan-batch-size must be an integer >= 2, got {self.gan_batch_size!r}", "pass e.g. 512, or omit it")
         need(0.0 <= self.seed_mix <= 1.0, f"--seed-mix must be in [0, 1], got {self.seed_mix}",
              "pass e.g. 0.5 (0 = noise only)")
         need(0.0 <= self.type_balance <= 1.0, f"--type-balance must be in [0, 1], got {self.type_balance}",

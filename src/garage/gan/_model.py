@@ -476,7 +476,7 @@ class GarageGAN:
         """Estimate peak bytes; raise a ResourceError (exit 3) suggesting a smaller batch if it won't fit."""
         cfg, g = self.config, len(self.meta["var_names"])
         n_params = sum(p.numel() for p in self.net.parameters())
-        per_batch = cfg.batch_size * g * 4 * (40 if cfg.effective_space == "gene" else 16)
+        per_batch = max(cfg.batch_size, cfg.adversarial_batch_size) * g * 4 * (40 if cfg.effective_space == "gene" else 16)
         gen = GEN_CHUNK * g * 4 * 8
         est = n_params * 4 * 4 + max(per_batch, gen)
         if device.type == "cuda":

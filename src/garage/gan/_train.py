@@ -283,10 +283,10 @@ class Trainer:
             self.save_checkpoint()
 
     # ------------------------------------------------------------------ minibatches
-    def _uniform_batch(self) -> torch.Tensor:
+    def _uniform_batch(self, batch_size: int | None = None) -> torch.Tensor:
         """The next minibatch of fit rows (reshuffled after every pass)."""
         rows = self.data.fit_rows
-        bs = min(self.cfg.batch_size, len(rows))
+        bs = min(batch_size or self.cfg.batch_size, len(rows))
         if self._perm is None or self._pos + bs > len(self._perm):
             self._perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=self.gen)]
             self._pos = 0
@@ -297,13 +297,13 @@ class Trainer:
     def _balanced_batch(self, balance: float) -> torch.Tensor:
         """Type-balanced draws: a fit cell of type t has weight n_t ** -balance."""
         if balance <= 0:
-            return self._uniform_batch()
+            return self._uniform_batch(self.cfg.adversarial_batch_size)
         if not hasattr(self, "_w"):
             rows = torch.from_numpy(self.data.fit_rows)
             t = self.data.types[rows]
             n_t = torch.bincount(t).double()
             self._w, self._rows = n_t[t] ** (-balance), rows
-        bs = min(self.cfg.batch_size, len(self._rows))
+        bs = min(self.cfg.adversarial_batch_size, len(self._rows))
         return self._rows[torch.multinomial(self._w, bs, replacement=True, generator=self.gen)]
 
     # ------------------------------------------------------------------ phases
