@@ -437,6 +437,44 @@ def test_minibatch_mode(small):
     assert counts["Platelet"] == 10 and counts["DC"] == 10
 
 
+def test_auto_minibatch_epochs_stop_at_a_step_budget():
+    """Auto minibatch training runs 5 passes until they would exceed the step budget, then fewer
+    (never under one pass), so 1,000,000 cells do not cost 10x the passes' steps of 100,000."""
+    from garage.gat._config import AUTO_MAX_STEPS_MINIBATCH
+
+    cfg = GATConfig()
+    assert cfg.resolved_epochs(False, 10_000_000) == 100  # full batch: one step per epoch
+    assert cfg.resolved_epochs(True, 80_000) == 5  # 100k cells: unchanged
+    for n in (80_000, 300_000, 800_000, 3_000_000):
+        e = cfg.resolved_epochs(True, n)
+        per_epoch = -(-n // cfg.batch_size)
+        assert 1 <= e <= 5 and (e == 5 or (e - 1) * per_epoch < AUTO_MAX_STEPS_MINIBATCH <= e * per_epoch)
+    assert cfg.resolved_epochs(True, 800_000) == 2 and cfg.resolved_epochs(True, 3_000_000) == 1
+    assert GATConfig(epochs=7).resolved_epochs(True, 3_000_000) == 7  # an explicit --epochs wins
+
+
+def test_epoch_holdout_accuracy_uses_a_bounded_subsample(small, monkeypatch):
+    """Minibatch mode's logged per-epoch holdout accuracy scores at most MAX_EPOCH_HOLDOUT cells."""
+    from garage.gat import _train
+
+    seen = []
+    real_sample = _train.NeighborSampler.sample
+
+    def spy(self, idx, gen):
+        seen.append(int(idx.numel()))
+        return real_sample(self, idx, gen)
+
+    monkeypatch.setattr(_train, "MAX_EPOCH_HOLDOUT", 50)
+    monkeypatch.setattr(_train.NeighborSampler, "sample", spy)
+    out = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "minibatch_threshold": 0, "epochs": 2,
+                                        "batch_size": 256, "inference_batch_size": 300}))
+    n_train = int((small.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).sum())
+    n_hold = small.n_obs - n_train
+    # two epochs: every train cell once in the training batches, then 50 holdout cells (not all)
+    assert n_hold > 50 and sum(seen) == 2 * (n_train + 50)
+    assert 0.0 <= out.train.log[-1]["holdout_balanced_accuracy"] <= 1.0
+
+
 def test_hvg_features(small):
     out = gat_adata(small, GATConfig(**{**TEST_OVERRIDES, "features": "hvg", "epochs": 3}))
     assert out.adata.obsm[C.OBSM_GAT].shape == (small.n_obs, 16 * 2)

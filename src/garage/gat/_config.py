@@ -25,6 +25,10 @@ OBS_SEED_REGION = "garage_seed_region"
 #: one gradient step each, minibatch passes are ``n_train / batch_size`` steps.
 AUTO_EPOCHS_FULL = 100
 AUTO_EPOCHS_MINIBATCH = 5
+#: auto minibatch epochs stop adding passes beyond this many gradient steps (at least one pass):
+#: 5 passes up to about 300,000 train cells, 2 at 1,000,000 (a 1M-cell GAT ran past 60 minutes
+#: on 2 cores with 5 passes; bench/results/scale.md)
+AUTO_MAX_STEPS_MINIBATCH = 1500
 
 
 @dataclass(frozen=True)
@@ -170,10 +174,17 @@ class GATConfig:
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise bad("max-memory-gb", self.max_memory_gb, "> 0 (or omitted)")
 
-    def resolved_epochs(self, minibatch: bool) -> int:
+    def resolved_epochs(self, minibatch: bool, n_train: int | None = None) -> int:
+        """Epochs to run: ``epochs`` when given; auto: 100 full-batch, or 5 minibatch passes
+        capped at ``AUTO_MAX_STEPS_MINIBATCH`` gradient steps for *n_train* train cells."""
         if self.epochs is not None:
             return int(self.epochs)
-        return AUTO_EPOCHS_MINIBATCH if minibatch else AUTO_EPOCHS_FULL
+        if not minibatch:
+            return AUTO_EPOCHS_FULL
+        if not n_train:
+            return AUTO_EPOCHS_MINIBATCH
+        per_epoch = -(-int(n_train) // self.batch_size)
+        return int(min(AUTO_EPOCHS_MINIBATCH, max(1, -(-AUTO_MAX_STEPS_MINIBATCH // per_epoch))))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -208,7 +208,7 @@ def gat_adata(
     graph = CSRGraph.from_adjacency(adata.obsp[C.OBSP_CONNECTIVITIES])
     n, n_edges = adata.n_obs, graph.num_edges
     minibatch = n > config.minibatch_threshold
-    epochs = config.resolved_epochs(minibatch)
+    epochs = config.resolved_epochs(minibatch, int(is_train.sum()))
     logger.info(
         "GAT on %d cells, %d edges, %d %s features, %d types: %s, %d epochs, device %s",
         n, n_edges, feats.shape[1], config.features, len(categories),
