@@ -372,7 +372,13 @@ def test_memory_guard(seeds_small, monkeypatch):
     capped = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, max_memory_gb=0.01))
     with pytest.raises(ResourceError, match="max-memory-gb"):
         capped.check_memory(torch.device("cpu"))
-    GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY)).check_memory(torch.device("cpu"))
+    est = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY)).check_memory(torch.device("cpu"))
+    # the whole --max-memory-gb budget is usable (no hidden 80 % margin): just above passes, just below fails
+    GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, max_memory_gb=est * 1.01 / 2**30)) \
+        .check_memory(torch.device("cpu"))
+    with pytest.raises(ResourceError, match="more than the --max-memory-gb budget"):
+        GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, max_memory_gb=est * 0.99 / 2**30)) \
+            .check_memory(torch.device("cpu"))
 
 
 def test_memory_estimate_counts_the_synthetic_cells(seeds_small):
@@ -679,3 +685,25 @@ def test_type_states_are_off_outside_the_latent_game():
     assert GANConfig(type_states=4, mode="original").effective_type_states == 1
     with pytest.raises(GarageError, match="type-states"):
         GANConfig(type_states=0).validate()
+    with pytest.raises(GarageError, match="state-min-cells"):
+        GANConfig(type_states=4, state_min_cells=2).validate()
+
+
+def test_within_type_states_with_a_condition_and_a_shareable_model(mix_seeds, tmp_path):
+    """K > 1 with a condition covariate: every type x condition group is generated, and the
+    shareable model keeps its states but no seed identity, and regenerates the run's own output."""
+    out = run_gan(mix_seeds, tmp_path, "st", GANConfig(**TINY, type_states=2, state_min_cells=20, seed=0),
+                  shareable_model=True)
+    syn = ad.read_h5ad(out["h5ad"])
+    real = ad.read_h5ad(mix_seeds)
+    train = real[real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN]
+    want = set(zip(train.obs[C.OBS_LABEL].astype(str), train.obs[C.OBS_CONDITION].astype(str)))
+    got = set(zip(syn.obs[C.OBS_CELL_TYPE].astype(str), syn.obs[C.OBS_SYN_CONDITION].astype(str)))
+    assert got == want
+    assert syn.uns[C.UNS_KEY]["seeded_cells"] == 0  # the shareable run generates unseeded cells only
+    import torch
+
+    payload = torch.load(out["model"], weights_only=True)
+    assert "seed_names" not in payload and "seed_codes" not in payload and payload["k_states"] == 2
+    again = ad.read_h5ad(run_generate(out["model"], tmp_path, "again", seed=0)["h5ad"])
+    assert (again.X != syn.X).nnz == 0

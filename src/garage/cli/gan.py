@@ -81,7 +81,7 @@ def composition_options(f):
               help="Minibatch size of the adversarial phase (default: --batch-size).")
 @click.option("--type-states", type=click.IntRange(min=1), default=1, show_default=True,
               help="Latent space: condition on up to N k-means states inside each type (1: off).")
-@click.option("--state-min-cells", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--state-min-cells", type=click.IntRange(min=10), default=50, show_default=True,
               help="Fit cells every within-type state must hold (smaller types keep one state).")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--type-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,

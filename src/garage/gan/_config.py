@@ -369,6 +369,9 @@ class GANConfig:
             need(isinstance(v, int) and v >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}",
                  "pass a positive number")
         need(self.batch_size >= 2, "--batch-size must be >= 2", "pass e.g. 128")
+        need(isinstance(self.state_min_cells, int) and self.state_min_cells >= 10,
+             f"--state-min-cells must be an integer >= 10, got {self.state_min_cells!r}",
+             "pass e.g. 50 (a state must not be small enough to single out cells)")
         need(self.gan_batch_size is None or (isinstance(self.gan_batch_size, int) and self.gan_batch_size >= 2),
              f"--gan-batch-size must be an integer >= 2, got {self.gan_batch_size!r}", "pass e.g. 512, or omit it")
         need(0.0 <= self.seed_mix <= 1.0, f"--seed-mix must be in [0, 1], got {self.seed_mix}",

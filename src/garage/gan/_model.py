@@ -473,49 +473,51 @@ class GarageGAN:
 
     # ---------------------------------------------------------------- memory guard
     def check_memory(self, device: torch.device) -> int:
-        """Estimate peak bytes; raise a ResourceError (exit 3) suggesting a smaller batch if it won't fit."""
+        """Estimate peak bytes; raise a ResourceError (exit 3) with advice if they won't fit.
+
+        Two budgets: the networks and a minibatch (or a generation chunk) live on *device*; the
+        train counts and the synthetic cells of the requested composition live in host memory on
+        any device.  On the CPU both add up against one budget.  The host budget is
+        ``--max-memory-gb`` when given (all of it), else 80 % of the available memory (capped by
+        a cgroup limit); the cuda budget is 80 % of the device's free memory.  Returns the sum.
+        """
         cfg, g = self.config, len(self.meta["var_names"])
         n_params = sum(p.numel() for p in self.net.parameters())
-        per_batch = max(cfg.batch_size, cfg.adversarial_batch_size) * g * 4 * (40 if cfg.effective_space == "gene" else 16)
+        per_batch = max(cfg.batch_size, cfg.adversarial_batch_size) * g * 4 * \
+            (40 if cfg.effective_space == "gene" else 16)
         gen = GEN_CHUNK * g * 4 * 8
-        est = n_params * 4 * 4 + max(per_batch, gen)
+        dev_est = n_params * 4 * 4 + max(per_batch, gen)
+        host_est = 0
+        if self.data is not None:
+            counts = self.data.counts
+            host_est += counts.data.nbytes * 3
+            # the synthetic cells of the requested composition (--n-cells, --cells-per-type,
+            # --cells-per-group), as dense as the train counts
+            meta = self.meta
+            n_out = int(group_composition(
+                meta["categories"], meta["conditions"], meta["group_counts"], cfg.n_cells, cfg.composition,
+                cfg.cells_per_type, cfg.cells_per_group, meta["rare_types"], cfg.allow_counterfactual).sum())
+            host_est += generation_bytes(n_out, counts.nnz / max(1, counts.shape[0]))
+        advice = (f"lower --batch-size (now {cfg.batch_size}) or --hidden, ask for fewer cells, or use a larger "
+                  "node")
         if device.type == "cuda":
-            free = torch.cuda.mem_get_info(device)[0]
+            free_dev = torch.cuda.mem_get_info(device)[0]
+            logger.info("GPU memory estimate: %.2f GiB (free: %.1f GiB)", dev_est / 2**30, free_dev / 2**30)
+            if dev_est > 0.8 * free_dev:
+                raise ResourceError(f"training needs about {dev_est / 2**30:.1f} GiB of GPU memory but only "
+                                    f"{free_dev / 2**30:.1f} GiB is free on {device}", advice)
         else:
-            if self.data is not None:
-                counts = self.data.counts
-                est += counts.data.nbytes * 3
-                # the synthetic cells of the requested composition (--n-cells, --cells-per-type,
-                # --cells-per-group), as dense as the train counts
-                meta = self.meta
-                n_out = int(group_composition(
-                    meta["categories"], meta["conditions"], meta["group_counts"], cfg.n_cells, cfg.composition,
-                    cfg.cells_per_type, cfg.cells_per_group, meta["rare_types"], cfg.allow_counterfactual).sum())
-                est += generation_bytes(n_out, counts.nnz / max(1, counts.shape[0]))
-            free = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb else _available_ram()
-        logger.info("memory estimate for training and generation: %.2f GiB (free: %s)", est / 2**30,
-                    f"{free / 2**30:.1f} GiB" if free else "unknown")
-        if free and est > 0.8 * free:
-            raise ResourceError(
-                f"training needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free on {device.type}",
-                f"lower --batch-size (now {cfg.batch_size}) or --hidden, ask for fewer cells, or use a larger node"
-                + (" (or raise --max-memory-gb)" if cfg.max_memory_gb else ""),
-            )
-        return est
+            host_est += dev_est
+        _check_host_budget(host_est, cfg.max_memory_gb, "training and generation", advice)
+        return host_est + (dev_est if device.type == "cuda" else 0)
 
     def check_generation_memory(self, n_out: int) -> int:
         """``garage generate``: refuse (exit 3) before generating *n_out* cells that will not fit in RAM."""
         per_cell = float(self.meta.get("nnz_per_cell", 0.1 * len(self.meta["var_names"])))
         est = generation_bytes(n_out, per_cell) + GEN_CHUNK * len(self.meta["var_names"]) * 4 * 8
-        free = _available_ram()
-        logger.info("memory estimate for %d cells: %.2f GiB (free: %s)", n_out, est / 2**30,
-                    f"{free / 2**30:.1f} GiB" if free else "unknown")
-        if free and est > 0.8 * free:
-            raise ResourceError(
-                f"generating {n_out} cells needs about {est / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free",
-                "ask for fewer cells (--n-cells) and run generate several times with different --seed, "
-                "or use a larger node",
-            )
+        _check_host_budget(est, None, f"generating {n_out} cells",
+                           "ask for fewer cells (--n-cells) and run generate several times with different --seed, "
+                           "or use a larger node")
         return est
 
     # ---------------------------------------------------------------- train
@@ -544,7 +546,8 @@ class GarageGAN:
         self.meta["seed_start"] = self.data.seed_start.cpu()
         self.meta["seed_count"] = self.data.seed_count.cpu()
         # within-type states regroup the seed table by state: the seed names follow it
-        self.meta["seed_names"] = self.data.names[self.data.seed_rows.cpu().numpy()].tolist()
+        if self.data.names is not None:
+            self.meta["seed_names"] = self.data.names[self.data.seed_rows.cpu().numpy()].tolist()
         if self.data.k_states > 1:
             self.meta["k_states"] = int(self.data.k_states)
             self.meta["state_counts"] = self.data.state_counts.cpu()
@@ -777,6 +780,21 @@ class GarageGAN:
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_host_budget(est: int, max_memory_gb: float | None, what: str, advice: str) -> None:
+    """Raise a ResourceError (exit 3) when *est* host bytes exceed the budget: all of
+    ``--max-memory-gb`` when given, else 80 % of the available (cgroup-capped) memory."""
+    if max_memory_gb:
+        have, name = int(max_memory_gb * 2**30), "the --max-memory-gb budget"
+    else:
+        free = _available_ram()
+        have, name = int(0.8 * free), "80 % of the available memory"
+    logger.info("memory estimate for %s: %.2f GiB (%s: %s)", what, est / 2**30, name,
+                f"{have / 2**30:.1f} GiB" if have else "unknown")
+    if have and est > have:
+        raise ResourceError(f"{what} needs about {est / 2**30:.1f} GiB, more than {name} ({have / 2**30:.1f} GiB)",
+                            advice + (" (or raise --max-memory-gb)" if max_memory_gb else ""))
+
+
 def generation_bytes(n_out: int, nnz_per_cell: float) -> int:
     """Peak bytes of *n_out* generated cells: the CSR blocks and their stacked copy (float32 values,
     int32 indices: 8 bytes per stored count, twice) and about 400 bytes of per-cell tables."""

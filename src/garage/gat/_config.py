@@ -25,9 +25,9 @@ OBS_SEED_REGION = "garage_seed_region"
 #: one gradient step each, minibatch passes are ``n_train / batch_size`` steps.
 AUTO_EPOCHS_FULL = 100
 AUTO_EPOCHS_MINIBATCH = 5
-#: auto minibatch epochs stop adding passes beyond this many gradient steps (at least one pass):
-#: 5 passes up to about 300,000 train cells, 2 at 1,000,000 (a 1M-cell GAT ran past 60 minutes
-#: on 2 cores with 5 passes; bench/results/scale.md)
+#: auto minibatch epochs: as many passes (at most 5) as fit in this many gradient steps, and at
+#: least one: 5 passes up to about 300,000 train cells, 1 from about 750,000 (a 1M-cell GAT ran
+#: past 60 minutes on 2 cores with 5 passes; bench/results/scale.md)
 AUTO_MAX_STEPS_MINIBATCH = 1500
 
 
@@ -49,8 +49,9 @@ class GATConfig:
     attention_dropout
         Dropout on the attention coefficients while training (GATConv ``dropout``).
     epochs
-        Passes over the train cells; ``None`` (auto) = 100 full-batch, 5 minibatch
-        (a minibatch pass is ``n_train / batch_size`` gradient steps).
+        Passes over the train cells; ``None`` (auto) = 100 full-batch; minibatch: 5,
+        or fewer (at least 1) where 5 passes would exceed ``AUTO_MAX_STEPS_MINIBATCH``
+        (1,500) gradient steps (a pass is ``n_train / batch_size`` steps).
     lr, weight_decay
         Adam learning rate and L2 penalty.
     class_weight
@@ -101,7 +102,8 @@ class GATConfig:
     inference_batch_size
         Target cells per chunk of the exact layer-wise inference (minibatch mode).
     checkpoint_every
-        Write ``PREFIX.gat.ckpt.pt`` every N epochs (0: never).
+        Write ``PREFIX.gat.ckpt.pt`` every N epochs (0: never); in minibatch mode,
+        where an epoch is a pass over at least 50,000 cells, after every epoch.
     max_memory_gb
         Memory budget for the pre-flight estimate; ``None``: available memory.
     seed
@@ -175,8 +177,8 @@ class GATConfig:
             raise bad("max-memory-gb", self.max_memory_gb, "> 0 (or omitted)")
 
     def resolved_epochs(self, minibatch: bool, n_train: int | None = None) -> int:
-        """Epochs to run: ``epochs`` when given; auto: 100 full-batch, or 5 minibatch passes
-        capped at ``AUTO_MAX_STEPS_MINIBATCH`` gradient steps for *n_train* train cells."""
+        """Epochs to run: ``epochs`` when given; auto: 100 full-batch, or the passes over *n_train*
+        train cells (at most 5, at least 1) that fit in ``AUTO_MAX_STEPS_MINIBATCH`` gradient steps."""
         if self.epochs is not None:
             return int(self.epochs)
         if not minibatch:
@@ -184,7 +186,7 @@ class GATConfig:
         if not n_train:
             return AUTO_EPOCHS_MINIBATCH
         per_epoch = -(-int(n_train) // self.batch_size)
-        return int(min(AUTO_EPOCHS_MINIBATCH, max(1, -(-AUTO_MAX_STEPS_MINIBATCH // per_epoch))))
+        return int(min(AUTO_EPOCHS_MINIBATCH, max(1, AUTO_MAX_STEPS_MINIBATCH // per_epoch)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -346,8 +346,10 @@ def train_gat(
             logger.info("epoch %d/%d loss %.4f train bal.acc %.3f holdout bal.acc %.3f",
                         epoch, epochs, epoch_loss, row["train_balanced_accuracy"],
                         row["holdout_balanced_accuracy"])
+        # minibatch epochs are passes over >= 50,000 cells (and 1-5 of them): save after each one
+        every = 1 if minibatch else config.checkpoint_every
         if (checkpoint is not None and config.checkpoint_every > 0
-                and epoch % config.checkpoint_every == 0 and epoch < epochs):
+                and epoch % every == 0 and epoch < epochs):
             _save_checkpoint(checkpoint, {
                 "format": CHECKPOINT_FORMAT,
                 "epoch": epoch,
