@@ -448,12 +448,38 @@ def test_auto_minibatch_epochs_stop_at_a_step_budget():
     for n in (80_000, 300_000, 800_000, 3_000_000):
         e = cfg.resolved_epochs(True, n)
         per_epoch = -(-n // cfg.batch_size)
-        # as many passes as fit in the budget (at most 5), at least one
+        # as many passes as fit in the budget (at most 5), at least one, and a pass longer than
+        # the budget is stopped at it
         assert e == min(5, max(1, AUTO_MAX_STEPS_MINIBATCH // per_epoch))
-        assert e == 1 or e * per_epoch <= AUTO_MAX_STEPS_MINIBATCH
-    assert cfg.resolved_epochs(True, 300_000) == 5 and cfg.resolved_epochs(True, 400_000) == 3
-    assert cfg.resolved_epochs(True, 800_000) == 1 and cfg.resolved_epochs(True, 3_000_000) == 1
+        limit = cfg.resolved_step_limit(True, n)
+        assert e * min(per_epoch, limit or per_epoch) <= max(AUTO_MAX_STEPS_MINIBATCH, 5 * 79)
+        assert (limit is None) == (per_epoch <= AUTO_MAX_STEPS_MINIBATCH)
+    assert cfg.resolved_epochs(True, 200_000) == 2 and cfg.resolved_epochs(True, 400_000) == 1
+    assert cfg.resolved_epochs(True, 800_000) == 1 and cfg.resolved_step_limit(True, 800_000) == 500
+    assert cfg.resolved_step_limit(True, 80_000) is None and cfg.resolved_step_limit(False, 10**7) is None
     assert GATConfig(epochs=7).resolved_epochs(True, 3_000_000) == 7  # an explicit --epochs wins
+    assert GATConfig(epochs=7).resolved_step_limit(True, 3_000_000) is None  # ... with whole passes
+
+
+def test_auto_step_limit_stops_a_long_pass(small, monkeypatch):
+    """When one minibatch pass is longer than the step budget, training stops after the budget."""
+    from garage.gat import _config, _train
+
+    monkeypatch.setattr(_config, "AUTO_MAX_STEPS_MINIBATCH", 2)
+    steps = []
+    real_batches = _train.NeighborSampler.batches
+
+    def count(self, nodes, bs, gen):
+        for b in real_batches(self, nodes, bs, gen):
+            steps.append(1)
+            yield b
+
+    monkeypatch.setattr(_train.NeighborSampler, "batches", count)
+    cfg = GATConfig(**{**TEST_OVERRIDES, "epochs": None, "minibatch_threshold": 0, "batch_size": 100})
+    out = gat_adata(small, cfg)
+    n_train = int((small.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).sum())
+    assert -(-n_train // 100) > 2  # one pass would be longer than the budget
+    assert len(out.train.log) == 1 and len(steps) == 3  # the third batch is drawn, then training stops
 
 
 def test_epoch_holdout_accuracy_uses_a_bounded_subsample(small, monkeypatch):

@@ -25,10 +25,13 @@ OBS_SEED_REGION = "garage_seed_region"
 #: one gradient step each, minibatch passes are ``n_train / batch_size`` steps.
 AUTO_EPOCHS_FULL = 100
 AUTO_EPOCHS_MINIBATCH = 5
-#: auto minibatch epochs: as many passes (at most 5) as fit in this many gradient steps, and at
-#: least one: 5 passes up to about 300,000 train cells, 1 from about 750,000 (a 1M-cell GAT ran
-#: past 60 minutes on 2 cores with 5 passes; bench/results/scale.md)
-AUTO_MAX_STEPS_MINIBATCH = 1500
+#: auto minibatch training: as many passes (at most 5) as fit in this many gradient steps; when
+#: one pass is longer, a single pass stopped after this many steps (a random 512,000 train cells
+#: at the default batch size).  5 passes up to about 100,000 train cells (unchanged there), fewer
+#: above, one part-pass from about 512,000: a 1M-cell GAT with 5 passes ran past 60 minutes on 2
+#: cores, a neighbour-sampled step costing more where neighbourhoods no longer overlap
+#: (bench/results/scale.md)
+AUTO_MAX_STEPS_MINIBATCH = 500
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class GATConfig:
         Dropout on the attention coefficients while training (GATConv ``dropout``).
     epochs
         Passes over the train cells; ``None`` (auto) = 100 full-batch; minibatch: 5,
-        or fewer (at least 1) where 5 passes would exceed ``AUTO_MAX_STEPS_MINIBATCH``
-        (1,500) gradient steps (a pass is ``n_train / batch_size`` steps).
+        or fewer where 5 passes would exceed ``AUTO_MAX_STEPS_MINIBATCH`` (500)
+        gradient steps (a pass is ``n_train / batch_size`` steps), and one pass
+        stopped after 500 steps where a single pass is longer.
     lr, weight_decay
         Adam learning rate and L2 penalty.
     class_weight
@@ -178,7 +182,8 @@ class GATConfig:
 
     def resolved_epochs(self, minibatch: bool, n_train: int | None = None) -> int:
         """Epochs to run: ``epochs`` when given; auto: 100 full-batch, or the passes over *n_train*
-        train cells (at most 5, at least 1) that fit in ``AUTO_MAX_STEPS_MINIBATCH`` gradient steps."""
+        train cells (at most 5, at least 1) that fit in ``AUTO_MAX_STEPS_MINIBATCH`` gradient steps
+        (see :meth:`resolved_step_limit` for a pass longer than that)."""
         if self.epochs is not None:
             return int(self.epochs)
         if not minibatch:
@@ -187,6 +192,14 @@ class GATConfig:
             return AUTO_EPOCHS_MINIBATCH
         per_epoch = -(-int(n_train) // self.batch_size)
         return int(min(AUTO_EPOCHS_MINIBATCH, max(1, AUTO_MAX_STEPS_MINIBATCH // per_epoch)))
+
+    def resolved_step_limit(self, minibatch: bool, n_train: int | None = None) -> int | None:
+        """Gradient steps per epoch: None (a whole pass) unless auto minibatch training would need
+        more than ``AUTO_MAX_STEPS_MINIBATCH`` steps for one pass; then that many."""
+        if self.epochs is not None or not minibatch or not n_train:
+            return None
+        per_epoch = -(-int(n_train) // self.batch_size)
+        return AUTO_MAX_STEPS_MINIBATCH if per_epoch > AUTO_MAX_STEPS_MINIBATCH else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -287,6 +287,10 @@ def train_gat(
 
     # one tick per gradient step, so the ETA is right in minibatch mode too
     steps = 1 if not minibatch else -(-data.train_idx.numel() // config.batch_size)
+    limit = config.resolved_step_limit(minibatch, data.train_idx.numel())
+    if limit is not None:
+        logger.info("one pass is %d steps: training stops after %d (auto schedule)", steps, limit)
+        steps = limit
     bar = progress(total=epochs * steps, initial=(start - 1) * steps, desc="gat training",
                    unit="batch" if minibatch else "epoch")
     for epoch in range(start, epochs + 1):
@@ -308,7 +312,9 @@ def train_gat(
         else:
             total, seen = 0.0, 0
             seen_idx, seen_pred = [], []
-            for batch in sampler.batches(data.train_idx, config.batch_size, gen):
+            for i, batch in enumerate(sampler.batches(data.train_idx, config.batch_size, gen)):
+                if limit is not None and i >= limit:
+                    break
                 opt.zero_grad(set_to_none=True)
                 out = model(data.x.rows(batch.n_id).to(device), batch.edge_index.to(device),
                             num_sampled_nodes=batch.num_sampled_nodes,
