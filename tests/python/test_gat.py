@@ -479,7 +479,7 @@ def test_auto_step_limit_stops_a_long_pass(small, monkeypatch):
     out = gat_adata(small, cfg)
     n_train = int((small.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).sum())
     assert -(-n_train // 100) > 2  # one pass would be longer than the budget
-    assert len(out.train.log) == 1 and len(steps) == 3  # the third batch is drawn, then training stops
+    assert len(out.train.log) == 1 and len(steps) == 2  # exactly the budget: no batch sampled beyond it
 
 
 def test_epoch_holdout_accuracy_uses_a_bounded_subsample(small, monkeypatch):

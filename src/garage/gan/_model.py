@@ -899,13 +899,15 @@ def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> No
         fit_t = fit[types[fit] == t]
         k = int(min(k_max, len(fit_t) // max(1, min_cells)))
         sub = fit_t if len(fit_t) <= MAX_STATE_FIT else np.sort(rng.choice(fit_t, MAX_STATE_FIT, replace=False))
+        is_fit = np.isin(rows_t, fit_t)
         while k >= 2:
             km = KMeans(n_clusters=k, n_init=4, random_state=int(seed)).fit(codes[sub])
-            sizes = np.bincount(km.predict(codes[fit_t]), minlength=k)
+            lab_t = km.predict(codes[rows_t])  # every cell of the type; sizes count its fit cells
+            sizes = np.bincount(lab_t[is_fit], minlength=k)
             if sizes.min() >= min_cells:
                 rank = np.empty(k, dtype=np.int64)
                 rank[np.argsort(-sizes, kind="stable")] = np.arange(k)
-                labels[rows_t] = t * k_max + rank[km.predict(codes[rows_t])]
+                labels[rows_t] = t * k_max + rank[lab_t]
                 break
             k -= 1
     n_conds = data.n_conds

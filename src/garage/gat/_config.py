@@ -190,16 +190,18 @@ class GATConfig:
             return AUTO_EPOCHS_FULL
         if not n_train:
             return AUTO_EPOCHS_MINIBATCH
-        per_epoch = -(-int(n_train) // self.batch_size)
-        return int(min(AUTO_EPOCHS_MINIBATCH, max(1, AUTO_MAX_STEPS_MINIBATCH // per_epoch)))
+        return int(min(AUTO_EPOCHS_MINIBATCH, max(1, AUTO_MAX_STEPS_MINIBATCH // self.steps_per_pass(n_train))))
 
     def resolved_step_limit(self, minibatch: bool, n_train: int | None = None) -> int | None:
         """Gradient steps per epoch: None (a whole pass) unless auto minibatch training would need
         more than ``AUTO_MAX_STEPS_MINIBATCH`` steps for one pass; then that many."""
         if self.epochs is not None or not minibatch or not n_train:
             return None
-        per_epoch = -(-int(n_train) // self.batch_size)
-        return AUTO_MAX_STEPS_MINIBATCH if per_epoch > AUTO_MAX_STEPS_MINIBATCH else None
+        return AUTO_MAX_STEPS_MINIBATCH if self.steps_per_pass(n_train) > AUTO_MAX_STEPS_MINIBATCH else None
+
+    def steps_per_pass(self, n_train: int) -> int:
+        """Minibatch gradient steps of one pass over *n_train* train cells."""
+        return -(-int(n_train) // self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

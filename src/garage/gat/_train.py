@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -286,11 +287,13 @@ def train_gat(
     from .._utils import progress
 
     # one tick per gradient step, so the ETA is right in minibatch mode too
-    steps = 1 if not minibatch else -(-data.train_idx.numel() // config.batch_size)
+    steps = 1 if not minibatch else config.steps_per_pass(data.train_idx.numel())
     limit = config.resolved_step_limit(minibatch, data.train_idx.numel())
     if limit is not None:
         logger.info("one pass is %d steps: training stops after %d (auto schedule)", steps, limit)
         steps = limit
+    # minibatch epochs are passes over >= 50,000 cells (and 1-5 of them): save after each one
+    every = 1 if minibatch else config.checkpoint_every
     bar = progress(total=epochs * steps, initial=(start - 1) * steps, desc="gat training",
                    unit="batch" if minibatch else "epoch")
     for epoch in range(start, epochs + 1):
@@ -312,9 +315,8 @@ def train_gat(
         else:
             total, seen = 0.0, 0
             seen_idx, seen_pred = [], []
-            for i, batch in enumerate(sampler.batches(data.train_idx, config.batch_size, gen)):
-                if limit is not None and i >= limit:
-                    break
+            # a pass longer than the auto budget stops at it: no batch is sampled beyond it
+            for batch in itertools.islice(sampler.batches(data.train_idx, config.batch_size, gen), limit):
                 opt.zero_grad(set_to_none=True)
                 out = model(data.x.rows(batch.n_id).to(device), batch.edge_index.to(device),
                             num_sampled_nodes=batch.num_sampled_nodes,
@@ -352,8 +354,6 @@ def train_gat(
             logger.info("epoch %d/%d loss %.4f train bal.acc %.3f holdout bal.acc %.3f",
                         epoch, epochs, epoch_loss, row["train_balanced_accuracy"],
                         row["holdout_balanced_accuracy"])
-        # minibatch epochs are passes over >= 50,000 cells (and 1-5 of them): save after each one
-        every = 1 if minibatch else config.checkpoint_every
         if (checkpoint is not None and config.checkpoint_every > 0
                 and epoch % every == 0 and epoch < epochs):
             _save_checkpoint(checkpoint, {
