@@ -14,8 +14,9 @@ Trains one GARAGE model in-process on the train cells of a preprocessed file
   (isolates the library-size model).
 - ``garage``: the model's own synthetic cells, scored by ``garage evaluate``.
 
-Run:  python -m bench.diagnose_gan --data bench/_work/fidelity/sc_mixology/sc_mixology.val.preprocessed.h5ad \
-        --seeds-from bench/_work/fidelity/sc_mixology/val/garage_s0/sc_mixology.seeds.h5ad [--gan '{"n_latent": 32}']
+Run:  python -m bench.diagnose_gan \
+        --seeds-from bench/_work/fidelity/sc_mixology/val/garage_s0/sc_mixology.seeds.h5ad [--gan '{"n_latent": 32}'] \
+        [--threads 2] [--out diag.json]
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def main(argv=None):
     ap.add_argument("--gan", default="{}", help="GANConfig overrides as JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
 
     set_seed(args.seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     real = ad.read_h5ad(args.seeds_from)
     cfg = GANConfig(seed=args.seed, checkpoint_every=0, **json.loads(args.gan))
     model = GarageGAN.setup(real, cfg)

@@ -705,3 +705,57 @@ def test_cli_real_file_not_preprocessed(real, tmp_path, preprocessed_small):
                                     str(syn_path), "--prefix", "x", "--outdir", str(tmp_path / "o")])
     assert res.exit_code == 2 and "garage preprocess" in res.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_memory_preflight_over_budget_exit_3_nothing_written(real, preprocessed_small, tmp_path):
+    """A budget below the estimate stops evaluate before either file is read: exit 3 (retry with
+    more memory can help), one line naming the estimate and the budget, no outputs."""
+    from garage.evaluate._memory import h5ad_size
+
+    syn_path = tmp_path / "s.synthetic.h5ad"
+    _syn(real, n=200).write_h5ad(syn_path)
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(main, [
+        "-q", "evaluate", "--real", str(preprocessed_small), "--synthetic", str(syn_path),
+        "--prefix", "mem", "--outdir", str(out), "--max-memory-gb", "0.05",
+    ])
+    assert res.exit_code == 3, res.output
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error:") and "Traceback" not in res.output
+    assert "needs about" in err[0] and "--max-memory-gb budget (0.05 GB)" in err[0], err[0]
+    assert "Fix:" in err[0] and "raise --max-memory-gb" in err[0]
+    assert not out.exists() or not any(out.iterdir())
+    # the headers give the real file's shape and the counts it copies
+    size = h5ad_size(preprocessed_small, f"layers/{C.LAYER_COUNTS}")
+    assert (size.n_obs, size.n_vars) == real.shape
+    counts = sp.csr_matrix(real.layers[C.LAYER_COUNTS])
+    assert size.matrix >= counts.data.nbytes + counts.indices.nbytes
+    assert size.loaded > size.matrix
+
+
+def test_memory_estimate_grows_with_cells_and_names_the_fix(real, tmp_path):
+    """The estimate grows with the cells of either file; over the budget, the largest part decides
+    the advice (the dense PCA block -> lower --pca-max-cells); unreadable headers -> no estimate
+    (the reader then reports the file in one line)."""
+    from garage.errors import ResourceError
+    from garage.evaluate._memory import H5adSize, check_memory, estimate_bytes
+
+    real_small = H5adSize(loaded=10 * 2**20, n_obs=1000, n_vars=2000, matrix=4 * 2**20)
+    real_big = H5adSize(loaded=1000 * 2**20, n_obs=100_000, n_vars=2000, matrix=400 * 2**20)
+    syn = H5adSize(loaded=5 * 2**20, n_obs=500, n_vars=2000, matrix=4 * 2**20)
+    syn_big = H5adSize(loaded=500 * 2**20, n_obs=50_000, n_vars=2000, matrix=400 * 2**20)
+    kw = {"n_pcs": 50, "pca_max_cells": 10_000, "pca_fit_fraction": 0.5}
+    small = sum(estimate_bytes(real_small, syn, **kw).values())
+    assert sum(estimate_bytes(real_big, syn, **kw).values()) > small
+    assert sum(estimate_bytes(real_small, syn_big, **kw).values()) > small
+    # the PCA block is bounded by pca_max_cells, not by the cells
+    a = estimate_bytes(real_big, syn, **kw)["PCA block"]
+    assert a == estimate_bytes(H5adSize(2000 * 2**20, 200_000, 2000, 800 * 2**20), syn, **kw)["PCA block"]
+
+    p = tmp_path / "r.h5ad"
+    ad.AnnData(sp.random(100_000, 20_000, density=1e-5, format="csr", dtype=np.float32)).write_h5ad(p)
+    with pytest.raises(ResourceError, match="lower --pca-max-cells"):
+        check_memory(p, p, max_memory_gb=1.0, **{**kw, "pca_max_cells": 50_000})
+    junk = tmp_path / "junk.h5ad"
+    junk.write_bytes(b"not hdf5")
+    assert check_memory(junk, p, max_memory_gb=1e-6, **kw) == 0

@@ -62,7 +62,7 @@ _TOKEN = re.compile(
         (?P<dq>"(?:[^"\\]|\\.)*")
       | (?P<sq>'(?:[^'\\]|\\.)*')
       | (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
-      | (?P<op>\?:|==|!=|\?|:|\(|\)|\.|,)
+      | (?P<op>\?:|==|!=|\?|:|\(|\)|\.|,|\*|/)
       | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     )""",
     re.VERBOSE,
@@ -134,8 +134,43 @@ def groovy_str(value: Any) -> str:
     return str(value)
 
 
+class MemoryUnit:
+    """Stand-in for Nextflow's ``task.memory`` (a MemoryUnit): ``toMega()``/``toGiga()`` round
+    down with 1 GB = 1024 MB (https://docs.seqera.io/nextflow/reference/stdlib-types/memory-unit)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.bytes = int(nbytes)
+
+    def toBytes(self) -> int:  # noqa: N802 (Groovy's names)
+        return self.bytes
+
+    def toMega(self) -> int:  # noqa: N802
+        return self.bytes >> 20
+
+    def toGiga(self) -> int:  # noqa: N802
+        return self.bytes >> 30
+
+    def __str__(self) -> str:
+        return f"{self.bytes >> 20} MB"
+
+
+def groovy_divide(a: Any, b: Any) -> Any:
+    """Groovy's ``/`` on integers: an exact BigDecimal (6656 / 1024 -> 6.5, 6144 / 1024 -> 6)."""
+    from decimal import Decimal
+
+    if isinstance(a, bool) or isinstance(b, bool) or not all(isinstance(v, (int, float)) for v in (a, b)):
+        raise GroovyError(f"'/' on {a!r} and {b!r} is not supported by this evaluator")
+    if isinstance(a, int) and isinstance(b, int):
+        if a % b == 0:
+            return a // b
+        return format((Decimal(a) / Decimal(b)).normalize(), "f")
+    return a / b
+
+
 def groovy_method(value: Any, name: str, *args: Any) -> Any:
-    """The few Groovy methods config closures call on params."""
+    """The few Groovy methods config closures call on params (and task.memory's)."""
+    if isinstance(value, MemoryUnit) and name in ("toBytes", "toMega", "toGiga") and not args:
+        return getattr(value, name)()
     if name == "replace" and isinstance(value, str) and len(args) == 2:
         return value.replace(str(args[0]), str(args[1]))
     if args:
@@ -183,8 +218,11 @@ def interpolate(body: str, ctx: dict[str, Any], unescape: bool = False) -> str:
 
 
 def evaluate(text: str, ctx: dict[str, Any]) -> Any:
+    """Evaluate a small Groovy expression; like Groovy, only the branch a ternary or an elvis
+    takes is evaluated (the other is parsed with ``live`` off: no lookups, no method calls)."""
     toks = _tokenize(text)
     pos = 0
+    live = True
 
     def peek(value=None):
         if pos < len(toks) and (value is None or toks[pos][1] == value):
@@ -199,10 +237,19 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
         pos += 1
         return tok
 
+    def lazily(parse, run: bool):
+        nonlocal live
+        saved = live
+        live = saved and run
+        try:
+            return parse()
+        finally:
+            live = saved
+
     def primary():
         kind, val = take()
         if kind == "dq":
-            return interpolate(val[1:-1], ctx, unescape=True)
+            return interpolate(val[1:-1], ctx, unescape=True) if live else None
         if kind == "sq":
             return val[1:-1].replace("\\'", "'")
         if kind == "num":
@@ -214,9 +261,9 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
         if kind == "name":
             if val in ("null", "true", "false"):
                 return {"null": None, "true": True, "false": False}[val]
-            if val not in ctx:
+            if live and val not in ctx:
                 raise GroovyError(f"unknown name {val!r} in {text!r}")
-            v = ctx[val]
+            v = ctx.get(val)
             while peek("."):
                 take(".")
                 _, attr = take()
@@ -228,17 +275,32 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
                         if not peek(")"):
                             take(",")
                     take(")")
-                    v = groovy_method(v, attr, *args)
-                else:
+                    v = groovy_method(v, attr, *args) if live else None
+                elif live:
                     v = v.get(attr) if isinstance(v, dict) else getattr(v, attr, None)
-            return v
+            return v if live else None
         raise GroovyError(f"unexpected {val!r} in {text!r}")
 
-    def comparison():
+    def term():
         v = primary()
-        if peek("==") or peek("!="):
+        while peek("*") or peek("/"):
             op = take()[1]
             w = primary()
+            if not live:
+                continue
+            if op == "/":
+                v = groovy_divide(v, w)
+            elif all(isinstance(x, int) and not isinstance(x, bool) for x in (v, w)):
+                v = v * w
+            else:
+                raise GroovyError(f"'*' on {v!r} and {w!r} is not supported by this evaluator")
+        return v
+
+    def comparison():
+        v = term()
+        if peek("==") or peek("!="):
+            op = take()[1]
+            w = term()
             return (v == w) if op == "==" else (v != w)
         return v
 
@@ -246,18 +308,20 @@ def evaluate(text: str, ctx: dict[str, Any]) -> Any:
         v = comparison()
         while peek("?:"):
             take("?:")
-            w = comparison()
-            v = v if groovy_truth(v) else w
+            use_left = groovy_truth(v)
+            w = lazily(comparison, not use_left)
+            v = v if use_left else w
         return v
 
     def ternary():
         cond = elvis()
         if peek("?"):
             take("?")
-            a = ternary()
+            yes = groovy_truth(cond)
+            a = lazily(ternary, yes)
             take(":")
-            b = ternary()
-            return a if groovy_truth(cond) else b
+            b = lazily(ternary, not yes)
+            return a if yes else b
         return cond
 
     value = ternary()
@@ -410,7 +474,8 @@ def _split_script(section: str) -> tuple[list[str], str]:
     m = re.search(r'"""(.*?)"""', section, re.S)
     if not m:
         raise GroovyError("no triple-quoted script")
-    defs = [ln.strip() for ln in section[: m.start()].splitlines() if ln.strip()]
+    defs = [ln.strip() for ln in section[: m.start()].splitlines()
+            if ln.strip() and not ln.strip().startswith("//")]
     return defs, m.group(1)
 
 
@@ -455,11 +520,20 @@ def _apply_defs(defs: list[str], ctx: dict[str, Any]) -> None:
         ctx[m.group(1)] = evaluate(m.group(2), ctx)
 
 
+#: task.memory in the rendered tasks: the test profile's resource limit (conf/test.config)
+TASK_MEMORY_MB = 6 * 1024
+
+
 def render(module: Module, *, stub: bool, meta: dict | None, inputs: dict[str, Any],
-           ext_args: str | None, cpus: int = 2) -> tuple[str, dict[str, Any]]:
-    """The bash script Nextflow would write to .command.sh, and the Groovy context."""
+           ext_args: str | None, cpus: int = 2,
+           memory_mb: int | None = TASK_MEMORY_MB) -> tuple[str, dict[str, Any]]:
+    """The bash script Nextflow would write to .command.sh, and the Groovy context.
+
+    *memory_mb*: the task's memory directive (None: no memory directive, task.memory null)."""
     ext = {"args": ext_args, "prefix": None}
-    ctx: dict[str, Any] = {"task": {"ext": ext, "cpus": cpus, "process": module.name, "attempt": 1},
+    memory = MemoryUnit(memory_mb * 2**20) if memory_mb is not None else None
+    ctx: dict[str, Any] = {"task": {"ext": ext, "cpus": cpus, "process": module.name, "attempt": 1,
+                                    "memory": memory},
                            "meta": meta or {}, **inputs}
     _apply_defs(module.stub_defs if stub else module.script_defs, ctx)
     body = interpolate(module.stub if stub else module.script, ctx)
@@ -825,6 +899,76 @@ def test_ext_args_flags_exist_in_cli(stage, process, tparams, meta):
     full_meta = meta | {"layer": "counts", "condition_key": "phase"}
     flags = set(_flags(render_ext_args(process, tparams | {"use_gpu": True}, full_meta)))
     assert flags <= cli_flags(stage), f"`garage {stage}` has no option(s) {sorted(flags - cli_flags(stage))}"
+
+
+STAGE_PROCESSES = [("preprocess", "GARAGE_PREPROCESS"), ("gat", "GARAGE_GAT"),
+                   ("gan", "GARAGE_GAN"), ("evaluate", "GARAGE_EVALUATE")]
+
+
+def _max_memory_flag(script: str) -> str | None:
+    m = re.search(r"--max-memory-gb\s+(\S+)", script)
+    return m.group(1) if m else None
+
+
+@pytest.mark.parametrize("stage, process", STAGE_PROCESSES)
+def test_task_memory_is_the_preflight_budget(stage, process, modules, tparams, meta):
+    """Each GARAGE module passes task.memory to its stage's pre-flight check (--max-memory-gb, in
+    GB = MB / 1024, fractions kept); no memory directive -> no flag (the stage then measures the
+    available memory); the flag comes before ext.args, so a user's own --max-memory-gb in
+    --<stage>_args is the later one and wins (click keeps the last value of an option)."""
+    require_cli(stage)
+    m = modules[process]
+    inputs = {name: f"{name}.h5ad" for name in m.inputs}
+    user = "--seed 0 --max-memory-gb 2.5"
+    for mb, want in ((6144, 6.0), (6656, 6.5), (1000, 1000 / 1024), (36 * 1024 * 3, 108.0)):
+        script, _ = render(m, stub=False, meta=meta, inputs=inputs, ext_args=user, memory_mb=mb)
+        got = _max_memory_flag(script)
+        assert got is not None and float(got) == pytest.approx(want, rel=1e-12), (mb, script)
+        assert script.index(f"--max-memory-gb {got}") < script.index(user), script
+    script, _ = render(m, stub=False, meta=meta, inputs=inputs, ext_args="", memory_mb=None)
+    assert _max_memory_flag(script) is None, script
+    assert "max_memory_gb" in cli_flags(stage)
+    # click: the last --max-memory-gb given is the one the stage uses
+    mod, attr = __import__("garage.cli", fromlist=["COMMANDS"]).COMMANDS[stage].split(":")
+    cmd = getattr(importlib.import_module(mod), attr)
+    opt = next(p for p in cmd.params if p.name == "max_memory_gb")
+    parser = click_parser_for(cmd)
+    values, _, _ = parser.parse_args(["--max-memory-gb", "6", "--max-memory-gb", "2.5"])
+    assert opt.type_cast_value(None, values["max_memory_gb"]) == 2.5
+
+
+def click_parser_for(cmd):
+    import click
+
+    return cmd.make_parser(click.Context(cmd))
+
+
+def test_task_memory_expression_in_groovy(nf_classpath, modules):
+    """The modules' task.memory expression, run by the Groovy runtime (a stand-in for Nextflow's
+    MemoryUnit with its documented toMega(): megabytes rounded down), renders the same flag as
+    this file's evaluator, which renders the commands the module tests run."""
+    for process in ("GARAGE_PREPROCESS", "GARAGE_GAT", "GARAGE_GAN", "GARAGE_EVALUATE"):
+        m = modules[process]
+        line = next(d for d in m.script_defs if re.match(r"def\s+max_memory\s*=", d))
+        sizes = [6144, 6656, 1000, 3, 110592]
+        script = (
+            "class MemStandIn { long bytes; long toMega() { bytes >> 20 }; long toGiga() { bytes >> 30 } }\n"
+            "def out = []\n"
+            f"for (mb in {sizes + [None]!r}.collect {{ it }}) {{\n"
+            "    def task = [memory: mb == null ? null : new MemStandIn(bytes: ((long) mb) * 1048576L)]\n"
+            f"    {line}\n"
+            "    out << max_memory.toString()\n"
+            "}\n"
+            "out\n"
+        ).replace("None", "null")
+        got = groovy(nf_classpath, script)
+        mine = []
+        for mb in sizes + [None]:
+            ctx: dict[str, Any] = {"task": {"memory": MemoryUnit(mb * 2**20) if mb is not None else None}}
+            _apply_defs([line], ctx)
+            mine.append(ctx["max_memory"])
+        assert got == mine, (process, got, mine)
+        assert got[:2] == ["--max-memory-gb 6", "--max-memory-gb 6.5"] and got[-1] == "", got
 
 
 @pytest.mark.parametrize("stage, process", [("gat", "GARAGE_GAT"), ("gan", "GARAGE_GAN"), ("evaluate", "GARAGE_EVALUATE")])

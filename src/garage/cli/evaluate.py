@@ -58,10 +58,14 @@ from ._options import existing_file, outdir_option, prefix_option, seed_option
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="BLAS/OpenMP threads (evaluation is many small operations; more threads "
                    "rarely help).")
+@click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Memory budget of the pre-flight estimate (all of it usable); default: 90% of the "
+                   "available memory (a container's or job's limit included). Over it: exit 3, "
+                   "nothing written.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Write PREFIX.umap.png and PREFIX.per_type.png.")
 def evaluate(real: Path, synthetic: Path, seeds: Path | None, provenance: Path | None, prefix: str,
-             outdir: Path, threads: int, **kwargs) -> None:
+             outdir: Path, threads: int, max_memory_gb: float | None, **kwargs) -> None:
     """Fidelity, per-type, utility and privacy metrics of synthetic vs real holdout cells.
 
     Every metric is reported next to its control (real train vs real holdout) with
@@ -72,6 +76,6 @@ def evaluate(real: Path, synthetic: Path, seeds: Path | None, provenance: Path |
     from ..evaluate import EvaluateConfig, run_evaluate
 
     out = run_evaluate(real, synthetic, outdir, prefix, EvaluateConfig(**kwargs), threads=threads,
-                       seeds=seeds, provenance=provenance)
+                       seeds=seeds, provenance=provenance, max_memory_gb=max_memory_gb)
     for p in out.values():
         click.echo(str(p))

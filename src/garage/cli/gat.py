@@ -77,7 +77,9 @@ _unit = click.FloatRange(0, 1, min_open=False, max_open=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=10, show_default=True,
               help="Write OUTDIR/PREFIX.gat.ckpt.pt every N epochs (0: never).")
 @click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), default=None,
-              show_default="available memory", help="Memory budget for the pre-flight check.")
+              show_default="available memory",
+              help="Host memory budget of the pre-flight check on the CPU (on cuda the GPU's free "
+                   "memory is the budget).")
 @seed_option
 @device_option
 @threads_option

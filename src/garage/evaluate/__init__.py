@@ -31,6 +31,7 @@ from ..errors import GarageError
 from ._config import TEST_OVERRIDES, EvaluateConfig
 from ._core import BETTER, METRIC_NAMES, Result, evaluate_space, params_of
 from ._intervals import differs, verdict
+from ._memory import check_memory
 from ._per_type import PER_TYPE_COLUMNS
 from ._privacy import PRIVACY_THRESHOLDS
 from ._plots import SUFFIX_PER_TYPE_PLOT, SUFFIX_UMAP
@@ -179,14 +180,19 @@ def evaluate_adata(
     return doc
 
 
-def _read(path: Path, what: str):
-    import anndata as ad
-
+def _check_h5ad_path(path: Path, what: str) -> None:
     path = Path(path)
     if not path.exists():
         raise GarageError(f"{what} file {path} does not exist", "check the path")
     if path.is_dir() or not path.name.endswith(".h5ad"):
         raise GarageError(f"{what} file {path.name} is not an .h5ad file", "pass an .h5ad file")
+
+
+def _read(path: Path, what: str):
+    import anndata as ad
+
+    path = Path(path)
+    _check_h5ad_path(path, what)
     try:
         return ad.read_h5ad(path)
     except Exception as exc:  # truncated/corrupt files surface as many types
@@ -222,8 +228,14 @@ def run_evaluate(
     threads: int | None = 1,
     seeds: Path | None = None,
     provenance: Path | None = None,
+    max_memory_gb: float | None = None,
+    available_bytes: int | None = None,
 ) -> dict[str, Path]:
     """Read, evaluate, and write every output atomically (all files or none).
+
+    A pre-flight memory estimate from the two files' headers (``_memory.check_memory``) runs
+    before either is read: over the budget (*max_memory_gb*, else *available_bytes*, else 90 %
+    of the available memory) it raises a ``ResourceError`` (exit 3) and nothing is written.
 
     ``threads`` caps BLAS/OpenMP threads (``None``: the libraries' default).
     ``seeds`` (``PREFIX.seeds.h5ad``) and ``provenance`` (the PRIVATE
@@ -248,6 +260,11 @@ def run_evaluate(
     for path, what in ((seeds, "seeds"), (provenance, "provenance")):
         if path is not None and not Path(path).is_file():
             raise GarageError(f"{what} file {path} does not exist", "check the path")
+    for path, what in ((real, "real"), (synthetic, "synthetic")):
+        _check_h5ad_path(path, what)
+    check_memory(Path(real), Path(synthetic), n_pcs=config.n_pcs, pca_max_cells=config.pca_max_cells,
+                 pca_fit_fraction=config.pca_fit_fraction, max_memory_gb=max_memory_gb,
+                 available_bytes=available_bytes)
     logger.info("evaluate: reading %s and %s", real, synthetic)
     real_ad = _read(real, "real")
     check_real(real_ad)

@@ -109,7 +109,8 @@ class GATConfig:
         Write ``PREFIX.gat.ckpt.pt`` every N epochs (0: never); in minibatch mode,
         where an epoch is a pass over at least 50,000 cells, after every epoch.
     max_memory_gb
-        Memory budget for the pre-flight estimate; ``None``: available memory.
+        Host memory budget for the pre-flight estimate on the CPU; ``None``: available
+        memory.  On cuda the GPU's free memory is the budget.
     seed
         Feeds every random source (init, dropout, sampling).
     """

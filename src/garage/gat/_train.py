@@ -147,7 +147,9 @@ def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
     """Raise a :class:`ResourceError` (exit 3) when the estimate exceeds the budget; return the estimate."""
     need = estimate_memory_bytes(n_nodes, n_edges, in_dim, config, minibatch=minibatch,
                                  bytes_per_row=bytes_per_row)
-    if config.max_memory_gb is not None:
+    # --max-memory-gb budgets host memory (a scheduler's or container's limit, e.g. Nextflow's
+    # task.memory); on cuda the estimate is of the GPU's memory, so the device's free memory rules
+    if config.max_memory_gb is not None and device.type != "cuda":
         have, what = int(config.max_memory_gb * 1024**3), "--max-memory-gb"
     else:
         have, what = int(0.9 * available_memory_bytes(device)), f"available {device.type} memory"

@@ -19,6 +19,8 @@ process GARAGE_EVALUATE {
 
     script:
     def args = task.ext.args ?: ''
+    // task.memory is the pre-flight memory budget (exit 3: retried with more, conf/base.config)
+    def max_memory = task.memory ? "--max-memory-gb ${task.memory.toMega() / 1024}" : ''
     def provenance_arg = provenance ? "--provenance ${provenance}" : ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
@@ -30,6 +32,7 @@ process GARAGE_EVALUATE {
         --prefix ${prefix} \\
         --outdir . \\
         --threads ${task.cpus} \\
+        ${max_memory} \\
         ${args}
     """
 

@@ -19,6 +19,8 @@ process GARAGE_GAN {
 
     script:
     def args = task.ext.args ?: ''
+    // task.memory is the pre-flight memory budget (exit 3: retried with more, conf/base.config)
+    def max_memory = task.memory ? "--max-memory-gb ${task.memory.toMega() / 1024}" : ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
     garage_gan.py \\
@@ -26,6 +28,7 @@ process GARAGE_GAN {
         --prefix ${prefix} \\
         --outdir . \\
         --threads ${task.cpus} \\
+        ${max_memory} \\
         ${args}
     """
 

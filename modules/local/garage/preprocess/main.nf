@@ -13,12 +13,15 @@ process GARAGE_PREPROCESS {
 
     script:
     def args = task.ext.args ?: ''
+    // task.memory is the pre-flight memory budget (exit 3: retried with more, conf/base.config)
+    def max_memory = task.memory ? "--max-memory-gb ${task.memory.toMega() / 1024}" : ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
     garage_preprocess.py \\
         --input ${counts} \\
         --prefix ${prefix} \\
         --outdir . \\
+        ${max_memory} \\
         ${args}
     """
 

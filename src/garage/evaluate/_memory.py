@@ -1,0 +1,151 @@
+"""Pre-flight memory estimate of ``garage evaluate`` (issue 17).
+
+Read from the two files' HDF5 headers before anything is loaded, so a pair of
+files that cannot fit stops at once with exit code 3 and advice, instead of
+being killed by the kernel (or the scheduler) halfway through.
+
+What evaluate holds at its peak (while the shared space is built, see
+``_space.build_space``): both files as read (every array of the file, in
+memory), one more copy of the real counts (split into train and holdout) and of
+the synthetic counts (as CSR), the dense PCA block (at most ``pca_max_cells``
+cells x genes, float64, with the randomized solver's working copies) and the PCA
+coordinates of every cell.  After that both files are dropped and every metric
+works on bounded subsamples (``EvaluateConfig``), so a fixed working allowance
+covers them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import constants as C
+from ..errors import ResourceError
+
+logger = logging.getLogger(__name__)
+
+GB = 1024**3
+#: resident size of the interpreter with anndata, scikit-learn, leiden and UMAP loaded
+BASE_BYTES = int(0.45 * GB)
+#: metrics on bounded subsamples, the plots, and allocator slack
+WORK_BYTES = int(0.35 * GB)
+#: one Python string object per element of a variable-length string array (names, categories)
+STR_BYTES = 64
+#: dense PCA block: the log-normalised float64 block plus the randomized solver's copies
+PCA_COPIES = 3
+
+
+@dataclass(frozen=True)
+class H5adSize:
+    """What reading one .h5ad costs, from its headers only."""
+
+    loaded: int  # bytes of every array once read
+    n_obs: int
+    n_vars: int
+    matrix: int  # bytes of the counts matrix evaluate copies (real: layers/counts; synthetic: X)
+
+
+def _dataset_bytes(ds) -> int:
+    import h5py
+
+    if ds.dtype.kind in "OSU" or h5py.check_string_dtype(ds.dtype) is not None:
+        return int(ds.size) * STR_BYTES
+    return int(ds.size) * int(ds.dtype.itemsize)
+
+
+def _element_bytes(obj) -> int:
+    import h5py
+
+    if isinstance(obj, h5py.Dataset):
+        return _dataset_bytes(obj)
+    total = 0
+
+    def add(_name, o):
+        nonlocal total
+        if isinstance(o, h5py.Dataset):
+            total += _dataset_bytes(o)
+
+    obj.visititems(add)
+    return total
+
+
+def _n_rows(group) -> int:
+    index = group.attrs.get("_index", "_index")
+    return int(group[index].shape[0]) if index in group else 0
+
+
+def h5ad_size(path: Path, matrix: str) -> H5adSize | None:
+    """Sizes of *path* from its HDF5 headers; *matrix* is the counts element ('X' or
+    'layers/counts').  None when the headers cannot be read (the reader then says why)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            loaded = _element_bytes(f)
+            n_obs = _n_rows(f["obs"]) if "obs" in f else 0
+            n_vars = _n_rows(f["var"]) if "var" in f else 0
+            m = _element_bytes(f[matrix]) if matrix in f else 0
+    except Exception:  # not HDF5, truncated, unexpected layout: reading reports it in one line
+        return None
+    return H5adSize(loaded, n_obs, n_vars, m)
+
+
+def estimate_bytes(real: H5adSize, synthetic: H5adSize, *, n_pcs: int, pca_max_cells: int,
+                   pca_fit_fraction: float) -> dict[str, int]:
+    """Peak bytes of one evaluation, by part (the sum is the estimate)."""
+    fit_cells = min(int(pca_max_cells), int(pca_fit_fraction * real.n_obs) + 1)
+    return {
+        "interpreter": BASE_BYTES,
+        "files as read": real.loaded + synthetic.loaded,
+        "counts copies": real.matrix + synthetic.matrix,
+        "PCA block": PCA_COPIES * 8 * fit_cells * max(real.n_vars, 1),
+        "PCA coordinates": 2 * 8 * (real.n_obs + synthetic.n_obs) * int(n_pcs),
+        "metrics": WORK_BYTES,
+    }
+
+
+def check_memory(real_path: Path, synthetic_path: Path, *, n_pcs: int, pca_max_cells: int,
+                 pca_fit_fraction: float, max_memory_gb: float | None = None,
+                 available_bytes: int | None = None) -> int:
+    """Raise a :class:`ResourceError` (exit 3) when the estimate exceeds the budget; return it
+    (0 when a file's headers cannot be read: reading it then fails with the reason).
+
+    The budget is *max_memory_gb* when given (all of it), else *available_bytes*, else 90 % of the
+    available memory (capped by a container's or a scheduler job's cgroup limit)."""
+    from ..preprocess import available_memory_bytes
+
+    real = h5ad_size(real_path, f"layers/{C.LAYER_COUNTS}")
+    synthetic = h5ad_size(synthetic_path, "X")
+    if real is None or synthetic is None:
+        logger.info("evaluate: no memory estimate (a file's headers could not be read)")
+        return 0
+    parts = estimate_bytes(real, synthetic, n_pcs=n_pcs, pca_max_cells=pca_max_cells,
+                           pca_fit_fraction=pca_fit_fraction)
+    need = int(sum(parts.values()))
+    if max_memory_gb is not None:
+        have, what = int(max_memory_gb * GB), "the --max-memory-gb budget"
+    elif available_bytes is not None:
+        have, what = int(available_bytes), "available memory"
+    else:
+        have, what = int(0.9 * available_memory_bytes()), "available memory"
+    logger.info("evaluate: memory estimate %.2f GB for %d real and %d synthetic cells (%s: %.2f GB)",
+                need / GB, real.n_obs, synthetic.n_obs, what, have / GB)
+    if need > have:
+        big = max((k for k in parts if k not in ("interpreter", "metrics")), key=parts.get)
+        fixes = [f"run on a node with at least {need / GB:.1f} GB free"]
+        if big == "PCA block":
+            fixes.append(f"lower --pca-max-cells (now {pca_max_cells})")
+        elif synthetic.loaded > real.loaded:
+            fixes.append("generate fewer synthetic cells (garage generate --n-cells)")
+        else:
+            fixes.append("split the sample into smaller ones")
+        if max_memory_gb is not None:
+            fixes.append("or raise --max-memory-gb")
+        raise ResourceError(
+            f"evaluating {real.n_obs} real and {synthetic.n_obs} synthetic cells x {real.n_vars} genes "
+            f"needs about {need / GB:.2f} GB (largest part that grows with the data: {big}, "
+            f"{parts[big] / GB:.2f} GB), more than {what} ({have / GB:.2f} GB)",
+            "; ".join(fixes),
+        )
+    return need
