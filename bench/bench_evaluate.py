@@ -21,7 +21,7 @@ hashing, nearest-train-cell searches for bounded query sets).
 
 Usage::
 
-    .venv/bin/python bench/bench_evaluate.py [--cells 10000 30000 100000] [--workdir /tmp/garage_bench_eval]
+    .venv/bin/python bench/bench_evaluate.py [--cells 10000 30000 100000] [--workdir /tmp/garage_bench_eval] [--merge]
 """
 
 from __future__ import annotations
@@ -135,6 +135,12 @@ def bench_size(n: int, seed: int, workdir: Path, extra: list[str]) -> dict:
         "--synthetic", str(syn), "--seeds", str(seeds), "--provenance", str(prov),
         "--prefix", "bench", "--outdir", str(work / "evaluate"), "--seed", str(seed), *extra,
     ]
+    from garage.evaluate import EvaluateConfig
+    from garage.evaluate._memory import check_memory
+
+    d = EvaluateConfig()
+    estimate = check_memory(pp, syn, n_pcs=d.n_pcs, pca_max_cells=d.pca_max_cells,
+                            pca_fit_fraction=d.pca_fit_fraction, max_memory_gb=1e6)
     load_before = os.getloadavg()
     res = run_measured(cmd, work / "evaluate.log")
     if res["rc"] != 0:
@@ -146,6 +152,8 @@ def bench_size(n: int, seed: int, workdir: Path, extra: list[str]) -> dict:
         "command": " ".join(cmd),
         "n_cells": doc["n_cells"],
         **{k: res[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")},
+        "preflight_estimate_mb": round(estimate / 2**20, 1),  # at the default settings
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stage_timings_s": doc.get("timings_s", {}),
         "subsample": doc["params"]["subsample"],
         "privacy_ok": doc["privacy_ok"],
@@ -164,17 +172,24 @@ def markdown(rows: list[dict]) -> str:
         "N real cells (80% train / 20% holdout) against N synthetic cells, default settings "
         "(10 draws, plots on, `--seeds` and `--provenance`), one child process per size; "
         "`bench/bench_evaluate.py`. CPU time is the child's user + system time; wall time "
-        "depends on the machine's load (shared 2-core machine, load average in the last column).",
+        "depends on the machine's load (shared 2-core machine, load average in the last column). "
+        "Pre-flight = the memory `garage evaluate` estimates from the two files' headers before "
+        "reading them (it stops with exit 3 when this exceeds the budget); it should sit above "
+        "the measured peak without being far above it ('–': a row measured before the estimate "
+        "existed).",
         "",
-        "| real cells | synthetic cells | wall (s) | CPU (s) | peak RSS (MB) | slowest groups (s) | load |",
-        "|---|---|---|---|---|---|---|",
+        "| real cells | synthetic cells | wall (s) | CPU (s) | peak RSS (MB) | pre-flight estimate (MB) "
+        "| slowest groups (s) | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = {k: v for k, v in r["stage_timings_s"].items() if k != "total"}
         top = ", ".join(f"{k} {v:.0f}" for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:3])
+        e = r.get("preflight_estimate_mb")
+        est = "–" if e is None else ("no estimate" if e == 0 else f"{e:,.0f}")
         lines.append(
             f"| {r['cells_real']:,} | {r['n_cells']['synthetic']:,} | {r['wall_s']} | {r['cpu_s']} | "
-            f"{r['peak_rss_mb']:,.0f} | {top} | {r['loadavg_before'][0]} |"
+            f"{r['peak_rss_mb']:,.0f} | {est} | {top} | {r['loadavg_before'][0]} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -185,6 +200,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/garage_bench_eval"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "evaluate_scale.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of an earlier run (in --out) for sizes this run does not measure")
     ap.add_argument("extra", nargs="*", help="extra flags for garage evaluate (after --)")
     args = ap.parse_args()
     if not PBMC3K.exists():
@@ -195,6 +212,10 @@ def main() -> int:
         rows.append(bench_size(n, args.seed, args.workdir, args.extra))
         r = rows[-1]
         print(json.dumps({k: r[k] for k in ("cells_real", "wall_s", "cpu_s", "peak_rss_mb")}), flush=True)
+    if args.merge and args.out.exists():
+        done = {r["cells_real"] for r in rows}
+        kept = [r for r in json.loads(args.out.read_text())["rows"] if r["cells_real"] not in done]
+        rows = sorted(kept + rows, key=lambda r: r["cells_real"])
     result = {
         "benchmark": "garage evaluate, N synthetic vs N real cells, default settings",
         "rows": rows,

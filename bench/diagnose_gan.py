@@ -13,6 +13,10 @@ Trains one GARAGE model in-process on the train cells of a preprocessed file
 - ``decoded_train_ownlib``: the same at each train cell's own library size
   (isolates the library-size model).
 - ``garage``: the model's own synthetic cells, scored by ``garage evaluate``.
+- posterior spread (3 draws each): the train cells decoded from posterior *samples* vs
+  posterior *means* (own library sizes), and the generated codes decoded as generation does
+  vs with the train cells' mean posterior sd added (a test of whether the GAN's targets, the
+  posterior means, are too tight).
 
 Run:  python -m bench.diagnose_gan \
         --seeds-from bench/_work/fidelity/sc_mixology/val/garage_s0/sc_mixology.seeds.h5ad [--gan '{"n_latent": 32}'] \
@@ -147,6 +151,48 @@ def main(argv=None):
             doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=1))
             ev[name] = {k: doc["metrics"][k]["value"] for k in ("c2st_auc", "rare_agreement", "libsize_ks")}
             ev[name]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
+        # posterior spread: the GAN learns (and generation decodes) posterior *means*; real cells
+        # (and scVI's posterior-predictive samples) also carry the posterior's spread around them
+        nc = net.vae.n_conds > 1
+        with torch.no_grad():
+            mus, lvs = [], []
+            for lo in range(0, data.n, 4096):
+                idx = torch.arange(lo, min(lo + 4096, data.n))
+                m_, lv_ = net.vae.encode(data.batch_counts(idx, "cpu"), data.conds[idx] if nc else None)
+                mus.append(m_), lvs.append(lv_)
+            mu, sd = torch.cat(mus), (0.5 * torch.cat(lvs)).exp()
+            post_sd = sd.pow(2).mean(0).sqrt()  # per latent dimension, over the train cells
+            own_lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
+            # generated codes with the train cells' composition, as generation draws them
+            n_t = data.n
+            lab_t = draw_labels(data.types, data.conds, probs, data.k_states, data.n_conds, gen)
+            mask_t, pos_t = pick_seeds(data, lab_t, data.conds, cfg.seed_mix, gen)
+            code_t = data.seed_codes[pos_t] if data.seed_codes is not None else None
+            gz_t = g(torch.randn(n_t, cfg.noise_dim, generator=gen), lab_t, data.conds if nc else None,
+                     code_t, mask_t)
+            gz_t = (gz_t * net.z_std + net.z_mean)[:, :nl]
+            from garage.gan._train import sample_library as _sl
+
+            gen_lib = _sl(data.lib_params, data.group(data.types, data.conds), gen)
+        variants = {
+            "decoded_train_sampled_ownlib": (mu + torch.randn(mu.shape, generator=gen) * sd, own_lib),
+            "decoded_train_means_ownlib": (mu, own_lib),
+            "garage_codes": (gz_t, gen_lib),
+            "garage_codes_plus_posterior_sd": (gz_t + torch.randn(gz_t.shape, generator=gen) * post_sd, gen_lib),
+        }
+        for name, (z, lib) in variants.items():
+            with torch.no_grad():
+                prop = net.vae.proportions(z, data.conds if nc else None)
+                x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
+            syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
+                {C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in data.types.numpy()])},
+                index=[f"p{i}" for i in range(len(x))]), var=pd.DataFrame(index=real.var_names))
+            doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=3))
+            ev[name] = {k: doc["metrics"][k]["value"] for k in
+                        ("c2st_auc", "rare_agreement", "libsize_ks", "dcr_ratio", "mia_auc")
+                        if k in doc["metrics"]}
+            ev[name]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
+        ev["posterior_sd_per_dim"] = [round(float(v), 4) for v in post_sd]
         synth = model.generate(None, "original", None, seed=args.seed)
         doc = evaluate_adata(real, synth, EvaluateConfig(plots=False, n_repeats=1))
         ev["garage"] = {k: doc["metrics"][k]["value"] for k in ("c2st_auc", "rare_agreement", "libsize_ks")}

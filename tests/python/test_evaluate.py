@@ -752,10 +752,36 @@ def test_memory_estimate_grows_with_cells_and_names_the_fix(real, tmp_path):
     a = estimate_bytes(real_big, syn, **kw)["PCA block"]
     assert a == estimate_bytes(H5adSize(2000 * 2**20, 200_000, 2000, 800 * 2**20), syn, **kw)["PCA block"]
 
-    p = tmp_path / "r.h5ad"
-    ad.AnnData(sp.random(100_000, 20_000, density=1e-5, format="csr", dtype=np.float32)).write_h5ad(p)
+    n, g = 100_000, 20_000
+    genes = pd.Index([f"g{i}" for i in range(g)])
+    x = sp.random(n, g, density=1e-5, format="csr", dtype=np.float32)
+    obs = pd.DataFrame({C.OBS_LABEL: "a", C.OBS_SPLIT: "train"}, index=[f"c{i}" for i in range(n)])
+    rp, sp_ = tmp_path / "r.h5ad", tmp_path / "s.h5ad"
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes), layers={C.LAYER_COUNTS: x}).write_h5ad(rp)
+    ad.AnnData(x, obs=obs[[]], var=pd.DataFrame(index=genes)).write_h5ad(sp_)
     with pytest.raises(ResourceError, match="lower --pca-max-cells"):
-        check_memory(p, p, max_memory_gb=1.0, **{**kw, "pca_max_cells": 50_000})
+        check_memory(rp, sp_, max_memory_gb=1.0, **{**kw, "pca_max_cells": 50_000})
+    need = check_memory(rp, sp_, max_memory_gb=1e3, **kw)
+    # float32 CSR synthetic counts are not copied; a float64 one is
+    sp64 = tmp_path / "s64.h5ad"
+    ad.AnnData(x.astype(np.float64), obs=obs[[]], var=pd.DataFrame(index=genes)).write_h5ad(sp64)
+    assert check_memory(rp, sp64, max_memory_gb=1e3, **kw) > need + x.data.nbytes
+    # no estimate (0, so no exit 3) for files that reading rejects with the real reason (exit 2)
     junk = tmp_path / "junk.h5ad"
     junk.write_bytes(b"not hdf5")
-    assert check_memory(junk, p, max_memory_gb=1e-6, **kw) == 0
+    assert check_memory(junk, sp_, max_memory_gb=1e-6, **kw) == 0
+    other = tmp_path / "other.h5ad"
+    ad.AnnData(x[:, :100], var=pd.DataFrame(index=genes[1:101])).write_h5ad(other)
+    assert check_memory(rp, other, max_memory_gb=1e-6, **kw) == 0
+    assert check_memory(sp_, sp_, max_memory_gb=1e-6, **kw) == 0  # not preprocessed
+
+
+def test_mismatched_genes_are_bad_input_even_under_a_tiny_budget(real, preprocessed_small, tmp_path):
+    """A gene mismatch is exit 2 (a retry with more memory cannot cure it), not exit 3."""
+    bad_path = tmp_path / "bad.synthetic.h5ad"
+    _syn(real)[:, 10:].copy().write_h5ad(bad_path)
+    res = CliRunner().invoke(main, [
+        "-q", "evaluate", "--real", str(preprocessed_small), "--synthetic", str(bad_path),
+        "--prefix", "bad", "--outdir", str(tmp_path / "ev"), "--max-memory-gb", "0.01",
+    ])
+    assert res.exit_code == 2 and "genes" in res.stderr, res.output

@@ -668,6 +668,41 @@ def test_memory_guard_names_the_fix(small):
                                       "minibatch_threshold": 0}))
 
 
+def test_max_memory_gb_budgets_host_memory_not_the_gpu(monkeypatch):
+    """--max-memory-gb (Nextflow passes task.memory) is the host budget less what the process
+    holds; on cuda the GAT's estimate is of GPU memory and is checked against the GPU's free
+    memory, whatever the host budget says."""
+    import garage.gat._train as T
+
+    cfg = GATConfig(**{**TEST_OVERRIDES, "max_memory_gb": 0.5})
+    need = T.estimate_memory_bytes(5000, 75000, 50, cfg, minibatch=False)
+    assert need < 0.5 * 2**30
+    # CPU: a budget below what this process already holds leaves nothing for training
+    monkeypatch.setattr(T, "process_rss_bytes", lambda: int(0.5 * 2**30))
+    with pytest.raises(ResourceError, match="already held"):
+        T.check_memory(5000, 75000, 50, cfg, minibatch=False, device=torch.device("cpu"))
+    monkeypatch.setattr(T, "process_rss_bytes", lambda: 0)
+    assert T.check_memory(5000, 75000, 50, cfg, minibatch=False, device=torch.device("cpu")) == need
+    # cuda (faked free memory): the GPU decides, not the host budget
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(T, "available_memory_bytes", lambda device: 80 * 2**30 if device.type == "cuda" else 0)
+    tiny = GATConfig(**{**TEST_OVERRIDES, "max_memory_gb": 1e-3})
+    assert T.check_memory(5000, 75000, 50, tiny, minibatch=False, device=cuda) == need
+    monkeypatch.setattr(T, "available_memory_bytes", lambda device: need // 2)
+    with pytest.raises(ResourceError, match="available cuda memory"):
+        T.check_memory(5000, 75000, 50, cfg, minibatch=False, device=cuda)
+
+
+def test_machine_budget_is_not_saved_with_the_result():
+    """max_memory_gb describes the machine (Nextflow: task.memory, which grows with retries)."""
+    from garage.gan import GANConfig
+
+    assert "max_memory_gb" not in GATConfig(max_memory_gb=6.0).to_dict()
+    assert "max_memory_gb" not in GATConfig(max_memory_gb=6.0).to_uns()
+    assert GATConfig(max_memory_gb=6.0).to_dict() == GATConfig(max_memory_gb=12.0).to_dict()
+    assert "max_memory_gb" not in GANConfig(max_memory_gb=6.0).to_dict()
+
+
 # ------------------------------------------------- checkpoint / resume
 @pytest.mark.parametrize("mode", ["full-batch", "minibatch"])
 def test_resume_reproduces_the_uninterrupted_run(preprocessed_small, tmp_path, monkeypatch, mode):

@@ -254,6 +254,8 @@ def run_evaluate(
 
     config = config or EvaluateConfig()
     config.validate()
+    if max_memory_gb is not None and not max_memory_gb > 0:
+        raise GarageError(f"--max-memory-gb must be > 0, got {max_memory_gb}", "pass e.g. 16, or omit it")
     if not prefix or "/" in prefix:
         raise GarageError(f"invalid --prefix {prefix!r}", "pass a sample id without '/'")
     t_start = time.perf_counter()

@@ -7,9 +7,9 @@ being killed by the kernel (or the scheduler) halfway through.
 What evaluate holds at its peak (while the shared space is built, see
 ``_space.build_space``): both files as read (every array of the file, in
 memory), one more copy of the real counts (split into train and holdout) and of
-the synthetic counts (as CSR), the dense PCA block (at most ``pca_max_cells``
-cells x genes, float64, with the randomized solver's working copies) and the PCA
-coordinates of every cell.  After that both files are dropped and every metric
+the synthetic counts (unless already float32 CSR), and the larger of the dense PCA
+block (at most ``pca_max_cells`` cells x genes, with the solver's working copies)
+and the PCA coordinates of every cell.  After that both files are dropped and every metric
 works on bounded subsamples (``EvaluateConfig``), so a fixed working allowance
 covers them.
 """
@@ -32,8 +32,9 @@ BASE_BYTES = int(0.45 * GB)
 WORK_BYTES = int(0.35 * GB)
 #: one Python string object per element of a variable-length string array (names, categories)
 STR_BYTES = 64
-#: dense PCA block: the log-normalised float64 block plus the randomized solver's copies
-PCA_COPIES = 3
+#: dense PCA block, bytes per value: the float32 block, its centred copy and a float64 margin
+#: for the randomized solver's working arrays
+PCA_BYTES_PER_VALUE = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class H5adSize:
     n_obs: int
     n_vars: int
     matrix: int  # bytes of the counts matrix evaluate copies (real: layers/counts; synthetic: X)
+    matrix_is_f32_csr: bool = False  # already float32 CSR: building the space makes no copy
+    var_names: frozenset = frozenset()
+    obs_columns: frozenset = frozenset()
 
 
 def _dataset_bytes(ds) -> int:
@@ -86,21 +90,36 @@ def h5ad_size(path: Path, matrix: str) -> H5adSize | None:
             n_obs = _n_rows(f["obs"]) if "obs" in f else 0
             n_vars = _n_rows(f["var"]) if "var" in f else 0
             m = _element_bytes(f[matrix]) if matrix in f else 0
+            f32_csr = bool(
+                matrix in f and isinstance(f[matrix], h5py.Group)
+                and str(f[matrix].attrs.get("encoding-type", "")) == "csr_matrix"
+                and "data" in f[matrix] and f[matrix]["data"].dtype == "float32"
+            )
+            var = f["var"]
+            index = var.attrs.get("_index", "_index")
+            names = frozenset(
+                v.decode() if isinstance(v, bytes) else str(v) for v in var[index][:]
+            ) if index in var else frozenset()
+            columns = frozenset(f["obs"].keys()) if "obs" in f else frozenset()
     except Exception:  # not HDF5, truncated, unexpected layout: reading reports it in one line
         return None
-    return H5adSize(loaded, n_obs, n_vars, m)
+    return H5adSize(loaded, n_obs, n_vars, m, f32_csr, names, columns)
 
 
 def estimate_bytes(real: H5adSize, synthetic: H5adSize, *, n_pcs: int, pca_max_cells: int,
                    pca_fit_fraction: float) -> dict[str, int]:
     """Peak bytes of one evaluation, by part (the sum is the estimate)."""
     fit_cells = min(int(pca_max_cells), int(pca_fit_fraction * real.n_obs) + 1)
+    # the dense PCA block is freed before the coordinates are computed: the larger one counts
+    block = PCA_BYTES_PER_VALUE * fit_cells * max(real.n_vars, 1)
+    coords = 2 * 8 * (real.n_obs + synthetic.n_obs) * int(n_pcs)
     return {
         "interpreter": BASE_BYTES,
         "files as read": real.loaded + synthetic.loaded,
-        "counts copies": real.matrix + synthetic.matrix,
-        "PCA block": PCA_COPIES * 8 * fit_cells * max(real.n_vars, 1),
-        "PCA coordinates": 2 * 8 * (real.n_obs + synthetic.n_obs) * int(n_pcs),
+        # real counts: split into train and holdout (a copy); synthetic: converted to float32
+        # CSR unless it already is (the GAN writes float32 CSR)
+        "counts copies": real.matrix + (0 if synthetic.matrix_is_f32_csr else synthetic.matrix),
+        "PCA block" if block >= coords else "PCA coordinates": max(block, coords),
         "metrics": WORK_BYTES,
     }
 
@@ -119,6 +138,12 @@ def check_memory(real_path: Path, synthetic_path: Path, *, n_pcs: int, pca_max_c
     synthetic = h5ad_size(synthetic_path, "X")
     if real is None or synthetic is None:
         logger.info("evaluate: no memory estimate (a file's headers could not be read)")
+        return 0
+    # a file the checks after reading will reject (not preprocessed, other genes) gets that
+    # error (exit 2), not a memory refusal that a retry with more memory cannot cure
+    needed = {C.OBS_LABEL, C.OBS_SPLIT}
+    if not real.matrix or not needed <= real.obs_columns or real.var_names != synthetic.var_names:
+        logger.info("evaluate: no memory estimate (the files do not match; reading reports why)")
         return 0
     parts = estimate_bytes(real, synthetic, n_pcs=n_pcs, pca_max_cells=pca_max_cells,
                            pca_fit_fraction=pca_fit_fraction)

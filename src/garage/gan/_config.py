@@ -329,7 +329,10 @@ class GANConfig:
         return {"ae": int(ae), "decoder": int(dec), "gan": int(gan)}
 
     def to_dict(self) -> dict:
+        """The options that shape the result (``max_memory_gb`` describes the machine, like
+        preprocess's: a Nextflow task passes its ``task.memory``)."""
         d = asdict(self)
+        d.pop("max_memory_gb", None)
         d["cells_per_type"] = dict(self.cells_per_type) if self.cells_per_type else None
         d["cells_per_group"] = dict(self.cells_per_group) if self.cells_per_group else None
         return d

@@ -205,11 +205,15 @@ class GATConfig:
         return -(-int(n_train) // self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options that shape the result (``max_memory_gb`` describes the machine: a Nextflow
+        task passes its ``task.memory``, so keeping it would make outputs differ by attempt)."""
+        d = asdict(self)
+        d.pop("max_memory_gb", None)
+        return d
 
     def to_uns(self) -> dict[str, Any]:
         """Parameters for ``uns`` (h5ad cannot store None: it becomes ``""``)."""
-        return {k: ("" if v is None else v) for k, v in asdict(self).items()}
+        return {k: ("" if v is None else v) for k, v in self.to_dict().items()}
 
 
 #: fast settings for ``garage run --profile test`` (1,083-cell bundled data)

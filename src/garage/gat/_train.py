@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils import atomic_path
+from .._utils import atomic_path, process_rss_bytes
 from ..errors import GarageError, ResourceError
 from ._config import GATConfig
 from ._features import NodeFeatures
@@ -147,11 +147,18 @@ def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
     """Raise a :class:`ResourceError` (exit 3) when the estimate exceeds the budget; return the estimate."""
     need = estimate_memory_bytes(n_nodes, n_edges, in_dim, config, minibatch=minibatch,
                                  bytes_per_row=bytes_per_row)
-    # --max-memory-gb budgets host memory (a scheduler's or container's limit, e.g. Nextflow's
-    # task.memory); on cuda the estimate is of the GPU's memory, so the device's free memory rules
+    # --max-memory-gb budgets this process's host memory (a scheduler's or container's limit,
+    # e.g. Nextflow's task.memory), less what it already holds (interpreter, torch, the loaded
+    # cells and graph: the estimate counts only what training adds); on cuda the estimate is of
+    # the GPU's memory, so the device's free memory rules
     if config.max_memory_gb is not None and device.type != "cuda":
-        have, what = int(config.max_memory_gb * 1024**3), "--max-memory-gb"
+        held = process_rss_bytes()
+        have = max(0, int(config.max_memory_gb * 1024**3) - held)
+        what = f"--max-memory-gb budget less the {held / 1024**3:.2f} GB already held"
     else:
+        if config.max_memory_gb is not None:
+            logger.info("--max-memory-gb budgets host memory; on %s the GPU's free memory is the "
+                        "budget of the GAT's estimate", device)
         have, what = int(0.9 * available_memory_bytes(device)), f"available {device.type} memory"
     gb = 1024**3
     logger.info("memory estimate %.2f GB (%s: %.2f GB)", need / gb, what, have / gb)
