@@ -90,7 +90,7 @@ def main(argv=None):
     tt = torch.from_numpy(np.resize(hold_types, n))
     cc = torch.zeros(n, dtype=torch.long)
     noise = torch.randn(n, cfg.noise_dim, generator=gen)
-    from garage.gan._train import draw_labels, pick_seeds, state_probs
+    from garage.gan._train import draw_labels, pick_seeds, sample_library, state_probs
 
     probs = state_probs(data.state_counts, data.k_states, data.n_conds) if data.k_states > 1 else None
     lab = draw_labels(tt, cc, probs, data.k_states, data.n_conds, gen)  # type x within-type state
@@ -141,8 +141,6 @@ def main(argv=None):
                 elif loglib is not None:
                     lib = loglib.exp()
                 else:
-                    from garage.gan._train import sample_library
-
                     lib = sample_library(data.lib_params, data.group(data.types, data.conds), gen)
                 x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
             syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
@@ -171,9 +169,7 @@ def main(argv=None):
             gz_t = g(torch.randn(n_t, cfg.noise_dim, generator=gen), lab_t, data.conds if nc else None,
                      code_t, mask_t)
             gz_t = (gz_t * net.z_std + net.z_mean)[:, :nl]
-            from garage.gan._train import sample_library as _sl
-
-            gen_lib = _sl(data.lib_params, data.group(data.types, data.conds), gen)
+            gen_lib = sample_library(data.lib_params, data.group(data.types, data.conds), gen)
         variants = {
             "decoded_train_sampled_ownlib": (mu + torch.randn(mu.shape, generator=gen) * sd, own_lib),
             "decoded_train_means_ownlib": (mu, own_lib),

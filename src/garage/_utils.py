@@ -246,6 +246,14 @@ def _stderr_is_tty() -> bool:
         return False
 
 
+def budget_left_bytes(max_memory_gb: float) -> tuple[int, int]:
+    """(bytes of a ``--max-memory-gb`` budget this process can still use, bytes it already holds):
+    the budget covers the whole process (e.g. Nextflow's task.memory), while the stages' estimates
+    count only what their next step adds.  At least 1, so a spent budget is still a budget."""
+    held = process_rss_bytes()
+    return max(1, int(max_memory_gb * 2**30) - held), held
+
+
 def process_rss_bytes() -> int:
     """Resident memory of this process now (VmRSS; 0 where /proc is not there)."""
     try:

@@ -377,7 +377,9 @@ def test_memory_guard(seeds_small, monkeypatch):
     # task.memory covers the interpreter and the loaded cells too) is usable, with no hidden 80 %
     # margin: just above passes, just below fails
     held = 700 * 2**20
-    monkeypatch.setattr(_model, "process_rss_bytes", lambda: held)
+    import garage._utils as U
+
+    monkeypatch.setattr(U, "process_rss_bytes", lambda: held)
     GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, max_memory_gb=(held + est * 1.01) / 2**30)) \
         .check_memory(torch.device("cpu"))
     with pytest.raises(ResourceError, match="more than the --max-memory-gb budget less the 0.68 GiB already held"):

@@ -678,10 +678,12 @@ def test_max_memory_gb_budgets_host_memory_not_the_gpu(monkeypatch):
     need = T.estimate_memory_bytes(5000, 75000, 50, cfg, minibatch=False)
     assert need < 0.5 * 2**30
     # CPU: a budget below what this process already holds leaves nothing for training
-    monkeypatch.setattr(T, "process_rss_bytes", lambda: int(0.5 * 2**30))
+    import garage._utils as U
+
+    monkeypatch.setattr(U, "process_rss_bytes", lambda: int(0.5 * 2**30))
     with pytest.raises(ResourceError, match="already held"):
         T.check_memory(5000, 75000, 50, cfg, minibatch=False, device=torch.device("cpu"))
-    monkeypatch.setattr(T, "process_rss_bytes", lambda: 0)
+    monkeypatch.setattr(U, "process_rss_bytes", lambda: 0)
     assert T.check_memory(5000, 75000, 50, cfg, minibatch=False, device=torch.device("cpu")) == need
     # cuda (faked free memory): the GPU decides, not the host budget
     cuda = torch.device("cuda")

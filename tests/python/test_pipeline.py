@@ -879,14 +879,19 @@ def _flags(args: str) -> dict[str, str]:
     return out
 
 
+def stage_command(stage: str):
+    """The click command of `garage <stage>`."""
+    from garage.cli import COMMANDS
+
+    mod, attr = COMMANDS[stage].split(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
 def cli_flags(stage: str) -> set[str]:
     """Long option names of `garage <stage>`, as config field names (dashes -> underscores)."""
     import click
 
-    from garage.cli import COMMANDS
-
-    mod, attr = COMMANDS[stage].split(":")
-    cmd = getattr(importlib.import_module(mod), attr)
+    cmd = stage_command(stage)
     return {o[2:].replace("-", "_") for p in cmd.params if isinstance(p, click.Option)
             for o in p.opts + p.secondary_opts if o.startswith("--")}
 
@@ -929,18 +934,13 @@ def test_task_memory_is_the_preflight_budget(stage, process, modules, tparams, m
     assert _max_memory_flag(script) is None, script
     assert "max_memory_gb" in cli_flags(stage)
     # click: the last --max-memory-gb given is the one the stage uses
-    mod, attr = __import__("garage.cli", fromlist=["COMMANDS"]).COMMANDS[stage].split(":")
-    cmd = getattr(importlib.import_module(mod), attr)
-    opt = next(p for p in cmd.params if p.name == "max_memory_gb")
-    parser = click_parser_for(cmd)
-    values, _, _ = parser.parse_args(["--max-memory-gb", "6", "--max-memory-gb", "2.5"])
-    assert opt.type_cast_value(None, values["max_memory_gb"]) == 2.5
-
-
-def click_parser_for(cmd):
     import click
 
-    return cmd.make_parser(click.Context(cmd))
+    cmd = stage_command(stage)
+    opt = next(p for p in cmd.params if p.name == "max_memory_gb")
+    values, _, _ = cmd.make_parser(click.Context(cmd)).parse_args(
+        ["--max-memory-gb", "6", "--max-memory-gb", "2.5"])
+    assert opt.type_cast_value(None, values["max_memory_gb"]) == 2.5
 
 
 def test_task_memory_expression_in_groovy(nf_classpath, modules):

@@ -189,10 +189,10 @@ def _check_h5ad_path(path: Path, what: str) -> None:
 
 
 def _read(path: Path, what: str):
+    """Read an .h5ad that :func:`_check_h5ad_path` accepted; a failure is one GarageError line."""
     import anndata as ad
 
     path = Path(path)
-    _check_h5ad_path(path, what)
     try:
         return ad.read_h5ad(path)
     except Exception as exc:  # truncated/corrupt files surface as many types

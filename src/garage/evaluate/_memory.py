@@ -78,9 +78,15 @@ def _element_bytes(obj) -> int:
     return total
 
 
+def _index(group):
+    """The dataset holding an obs/var group's index (names), or None."""
+    name = group.attrs.get("_index", "_index")
+    return group[name] if name in group else None
+
+
 def _n_rows(group) -> int:
-    index = group.attrs.get("_index", "_index")
-    return int(group[index].shape[0]) if index in group else 0
+    index = _index(group)
+    return int(index.shape[0]) if index is not None else 0
 
 
 def h5ad_size(path: Path, matrix: str) -> H5adSize | None:
@@ -99,11 +105,10 @@ def h5ad_size(path: Path, matrix: str) -> H5adSize | None:
                 and str(f[matrix].attrs.get("encoding-type", "")) == "csr_matrix"
                 and "data" in f[matrix] and f[matrix]["data"].dtype == "float32"
             )
-            var = f["var"]
-            index = var.attrs.get("_index", "_index")
+            index = _index(f["var"])
             names = frozenset(
-                v.decode() if isinstance(v, bytes) else str(v) for v in var[index][:]
-            ) if index in var else frozenset()
+                v.decode() if isinstance(v, bytes) else str(v) for v in index[:]
+            ) if index is not None else frozenset()
             columns = frozenset(f["obs"].keys()) if "obs" in f else frozenset()
     except Exception:  # not HDF5, truncated, unexpected layout: reading reports it in one line
         return None
@@ -114,9 +119,10 @@ def peak_bytes(parts: dict[str, int]) -> int:
     """The estimate from :func:`estimate_bytes`'s parts: the interpreter plus the larger of the two
     phases: building the space (both files, the counts copies, the PCA block or the coordinates)
     and the metrics (the counts copies and coordinates stay; the files are dropped)."""
-    build = parts["files as read"] + parts["counts copies"] + parts.get("PCA block", 0) \
-        + parts.get("PCA coordinates", 0)
-    metrics = parts["counts copies"] + parts["coordinates kept"] + parts["metrics"]
+    # the dense PCA block is freed before the coordinates are computed: the larger one counts
+    build = parts["files as read"] + parts["counts copies"] + max(parts["PCA block"], parts["PCA coordinates"])
+    # float64 coordinates of every cell stay (the float64 pair above is projection + result)
+    metrics = parts["counts copies"] + parts["PCA coordinates"] // 2 + parts["metrics"]
     return int(parts["interpreter"] + max(build, metrics))
 
 
@@ -124,17 +130,14 @@ def estimate_bytes(real: H5adSize, synthetic: H5adSize, *, n_pcs: int, pca_max_c
                    pca_fit_fraction: float) -> dict[str, int]:
     """Bytes of one evaluation, by part; :func:`peak_bytes` turns them into the estimate."""
     fit_cells = min(int(pca_max_cells), int(pca_fit_fraction * real.n_obs) + 1)
-    # the dense PCA block is freed before the coordinates are computed: the larger one counts
-    block = PCA_BYTES_PER_VALUE * fit_cells * max(real.n_vars, 1)
-    coords = 2 * 8 * (real.n_obs + synthetic.n_obs) * int(n_pcs)
     return {
         "interpreter": BASE_BYTES,
         "files as read": real.loaded + synthetic.loaded,
         # real counts: split into train and holdout (a copy); synthetic: converted to float32
         # CSR unless it already is (the GAN writes float32 CSR)
         "counts copies": real.matrix + (0 if synthetic.matrix_is_f32_csr else synthetic.matrix),
-        "PCA block" if block >= coords else "PCA coordinates": max(block, coords),
-        "coordinates kept": coords // 2,  # float64 coordinates of every cell, after the build
+        "PCA block": PCA_BYTES_PER_VALUE * fit_cells * max(real.n_vars, 1),
+        "PCA coordinates": 2 * 8 * (real.n_obs + synthetic.n_obs) * int(n_pcs),
         "metrics": WORK_BYTES,
     }
 
@@ -172,8 +175,7 @@ def check_memory(real_path: Path, synthetic_path: Path, *, n_pcs: int, pca_max_c
     logger.info("evaluate: memory estimate %.2f GB for %d real and %d synthetic cells (%s: %.2f GB)",
                 need / GB, real.n_obs, synthetic.n_obs, what, have / GB)
     if need > have:
-        big = max((k for k in parts if k not in ("interpreter", "metrics", "coordinates kept")),
-                  key=parts.get)
+        big = max((k for k in parts if k not in ("interpreter", "metrics")), key=parts.get)
         fixes = [f"run on a node with at least {need / GB:.1f} GB free"]
         if big == "PCA block":
             fixes.append(f"lower --pca-max-cells (now {pca_max_cells})")

@@ -43,7 +43,7 @@ from .. import __version__
 from .. import constants as C
 from .._meta import condition_key_of, label_key_of, rare_types_of
 from .._norm import log_normalize
-from .._utils import process_rss_bytes, versions
+from .._utils import budget_left_bytes, versions
 from ..baselines import _row_hashes, synthetic_anndata
 from ..errors import GarageError, ResourceError
 from ._config import GROUP_SEP, GANConfig, parse_cells_per_group, parse_cells_per_type
@@ -785,10 +785,7 @@ def _check_host_budget(est: int, max_memory_gb: float | None, what: str, advice:
     ``--max-memory-gb`` less what this process already holds when given, else 80 % of the
     available (cgroup-capped) memory."""
     if max_memory_gb:
-        # the budget of the whole process (e.g. Nextflow's task.memory): what it already holds
-        # (interpreter, torch, the train cells) is not in *est*
-        held = process_rss_bytes()
-        have = max(1, int(max_memory_gb * 2**30) - held)
+        have, held = budget_left_bytes(max_memory_gb)  # est leaves out the interpreter and train cells
         name = f"the --max-memory-gb budget less the {held / 2**30:.2f} GiB already held"
     else:
         free = _available_ram()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils import atomic_path, process_rss_bytes
+from .._utils import atomic_path, budget_left_bytes
 from ..errors import GarageError, ResourceError
 from ._config import GATConfig
 from ._features import NodeFeatures
@@ -152,8 +152,7 @@ def check_memory(n_nodes: int, n_edges: int, in_dim: int, config: GATConfig, *,
     # cells and graph: the estimate counts only what training adds); on cuda the estimate is of
     # the GPU's memory, so the device's free memory rules
     if config.max_memory_gb is not None and device.type != "cuda":
-        held = process_rss_bytes()
-        have = max(0, int(config.max_memory_gb * 1024**3) - held)
+        have, held = budget_left_bytes(config.max_memory_gb)
         what = f"--max-memory-gb budget less the {held / 1024**3:.2f} GB already held"
     else:
         if config.max_memory_gb is not None:
