@@ -123,6 +123,49 @@ def resample_counts(src: Path, n_cells: int, seed: int = 0, thin: float = 0.9):
     return ad.AnnData(X=_thin(X[idx], rng, thin), obs=_resampled_obs(a, idx), var=a.var.copy())
 
 
+def write_csr_h5ad(path: Path, obs, var, parts) -> Path:
+    """Write an h5ad whose X (CSR float32, int32 indices) arrives as row blocks.
+
+    *parts* yields CSR blocks in row order (their rows add up to ``len(obs)``);
+    memory stays bounded by one block.  anndata writes X in one piece only, so
+    obs/var go through anndata and X is appended with h5py in anndata's own CSR
+    layout.  Written to a temporary name and renamed.
+    """
+    import anndata as ad
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n_obs, n_vars = len(obs), len(var)
+    ad.AnnData(obs=obs, var=var).write_h5ad(tmp)  # obs/var/uns layout, no X yet
+    with h5py.File(tmp, "a") as f:
+        g = f.create_group("X")
+        g.attrs["encoding-type"] = "csr_matrix"
+        g.attrs["encoding-version"] = "0.1.0"
+        g.attrs["shape"] = np.array([n_obs, n_vars], dtype=np.int64)
+        data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32,
+                                chunks=(1 << 20,))
+        indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32,
+                                   chunks=(1 << 20,))
+        indptr = np.zeros(n_obs + 1, dtype=np.int64)
+        nnz = row = 0
+        for part in parts:
+            k = part.nnz
+            data.resize((nnz + k,))
+            indices.resize((nnz + k,))
+            data[nnz:nnz + k] = part.data.astype(np.float32, copy=False)
+            indices[nnz:nnz + k] = part.indices.astype(np.int32, copy=False)
+            indptr[row + 1:row + 1 + part.shape[0]] = nnz + part.indptr[1:]
+            nnz += k
+            row += part.shape[0]
+        if row != n_obs:
+            raise ValueError(f"row blocks hold {row} rows, obs has {n_obs}")
+        g.create_dataset("indptr", data=indptr)
+    os.replace(tmp, path)
+    return path
+
+
 def write_resampled(src: Path, n_cells: int, path: Path, seed: int = 0, thin: float = 0.9,
                     chunk: int = 50_000) -> Path:
     """Write ``resample_counts(src, n_cells, seed, thin)`` to *path*, chunk by chunk.
@@ -130,41 +173,11 @@ def write_resampled(src: Path, n_cells: int, path: Path, seed: int = 0, thin: fl
     The same random stream is consumed in the same order, so the file holds
     exactly the cells :func:`resample_counts` returns, but memory stays bounded
     by one chunk (1,000,000 cells x 13,714 genes is ~6 GB of CSR in memory, and
-    the in-memory version needs ~3x that).  X is CSR float32 with int32 indices,
-    written to a temporary name and renamed.
+    the in-memory version needs ~3x that).
     """
-    import anndata as ad
-    import h5py
-
     a, X, rng, idx = _resample_plan(src, n_cells, seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    obs = _resampled_obs(a, idx)
-    ad.AnnData(obs=obs, var=a.var.copy()).write_h5ad(tmp)  # obs/var/uns layout, no X yet
-    with h5py.File(tmp, "a") as f:
-        g = f.create_group("X")
-        g.attrs["encoding-type"] = "csr_matrix"
-        g.attrs["encoding-version"] = "0.1.0"
-        g.attrs["shape"] = np.array([n_cells, a.n_vars], dtype=np.int64)
-        data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32,
-                                chunks=(1 << 20,))
-        indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32,
-                                   chunks=(1 << 20,))
-        indptr = np.zeros(n_cells + 1, dtype=np.int64)
-        nnz = 0
-        for start in range(0, n_cells, chunk):
-            part = _thin(X[idx[start:start + chunk]], rng, thin)
-            k = part.nnz
-            data.resize((nnz + k,))
-            indices.resize((nnz + k,))
-            data[nnz:nnz + k] = part.data
-            indices[nnz:nnz + k] = part.indices.astype(np.int32)
-            indptr[start + 1:start + 1 + part.shape[0]] = nnz + part.indptr[1:]
-            nnz += k
-        g.create_dataset("indptr", data=indptr)
-    os.replace(tmp, path)
-    return path
+    parts = (_thin(X[idx[s:s + chunk]], rng, thin) for s in range(0, n_cells, chunk))
+    return write_csr_h5ad(path, _resampled_obs(a, idx), a.var.copy(), parts)
 
 
 def machine() -> dict:

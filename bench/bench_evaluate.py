@@ -2,18 +2,22 @@
 
 Builds the data from the real PBMC 3k file (../shared/data/pbmc3k.h5ad), per size N:
 
-* real: N cells, each a Poisson resample of a randomly chosen PBMC 3k cell (types
-  keep their real proportions, so DC and Platelet stay rare), preprocessed with
-  ``garage preprocess`` (80% train / 20% holdout);
+* real: N cells resampled with replacement from PBMC 3k and binomially thinned
+  (the scaling benchmarks' ``bench._common.write_resampled``, written in chunks;
+  types keep their real proportions, so DC and Platelet stay rare), preprocessed
+  with ``garage preprocess`` in a child process (80% train / 20% holdout);
 * seeds: 10% of every type's train cells (rare types: 10 or all), written as
   ``bench.seeds.h5ad`` (obs only, ``garage_seed``);
 * synthetic: N cells, each a Poisson resample of a random *train* cell's HVG
   counts (near-copies, so the privacy checks fail on purpose), labelled with that
-  cell's type; the provenance table names the source cell when it is a seed.
+  cell's type, written in chunks; the provenance table names the source cell
+  when it is a seed.
 
-Then runs ``garage evaluate`` (default settings, plots on, ``--seeds`` and
-``--provenance``) in a child process and records wall time, CPU time and peak
-memory (max RSS of that child, from ``os.wait4``) per size in
+Memory of the builder stays bounded by one chunk plus the train counts of the
+HVGs, so 1,000,000 cells build on a 24 GB machine (the earlier in-memory builder
+reached 18 GB there).  Then runs ``garage evaluate`` (default settings, plots on,
+``--seeds`` and ``--provenance``) in a child process and records wall time, CPU
+time and peak memory (max RSS of that child, from ``os.wait4``) per size in
 ``bench/results/evaluate_scale.{json,md}``.  Every pairwise and classifier metric
 runs on bounded subsamples, so time and memory should grow no faster than the
 linear parts (reading, log-normalising and projecting every cell, exact-copy
@@ -21,7 +25,7 @@ hashing, nearest-train-cell searches for bounded query sets).
 
 Usage::
 
-    .venv/bin/python bench/bench_evaluate.py [--cells 10000 30000 100000] [--workdir /tmp/garage_bench_eval] [--merge]
+    .venv/bin/python -m bench.bench_evaluate [--cells 10000 30000 100000] [--workdir /tmp/garage_bench_eval] [--merge]
 """
 
 from __future__ import annotations
@@ -37,59 +41,69 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-PBMC3K = REPO.parent / "shared" / "data" / "pbmc3k.h5ad"
+from ._common import PBMC3K, REPO, write_csr_h5ad, write_resampled
 
 
-def make_real(n_cells: int, seed: int):
+def _read_train_counts(pp_path: Path):
+    """obs, uns and the raw-count layer of a preprocessed file, without X or the rest."""
     import anndata as ad
-    import scipy.sparse as sp
-
-    src = ad.read_h5ad(PBMC3K)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, src.n_obs, n_cells)
-    X = sp.csr_matrix(src.X, dtype=np.float32)[pick]
-    X.data = rng.poisson(X.data).astype(np.float32)
-    X.eliminate_zeros()
-    obs = src.obs.iloc[pick][["cell_type"]].copy()
-    obs.index = [f"cell{i}" for i in range(n_cells)]
-    return ad.AnnData(X=X, obs=obs, var=src.var[[]].copy())
-
-
-def make_seeds_and_synthetic(pp_path: Path, work: Path, n_cells: int, seed: int) -> tuple[Path, Path, Path]:
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
+    import h5py
 
     from garage import constants as C
 
-    real = ad.read_h5ad(pp_path)
-    lab = real.obs[C.OBS_LABEL].astype(str).to_numpy()
-    train = np.flatnonzero(real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN)
-    rare = set(real.uns[C.UNS_KEY].get(C.UNS_RARE_TYPES, []))
+    with h5py.File(pp_path, "r") as f:
+        obs = ad.io.read_elem(f["obs"])
+        uns = ad.io.read_elem(f["uns"])
+        counts = ad.io.read_elem(f["layers"][C.LAYER_COUNTS])
+        var_names = ad.io.read_elem(f["var"]).index.copy()
+    return obs, uns, sp_csr(counts), var_names
+
+
+def sp_csr(X):
+    import scipy.sparse as sp
+
+    return X if sp.isspmatrix_csr(X) else sp.csr_matrix(X, dtype=np.float32)
+
+
+def make_seeds_and_synthetic(pp_path: Path, work: Path, n_cells: int, seed: int,
+                             chunk: int = 100_000) -> tuple[Path, Path, Path]:
+    import anndata as ad
+    import pandas as pd
+
+    from garage import constants as C
+
+    obs, uns, counts, var_names = _read_train_counts(pp_path)
+    lab = obs[C.OBS_LABEL].astype(str).to_numpy()
+    train = np.flatnonzero(obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN)
+    rare = set(uns[C.UNS_KEY].get(C.UNS_RARE_TYPES, []))
     rng = np.random.default_rng(seed + 1)
-    is_seed = np.zeros(real.n_obs, dtype=bool)
+    is_seed = np.zeros(len(obs), dtype=bool)
     for t in np.unique(lab[train]):
         idx = train[lab[train] == t]
         q = max(1, round(0.1 * len(idx)))
         q = min(len(idx), max(q, 10)) if t in rare else q
         is_seed[rng.permutation(idx)[:q]] = True
     seeds_path = work / "bench.seeds.h5ad"
-    ad.AnnData(obs=pd.DataFrame({C.OBS_SEED: is_seed}, index=real.obs_names.copy())).write_h5ad(
+    ad.AnnData(obs=pd.DataFrame({C.OBS_SEED: is_seed}, index=obs.index.copy())).write_h5ad(
         seeds_path
     )
 
     pick = train[rng.integers(0, len(train), n_cells)]
-    X = sp.csr_matrix(real.layers[C.LAYER_COUNTS], dtype=np.float32)[pick]
-    X.data = rng.poisson(X.data).astype(np.float32)
-    X.eliminate_zeros()
+
+    def parts():  # near-copies of train cells, one block at a time (1M cells: ~3 GB in one piece)
+        for s in range(0, n_cells, chunk):
+            X = counts[pick[s:s + chunk]].astype(np.float32)
+            X.data = rng.poisson(X.data).astype(np.float32)
+            X.eliminate_zeros()
+            yield X
+
     names = [f"bench_syn{i}" for i in range(n_cells)]
-    obs = pd.DataFrame(
+    syn_obs = pd.DataFrame(
         {C.OBS_CELL_TYPE: pd.Categorical(lab[pick]), C.OBS_SYNTHETIC: True}, index=names
     )
     syn_path = work / "bench.synthetic.h5ad"
-    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=real.var_names.copy())).write_h5ad(syn_path)
-    src = real.obs_names.to_numpy()[pick]
+    write_csr_h5ad(syn_path, syn_obs, pd.DataFrame(index=var_names), parts())
+    src = obs.index.to_numpy()[pick]
     prov = pd.DataFrame({"synthetic_cell": names, "cell_type": lab[pick],
                          C.OBS_SEED_ID: np.where(is_seed[pick], src, "")})
     prov_path = work / "bench.provenance.tsv"
@@ -117,21 +131,25 @@ def run_measured(cmd: list[str], log: Path) -> dict:
 
 
 def bench_size(n: int, seed: int, workdir: Path, extra: list[str]) -> dict:
-    from garage.preprocess import PreprocessConfig, run_preprocess
-
+    garage = str(Path(sys.executable).with_name("garage"))
     work = workdir / f"n{n}"
     work.mkdir(parents=True, exist_ok=True)
     pp = work / "bench.preprocessed.h5ad"
     t0 = time.perf_counter()
-    if not pp.exists():
+    if not pp.exists():  # real counts: the scaling benchmarks' resampled PBMC 3k, preprocessed in a child
         raw = work / "bench.counts.h5ad"
-        make_real(n, seed).write_h5ad(raw)
-        run_preprocess(raw, work, "bench", PreprocessConfig(label_key="cell_type", seed=seed))
+        write_resampled(PBMC3K, n, raw, seed=seed)
+        pre = run_measured([garage, "preprocess", "--input", str(raw), "--label-key", "cell_type",
+                            "--prefix", "bench", "--outdir", str(work), "--seed", str(seed)],
+                           work / "preprocess.log")
+        if pre["rc"] != 0:
+            raise SystemExit(f"garage preprocess failed at {n} cells (exit {pre['rc']}); see "
+                             f"{work / 'preprocess.log'}")
         raw.unlink()
     seeds, syn, prov = make_seeds_and_synthetic(pp, work, n, seed)
     t_data = time.perf_counter() - t0
     cmd = [
-        str(Path(sys.executable).with_name("garage")), "evaluate", "--real", str(pp),
+        garage, "evaluate", "--real", str(pp),
         "--synthetic", str(syn), "--seeds", str(seeds), "--provenance", str(prov),
         "--prefix", "bench", "--outdir", str(work / "evaluate"), "--seed", str(seed), *extra,
     ]
@@ -171,7 +189,7 @@ def markdown(rows: list[dict]) -> str:
         "",
         "N real cells (80% train / 20% holdout) against N synthetic cells, default settings "
         "(10 draws, plots on, `--seeds` and `--provenance`), one child process per size; "
-        "`bench/bench_evaluate.py`. CPU time is the child's user + system time; wall time "
+        "`python -m bench.bench_evaluate`. CPU time is the child's user + system time; wall time "
         "depends on the machine's load (shared 2-core machine, load average in the last column). "
         "Pre-flight = the memory `garage evaluate` estimates from the two files' headers before "
         "reading them (it stops with exit 3 when this exceeds the budget); it should sit above "

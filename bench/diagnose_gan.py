@@ -17,6 +17,11 @@ Trains one GARAGE model in-process on the train cells of a preprocessed file
   posterior *means* (own library sizes), and the generated codes decoded as generation does
   vs with the train cells' mean posterior sd added (a test of whether the GAN's targets, the
   posterior means, are too tight).
+- conditional library (3 draws each): library sizes from a log-normal whose mean moves with
+  the code (``fit_cond_library``: a ridge regression of log size on the code within each type x
+  condition group, fit on the train cells), for the train cells' posterior means and for the
+  generated codes: does a size model that follows the cell's state close the gap between the
+  cells' own sizes and the per-group log-normal?
 
 Run:  python -m bench.diagnose_gan \
         --seeds-from bench/_work/fidelity/sc_mixology/val/garage_s0/sc_mixology.seeds.h5ad [--gan '{"n_latent": 32}'] \
@@ -41,6 +46,38 @@ def knn_c2st(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
         return float("nan")
     rng = np.random.default_rng(seed)
     return c2st_auc(a[rng.permutation(len(a))[:n]], b[rng.permutation(len(b))[:n]], seed=seed)
+
+
+def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0):
+    """A log-normal library size whose mean moves with the code: within-group ridge regression.
+
+    ``loglib = mean_g + (z - zbar_g) . w + sd_g * eps``, with one *w* shared by all groups (fit on
+    codes and log sizes centred by group) and per-group intercepts and residual sds; groups under
+    *min_group* cells use the pooled ones.  Returns a sampler ``(z, groups, gen) -> sizes``.
+    """
+    import torch
+
+    z = z.double()
+    y = loglib.double()
+    n_g = int(groups.max()) + 1
+    cnt = torch.bincount(groups, minlength=n_g).double()
+    zbar = torch.zeros(n_g, z.shape[1], dtype=torch.float64).index_add_(0, groups, z) / cnt.clamp_min(1)[:, None]
+    ybar = torch.zeros(n_g, dtype=torch.float64).index_add_(0, groups, y) / cnt.clamp_min(1)
+    small = cnt < min_group
+    zbar[small], ybar[small] = z.mean(0), y.mean()
+    zc, yc = z - zbar[groups], y - ybar[groups]
+    w = torch.linalg.solve(zc.T @ zc + ridge * torch.eye(z.shape[1], dtype=torch.float64), zc.T @ yc)
+    r = yc - zc @ w
+    sd = (torch.zeros(n_g, dtype=torch.float64).index_add_(0, groups, r * r) / cnt.clamp_min(1)).sqrt()
+    sd[small] = r.std()
+    r2 = 1 - float((r * r).sum() / (yc * yc).sum())
+
+    def sample(zs, gs, gen):
+        mean = ybar[gs] + (zs.double() - zbar[gs]) @ w
+        eps = torch.randn(len(gs), generator=gen, dtype=torch.float64)
+        return (mean + sd[gs] * eps).exp().clamp_min(1.0).float()
+
+    return sample, r2
 
 
 def main(argv=None):
@@ -170,7 +207,13 @@ def main(argv=None):
                      code_t, mask_t)
             gz_t = (gz_t * net.z_std + net.z_mean)[:, :nl]
             gen_lib = sample_library(data.lib_params, data.group(data.types, data.conds), gen)
+        # a library model conditioned on the code, fit on the train cells' posterior means
+        groups_t = data.group(data.types, data.conds)
+        cond_lib, r2 = fit_cond_library(mu, own_lib.log(), groups_t)
+        ev["cond_library_within_group_r2"] = round(r2, 4)
         variants = {
+            "decoded_train_means_condlib": (mu, cond_lib(mu, groups_t, gen)),
+            "garage_codes_condlib": (gz_t, cond_lib(gz_t, groups_t, gen)),
             "decoded_train_sampled_ownlib": (mu + torch.randn(mu.shape, generator=gen) * sd, own_lib),
             "decoded_train_means_ownlib": (mu, own_lib),
             "garage_codes": (gz_t, gen_lib),
