@@ -716,3 +716,75 @@ def test_within_type_states_with_a_condition_and_a_shareable_model(mix_seeds, tm
     assert "seed_names" not in payload and "seed_codes" not in payload and payload["k_states"] == 2
     again = ad.read_h5ad(run_generate(out["model"], tmp_path, "again", seed=0)["h5ad"])
     assert (again.X != syn.X).nnz == 0
+
+
+# ----------------------------------------------------------------------------- conditional library sizes
+def test_conditional_library_fit_recovers_a_known_slope():
+    """Log size = group mean + 0.5 x code[0] + noise: the fit finds the slope inside groups (not the
+    between-group difference), its R^2, and shrinks a tiny group's mean code towards its type's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from garage.gan._model import LIB_SHRINK, _conditional_library
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    types = rng.integers(0, 2, n)
+    types[:3] = 2  # a type of three cells
+    conds = np.zeros(n, dtype=np.int64)
+    z = rng.normal(size=(n, 4))
+    z[:, 0] += 3.0 * types  # types differ in code ...
+    y = 2.0 * types + 0.5 * z[:, 0] + rng.normal(scale=0.2, size=n)  # ... and in size, beyond the slope
+    data = SimpleNamespace(fit_rows=np.arange(n), codes=torch.tensor(z, dtype=torch.float32),
+                           loglib=torch.tensor(y, dtype=torch.float32), types=torch.from_numpy(types),
+                           conds=torch.from_numpy(conds), n_conds=1)
+    m = _conditional_library(data, 3)
+    assert abs(float(m["lib_coef"][0]) - 0.5) < 0.02 and float(m["lib_coef"][1:].abs().max()) < 0.02
+    assert 0.8 < m["lib_r2"] < 0.9  # var 0.25 explained of 0.25 + 0.04
+    assert m["lib_resid_scale"] == pytest.approx(np.sqrt(1 - m["lib_r2"]))
+    own = z[types == 2].mean(0)
+    type_mean = own * 3 / (3 + LIB_SHRINK)  # the type's mean code, shrunk towards 0 (all cells')
+    want = (3 * own + LIB_SHRINK * type_mean) / (3 + LIB_SHRINK)  # the group's, towards its type's
+    assert torch.allclose(m["lib_code_mean"][2], torch.tensor(want, dtype=torch.float32), atol=1e-4)
+    assert float(m["lib_code_mean"][2].norm()) < 0.5 * float(np.linalg.norm(own))
+
+
+def test_conditional_library_without_slope_is_the_lognormal():
+    import torch
+
+    from garage.gan._train import sample_library, sample_library_conditional
+
+    params = torch.tensor([[5.0, 0.3], [7.0, 0.5]])
+    groups = torch.tensor([0, 1, 1, 0, 1])
+    codes = torch.randn(5, 3)
+    a = sample_library(params, groups, torch.Generator().manual_seed(1))
+    b = sample_library_conditional(params, groups, codes, torch.zeros(3), torch.zeros(2, 3), 1.0,
+                                   torch.Generator().manual_seed(1))
+    assert torch.allclose(a, b)
+    c = sample_library_conditional(params, groups, codes, torch.tensor([1.0, 0, 0]), torch.zeros(2, 3), 1.0,
+                                   torch.Generator().manual_seed(1))
+    assert torch.allclose(c.log(), a.log() + codes[:, 0], atol=1e-5)
+
+
+def test_conditional_library_model_trains_saves_and_shares(seeds_small, tmp_path):
+    import torch
+
+    from garage.gan._model import LIB_SHARE_MIN_GROUP
+
+    cfg = GANConfig(**TINY, library="conditional", n_cells=60)
+    res = run_gan(seeds_small, tmp_path / "c", "c", cfg)
+    syn = ad.read_h5ad(res["h5ad"])
+    assert syn.uns[C.UNS_KEY]["library"] == "conditional" and syn.n_obs == 60
+    payload = torch.load(res["model"], weights_only=True)
+    assert payload["lib_coef"].shape == (cfg.n_latent,) and 0 < payload["lib_resid_scale"] <= 1
+    again = ad.read_h5ad(run_generate(res["model"], tmp_path / "g", "g", n_cells=60, seed=0)["h5ad"])
+    assert (again.X != syn.X).nnz == 0  # generate from the file = the run's own cells
+    shared = run_gan(seeds_small, tmp_path / "s", "s", cfg, shareable_model=True)
+    p2 = torch.load(shared["model"], weights_only=True)
+    small = torch.from_numpy(np.asarray(p2["group_counts"]) < LIB_SHARE_MIN_GROUP)
+    assert small.any() and (p2["lib_code_mean"][small] == 0).all()
+    assert torch.equal(p2["lib_code_mean"][~small], payload["lib_code_mean"][~small])
+    # lognormal (default) models carry no conditional parameters
+    assert "lib_coef" not in torch.load(run_gan(seeds_small, tmp_path / "l", "l", GANConfig(**TINY, n_cells=20))
+                                        ["model"], weights_only=True)

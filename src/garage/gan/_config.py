@@ -18,11 +18,11 @@ Mode = Literal["garage", "original"]
 Space = Literal["latent", "gene"]
 Composition = Literal["original", "balanced", "uniform-rare-boost"]
 CountDist = Literal["auto", "nb", "poisson", "multinomial"]
-Library = Literal["joint", "lognormal"]
+Library = Literal["joint", "lognormal", "conditional"]
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
-LIBRARIES = ("joint", "lognormal")
+LIBRARIES = ("joint", "lognormal", "conditional")
 #: separates a type from its condition in group names ("B|STIM") and --cells-per-group
 GROUP_SEP = "|"
 
@@ -164,11 +164,15 @@ class GANConfig:
         Which neighbour sets the seed's radius.
     library
         Library sizes of generated cells: ``lognormal`` (a log-normal per type x
-        condition, shrunk towards the type's for small groups; default) or
+        condition, shrunk towards the type's for small groups; default),
+        ``conditional`` (the same log-normal, its mean moved by the generated
+        code: a ridge regression of log size on the standardised code within
+        each type x condition group, fit on the fit cells after the adversarial
+        phase, with the group's sd reduced by the variance it explains; so a
+        cell's size follows its state inside its type, as real sizes do) or
         ``joint`` (the latent GAN generates each cell's log library size with its
-        code, so size and state stay correlated; on PBMC 3k's validation split
-        it measured worse, C2ST 0.612 vs 0.587).  Neither reproduces the library
-        size of an individual training cell.
+        code; on PBMC 3k's validation split it measured worse, C2ST 0.612 vs
+        0.587).  None reproduces the library size of an individual training cell.
     refit_dispersion
         Latent space: after the autoencoder phase, refit the NB dispersion with
         the decoder fixed at the cells' posterior means (the way generation
@@ -301,6 +305,15 @@ class GANConfig:
     @property
     def joint_library(self) -> bool:
         return self.mode == "garage" and self.effective_space == "latent" and self.library == "joint"
+
+    @property
+    def conditional_library(self) -> bool:
+        return self.mode == "garage" and self.effective_space == "latent" and self.library == "conditional"
+
+    @property
+    def effective_library(self) -> str:
+        """The library-size model generation uses (``lognormal`` where the option does not apply)."""
+        return self.library if self.joint_library or self.conditional_library else "lognormal"
 
     def schedule(self, n_train: int) -> dict[str, int]:
         """Optimiser steps per phase for *n_train* cells (explicit options win).

@@ -55,7 +55,7 @@ from ._module import (
     OriginalGenerator,
 )
 from ._nn import sample_counts
-from ._train import TrainData, Trainer, draw_labels, sample_library, state_probs
+from ._train import TrainData, Trainer, draw_labels, sample_library, sample_library_conditional, state_probs
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ LIB_SHRINK = 10.0
 #: fewer train cells than this by the pooled ones (all train cells): its own parameters and its
 #: cell count would give its cells' exact mean log library size
 LIB_SHARE_MIN_GROUP = 20
+#: ridge penalty of the conditional library model's regression on standardised codes
+LIB_RIDGE = 1.0
 #: groups with fewer train cells than this give no validation cells
 MIN_VAL_GROUP = 20
 #: within-type states: k-means is fitted on at most this many fit cells of a type (then predicts all)
@@ -334,12 +336,19 @@ class GANNet(nn.Module):
         return self.vae.proportions(z[:, :n], conds if self.vae.n_conds > 1 else None), loglib
 
     @torch.no_grad()
+    def generated(self, types, conds, noise, seed_code, seed_mask) -> torch.Tensor:
+        """The generator's output in eval mode (standardised codes in latent space)."""
+        if self.cfg.mode == "original":
+            return self.generator(noise, seed_code)
+        g = self.generator_ema if self.generator_ema is not None else self.generator
+        return g(noise, types, conds, seed_code, seed_mask)
+
+    @torch.no_grad()
     def proportions(self, types, conds, noise, seed_code, seed_mask):
         """Expression proportions (and jointly generated log library sizes) in eval mode."""
+        out = self.generated(types, conds, noise, seed_code, seed_mask)
         if self.cfg.mode == "original":
-            return torch.softmax(self.generator(noise, seed_code), dim=1), None
-        g = self.generator_ema if self.generator_ema is not None else self.generator
-        out = g(noise, types, conds, seed_code, seed_mask)
+            return torch.softmax(out, dim=1), None
         return self.decode(out, conds)
 
 
@@ -555,6 +564,10 @@ class GarageGAN:
                 c: int((self.data.state_counts.view(len(self.meta["categories"]), self.data.k_states, -1)[i]
                         .sum(1) > 0).sum()) for i, c in enumerate(self.meta["categories"])})
         self.meta["lib_params"] = self.data.lib_params.cpu()
+        if self.config.conditional_library:
+            self.meta.update(_conditional_library(self.data, len(self.meta["categories"])))
+            logger.info("conditional library model: the code explains %.0f %% of the log library size's "
+                        "variance within type x condition groups", 100 * self.meta["lib_r2"])
         self.meta["schedule"] = trainer.steps
         self.meta["steps_run"] = {r[0]: int(r[1]) for r in rows}
         return rows
@@ -615,6 +628,11 @@ class GarageGAN:
         seed_count_d = seed_count.to(device)
         codes = meta["seed_codes"].to(device) if seeded_model else None
         lib_params = _lib_params_of(meta).to(device)
+        cond_lib = cfg.conditional_library and "lib_coef" in meta
+        if cond_lib:
+            lib_coef = meta["lib_coef"].float().to(device)
+            lib_code_mean = meta["lib_code_mean"].float().to(device)
+            lib_scale = float(meta["lib_resid_scale"])
         k_states = int(meta.get("k_states", 1))
         probs = (state_probs(meta["state_counts"], k_states, n_conds).to(device) if k_states > 1 else None)
 
@@ -630,8 +648,11 @@ class GarageGAN:
             pos = seed_start[gs] + (torch.rand(t.shape[0], generator=dgen, device=device) * cnt.clamp_min(1)).long()
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
-            prop, loglib = self.net.proportions(lab, c, noise, code, mask)
-            if loglib is None:
+            out = self.net.generated(lab, c, noise, code, mask)
+            prop, loglib = (torch.softmax(out, dim=1), None) if cfg.mode == "original" else self.net.decode(out, c)
+            if cond_lib:
+                lib = sample_library_conditional(lib_params, g, out, lib_coef, lib_code_mean, lib_scale, dgen)
+            elif loglib is None:
                 lib = sample_library(lib_params, g, dgen)
             else:
                 lib = loglib.exp().clamp_min(1.0)
@@ -671,7 +692,7 @@ class GarageGAN:
             "mode": cfg.mode,
             "space": cfg.effective_space,
             "count_dist": dist,
-            "library": cfg.library if cfg.joint_library else "lognormal",
+            "library": cfg.effective_library,
             "n_per_type": n_per_type,
             "n_per_group": ({f"{cats[i]}{GROUP_SEP}{conds_names[j]}": int(n_per[i, j]) for i in range(len(cats))
                              for j in range(n_conds) if n_per[i, j] > 0} if conds_names else ""),
@@ -731,6 +752,8 @@ class GarageGAN:
             meta["seed_count"] = torch.zeros_like(meta["seed_count"])
             if "lib_params" in meta:
                 meta["lib_params"] = _shareable_lib_params(meta)
+            if "lib_code_mean" in meta:  # small groups: the pooled mean code (0: codes are standardised)
+                meta["lib_code_mean"] = _shareable_code_mean(meta)
             if "group_counts" in meta:  # generation's composition reads group_counts only
                 meta.pop("train_type_counts", None)
         payload = {
@@ -871,6 +894,55 @@ def _shareable_lib_params(meta: dict) -> torch.Tensor:
     small = torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)
     params[small] = torch.as_tensor(pooled, dtype=params.dtype)
     return params
+
+
+def _conditional_library(data: TrainData, n_types: int) -> dict:
+    """The conditional library model: log size = group mean + (code - group mean code) . coef.
+
+    Fit on the fit cells' standardised codes: *coef* by ridge regression of log library size on
+    the code, both centred within each type x condition group (one coefficient vector for all
+    groups); the group mean codes are shrunk towards the type's and the type's towards all cells'
+    (0) with LIB_SHRINK pseudo-cells, like the log-normal's parameters; the residual scale is
+    sqrt(1 - R^2) of that regression, applied to every group's sd.
+    """
+    fit = torch.from_numpy(data.fit_rows)
+    z = data.codes[fit.to(data.codes.device)].detach().cpu().double()
+    y = data.loglib[fit].double()
+    types, conds = data.types[fit], data.conds[fit]
+    n_conds = int(data.n_conds)
+    groups = types * n_conds + conds
+    n_g, d = n_types * n_conds, z.shape[1]
+
+    def means(idx, vals, n):
+        cnt = torch.bincount(idx, minlength=n).double()
+        tot = torch.zeros((n,) + vals.shape[1:], dtype=torch.float64).index_add_(0, idx, vals)
+        return tot / cnt.clamp_min(1).view(-1, *([1] * (vals.dim() - 1))), cnt
+
+    zg, ng = means(groups, z, n_g)
+    yg, _ = means(groups, y, n_g)
+    zc, yc = z - zg[groups], y - yg[groups]
+    coef = torch.linalg.solve(zc.T @ zc + LIB_RIDGE * torch.eye(d, dtype=torch.float64), zc.T @ yc)
+    r = yc - zc @ coef
+    ss = float((yc * yc).sum())
+    r2 = max(0.0, 1.0 - float((r * r).sum()) / ss) if ss > 0 else 0.0
+    zt, nt = means(types, z, n_types)
+    zt = zt * (nt / (nt + LIB_SHRINK))[:, None]  # towards all cells' mean code, 0
+    parent = zt.repeat_interleave(n_conds, dim=0)
+    code_mean = (ng[:, None] * zg + LIB_SHRINK * parent) / (ng[:, None] + LIB_SHRINK)
+    return {"lib_coef": coef.float(), "lib_code_mean": code_mean.float(),
+            "lib_resid_scale": float(np.sqrt(1.0 - r2)), "lib_r2": float(r2)}
+
+
+def _shareable_code_mean(meta: dict) -> torch.Tensor:
+    """``lib_code_mean`` with every group of fewer than LIB_SHARE_MIN_GROUP train cells set to the
+    pooled mean code (0), as ``_shareable_lib_params`` pools their sizes."""
+    cm = meta["lib_code_mean"].float().clone()
+    counts = np.asarray(meta.get("group_counts", []), dtype=np.int64)
+    if len(counts) != cm.shape[0]:
+        raise GarageError("the model's library-size parameters do not match its group counts",
+                          "retrain it with `garage gan`")
+    cm[torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)] = 0.0
+    return cm
 
 
 def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> None:

@@ -104,6 +104,17 @@ def sample_library(lib_params: torch.Tensor, groups: torch.Tensor, gen: torch.Ge
     return (p[:, 0] + p[:, 1] * z).exp().clamp_min(1.0)
 
 
+def sample_library_conditional(lib_params: torch.Tensor, groups: torch.Tensor, codes: torch.Tensor,
+                               coef: torch.Tensor, code_mean: torch.Tensor, resid_scale: float,
+                               gen: torch.Generator) -> torch.Tensor:
+    """Library sizes whose log mean follows the code: ``mean_g + (code - code_mean_g) . coef``, with
+    the group's sd times *resid_scale* (the part the code does not explain)."""
+    p = lib_params[groups]
+    shift = (codes[:, : coef.shape[0]] - code_mean[groups]) @ coef
+    z = torch.randn(groups.shape[0], generator=gen, device=p.device, dtype=p.dtype)
+    return (p[:, 0] + shift + resid_scale * p[:, 1] * z).exp().clamp_min(1.0)
+
+
 def pick_seeds(data: TrainData, labels: torch.Tensor, conds: torch.Tensor, seed_mix: float,
                gen: torch.Generator):
     """Per sample: whether a seed is mixed in, and which one (position in seed_rows/seed_codes).
