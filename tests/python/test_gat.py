@@ -695,6 +695,17 @@ def test_max_memory_gb_budgets_host_memory_not_the_gpu(monkeypatch):
         T.check_memory(5000, 75000, 50, cfg, minibatch=False, device=cuda)
 
 
+def test_host_memory_is_preprocess_definition(monkeypatch):
+    """The GAT's host budget is the one every stage uses (MemAvailable capped by a cgroup limit)."""
+    import torch
+
+    import garage.preprocess as P
+    from garage.gat import _train as T
+
+    monkeypatch.setattr(P, "available_memory_bytes", lambda: 321 * 2**20)
+    assert T.available_memory_bytes(torch.device("cpu")) == 321 * 2**20
+
+
 def test_machine_budget_is_not_saved_with_the_result():
     """max_memory_gb describes the machine (Nextflow: task.memory, which grows with retries)."""
     from garage.gan import GANConfig

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,40 +66,13 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) ->
 
 # --------------------------------------------------------------------- memory
 def available_memory_bytes(device: torch.device) -> int:
-    """Free memory on *device*: CUDA free memory, else MemAvailable capped by a cgroup limit."""
+    """Free memory on *device*: CUDA free memory, else the host's (preprocess's MemAvailable capped
+    by a cgroup limit: one definition for every stage)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    avail = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-            avail = 1 << 62
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit():
-            used = 0
-            for upath in ("/sys/fs/cgroup/memory.current",
-                          "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
-                try:
-                    used = int(Path(upath).read_text().strip())
-                    break
-                except (OSError, ValueError):
-                    continue
-            avail = min(avail, max(0, int(raw) - used))
-        break
-    return int(avail)
+    from ..preprocess import available_memory_bytes as host_available
+
+    return int(host_available())
 
 
 def estimate_memory_bytes(
