@@ -785,6 +785,7 @@ def test_conditional_library_model_trains_saves_and_shares(seeds_small, tmp_path
     small = torch.from_numpy(np.asarray(p2["group_counts"]) < LIB_SHARE_MIN_GROUP)
     assert small.any() and (p2["lib_code_mean"][small] == 0).all()
     assert torch.equal(p2["lib_code_mean"][~small], payload["lib_code_mean"][~small])
-    # lognormal (default) models carry no conditional parameters
-    assert "lib_coef" not in torch.load(run_gan(seeds_small, tmp_path / "l", "l", GANConfig(**TINY, n_cells=20))
-                                        ["model"], weights_only=True)
+    assert GANConfig().library == "conditional"  # the default
+    # lognormal models carry no conditional parameters
+    plain = GANConfig(**TINY, library="lognormal", n_cells=20)
+    assert "lib_coef" not in torch.load(run_gan(seeds_small, tmp_path / "l", "l", plain)["model"], weights_only=True)

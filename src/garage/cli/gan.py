@@ -71,7 +71,7 @@ def composition_options(f):
                    "k-th real neighbour (0: off).")
 @click.option("--seed-floor-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="The neighbour that sets a seed's privacy radius.")
-@click.option("--library", type=click.Choice(["lognormal", "conditional", "joint"]), default="lognormal", show_default=True,
+@click.option("--library", type=click.Choice(["conditional", "lognormal", "joint"]), default="conditional", show_default=True,
               help="Library sizes: a per-type log-normal, the same with its mean following the generated code "
                    "(conditional), or generated with each cell's code (joint).")
 @click.option("--refit-dispersion/--no-refit-dispersion", default=True, show_default=True,
