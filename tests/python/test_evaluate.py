@@ -750,7 +750,9 @@ def test_memory_estimate_grows_with_cells_and_names_the_fix(real, tmp_path):
     assert peak_bytes(estimate_bytes(real_small, syn_big, **kw)) > small
     # large inputs: the build phase (files + copies) decides, and grows with the cells
     big = estimate_bytes(real_big, syn_big, **kw)
-    assert peak_bytes(big) == big["interpreter"] + big["files as read"] + big["counts copies"] + big["PCA block"]
+    assert peak_bytes(big) == (big["interpreter"] + big["per-cell tables"] + big["files as read"]
+                               + big["counts copies"] + big["PCA block"])
+    assert big["per-cell tables"] == 300 * 150_000
     # the PCA block is bounded by pca_max_cells, not by the cells
     a = estimate_bytes(real_big, syn, **kw)["PCA block"]
     assert a == estimate_bytes(H5adSize(2000 * 2**20, 200_000, 2000, 800 * 2**20), syn, **kw)["PCA block"]
