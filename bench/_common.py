@@ -151,6 +151,8 @@ def write_csr_h5ad(path: Path, obs, var, parts) -> Path:
         indptr = np.zeros(n_obs + 1, dtype=np.int64)
         nnz = row = 0
         for part in parts:
+            if part.shape[1] != n_vars:
+                raise ValueError(f"a row block has {part.shape[1]} columns, var has {n_vars} rows")
             k = part.nnz
             data.resize((nnz + k,))
             indices.resize((nnz + k,))

@@ -312,11 +312,6 @@ class GANConfig:
     def conditional_library(self) -> bool:
         return self.mode == "garage" and self.effective_space == "latent" and self.library == "conditional"
 
-    @property
-    def effective_library(self) -> str:
-        """The library-size model generation uses (``lognormal`` where the option does not apply)."""
-        return self.library if self.joint_library or self.conditional_library else "lognormal"
-
     def schedule(self, n_train: int) -> dict[str, int]:
         """Optimiser steps per phase for *n_train* cells (explicit options win).
 

@@ -343,14 +343,6 @@ class GANNet(nn.Module):
         g = self.generator_ema if self.generator_ema is not None else self.generator
         return g(noise, types, conds, seed_code, seed_mask)
 
-    @torch.no_grad()
-    def proportions(self, types, conds, noise, seed_code, seed_mask):
-        """Expression proportions (and jointly generated log library sizes) in eval mode."""
-        out = self.generated(types, conds, noise, seed_code, seed_mask)
-        if self.cfg.mode == "original":
-            return torch.softmax(out, dim=1), None
-        return self.decode(out, conds)
-
 
 # --------------------------------------------------------------------------- model
 class GarageGAN:
@@ -692,7 +684,7 @@ class GarageGAN:
             "mode": cfg.mode,
             "space": cfg.effective_space,
             "count_dist": dist,
-            "library": cfg.effective_library,
+            "library": "conditional" if cond_lib else ("joint" if cfg.joint_library else "lognormal"),
             "n_per_type": n_per_type,
             "n_per_group": ({f"{cats[i]}{GROUP_SEP}{conds_names[j]}": int(n_per[i, j]) for i in range(len(cats))
                              for j in range(n_conds) if n_per[i, j] > 0} if conds_names else ""),
@@ -750,10 +742,7 @@ class GarageGAN:
             for k in SENSITIVE_META:
                 meta.pop(k, None)
             meta["seed_count"] = torch.zeros_like(meta["seed_count"])
-            if "lib_params" in meta:
-                meta["lib_params"] = _shareable_lib_params(meta)
-            if "lib_code_mean" in meta:  # small groups: the pooled mean code (0: codes are standardised)
-                meta["lib_code_mean"] = _shareable_code_mean(meta)
+            meta.update(shareable_library(meta))
             if "group_counts" in meta:  # generation's composition reads group_counts only
                 meta.pop("train_type_counts", None)
         payload = {
@@ -906,7 +895,7 @@ def _conditional_library(data: TrainData, n_types: int) -> dict:
     sqrt(1 - R^2) of that regression, applied to every group's sd.
     """
     fit = torch.from_numpy(data.fit_rows)
-    z = data.codes[fit.to(data.codes.device)].detach().cpu().double()
+    z = data.codes[fit.to(data.codes.device)].detach().cpu().float()  # float32, as trained on
     y = data.loglib[fit].double()
     types, conds = data.types[fit], data.conds[fit]
     n_conds = int(data.n_conds)
@@ -915,22 +904,48 @@ def _conditional_library(data: TrainData, n_types: int) -> dict:
 
     def means(idx, vals, n):
         cnt = torch.bincount(idx, minlength=n).double()
-        tot = torch.zeros((n,) + vals.shape[1:], dtype=torch.float64).index_add_(0, idx, vals)
+        tot = torch.zeros((n,) + vals.shape[1:], dtype=torch.float64).index_add_(0, idx, vals.double())
         return tot / cnt.clamp_min(1).view(-1, *([1] * (vals.dim() - 1))), cnt
 
     zg, ng = means(groups, z, n_g)
     yg, _ = means(groups, y, n_g)
-    zc, yc = z - zg[groups], y - yg[groups]
-    coef = torch.linalg.solve(zc.T @ zc + LIB_RIDGE * torch.eye(d, dtype=torch.float64), zc.T @ yc)
-    r = yc - zc @ coef
-    ss = float((yc * yc).sum())
-    r2 = max(0.0, 1.0 - float((r * r).sum()) / ss) if ss > 0 else 0.0
+    # normal equations accumulated in row blocks: no float64 copy of every code (1M cells x 16)
+    blocks = [slice(lo, lo + 65536) for lo in range(0, len(y), 65536)]
+
+    def centred(b):
+        return z[b].double() - zg[groups[b]], y[b] - yg[groups[b]]
+
+    xtx = torch.zeros(d, d, dtype=torch.float64)
+    xty = torch.zeros(d, dtype=torch.float64)
+    for b in blocks:
+        zc, yc = centred(b)
+        xtx += zc.T @ zc
+        xty += zc.T @ yc
+    coef = torch.linalg.solve(xtx + LIB_RIDGE * torch.eye(d, dtype=torch.float64), xty)
+    ss = rss = 0.0
+    for b in blocks:
+        zc, yc = centred(b)
+        ss += float((yc * yc).sum())
+        rss += float(((yc - zc @ coef) ** 2).sum())
+    r2 = max(0.0, 1.0 - rss / ss) if ss > 0 else 0.0
     zt, nt = means(types, z, n_types)
     zt = zt * (nt / (nt + LIB_SHRINK))[:, None]  # towards all cells' mean code, 0
     parent = zt.repeat_interleave(n_conds, dim=0)
     code_mean = (ng[:, None] * zg + LIB_SHRINK * parent) / (ng[:, None] + LIB_SHRINK)
     return {"lib_coef": coef.float(), "lib_code_mean": code_mean.float(),
             "lib_resid_scale": float(np.sqrt(1.0 - r2)), "lib_r2": float(r2)}
+
+
+def shareable_library(meta: dict) -> dict:
+    """The library-size entries of a shareable model: small groups' log-normal parameters and mean
+    codes pooled.  ``save(shareable=True)`` writes them and a shareable run generates with them, so
+    the run's own cells are what ``garage generate`` makes from the saved model."""
+    out = {}
+    if "lib_params" in meta:
+        out["lib_params"] = _shareable_lib_params(meta)
+    if "lib_code_mean" in meta:  # small groups: the pooled mean code (0: codes are standardised)
+        out["lib_code_mean"] = _shareable_code_mean(meta)
+    return out
 
 
 def _shareable_code_mean(meta: dict) -> torch.Tensor:

@@ -103,9 +103,11 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     t0 = time.perf_counter()
     rows = model.train(dev, ckpt if config.checkpoint_every else None, resume=resume)
     t_train = time.perf_counter() - t0
-    if shareable_model:  # the shareable model generates unseeded cells: so must this output
-        for k in ("seed_codes",):
-            model.meta[k] = torch.zeros(0)
+    if shareable_model:  # generate as the shareable model will: unseeded, small groups' sizes pooled
+        from ._model import shareable_library
+
+        model.meta["seed_codes"] = torch.zeros(0)
+        model.meta.update(shareable_library(model.meta))
     syn, prov = model.generate(config.n_cells, config.composition, config.cells_per_type, seed=config.seed,
                                device=dev, cells_per_group=config.cells_per_group,
                                allow_counterfactual=config.allow_counterfactual, with_provenance=True)
