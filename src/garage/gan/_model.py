@@ -641,7 +641,7 @@ class GarageGAN:
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
             out = self.net.generated(lab, c, noise, code, mask)
-            prop, loglib = (torch.softmax(out, dim=1), None) if cfg.mode == "original" else self.net.decode(out, c)
+            prop, loglib = self.net.decode(out, c)
             if cond_lib:
                 lib = sample_library_conditional(lib_params, g, out, lib_coef, lib_code_mean, lib_scale, dgen)
             elif loglib is None:
@@ -868,10 +868,7 @@ def _shareable_lib_params(meta: dict) -> torch.Tensor:
     """``lib_params`` with every group of fewer than LIB_SHARE_MIN_GROUP train cells set to the
     pooled parameters (the same for all such groups)."""
     params = _lib_params_of(meta).clone()
-    counts = np.asarray(meta.get("group_counts", meta.get("train_type_counts", [])), dtype=np.int64)
-    if len(counts) != params.shape[0]:
-        raise GarageError("the model's library-size parameters do not match its group counts",
-                          "retrain it with `garage gan`")
+    counts, small = _small_groups(meta, params.shape[0])
     pooled = meta.get("lib_pooled")
     if pooled is None:  # a model from before lib_pooled: the count-weighted mixture of all groups
         w = torch.as_tensor(counts, dtype=torch.float32).clamp_min(0)
@@ -880,9 +877,18 @@ def _shareable_lib_params(meta: dict) -> torch.Tensor:
         mean = (w * m).sum()
         var = (w * (sd ** 2 + m ** 2)).sum() - mean ** 2
         pooled = torch.stack([mean, var.clamp_min(0.0025).sqrt()])
-    small = torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)
     params[small] = torch.as_tensor(pooled, dtype=params.dtype)
     return params
+
+
+def _small_groups(meta: dict, n_rows: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Train cells per type x condition group and the groups a shareable model pools (fewer than
+    LIB_SHARE_MIN_GROUP); *n_rows* is the row count of the per-group parameters they must match."""
+    counts = np.asarray(meta.get("group_counts", meta.get("train_type_counts", [])), dtype=np.int64)
+    if len(counts) != n_rows:
+        raise GarageError("the model's library-size parameters do not match its group counts",
+                          "retrain it with `garage gan`")
+    return counts, torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)
 
 
 def _conditional_library(data: TrainData, n_types: int) -> dict:
@@ -952,11 +958,7 @@ def _shareable_code_mean(meta: dict) -> torch.Tensor:
     """``lib_code_mean`` with every group of fewer than LIB_SHARE_MIN_GROUP train cells set to the
     pooled mean code (0), as ``_shareable_lib_params`` pools their sizes."""
     cm = meta["lib_code_mean"].float().clone()
-    counts = np.asarray(meta.get("group_counts", []), dtype=np.int64)
-    if len(counts) != cm.shape[0]:
-        raise GarageError("the model's library-size parameters do not match its group counts",
-                          "retrain it with `garage gan`")
-    cm[torch.from_numpy(counts < LIB_SHARE_MIN_GROUP)] = 0.0
+    cm[_small_groups(meta, cm.shape[0])[1]] = 0.0
     return cm
 
 
