@@ -197,8 +197,9 @@ class LogProgress:
         done = self.n - self._start_n
         if self.total:
             pct = 100.0 * self.n / self.total
-            msg = f"{self.desc}: {pct:3.0f}% ({self.n:,}/{self.total:,} {self.unit}), {_fmt_s(el)} elapsed"
-            if done > 0 and self.n < self.total:
+            counts = "" if self.unit == "%" else f" ({self.n:,}/{self.total:,} {self.unit})"
+            msg = f"{self.desc}: {pct:3.0f}%{counts}, {_fmt_s(el)} elapsed"
+            if done > 0 and self.n < self.total * (1 - 1e-9):
                 msg += f", ETA {_fmt_s(el / done * (self.total - self.n))}"
         else:
             msg = f"{self.desc}: {self.n:,} {self.unit}, {_fmt_s(el)} elapsed"
@@ -213,16 +214,132 @@ class LogProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = self._clock()
-        if self.total and self._next_pct is not None and 100.0 * self.n / self.total >= self._next_pct:
+        if self.total and self._next_pct is not None and 100.0 * self.n / self.total >= self._next_pct - 1e-6:
             # the last line always, unless the whole job took under LOG_MIN_S (no noise for quick reads)
-            if now - self._last >= self.LOG_MIN_S or (self.n >= self.total and now - self._t0 >= self.LOG_MIN_S):
+            finished = self.n >= self.total * (1 - 1e-9)  # fractional updates (StepProgress) may round
+            if now - self._last >= self.LOG_MIN_S or (finished and now - self._t0 >= self.LOG_MIN_S):
                 self._emit()
-            self._next_pct = (int(100 * self.n / self.total) // 10 + 1) * 10
+            self._next_pct = (int(round(100 * self.n / self.total, 6)) // 10 + 1) * 10
         elif now - self._last >= self.LOG_HEARTBEAT_S:
             self._emit()
 
     def close(self) -> None:
         pass
+
+
+class StepProgress:
+    """Progress over a stage's named steps (preprocess, evaluate), each weighted by its share of
+    the stage's time as measured in the benchmarks, so the ETA is not a plain step count.
+
+    Steps that cannot report progress themselves (a PCA, a kNN search, a classifier fit) get a
+    heartbeat every *heartbeat_s* seconds while they run: a log line on a non-terminal stderr,
+    a refreshed bar on a terminal.  :meth:`finish` moves to 100 % once the stage succeeded (steps
+    it skipped, such as seed privacy without seeds, count as done); without it the bar stops where
+    it was.  Each step is also logged as it starts and with its duration, as before."""
+
+    HEARTBEAT_S = 60.0
+
+    def __init__(self, desc: str, weights: dict[str, float], *, heartbeat_s: float | None = None,
+                 log=None) -> None:
+        import threading
+        import time
+
+        total = float(sum(weights.values()))
+        if not total > 0:
+            raise ValueError("step weights must sum to > 0")
+        self.desc, self._time = desc, time.monotonic
+        self.weights = {k: 100.0 * v / total for k, v in weights.items()}
+        self.heartbeat_s = self.HEARTBEAT_S if heartbeat_s is None else float(heartbeat_s)
+        self.log = log or logger
+        self.bar = progress(total=100, desc=desc, unit="%", leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+        self.done = 0.0
+        self.t0 = self._time()
+        self.lines: list[str] = []  # heartbeat lines (tests read them)
+        self._lock = threading.Lock()
+        self._beat = None  # (stop event, thread) of the running step's heartbeat
+        self._current = None  # (key, label, start, announce) of the running step
+
+    def _eta(self) -> str:
+        el = self._time() - self.t0
+        if self.done <= 0 or self.done >= 100:
+            return ""
+        return f", ETA {_fmt_s(el / self.done * (100 - self.done))}"
+
+    @contextlib.contextmanager
+    def step(self, key: str, label: str | None = None):
+        """Run one step: log its start, heartbeat while it runs, log its duration, advance."""
+        self.begin(key, label)
+        try:
+            yield
+        finally:
+            self._stop_beat()
+        self.end()
+
+    def begin(self, key: str, label: str | None = None, *, announce: bool = True) -> None:
+        """Start step *key* (its heartbeat with it); *announce*: log its start (and, at
+        :meth:`end`, its duration) here, unless the caller logs them itself."""
+        import threading
+        import time
+
+        if key not in self.weights:
+            raise KeyError(f"{self.desc}: no weight for step {key!r}")
+        self._stop_beat()
+        label = label or key
+        self._current = (key, label, time.perf_counter(), announce)
+        if announce:
+            self.log.info("%s ...", label)
+        stop = threading.Event()
+        t_step = self._current[2]
+
+        def beat():
+            while not stop.wait(self.heartbeat_s):
+                with self._lock:
+                    line = (f"{self.desc}: {label} still running, {_fmt_s(time.perf_counter() - t_step)} "
+                            f"in this step; {self.done:.0f}% of the stage done, "
+                            f"{_fmt_s(self._time() - self.t0)} elapsed{self._eta()}")
+                    self.lines.append(line)
+                if isinstance(self.bar, LogProgress):
+                    self.log.info("%s", line)
+                else:
+                    self.bar.refresh()
+
+        thread = threading.Thread(target=beat, name=f"{self.desc} heartbeat", daemon=True)
+        self._beat = (stop, thread)
+        thread.start()
+
+    def _stop_beat(self) -> None:
+        if self._beat is not None:
+            stop, thread = self._beat
+            stop.set()
+            thread.join()
+            self._beat = None
+
+    def end(self) -> None:
+        """Finish the current step: stop its heartbeat, log its duration, advance by its weight."""
+        import time
+
+        self._stop_beat()
+        if self._current is None:
+            return
+        key, label, t0, announce = self._current
+        self._current = None
+        if announce:
+            self.log.info("%s: %.1f s", label, time.perf_counter() - t0)
+        self.advance(self.weights[key])
+
+    def advance(self, pct: float) -> None:
+        with self._lock:
+            pct = min(pct, 100.0 - self.done)
+            self.done += pct
+        self.bar.update(pct)
+
+    def finish(self) -> None:
+        """The stage succeeded: skipped steps count as done."""
+        self.end()
+        if self.done < 100.0 - 1e-6:
+            self.advance(100.0 - self.done)
+        self.bar.close()
 
 
 def progress(iterable=None, **kwargs):

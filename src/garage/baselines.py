@@ -52,6 +52,14 @@ def exact_copy_mask(synthetic, train) -> np.ndarray:
                        count=synthetic.shape[0])
 
 
+def count_table(counts: dict, key: str):
+    """A name -> count map as a two-column table for uns ("" when empty): cell type names may
+    hold '/', which HDF5 would read as nested groups if the names were dict keys."""
+    if not counts:
+        return ""
+    return pd.DataFrame({key: [str(k) for k in counts], "n_cells": [int(v) for v in counts.values()]})
+
+
 def synthetic_anndata(counts, cell_types: Sequence[str], categories: Sequence[str], uns: dict, *,
                       var=None, var_names=None, sample: str = "sample", seed: int = 0,
                       conditions: Sequence[str] | None = None, condition_categories: Sequence[str] | None = None,
@@ -69,7 +77,24 @@ def synthetic_anndata(counts, cell_types: Sequence[str], categories: Sequence[st
     """
     import anndata as ad
 
-    n = counts.shape[0]
+    obs = synthetic_obs(counts.shape[0], cell_types, categories, sample=sample, seed=seed,
+                        conditions=conditions, condition_categories=condition_categories,
+                        label_key=label_key, condition_key=condition_key, counterfactual=counterfactual)
+    x = sp.csr_matrix(counts, dtype=np.float32)
+    if var is None:
+        var = pd.DataFrame(index=pd.Index(var_names).astype(str))
+    out = ad.AnnData(X=x, obs=obs, var=var.copy())
+    out.layers[C.LAYER_COUNTS] = x.copy()
+    out.uns[C.UNS_KEY] = uns
+    return out
+
+
+def synthetic_obs(n: int, cell_types: Sequence[str], categories: Sequence[str], *, sample: str = "sample",
+                  seed: int = 0, conditions: Sequence[str] | None = None,
+                  condition_categories: Sequence[str] | None = None, label_key: str | None = None,
+                  condition_key: str | None = None, counterfactual=None) -> pd.DataFrame:
+    """The obs table of :func:`synthetic_anndata` for *n* cells (also used when X is written
+    chunk by chunk, :func:`garage.io.write_synthetic_chunked`)."""
     obs = pd.DataFrame(
         {C.OBS_CELL_TYPE: pd.Categorical(list(cell_types), categories=list(categories))},
         index=pd.Index([f"{sample}-syn{int(seed)}-{i}" for i in range(n)]),
@@ -85,13 +110,7 @@ def synthetic_anndata(counts, cell_types: Sequence[str], categories: Sequence[st
         obs[label_key] = obs[C.OBS_CELL_TYPE]
     if conditions is not None and condition_key and condition_key not in reserved | {label_key}:
         obs[condition_key] = obs[C.OBS_SYN_CONDITION]
-    x = sp.csr_matrix(counts, dtype=np.float32)
-    if var is None:
-        var = pd.DataFrame(index=pd.Index(var_names).astype(str))
-    out = ad.AnnData(X=x, obs=obs, var=var.copy())
-    out.layers[C.LAYER_COUNTS] = x.copy()
-    out.uns[C.UNS_KEY] = uns
-    return out
+    return obs
 
 
 def knn_interpolation(
@@ -191,7 +210,7 @@ def knn_interpolation(
         "k": int(k),
         "n_pcs": n_comp,
         "seed": int(seed),
-        "n_per_type": {str(t): int(v) for t, v in n_per_type.items()},
+        "n_per_type": count_table({str(t): int(v) for t, v in n_per_type.items()}, "cell_type"),
         "versions": versions(),
     }
     out = synthetic_anndata(x, out_types, types, uns, var_names=a.var_names, sample=sample, seed=seed)

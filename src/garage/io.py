@@ -540,3 +540,60 @@ def validate_counts(adata, *, source: str = "input") -> None:
             "this looks like normalised or log-transformed data",
             "provide raw counts (use --layer to pick a counts layer in an .h5ad)",
         )
+
+
+def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None) -> tuple[Path, dict]:
+    """Write a ``PREFIX.synthetic.h5ad`` whose counts arrive as CSR row blocks, atomically.
+
+    Memory stays bounded by one block: X is appended block by block with anndata's own
+    sparse-dataset API (``anndata.io.write_elem`` then ``sparse_dataset(...).append``, gzip
+    like the in-memory writer), and ``layers['counts']`` is an HDF5 hard link to X (the same
+    data read twice, stored once).  *blocks* yields CSR blocks in row order whose rows add up
+    to ``len(obs)``; it may return a dict (``StopIteration.value``), which is merged into
+    *uns* (``uns['garage']``) before it is written, for summaries known only after the last
+    block (e.g. how many cells were seeded).  Returns ``(path, that dict)``.
+    """
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from anndata.io import sparse_dataset, write_elem
+
+    from . import constants as C
+    from ._utils import atomic_path
+
+    path = Path(path)
+    n_obs = len(obs)
+    with atomic_path(path) as tmp:
+        ad.AnnData(obs=obs, var=pd.DataFrame(var).copy()).write_h5ad(tmp)  # obs/var/layout; X after
+        kw = {"compression": "gzip"}
+        with h5py.File(tmp, "a") as f:
+            rows, first, tail = 0, True, {}
+            it = iter(blocks)
+            while True:
+                try:
+                    block = next(it)
+                except StopIteration as stop:
+                    tail = stop.value or {}
+                    break
+                block = sp.csr_matrix(block, dtype=np.float32)
+                if block.shape[1] != n_vars:
+                    raise ValueError(f"a block has {block.shape[1]} genes, expected {n_vars}")
+                if first:
+                    write_elem(f, "X", block, dataset_kwargs=kw)
+                    first = False
+                else:
+                    sparse_dataset(f["X"]).append(block)
+                rows += block.shape[0]
+            if first:
+                write_elem(f, "X", sp.csr_matrix((0, n_vars), dtype=np.float32), dataset_kwargs=kw)
+            if rows != n_obs:
+                raise ValueError(f"the blocks hold {rows} cells, obs has {n_obs}")
+            if "layers" not in f:
+                write_elem(f, "layers", {})
+            f["layers"][C.LAYER_COUNTS] = f["X"]  # a hard link: one copy on disk
+            g = dict(uns or {})
+            g[C.UNS_KEY] = {**g.get(C.UNS_KEY, {}), **tail}
+            if "uns" in f:
+                del f["uns"]
+            write_elem(f, "uns", g)
+    return path, tail

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from . import constants as C
 from ._meta import decide_rare_types
 from ._norm import log_normalize
-from ._utils import check_writable_dir, progress, versions, write_h5ad_atomic
+from ._utils import StepProgress, check_writable_dir, progress, versions, write_h5ad_atomic
 from .errors import GarageError, ResourceError
 from .io import as_csr32, inspect_counts, read_counts, validate_counts
 
@@ -182,9 +182,29 @@ def _knn_transformer(n_obs: int, k: int, seed: int):
     return _CSRMatrixNNDescent(n_neighbors=k, metric="euclidean", random_state=seed, n_jobs=-1)
 
 
+#: Each step's share of preprocess's time, from the 100,000-cell ``garage run`` of
+#: bench/results/garage_run_100k.md (read 4.2 s, validate 0.7, QC 0.8, HVG 3.0, HVG copy 2.0,
+#: PCA 7.8, kNN 36.1, write 6.2).  Leiden runs only without labels and was not measured there:
+#: it is weighted like the kNN search it follows.
+STEP_WEIGHTS = {"read": 4.2, "validate": 0.7, "qc": 0.8, "hvg": 3.0, "copy": 2.0, "pca": 7.8,
+                "knn": 36.1, "leiden": 36.1, "write": 6.2}
+
+
+def step_progress(*, read_write: bool, leiden: bool) -> StepProgress:
+    """The preprocess stage's progress (bar or log lines with an ETA, and a heartbeat during
+    PCA and the kNN search, which cannot report progress themselves)."""
+    skip = ({"read", "write"} if not read_write else set()) | ({"leiden"} if not leiden else set())
+    return StepProgress("preprocess", {k: v for k, v in STEP_WEIGHTS.items() if k not in skip},
+                        log=logger)
+
+
 @contextlib.contextmanager
-def _step(name: str) -> Iterator[None]:
-    """Log how long a step took (PCA and kNN cannot report progress to a bar)."""
+def _step(name: str, steps: StepProgress | None = None, key: str = "") -> Iterator[None]:
+    """Log a step's start and duration; with *steps*, also advance the stage's progress."""
+    if steps is not None:
+        with steps.step(key, name):
+            yield
+        return
     logger.info("%s ...", name)
     t0 = time.perf_counter()
     yield
@@ -337,18 +357,22 @@ def preprocess_adata(adata, config: PreprocessConfig):
     the kept cells are copied out.  The result carries X, obs, var and uns of
     the input (not its layers, obsm or obsp).
     """
-    return _preprocess(adata, config, owned=False)
+    config.validate()
+    steps = step_progress(read_write=False, leiden=config.label_key is None)
+    result = _preprocess(adata, config, owned=False, steps=steps)
+    steps.finish()
+    return result
 
 
-def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
+def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProgress | None = None):
     """*owned*: the caller hands *adata* over; its X is released once the HVG
     counts are extracted, so the full-gene matrix and the HVG matrices are not
-    all held while PCA and kNN run."""
+    all held while PCA and kNN run.  *steps*: the stage's progress."""
     import anndata as ad
     import scanpy as sc
 
     config.validate()
-    with _step("validating counts"):
+    with _step("validating counts", steps, "validate"):
         validate_counts(adata)
     X = as_csr32(adata.X)
     if owned:
@@ -364,7 +388,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
         obs[C.OBS_CONDITION] = _clean_labels(adata, config.condition_key, "condition").values
 
     # light QC: scanpy's filter_cells(min_genes) then filter_genes(min_cells)
-    with _step("QC"):
+    with _step("QC", steps, "qc"):
         n_genes, keep_cells, n_cells = _qc_counts(X, config.min_genes)
     obs["n_genes"] = n_genes
     n_qc = int(keep_cells.sum())
@@ -395,7 +419,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
     uns = copy.deepcopy(dict(adata.uns))
     genes = np.flatnonzero(keep_genes)
     if n_top < n_genes_qc:
-        with _step(f"highly variable genes (seurat_v3, {n_top} of {n_genes_qc})"):
+        with _step(f"highly variable genes (seurat_v3, {n_top} of {n_genes_qc})", steps, "hvg"):
             hvg = _seurat_v3(X, keep_cells, keep_genes, n_top)
         for col in hvg.columns:
             values = np.zeros(len(var), dtype=hvg[col].dtype)
@@ -405,7 +429,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
         uns["hvg"] = {"flavor": "seurat_v3"}
     else:
         var[C.VAR_HVG] = True
-    with _step(f"copying HVG counts ({n_qc} cells x {len(genes)} genes)"):
+    with _step(f"copying HVG counts ({n_qc} cells x {len(genes)} genes)", steps, "copy"):
         counts = _extract(X, keep_cells, genes)
     del X  # with owned=True this frees the full-gene matrix
 
@@ -419,10 +443,10 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
     del meta, counts
 
     n_pcs = int(min(config.n_pcs, adata.n_obs - 1, adata.n_vars - 1))
-    with _step(f"PCA ({n_pcs} components, sparse, implicit centring)"):
+    with _step(f"PCA ({n_pcs} components, sparse, implicit centring)", steps, "pca"):
         sc.pp.pca(adata, n_comps=n_pcs, svd_solver="arpack", random_state=config.seed)
     k = int(min(config.n_neighbors, adata.n_obs - 1))
-    with _step(f"kNN graph (k={k}, {'pynndescent' if adata.n_obs >= 4096 else 'exact'})"):
+    with _step(f"kNN graph (k={k}, {'pynndescent' if adata.n_obs >= 4096 else 'exact'})", steps, "knn"):
         sc.pp.neighbors(
             adata, n_neighbors=k, use_rep=C.OBSM_PCA, random_state=config.seed,
             transformer=_knn_transformer(adata.n_obs, k, config.seed),
@@ -430,15 +454,16 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool):
 
     label_source = "obs:" + str(config.label_key)
     if labels is None:
-        sc.tl.leiden(
-            adata,
-            resolution=config.leiden_resolution,
-            key_added=C.OBS_LABEL,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=config.seed,
-        )
+        with _step(f"Leiden clustering (resolution {config.leiden_resolution})", steps, "leiden"):
+            sc.tl.leiden(
+                adata,
+                resolution=config.leiden_resolution,
+                key_added=C.OBS_LABEL,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                random_state=config.seed,
+            )
         adata.obs[C.OBS_LABEL] = "leiden_" + adata.obs[C.OBS_LABEL].astype(str)
         label_source = C.LABEL_SOURCE_LEIDEN
         logger.warning(
@@ -648,18 +673,20 @@ def run_preprocess(
     if checked:
         check_memory(info.n_obs, info.n_vars, info.nnz, config, layout=layout_of(info),
                      available_bytes=available_bytes)
-    with _step(f"reading {Path(counts).name}"):
+    steps = step_progress(read_write=True, leiden=config.label_key is None)
+    with _step(f"reading {Path(counts).name}", steps, "read"):
         adata = read_counts(
             counts, layer=config.layer, transpose=config.transpose, make_unique=config.make_unique
         )
     if not checked:
         check_memory(adata.n_obs, adata.n_vars, int(adata.X.nnz), config, layout="memory",
                      available_bytes=available_bytes)
-    result = _preprocess(adata, config, owned=True)
+    result = _preprocess(adata, config, owned=True, steps=steps)
     del adata
     result.uns[C.UNS_KEY]["sample"] = prefix
-    with _step(f"writing {out.name}"):
+    with _step(f"writing {out.name}", steps, "write"):
         write_h5ad_atomic(result, out)
+    steps.finish()
     n_train = int((result.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).sum())
     logger.info(
         "wrote %s: %d cells (%d train, %d holdout) x %d HVGs, %d types",

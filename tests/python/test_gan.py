@@ -391,8 +391,11 @@ def test_memory_guard(seeds_small, monkeypatch):
 
 
 def test_memory_estimate_counts_the_synthetic_cells(seeds_small):
-    """The GAN's pre-flight estimate includes the generated cells (sparse blocks and their stacked
-    copy), so asking for many more cells raises it in proportion."""
+    """The GAN's pre-flight estimate includes the generated cells: their per-cell tables for every
+    cell, and the counts of one chunk only (they are written to the file chunk by chunk), so asking
+    for many more cells raises it by the tables alone once past one chunk."""
+    from garage.gan._model import GEN_CHUNK, TABLE_BYTES_PER_CELL
+
     import torch
 
     few = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, n_cells=100))
@@ -400,7 +403,7 @@ def test_memory_estimate_counts_the_synthetic_cells(seeds_small):
     counts = few.data.counts
     per_cell = counts.nnz / counts.shape[0]
     extra = many.check_memory(torch.device("cpu")) - few.check_memory(torch.device("cpu"))
-    assert extra == pytest.approx(100_000 * (per_cell * 16 + 400), rel=1e-6)
+    assert extra == pytest.approx(100_000 * TABLE_BYTES_PER_CELL + (GEN_CHUNK - 100) * per_cell * 16, rel=1e-6)
     # without --n-cells, --cells-per-type can ask for far more cells than the train cells: the
     # estimate follows the composition that will be generated
     default = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY))
@@ -408,7 +411,8 @@ def test_memory_estimate_counts_the_synthetic_cells(seeds_small):
     big = default.meta["categories"][int(np.argmax(default.meta["train_type_counts"]))]
     pinned = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, cells_per_type={big: 50_000}))
     extra = pinned.check_memory(torch.device("cpu")) - default.check_memory(torch.device("cpu"))
-    assert extra == pytest.approx((50_000 - n_train) * (per_cell * 16 + 400), rel=1e-6)
+    assert n_train < GEN_CHUNK
+    assert extra == pytest.approx((50_000 - n_train) * TABLE_BYTES_PER_CELL + (GEN_CHUNK - n_train) * per_cell * 16, rel=1e-6)
 
 
 def test_generate_refuses_what_will_not_fit_before_generating(trained_small, tmp_path, monkeypatch):
@@ -793,3 +797,50 @@ def test_conditional_library_model_trains_saves_and_shares(seeds_small, tmp_path
     # lognormal models carry no conditional parameters
     plain = GANConfig(**TINY, library="lognormal", n_cells=20)
     assert "lib_coef" not in torch.load(run_gan(seeds_small, tmp_path / "l", "l", plain)["model"], weights_only=True)
+
+
+def test_generation_is_written_chunk_by_chunk_and_equals_the_in_memory_cells(mix_model, monkeypatch, tmp_path):
+    """More cells than one chunk: the file written block by block (memory: one block) holds
+    exactly the cells generate() returns in memory, layers['counts'] is one stored copy linked
+    to X, and the per-group counts survive group names with '/' (HDF5's path separator)."""
+    import h5py
+
+    import garage.gan._model as gm
+
+    monkeypatch.setattr(gm, "GEN_CHUNK", 64)
+    gan = GarageGAN.load(mix_model["model"])
+    mem, prov_m = gan.generate(300, seed=3, with_provenance=True)
+    out = tmp_path / "chunked.synthetic.h5ad"
+    light, prov_c = gan.generate(300, seed=3, with_provenance=True, out=out, extra_uns={"note": "x"})
+    assert light.X is None and light.n_obs == 300
+    disk = ad.read_h5ad(out)
+    assert disk.shape == mem.shape and (disk.X != mem.X).nnz == 0
+    assert (disk.layers[C.LAYER_COUNTS] != mem.X).nnz == 0
+    assert (disk.obs_names == mem.obs_names).all() and disk.obs.equals(mem.obs)
+    assert prov_c.equals(prov_m)
+    u = disk.uns[C.UNS_KEY]
+    assert u["note"] == "x" and u["seeded_cells"] == mem.uns[C.UNS_KEY]["seeded_cells"] > 0
+    assert int(u["n_per_group"]["n_cells"].sum()) == 300
+    with h5py.File(out) as f:
+        assert f["X"] == f["layers"][C.LAYER_COUNTS]  # a hard link, not a second copy
+    # a failure mid-generation leaves nothing under the final name
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    bad = tmp_path / "bad.synthetic.h5ad"
+    monkeypatch.setattr(gm, "_bad_rows", boom)
+    with pytest.raises(RuntimeError):
+        gan.generate(300, seed=3, out=bad)
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_type_names_with_a_slash_round_trip_in_uns(tmp_path):
+    from garage.baselines import count_table, synthetic_anndata
+
+    names = ["CD4+/CD45RA+/CD25- Naive T", "B"]
+    a = synthetic_anndata(np.ones((3, 2), dtype=np.float32), [names[0], names[1], names[1]], names,
+                          {"n_per_type": count_table({names[0]: 1, names[1]: 2}, "cell_type")},
+                          var_names=["g1", "g2"])
+    a.write_h5ad(tmp_path / "s.h5ad")
+    t = ad.read_h5ad(tmp_path / "s.h5ad").uns[C.UNS_KEY]["n_per_type"]
+    assert dict(zip(t["cell_type"], t["n_cells"])) == {names[0]: 1, names[1]: 2}

@@ -104,6 +104,20 @@ def _document(result: Result, space, config: EvaluateConfig, sample: str, extra:
     return doc
 
 
+def _steps(real, synthetic, config: EvaluateConfig, *, plots: bool, seeds: bool):
+    """The stage's progress, weighted by where evaluation's time goes (``_core.STEP_WEIGHTS``);
+    a per-condition section counts once per condition level."""
+    from .._meta import condition_key_of
+    from ._core import step_progress
+
+    n_cond = 0
+    if (config.per_condition and condition_key_of(real) is not None
+            and C.OBS_SYN_CONDITION in getattr(getattr(synthetic, "obs", None), "columns", ())):
+        n_cond = int(real.obs[C.OBS_CONDITION].nunique())
+    seeds = seeds or C.OBS_SEED in getattr(getattr(real, "obs", None), "columns", ())
+    return step_progress(n_conditions=n_cond, plots=plots, seeds=seeds)
+
+
 def _sample_of(real, sample: str | None) -> str:
     if sample:
         return str(sample)
@@ -170,9 +184,13 @@ def evaluate_adata(
         ``per_condition`` (the ``PREFIX.per_condition.tsv`` table).
     """
     config = config or EvaluateConfig()
+    steps = _steps(real, synthetic, config, plots=False, seeds=seeds is not None or provenance is not None)
     with _threads(threads):
+        steps.begin("space", announce=False)
         space = _prepare(real, synthetic, config, seeds, provenance)
-        result = evaluate_space(space, config)
+        steps.end()
+        result = evaluate_space(space, config, steps)
+    steps.finish()
     doc = _document(result, space, config, _sample_of(real, sample), {})
     doc["per_type"] = result.per_type
     if result.per_condition is not None:
@@ -279,10 +297,14 @@ def run_evaluate(
     if any(p.resolve() in inputs for p in paths.values()):
         raise GarageError("an output would overwrite an input", "choose another --outdir or --prefix")
     syn_ad = _read(synthetic, "synthetic")
+    steps = _steps(real_ad, syn_ad, config, plots=config.plots,
+                   seeds=seeds is not None or provenance is not None)
     with _threads(threads):
+        steps.begin("space", announce=False)
         space = _prepare(real_ad, syn_ad, config, seeds, provenance)
+        steps.end()
         del syn_ad, real_ad
-        result = evaluate_space(space, config)
+        result = evaluate_space(space, config, steps)
     extra = {"real": Path(real).name, "synthetic": Path(synthetic).name}
     if seeds is not None:
         extra["seeds"] = Path(seeds).name
@@ -298,6 +320,7 @@ def run_evaluate(
         if config.plots:
             t0 = time.perf_counter()
             logger.info("evaluate: plots ...")
+            steps.begin("plots", announce=False)
             L, P = space.labels, space.pca
             rng = np.random.default_rng([config.seed, 7])
             n_real = len(L["train"]) + len(L["holdout"])
@@ -321,12 +344,14 @@ def run_evaluate(
                 title=f"{prefix}: per-type composition and agreement",
             )
             doc["timings_s"]["plots"] = round(time.perf_counter() - t0, 3)
+            steps.end()
         doc["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
         tmp["metrics"].write_text(metrics_json(doc))
         umask = os.umask(0)
         os.umask(umask)
         for t in tmp.values():  # mkstemp makes 0600 files; outputs are shared results
             os.chmod(t, 0o666 & ~umask)
+    steps.finish()
     m = doc["metrics"]
     logger.info(
         "evaluate: wrote %s (c2st_auc %.3f vs control %.3f; %d rare, %d missing types; "

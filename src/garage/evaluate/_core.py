@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .. import constants as C
+from .._utils import StepProgress
 from ._config import EvaluateConfig
 from ._intervals import entry, summarise
 from ._metrics import (
@@ -109,19 +110,47 @@ def _fmt(x) -> str:
     return "NA" if x is None else f"{x:.4g}"
 
 
-class _Log:
-    """Logs each metric group as it starts and each metric as it is finished."""
+#: Each step's seconds in the 1,000,000-cell evaluation of bench/results/evaluate_scale.json
+#: (stage_timings_s): the weights of evaluate's progress, so its ETA follows where the time goes.
+#: Reading the files and building the shared space were not timed apart there: the space is
+#: given half of the 71.5 s they took together.
+STEP_WEIGHTS = {"space": 35.8, "c2st_auc": 2.3, "mmd_rbf": 5.3, "wasserstein_pca": 5.6, "gene_stats": 8.5,
+                "leiden": 10.1, "agreement": 25.8, "per_type_diagnosis": 68.9, "utility": 58.3,
+                "privacy": 79.5, "seed_privacy": 196.1, "per_type_mmd": 2.2, "plots": 38.4}
+#: the steps a per-condition section repeats for each condition
+CONDITION_STEPS = ("c2st_auc", "mmd_rbf", "wasserstein_pca", "gene_stats", "leiden", "agreement", "utility")
 
-    def __init__(self, metrics: dict, timings: dict, prefix: str = "") -> None:
-        self.metrics, self.timings, self.prefix = metrics, timings, prefix
+
+def step_progress(*, n_conditions: int, plots: bool, seeds: bool) -> StepProgress:
+    """Evaluate's progress (bar or log lines with an ETA; a heartbeat inside long steps).
+    *n_conditions*: levels of the real file's condition (0 without one); *seeds*: seed cells
+    or provenance were given (the seed privacy step runs)."""
+    w = {k: v for k, v in STEP_WEIGHTS.items()
+         if (plots or k != "plots") and (seeds or k != "seed_privacy")}
+    if n_conditions:
+        w["conditions"] = n_conditions * sum(STEP_WEIGHTS[k] for k in CONDITION_STEPS)
+    return StepProgress("evaluate", w, log=logger)
+
+
+class _Log:
+    """Logs each metric group as it starts and each metric as it is finished; with *steps*,
+    each group is also a step of the stage's progress."""
+
+    def __init__(self, metrics: dict, timings: dict, prefix: str = "",
+                 steps: StepProgress | None = None) -> None:
+        self.metrics, self.timings, self.prefix, self.steps = metrics, timings, prefix, steps
         self.t0 = time.perf_counter()
 
-    def start(self, what: str) -> None:
+    def start(self, what: str, key: str) -> None:
         logger.info("evaluate: %s%s ...", self.prefix, what)
+        if self.steps is not None:
+            self.steps.begin(key, what, announce=False)
         self.t0 = time.perf_counter()
 
     def done(self, *names: str, group: str | None = None) -> None:
         dt = time.perf_counter() - self.t0
+        if self.steps is not None:
+            self.steps.end()
         self.timings[group or names[0]] = round(dt, 3)
         for n in names:
             e = self.metrics.get(n)
@@ -195,14 +224,14 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
                   _mean([a for a, _ in fv]), _mean([b for _, b in fv]))
 
     log.start(f"c2st_auc ({cfg.c2st_classifier}, {cfg.cv_folds}-fold, {n} vs {n} cells; "
-              f"intervals from {cfg.n_repeats} half-holdout draws of {nh})")
+              f"intervals from {cfg.n_repeats} half-holdout draws of {nh})", "c2st_auc")
     kw = dict(classifier=cfg.c2st_classifier, k=cfg.c2st_neighbors, folds=cfg.cv_folds)
     metrics["c2st_auc"] = run(
         lambda h, s, t, r: (c2st_auc(H[h], S[s], seed=cfg.seed + r, **kw),
                             c2st_auc(H[h], T[t], seed=cfg.seed + r, **kw)), "c2st_auc", n)
     log.done("c2st_auc")
 
-    log.start("mmd_rbf")
+    log.start("mmd_rbf", "mmd_rbf")
     med = median_sq_distance(np.r_[T, H], _rng(cfg.seed, "bandwidth"))
     scales = med * np.asarray(cfg.mmd_factors, dtype=float)
     space.mmd_scales = scales  # reused by the per-type MMD
@@ -213,14 +242,14 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
 
     d = int(min(cfg.wasserstein_n_pcs, space.n_pcs))
     nw = int(cfg.wasserstein_max_cells)
-    log.start(f"wasserstein_pca (exact EMD on {d} leading PCs, {min(n, nw)} vs {min(n, nw)} cells)")
+    log.start(f"wasserstein_pca (exact EMD on {d} leading PCs, {min(n, nw)} vs {min(n, nw)} cells)", "wasserstein_pca")
     metrics["wasserstein_pca"] = run(
         lambda h, s, t, r: (wasserstein(H[h[:nw], :d], S[s[:nw], :d]),
                             wasserstein(H[h[:nw], :d], T[t[:nw], :d])),
         "wasserstein_pca", min(n, nw), cap=nw)
     log.done("wasserstein_pca")
 
-    log.start("gene statistics (mean, variance, zero fraction) and library size")
+    log.start("gene statistics (mean, variance, zero fraction) and library size", "gene_stats")
     LN, CN = space.lognorm, space.counts
 
     def genes(h, s, t):
@@ -243,7 +272,7 @@ def _two_sample(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub
     nl = int(min(nH, nS, cfg.leiden_max_cells))
     nlh = int(min(half(nH), nS, cfg.leiden_max_cells))
     sub["leiden"] = nl
-    log.start(f"Leiden (resolution {cfg.leiden_resolution}, {nl} cells per side)")
+    log.start(f"Leiden (resolution {cfg.leiden_resolution}, {nl} cells per side)", "leiden")
     rng = _rng(cfg.seed, "leiden")
     lkw = dict(resolution=cfg.leiden_resolution, k=cfg.leiden_neighbors)
 
@@ -279,7 +308,7 @@ def _agreement(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub:
     groups = [pool[g] for g in _groups(LH[pool])]
     sub["judge"] = len(pool)
     log.start(f"agreement (judge: classifier trained on {len(pool)} real holdout cells, "
-              f"{cfg.n_repeats} stratified bootstrap draws)")
+              f"{cfg.n_repeats} stratified bootstrap draws)", "agreement")
     present = set(LS)
     agree = {t: [] for t in types}
     ctrl = {t: [] for t in types}
@@ -329,7 +358,7 @@ def _utility(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: d
     tpool = stratified_cap(LT, cfg.classifier_max_cells, rng, set(rare))
     tgroups = [tpool[g] for g in _groups(LT[tpool])]
     log.start(f"utility (TSTR: {m} synthetic vs {len(tpool)} real train cells, tested on "
-              f"bootstrap resamples of {len(LH)} holdout cells)")
+              f"bootstrap resamples of {len(LH)} holdout cells)", "utility")
     tm, tr, am, cm, cr = [], [], [], [], []
     for b in range(cfg.n_repeats):
         s = _perm(rng, nS, m)
@@ -363,7 +392,7 @@ def _pooled_privacy(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict,
     mp = _perm(rng, nR, min(nR, cap))
     sub.update(privacy=len(sp_), privacy_holdout=len(hp))
     log.start(f"privacy (nearest train cells of {len(sp_)} synthetic and {len(hp)} holdout cells "
-              f"among {nT} train cells)")
+              f"among {nT} train cells)", "privacy")
     Sp = S[sp_]
     dS = nn_distances(T_all, Sp, 2)  # synthetic -> any train cell
     dH = nn_distances(T_all, H[hp], 2)  # holdout -> any train cell
@@ -422,7 +451,7 @@ def _per_type(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, sub: 
     B = cfg.n_repeats
     cap = cfg.per_type_max_cells
     rng = _rng(cfg.seed, "per_type")
-    log.start(f"per type (C2ST, spread, DCR; at most {cap} cells per type and set)")
+    log.start(f"per type (C2ST, spread, DCR; at most {cap} cells per type and set)", "per_type_diagnosis")
 
     def pool(labels, idx=None):
         idx = np.arange(len(labels)) if idx is None else idx
@@ -576,7 +605,7 @@ def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, s
     cand = stratified_cap(LH, cap, rng, set(space.rare))
     k = cfg.seed_neighbors
     log.start(f"seed privacy ({len(seeds)} seeds vs matched holdout cells; nearest of "
-              f"{space.n('synthetic')} synthetic cells)")
+              f"{space.n('synthetic')} synthetic cells)", "seed_privacy")
     # centrality: mean distance to the k nearest other real cells (train + holdout)
     real_all = np.r_[T_all, H]
     c_seed = loo_distances(real_all, seeds, k).mean(axis=1)
@@ -647,7 +676,7 @@ def _seed_metrics(space: Space, cfg: EvaluateConfig, log: _Log, metrics: dict, s
 
 
 def headline(space: Space, cfg: EvaluateConfig, *, prefix: str = "", privacy: bool = True,
-             per_type: bool = True) -> tuple[dict, dict, dict, dict]:
+             per_type: bool = True, steps: StepProgress | None = None) -> tuple[dict, dict, dict, dict]:
     """Every metric of *space* (a whole file or one condition's cells).
 
     Returns ``(metrics, subsample, timings, aux)``; ``aux`` holds per-type results.
@@ -656,7 +685,7 @@ def headline(space: Space, cfg: EvaluateConfig, *, prefix: str = "", privacy: bo
     timings: dict[str, float] = {}
     sub: dict[str, int] = {}
     unchecked: dict[str, list[str]] = {}  # type -> privacy checks that could not run on it
-    log = _Log(metrics, timings, prefix)
+    log = _Log(metrics, timings, prefix, steps)
     _two_sample(space, cfg, log, metrics, sub)
     aux = {"agreement": _agreement(space, cfg, log, metrics, sub), "unchecked": unchecked}
     if per_type:
@@ -669,8 +698,9 @@ def headline(space: Space, cfg: EvaluateConfig, *, prefix: str = "", privacy: bo
     return {k: metrics[k] for k in order}, sub, timings, aux
 
 
-def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
-    """Compute every metric and its control on a prepared :class:`Space`."""
+def evaluate_space(space: Space, config: EvaluateConfig, steps: StepProgress | None = None) -> Result:
+    """Compute every metric and its control on a prepared :class:`Space`; *steps*: the stage's
+    progress (:func:`step_progress`), advanced metric group by metric group."""
     from ._conditions import condition_section
 
     cfg = config
@@ -685,10 +715,10 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
     if cfg.n_repeats < 2:
         logger.warning("n_repeats=1: metrics get no std and no interval")
 
-    metrics, sub, timings, aux = headline(space, cfg)
+    metrics, sub, timings, aux = headline(space, cfg, steps=steps)
 
-    log = _Log(metrics, timings)
-    log.start("per-type MMD")
+    log = _Log(metrics, timings, steps=steps)
+    log.start("per-type MMD", "per_type_mmd")
     rng = _rng(cfg.seed, "per_type_mmd")
     scales = space.mmd_scales
     P = space.pca
@@ -699,7 +729,7 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
         )
         for t in types
     }
-    timings["per_type_mmd"] = round(time.perf_counter() - log.t0, 3)
+    log.done("per_type_mmd")
     table = per_type_table(L, aux["agreement"], mmd_t, rare, aux["per_type"])
 
     unchecked = {t: aux["unchecked"][t] for t in sorted(aux["unchecked"])}
@@ -720,7 +750,11 @@ def evaluate_space(space: Space, config: EvaluateConfig) -> Result:
     conditions, per_condition = None, None
     if space.conditions is not None:
         t0 = time.perf_counter()
+        if steps is not None and "conditions" in steps.weights:
+            steps.begin("conditions", "per-condition metrics", announce=False)
         conditions, per_condition = condition_section(space, cfg)
+        if steps is not None:
+            steps.end()
         timings["conditions"] = round(time.perf_counter() - t0, 3)
 
     return Result(

@@ -44,7 +44,7 @@ from .. import constants as C
 from .._meta import condition_key_of, label_key_of, rare_types_of
 from .._norm import log_normalize
 from .._utils import budget_left_bytes, versions
-from ..baselines import _row_hashes, synthetic_anndata
+from ..baselines import _row_hashes, count_table, synthetic_anndata, synthetic_obs
 from ..errors import GarageError, ResourceError
 from ._config import GROUP_SEP, GANConfig, parse_cells_per_group, parse_cells_per_type
 from ._module import (
@@ -493,7 +493,8 @@ class GarageGAN:
             counts = self.data.counts
             host_est += counts.data.nbytes * 3
             # the synthetic cells of the requested composition (--n-cells, --cells-per-type,
-            # --cells-per-group), as dense as the train counts
+            # --cells-per-group): one chunk of counts as dense as the train counts (the cells are
+            # written chunk by chunk) and every cell's row in the tables
             meta = self.meta
             n_out = int(group_composition(
                 meta["categories"], meta["conditions"], meta["group_counts"], cfg.n_cells, cfg.composition,
@@ -512,10 +513,10 @@ class GarageGAN:
         _check_host_budget(host_est, cfg.max_memory_gb, "training and generation", advice)
         return host_est + (dev_est if device.type == "cuda" else 0)
 
-    def check_generation_memory(self, n_out: int) -> int:
+    def check_generation_memory(self, n_out: int, *, to_file: bool = True) -> int:
         """``garage generate``: refuse (exit 3) before generating *n_out* cells that will not fit in RAM."""
         per_cell = float(self.meta.get("nnz_per_cell", 0.1 * len(self.meta["var_names"])))
-        est = generation_bytes(n_out, per_cell) + GEN_CHUNK * len(self.meta["var_names"]) * 4 * 8
+        est = generation_bytes(n_out, per_cell, to_file=to_file) + GEN_CHUNK * len(self.meta["var_names"]) * 4 * 8
         _check_host_budget(est, None, f"generating {n_out} cells",
                            "ask for fewer cells (--n-cells) and run generate several times with different --seed, "
                            "or use a larger node")
@@ -576,6 +577,8 @@ class GarageGAN:
         cells_per_group=None,
         allow_counterfactual: bool = False,
         with_provenance: bool = False,
+        out: Path | None = None,
+        extra_uns: dict | None = None,
     ):
         """Synthetic cells as an AnnData with the ``PREFIX.synthetic.h5ad`` schema.
 
@@ -583,6 +586,11 @@ class GarageGAN:
         a DataFrame (``constants.PROVENANCE_COLUMNS``) naming each cell's seed:
         PRIVATE, never part of the AnnData.  Cells are generated on *device* in
         chunks of ``GEN_CHUNK`` and collected as sparse matrices.
+
+        With *out*, each chunk is appended to that file as it is drawn (written atomically,
+        :func:`garage.io.write_synthetic_chunked`), so memory is bounded by one chunk, and the
+        returned AnnData has obs, var and uns but no X.  *extra_uns* is merged into
+        ``uns['garage']`` (with *out* it must be known before the file is written).
         """
         cfg, meta = self.config, self.meta
         device = torch.device(device)
@@ -593,7 +601,7 @@ class GarageGAN:
         n_per = group_composition(cats, conds_names, gc, n_cells, composition, cells_per_type, cells_per_group,
                                   meta.get("rare_types"), allow_counterfactual)
         if self.data is None:  # a loaded model (garage generate): training checked its own run
-            self.check_generation_memory(int(n_per.sum()))
+            self.check_generation_memory(int(n_per.sum()), to_file=out is not None)
         seeded_model = meta.get("seed_codes") is not None and meta["seed_codes"].numel() > 0
         seed_count = meta["seed_count"].clone()
         if not seeded_model:
@@ -651,28 +659,31 @@ class GarageGAN:
             x = sample_counts(prop * lib.unsqueeze(1), dist, theta=theta, generator=dgen)
             return sp.csr_matrix(x.cpu().numpy().astype(np.float32)), mask.cpu().numpy(), pos.cpu().numpy()
 
-        blocks, masks, poss = [], [], []
-        from .._utils import progress
+        masks, poss = [], []
 
-        with progress(total=len(tt), desc="generate", unit="cell") as bar:
-            for lo in range(0, len(tt), GEN_CHUNK):
-                x, m, p = draw(types_all[lo:lo + GEN_CHUNK], conds_all[lo:lo + GEN_CHUNK])
-                # redraw cells that are empty or exact copies of a training cell (digests only)
-                for _ in range(20):
-                    bad = _bad_rows(x, train_hashes)
-                    if not bad.any():
-                        break
-                    sel = np.flatnonzero(bad)
-                    xb, mb, pb = draw(types_all[lo + sel], conds_all[lo + sel])
-                    x = _replace_rows(x, sel, xb)
-                    m[sel], p[sel] = mb, pb
-                else:
-                    raise GarageError("could not avoid exact copies of training cells after 20 redraws",
-                                      "train longer or lower --seed-mix")
-                blocks.append(x), masks.append(m), poss.append(p)
-                bar.update(x.shape[0])
-        x = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
-        mask, pos = np.concatenate(masks), np.concatenate(poss)
+        def chunks():
+            """CSR blocks of GEN_CHUNK cells in order (their seed masks and positions kept)."""
+            from .._utils import progress
+
+            with progress(total=len(tt), desc="generate", unit="cell") as bar:
+                for lo in range(0, len(tt), GEN_CHUNK):
+                    x, m, p = draw(types_all[lo:lo + GEN_CHUNK], conds_all[lo:lo + GEN_CHUNK])
+                    # redraw cells that are empty or exact copies of a training cell (digests only)
+                    for _ in range(20):
+                        bad = _bad_rows(x, train_hashes)
+                        if not bad.any():
+                            break
+                        sel = np.flatnonzero(bad)
+                        xb, mb, pb = draw(types_all[lo + sel], conds_all[lo + sel])
+                        x = _replace_rows(x, sel, xb)
+                        m[sel], p[sel] = mb, pb
+                    else:
+                        raise GarageError("could not avoid exact copies of training cells after 20 redraws",
+                                          "train longer or lower --seed-mix")
+                    masks.append(m), poss.append(p)
+                    bar.update(x.shape[0])
+                    yield x
+
         counterfactual = [f"{cats[i]}{GROUP_SEP}{conds_names[j]}" for i in range(len(cats)) for j in range(n_conds)
                           if conds_names and n_per[i, j] > 0 and gc.reshape(len(cats), n_conds)[i, j] == 0]
         if counterfactual:
@@ -685,37 +696,62 @@ class GarageGAN:
             "space": cfg.effective_space,
             "count_dist": dist,
             "library": "conditional" if cond_lib else ("joint" if cfg.joint_library else "lognormal"),
-            "n_per_type": n_per_type,
-            "n_per_group": ({f"{cats[i]}{GROUP_SEP}{conds_names[j]}": int(n_per[i, j]) for i in range(len(cats))
-                             for j in range(n_conds) if n_per[i, j] > 0} if conds_names else ""),
+            "n_per_type": count_table(n_per_type, "cell_type"),
+            "n_per_group": (count_table({f"{cats[i]}{GROUP_SEP}{conds_names[j]}": int(n_per[i, j])
+                                          for i in range(len(cats)) for j in range(n_conds) if n_per[i, j] > 0},
+                                         "group") if conds_names else ""),
             "counterfactual_groups": counterfactual,
             "composition": composition,
-            "cells_per_type": _h5_safe(dict(parse_cells_per_type(cells_per_type) or ()) or ""),
-            "cells_per_group": _h5_safe(dict(parse_cells_per_group(cells_per_group) or ()) or ""),
-            "n_cells": int(x.shape[0]),
+            "cells_per_type": count_table(dict(parse_cells_per_type(cells_per_type) or ()), "cell_type"),
+            "cells_per_group": count_table(dict(parse_cells_per_group(cells_per_group) or ()), "group"),
+            "n_cells": int(len(tt)),
             "rare_types": list(meta["rare_types"]),
             C.UNS_LABEL_KEY: meta.get("label_key", ""),
             C.UNS_CONDITION_KEY: meta.get("condition_key", ""),
             "conditions": list(conds_names),
             "exact_copies": 0,
-            "seeded_cells": int(mask.sum()),
+            "seeded_cells": 0,  # set once every cell is drawn
             "shareable_model": not seeded_model,
             "seed": int(seed),
             "train_seed": int(cfg.seed),
             "garage_version": __version__,
             "versions": versions(),
             "sample": meta.get("sample", ""),
+            **(extra_uns or {}),
         }
         labels = np.asarray(cats, dtype=object)[tt]
         cond_labels = np.asarray(conds_names, dtype=object)[cc] if conds_names else None
-        adata = synthetic_anndata(
-            x, labels, cats, uns, var=_var_frame(meta), sample=meta.get("sample", "") or "sample", seed=seed,
+        obs_kw = dict(
+            sample=meta.get("sample", "") or "sample", seed=seed,
             conditions=cond_labels, condition_categories=conds_names or None,
             label_key=meta.get("label_key") or None, condition_key=meta.get("condition_key") or None,
             counterfactual=(np.isin(np.char.add(np.char.add(labels.astype(str), GROUP_SEP),
                                                 cond_labels.astype(str)), counterfactual)
                             if cond_labels is not None and counterfactual else None),
         )
+        if out is not None:  # X written block by block: memory bounded by one block
+            import anndata as ad
+
+            from ..io import write_synthetic_chunked
+
+            obs = synthetic_obs(len(tt), labels, cats, **obs_kw)
+            var = _var_frame(meta)
+
+            def blocks():
+                yield from chunks()
+                return {"seeded_cells": int(sum(int(m.sum()) for m in masks))}
+
+            _, tail = write_synthetic_chunked(Path(out), obs, var, blocks(), len(var),
+                                              uns={C.UNS_KEY: _h5_safe(uns)})
+            uns.update(tail)
+            adata = ad.AnnData(obs=obs, var=var, uns={C.UNS_KEY: uns})  # no X: the counts are in *out*
+        else:
+            parts = list(chunks())
+            x = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+            del parts
+            uns["seeded_cells"] = int(sum(int(m.sum()) for m in masks))
+            adata = synthetic_anndata(x, labels, cats, uns, var=_var_frame(meta), **obs_kw)
+        mask, pos = np.concatenate(masks), np.concatenate(poss)
         if not with_provenance:
             return adata
         names = np.asarray(meta.get("seed_names") or [""], dtype=object)
@@ -809,10 +845,20 @@ def _check_host_budget(est: int, max_memory_gb: float | None, what: str, advice:
                             advice + (" (or raise --max-memory-gb)" if max_memory_gb else ""))
 
 
-def generation_bytes(n_out: int, nnz_per_cell: float) -> int:
-    """Peak bytes of *n_out* generated cells: the CSR blocks and their stacked copy (float32 values,
-    int32 indices: 8 bytes per stored count, twice) and about 400 bytes of per-cell tables."""
-    return int(n_out * (nnz_per_cell * 8 * 2 + 400))
+#: Host bytes per generated cell besides its counts (names, labels, seed masks, provenance):
+#: ``python -m bench.bench_generate`` measured 700 (peak RSS 1,735 -> 1,875 MB from 100,000 to
+#: 300,000 cells written chunk by chunk, bench/results/generate_scale.md); rounded up.
+TABLE_BYTES_PER_CELL = 800
+
+
+def generation_bytes(n_out: int, nnz_per_cell: float, *, to_file: bool = True) -> int:
+    """Peak bytes of generating *n_out* cells.  *to_file* (every stage and ``garage generate``):
+    cells are written chunk by chunk, so only one chunk's CSR is held, plus TABLE_BYTES_PER_CELL
+    of per-cell tables (names, labels, provenance).  In memory (the Python API without *out*): the
+    CSR blocks and their stacked copy (float32 values, int32 indices: 8 bytes per stored count,
+    twice) as well."""
+    held = min(n_out, GEN_CHUNK) if to_file else n_out
+    return int(held * nnz_per_cell * 8 * 2 + n_out * TABLE_BYTES_PER_CELL)
 
 
 def _validation_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from .. import constants as C
-from .._utils import check_writable_dir, resolve_device, set_seed, set_threads, write_h5ad_atomic
+from .._utils import check_writable_dir, resolve_device, set_seed, set_threads
 from ..errors import GarageError
 from ._config import GANConfig
-from ._model import GarageGAN, _h5_safe, group_composition
+from ._model import GarageGAN, group_composition
 from ._train import write_log
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,7 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
 
         model.meta["seed_codes"] = torch.zeros(0)
         model.meta.update(shareable_library(model.meta))
-    syn, prov = model.generate(config.n_cells, config.composition, config.cells_per_type, seed=config.seed,
-                               device=dev, cells_per_group=config.cells_per_group,
-                               allow_counterfactual=config.allow_counterfactual, with_provenance=True)
-    syn.uns[C.UNS_KEY].update({
+    about = {
         "input": Path(input).name,
         "device": dev.type,
         "train_seconds": round(t_train, 2),
@@ -120,14 +117,18 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
         "n_seeds": int(model.data.seed_rows.unique().numel()),
         "schedule": {k: int(v) for k, v in model.meta["schedule"].items()},
         "steps_run": model.meta["steps_run"],
-    })
+    }
+    # the cells go to out_h5 chunk by chunk as they are drawn (atomically: all or nothing)
+    syn, prov = model.generate(config.n_cells, config.composition, config.cells_per_type, seed=config.seed,
+                               device=dev, cells_per_group=config.cells_per_group,
+                               allow_counterfactual=config.allow_counterfactual, with_provenance=True,
+                               out=out_h5, extra_uns=about)
     outs = {"h5ad": out_h5, "model": out_model, "log": out_log}
     model.save(out_model, shareable=shareable_model)
     write_log(rows, out_log)
     if provenance:
         outs["provenance"] = write_provenance(prov, out_prov, sample=model.meta["sample"], seed=config.seed,
                                               model=out_model.name)
-    write_h5ad_atomic(syn, out_h5)
     with contextlib.suppress(FileNotFoundError):
         ckpt.unlink()
     logger.info("wrote %s (%d cells, %d types) after %.1f s of training",
@@ -155,13 +156,11 @@ def run_generate(model, outdir, prefix: str, *, n_cells: int | None = None, comp
         gan.meta["sample"] = prefix
     syn, prov = gan.generate(n_cells, composition, cells_per_type, seed=seed, device=dev,
                              cells_per_group=cells_per_group, allow_counterfactual=allow_counterfactual,
-                             with_provenance=True)
-    syn.uns[C.UNS_KEY].update({"model_file": Path(model).name, "device": dev.type})
-    syn.uns[C.UNS_KEY] = _h5_safe(syn.uns[C.UNS_KEY])
+                             with_provenance=True, out=out,
+                             extra_uns={"model_file": Path(model).name, "device": dev.type})
     outs = {"h5ad": out}
     if provenance:
         outs["provenance"] = write_provenance(prov, outdir / f"{prefix}.generated{C.SUFFIX_PROVENANCE}",
                                               sample=gan.meta.get("sample", ""), seed=seed, model=Path(model).name)
-    write_h5ad_atomic(syn, out)
     logger.info("wrote %s (%d cells)", out.name, syn.n_obs)
     return outs
