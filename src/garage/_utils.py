@@ -334,6 +334,12 @@ class StepProgress:
             self.done += pct
         self.bar.update(pct)
 
+    def close(self) -> None:
+        """The stage failed (or is abandoned): stop the heartbeat and the bar where they are."""
+        self._stop_beat()
+        self._current = None
+        self.bar.close()
+
     def finish(self) -> None:
         """The stage succeeded: skipped steps count as done."""
         self.end()

@@ -564,7 +564,7 @@ def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None)
     path = Path(path)
     n_obs = len(obs)
     with atomic_path(path) as tmp:
-        ad.AnnData(obs=obs, var=pd.DataFrame(var).copy()).write_h5ad(tmp)  # obs/var/layout; X after
+        ad.AnnData(obs=obs, var=pd.DataFrame(var).copy()).write_h5ad(tmp, compression="gzip")  # X after
         kw = {"compression": "gzip"}
         with h5py.File(tmp, "a") as f:
             rows, first, tail = 0, True, {}
@@ -578,7 +578,8 @@ def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None)
                 block = sp.csr_matrix(block, dtype=np.float32)
                 if block.shape[1] != n_vars:
                     raise ValueError(f"a block has {block.shape[1]} genes, expected {n_vars}")
-                if first:
+                if first:  # int64 indptr: appending past 2**31 stored counts must not overflow
+                    block.indptr = block.indptr.astype(np.int64)
                     write_elem(f, "X", block, dataset_kwargs=kw)
                     first = False
                 else:

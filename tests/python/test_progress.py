@@ -126,6 +126,13 @@ def test_a_stage_that_fails_stops_short_of_100(monkeypatch, caplog):
             raise RuntimeError("boom")
     pcts = _pcts([r.getMessage() for r in caplog.records], "stage")
     assert pcts == [50] and steps._beat is None  # the heartbeat thread stopped with the step
+    # a caller that began a step and failed outside step() closes the stage: no thread lingers
+    import threading
+
+    steps = StepProgress("stage2", {"a": 1.0}, heartbeat_s=0.05)
+    steps.begin("a")
+    steps.close()
+    assert not any(t.name == "stage2 heartbeat" for t in threading.enumerate())
 
 
 def test_preprocess_reports_progress_by_weighted_steps(monkeypatch, caplog, small_counts_path, tmp_path):

@@ -185,12 +185,16 @@ def evaluate_adata(
     """
     config = config or EvaluateConfig()
     steps = _steps(real, synthetic, config, plots=False, seeds=seeds is not None or provenance is not None)
-    with _threads(threads):
-        steps.begin("space", announce=False)
-        space = _prepare(real, synthetic, config, seeds, provenance)
-        steps.end()
-        result = evaluate_space(space, config, steps)
-    steps.finish()
+    try:
+        with _threads(threads):
+            steps.begin("space", announce=False)
+            space = _prepare(real, synthetic, config, seeds, provenance)
+            steps.end()
+            result = evaluate_space(space, config, steps)
+        steps.finish()
+    except BaseException:
+        steps.close()  # no heartbeat outlives a failed evaluation
+        raise
     doc = _document(result, space, config, _sample_of(real, sample), {})
     doc["per_type"] = result.per_type
     if result.per_condition is not None:
@@ -299,59 +303,63 @@ def run_evaluate(
     syn_ad = _read(synthetic, "synthetic")
     steps = _steps(real_ad, syn_ad, config, plots=config.plots,
                    seeds=seeds is not None or provenance is not None)
-    with _threads(threads):
-        steps.begin("space", announce=False)
-        space = _prepare(real_ad, syn_ad, config, seeds, provenance)
-        steps.end()
-        del syn_ad, real_ad
-        result = evaluate_space(space, config, steps)
-    extra = {"real": Path(real).name, "synthetic": Path(synthetic).name}
-    if seeds is not None:
-        extra["seeds"] = Path(seeds).name
-    if provenance is not None:
-        extra["provenance"] = Path(provenance).name
-    doc = _document(result, space, config, prefix, extra)
-
-    with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
-        tmp["per_type"].write_text(per_type_tsv(result.per_type))
-        if "per_condition" in tmp:
-            tmp["per_condition"].write_text(per_condition_tsv(result.per_condition))
-        if config.plots:
-            t0 = time.perf_counter()
-            logger.info("evaluate: plots ...")
-            steps.begin("plots", announce=False)
-            L, P = space.labels, space.pca
-            rng = np.random.default_rng([config.seed, 7])
-            n_real = len(L["train"]) + len(L["holdout"])
-            m = int(min(n_real, space.n("synthetic"), config.umap_max_cells))
-            ri = rng.permutation(n_real)[:m]
-            si = rng.permutation(space.n("synthetic"))[:m]
-            real_x = np.r_[P["train"], P["holdout"]][ri]
-            real_l = np.r_[L["train"], L["holdout"]][ri]
-            cond = None
-            K = space.conditions
-            if K is not None:
-                cond = (np.r_[K["train"], K["holdout"]][ri],
-                        K["synthetic"][si] if "synthetic" in K else None, space.condition_key)
-            plot_umap(
-                tmp["umap"], real_x, real_l, P["synthetic"][si], L["synthetic"][si],
-                list(result.per_type["cell_type"]), seed=config.seed,
-                title=f"{prefix}: real vs synthetic cells (shared PCA space)", conditions=cond,
-            )
-            plot_per_type(
-                tmp["per_type_plot"], result.per_type, result.holdout_recall,
-                title=f"{prefix}: per-type composition and agreement",
-            )
-            doc["timings_s"]["plots"] = round(time.perf_counter() - t0, 3)
+    try:
+        with _threads(threads):
+            steps.begin("space", announce=False)
+            space = _prepare(real_ad, syn_ad, config, seeds, provenance)
             steps.end()
-        doc["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
-        tmp["metrics"].write_text(metrics_json(doc))
-        umask = os.umask(0)
-        os.umask(umask)
-        for t in tmp.values():  # mkstemp makes 0600 files; outputs are shared results
-            os.chmod(t, 0o666 & ~umask)
-    steps.finish()
+            del syn_ad, real_ad
+            result = evaluate_space(space, config, steps)
+        extra = {"real": Path(real).name, "synthetic": Path(synthetic).name}
+        if seeds is not None:
+            extra["seeds"] = Path(seeds).name
+        if provenance is not None:
+            extra["provenance"] = Path(provenance).name
+        doc = _document(result, space, config, prefix, extra)
+
+        with contextlib.ExitStack() as stack:
+            tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
+            tmp["per_type"].write_text(per_type_tsv(result.per_type))
+            if "per_condition" in tmp:
+                tmp["per_condition"].write_text(per_condition_tsv(result.per_condition))
+            if config.plots:
+                t0 = time.perf_counter()
+                logger.info("evaluate: plots ...")
+                steps.begin("plots", announce=False)
+                L, P = space.labels, space.pca
+                rng = np.random.default_rng([config.seed, 7])
+                n_real = len(L["train"]) + len(L["holdout"])
+                m = int(min(n_real, space.n("synthetic"), config.umap_max_cells))
+                ri = rng.permutation(n_real)[:m]
+                si = rng.permutation(space.n("synthetic"))[:m]
+                real_x = np.r_[P["train"], P["holdout"]][ri]
+                real_l = np.r_[L["train"], L["holdout"]][ri]
+                cond = None
+                K = space.conditions
+                if K is not None:
+                    cond = (np.r_[K["train"], K["holdout"]][ri],
+                            K["synthetic"][si] if "synthetic" in K else None, space.condition_key)
+                plot_umap(
+                    tmp["umap"], real_x, real_l, P["synthetic"][si], L["synthetic"][si],
+                    list(result.per_type["cell_type"]), seed=config.seed,
+                    title=f"{prefix}: real vs synthetic cells (shared PCA space)", conditions=cond,
+                )
+                plot_per_type(
+                    tmp["per_type_plot"], result.per_type, result.holdout_recall,
+                    title=f"{prefix}: per-type composition and agreement",
+                )
+                doc["timings_s"]["plots"] = round(time.perf_counter() - t0, 3)
+                steps.end()
+            doc["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+            tmp["metrics"].write_text(metrics_json(doc))
+            umask = os.umask(0)
+            os.umask(umask)
+            for t in tmp.values():  # mkstemp makes 0600 files; outputs are shared results
+                os.chmod(t, 0o666 & ~umask)
+        steps.finish()
+    except BaseException:
+        steps.close()  # no heartbeat outlives a failed evaluation
+        raise
     m = doc["metrics"]
     logger.info(
         "evaluate: wrote %s (c2st_auc %.3f vs control %.3f; %d rare, %d missing types; "

@@ -71,15 +71,9 @@ def _element_bytes(obj) -> int:
 
     if isinstance(obj, h5py.Dataset):
         return _dataset_bytes(obj)
-    total = 0
-
-    def add(_name, o):
-        nonlocal total
-        if isinstance(o, h5py.Dataset):
-            total += _dataset_bytes(o)
-
-    obj.visititems(add)
-    return total
+    # every path, not every object: a hard link (a synthetic file's layers/counts -> X) is read
+    # into memory once per path, though visititems would see its object once
+    return sum(_element_bytes(v) for v in obj.values())
 
 
 def _index(group):

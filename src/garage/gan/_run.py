@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -118,17 +119,25 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
         "schedule": {k: int(v) for k, v in model.meta["schedule"].items()},
         "steps_run": model.meta["steps_run"],
     }
-    # the cells go to out_h5 chunk by chunk as they are drawn (atomically: all or nothing)
-    syn, prov = model.generate(config.n_cells, config.composition, config.cells_per_type, seed=config.seed,
-                               device=dev, cells_per_group=config.cells_per_group,
-                               allow_counterfactual=config.allow_counterfactual, with_provenance=True,
-                               out=out_h5, extra_uns=about)
-    outs = {"h5ad": out_h5, "model": out_model, "log": out_log}
-    model.save(out_model, shareable=shareable_model)
-    write_log(rows, out_log)
-    if provenance:
-        outs["provenance"] = write_provenance(prov, out_prov, sample=model.meta["sample"], seed=config.seed,
-                                              model=out_model.name)
+    # the cells go to a staging file chunk by chunk as they are drawn; it takes its final name
+    # only after the model, log and provenance are written, so an existing PREFIX.synthetic.h5ad
+    # still means the stage finished (garage run --resume reuses a stage whose outputs exist)
+    staged = out_h5.with_name(f".{out_h5.name.removesuffix('.h5ad')}.staged.h5ad")
+    try:
+        syn, prov = model.generate(config.n_cells, config.composition, config.cells_per_type, seed=config.seed,
+                                   device=dev, cells_per_group=config.cells_per_group,
+                                   allow_counterfactual=config.allow_counterfactual, with_provenance=True,
+                                   out=staged, extra_uns=about)
+        outs = {"h5ad": out_h5, "model": out_model, "log": out_log}
+        model.save(out_model, shareable=shareable_model)
+        write_log(rows, out_log)
+        if provenance:
+            outs["provenance"] = write_provenance(prov, out_prov, sample=model.meta["sample"],
+                                                  seed=config.seed, model=out_model.name)
+        os.replace(staged, out_h5)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
     with contextlib.suppress(FileNotFoundError):
         ckpt.unlink()
     logger.info("wrote %s (%d cells, %d types) after %.1f s of training",
