@@ -542,7 +542,8 @@ def validate_counts(adata, *, source: str = "input") -> None:
         )
 
 
-def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None) -> tuple[Path, dict]:
+def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None, *,
+                            wide_index: bool = False) -> tuple[Path, dict]:
     """Write a ``PREFIX.synthetic.h5ad`` whose counts arrive as CSR row blocks, atomically.
 
     Memory stays bounded by one block: X is appended block by block with anndata's own
@@ -551,7 +552,10 @@ def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None)
     data read twice, stored once).  *blocks* yields CSR blocks in row order whose rows add up
     to ``len(obs)``; it may return a dict (``StopIteration.value``), which is merged into
     *uns* (``uns['garage']``) before it is written, for summaries known only after the last
-    block (e.g. how many cells were seeded).  Returns ``(path, that dict)``.
+    block (e.g. how many cells were seeded).  Returns ``(path, that dict)``.  *wide_index*:
+    int64 indptr and indices (the caller expects more than about 2**30 stored counts: an int32
+    indptr could not be appended past 2**31); otherwise both stay int32, as scipy wants one
+    index dtype for both.
     """
     import anndata as ad
     import h5py
@@ -578,8 +582,10 @@ def write_synthetic_chunked(path: Path, obs, var, blocks, n_vars: int, uns=None)
                 block = sp.csr_matrix(block, dtype=np.float32)
                 if block.shape[1] != n_vars:
                     raise ValueError(f"a block has {block.shape[1]} genes, expected {n_vars}")
-                if first:  # int64 indptr: appending past 2**31 stored counts must not overflow
-                    block.indptr = block.indptr.astype(np.int64)
+                if first:
+                    if wide_index:
+                        block.indptr = block.indptr.astype(np.int64)
+                        block.indices = block.indices.astype(np.int64)
                     write_elem(f, "X", block, dataset_kwargs=kw)
                     first = False
                 else:

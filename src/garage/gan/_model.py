@@ -741,8 +741,10 @@ class GarageGAN:
                 yield from chunks()
                 return {"seeded_cells": int(sum(int(m.sum()) for m in masks))}
 
+            per_cell = float(meta.get("nnz_per_cell", 0.1 * len(var)))
             _, tail = write_synthetic_chunked(Path(out), obs, var, blocks(), len(var),
-                                              uns={C.UNS_KEY: _h5_safe(uns)})
+                                              uns={C.UNS_KEY: _h5_safe(uns)},
+                                              wide_index=len(tt) * per_cell > 2**30)
             uns.update(tail)
             adata = ad.AnnData(obs=obs, var=var, uns={C.UNS_KEY: uns})  # no X: the counts are in *out*
         else:
