@@ -76,12 +76,13 @@ def measure(cmd: list[str], env: dict | None = None, *, mem_cap_mb: float | None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def git_commit() -> str:
-    """Short commit of the benchmarked code, with ``+dirty`` when src/ has local changes."""
+def git_commit(repo: Path = REPO) -> str:
+    """Short commit of the benchmarked code, with ``+dirty`` when src/ has local changes; *repo*:
+    the checkout (or worktree) whose code ran, this one by default."""
     try:
-        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
                                capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -28,17 +28,6 @@ def _garage_version_path() -> str:
     return str(Path(garage.__file__).resolve().parents[1])
 
 
-def _code_of(src: str) -> str:
-    """The commit of the source tree that ran (``+dirty`` with local changes under src/)."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", "-C", src, *a], capture_output=True, text=True).stdout.strip()
-
-    sha = git("rev-parse", "--short", "HEAD") or git_commit()
-    return sha + ("+dirty" if git("status", "--porcelain", "--", ".") else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="PREFIX.generator.pt")
@@ -57,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         m = measure(cmd, timeout_s=3600)
         out = d / "g.generated.h5ad"
         src = _garage_version_path()
-        row = {"label": args.label, "code": _code_of(src), "garage_src": src, "cells": n,
+        row = {"label": args.label, "code": git_commit(Path(src).parent), "garage_src": src, "cells": n,
                "status": m.get("status", "ok" if m["rc"] == 0 else "failed"), "wall_s": round(m["wall_s"], 1),
                "cpu_s": round(m.get("cpu_s", float("nan")), 1), "peak_rss_mb": round(m["peak_mb"]),
                "file_mb": round(out.stat().st_size / 2**20, 1) if out.exists() else None}

@@ -648,10 +648,10 @@ class GarageGAN:
             pos = seed_start[gs] + (torch.rand(t.shape[0], generator=dgen, device=device) * cnt.clamp_min(1)).long()
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
-            out = self.net.generated(lab, c, noise, code, mask)
-            prop, loglib = self.net.decode(out, c)
+            gen = self.net.generated(lab, c, noise, code, mask)
+            prop, loglib = self.net.decode(gen, c)
             if cond_lib:
-                lib = sample_library_conditional(lib_params, g, out, lib_coef, lib_code_mean, lib_scale, dgen)
+                lib = sample_library_conditional(lib_params, g, gen, lib_coef, lib_code_mean, lib_scale, dgen)
             elif loglib is None:
                 lib = sample_library(lib_params, g, dgen)
             else:
@@ -660,6 +660,9 @@ class GarageGAN:
             return sp.csr_matrix(x.cpu().numpy().astype(np.float32)), mask.cpu().numpy(), pos.cpu().numpy()
 
         masks, poss = [], []
+
+        def seeded() -> int:
+            return int(sum(int(m.sum()) for m in masks))
 
         def chunks():
             """CSR blocks of GEN_CHUNK cells in order (their seed masks and positions kept)."""
@@ -739,7 +742,7 @@ class GarageGAN:
 
             def blocks():
                 yield from chunks()
-                return {"seeded_cells": int(sum(int(m.sum()) for m in masks))}
+                return {"seeded_cells": seeded()}
 
             per_cell = float(meta.get("nnz_per_cell", 0.1 * len(var)))
             _, tail = write_synthetic_chunked(Path(out), obs, var, blocks(), len(var),
@@ -751,7 +754,7 @@ class GarageGAN:
             parts = list(chunks())
             x = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
             del parts
-            uns["seeded_cells"] = int(sum(int(m.sum()) for m in masks))
+            uns["seeded_cells"] = seeded()
             adata = synthetic_anndata(x, labels, cats, uns, var=_var_frame(meta), **obs_kw)
         mask, pos = np.concatenate(masks), np.concatenate(poss)
         if not with_provenance:
