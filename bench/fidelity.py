@@ -23,6 +23,10 @@ garage_noseed   ablation: ``--seed-mix 0`` (no seed cells in the generator input
 garage_random   ablation: seeds chosen at random, same quotas (``garage gat --seed-strategy random``)
 scvi            scvi-tools SCVI, posterior-predictive samples of train cells in train proportions
 knn_interp      within-type kNN interpolation in count space + Poisson sampling
+garage#REV      GARAGE's GAT and GAN stages *as they were at commit REV*, with that
+                commit's defaults (its ``src/`` is extracted with ``git archive`` into
+                bench/_work/trees/); preprocessing and scoring are today's, so the
+                row compares the old generator like for like with the current one
 
 Every table also has a ``real (control)`` row: each metric's control value from
 the same evaluations (real train cells against the same holdout), the score of
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -160,6 +165,28 @@ def _variant_opts(method: str, variants: dict) -> dict:
     return {}
 
 
+def _old_tree(rev: str) -> tuple[str, Path]:
+    """(full commit, extracted src/ folder) of *rev*: ``git archive`` into bench/_work/trees/."""
+    import subprocess
+    import tarfile
+    import io
+
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True)
+    if sha.returncode != 0:
+        raise SystemExit(f"garage#{rev}: not a commit of this repository")
+    sha = sha.stdout.strip()
+    root = WORK / "trees" / sha[:12]
+    if not (root / "src" / "garage").is_dir():
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", sha, "src"],
+                             capture_output=True, check=True).stdout
+        tmp = root.with_name(root.name + ".tmp")
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall(tmp, filter="data")
+        tmp.rename(root)
+    return sha, root / "src"
+
+
 def _opt_args(opts: dict) -> list[str]:
     out = []
     for k, v in opts.items():
@@ -178,8 +205,12 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     *report_only*: return the cached row of the current code, or None; never compute."""
     opts = _variant_opts(method, variants)
     code = _code_version() if method.startswith("garage") else ""
+    env = None
+    if method.startswith("garage#"):  # an earlier commit's GAT + GAN with that commit's defaults
+        code, src = _old_tree(method.split("#", 1)[1])
+        env = dict(os.environ, PYTHONPATH=str(src))
     key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code], sort_keys=True).encode()).hexdigest()[:8]
-    out = FID / name / split / f"{method.replace('@', '_')}_s{seed}"
+    out = FID / name / split / f"{method.replace('@', '_').replace('#', '_rev_')}_s{seed}"
     done = out / "row.json"
     if done.exists() and not force:
         row = json.loads(done.read_text())
@@ -194,12 +225,13 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
         gat_opts = opts.get("gat", {})
         seeds = out / f"{name}.seeds.h5ad"
         m = measure(_garage("gat", "--input", pp, "--prefix", name, "--outdir", out, "--seed", seed,
-                            *_opt_args(gat_opts)))
+                            *_opt_args(gat_opts)), env)
         if m["rc"] != 0:
             return _fail(done, key, "gat failed")
         t_gat = m["wall_s"]
-        m = measure(_garage("gan", "--input", seeds, "--prefix", method.replace("@", "_"), "--outdir", out,
-                            "--seed", seed, "--checkpoint-every", 0, *_opt_args(opts.get("gan", {}))))
+        prefix = method.replace("@", "_").replace("#", "_rev_")
+        m = measure(_garage("gan", "--input", seeds, "--prefix", prefix, "--outdir", out,
+                            "--seed", seed, "--checkpoint-every", 0, *_opt_args(opts.get("gan", {}))), env)
     else:
         seeds = None
         cmd = [sys.executable, "-m", "bench", "--_train", method, "--_seeds", pp, "--_out", out,

@@ -137,3 +137,36 @@ def test_scale_row_records_the_commit_that_ran(tmp_path, monkeypatch, scale_sand
                      command="c")
     rows = bench_scale.run(args)
     assert rows[0]["commit"] == "aaa"
+
+
+def test_old_commit_method_runs_that_commits_stages(tmp_path, monkeypatch):
+    """garage#REV: GAT and GAN run from REV's own src/ (git archive), the cache is keyed on REV."""
+    import subprocess
+
+    monkeypatch.setattr(fidelity, "WORK", tmp_path / "work")
+    monkeypatch.setattr(fidelity, "FID", tmp_path / "fid")
+    monkeypatch.setattr(fidelity, "prepare", lambda name, split: tmp_path / "pp.h5ad")
+    calls = []
+
+    def fake_measure(cmd, env=None, **kw):
+        calls.append((cmd, env))
+        return {"rc": 1, "wall_s": 0.0, "peak_mb": 0}
+
+    monkeypatch.setattr(fidelity, "measure", fake_measure)
+    row = fidelity.run_one("d", "test", "garage#HEAD", 0, {}, None)
+    sha = subprocess.run(["git", "-C", str(fidelity.REPO), "rev-parse", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    src = tmp_path / "work" / "trees" / sha[:12] / "src"
+    # the extracted tree is that commit's src/, byte for byte
+    shown = subprocess.run(["git", "-C", str(fidelity.REPO), "show", f"{sha}:src/garage/__init__.py"],
+                           capture_output=True, check=True).stdout
+    assert (src / "garage" / "__init__.py").read_bytes() == shown
+    cmd, env = calls[0]
+    assert "gat" in cmd and env["PYTHONPATH"] == str(src)
+    assert row["status"] == "gat failed" and (tmp_path / "fid" / "d" / "test" / "garage_rev_HEAD_s0").is_dir()
+    # the current code's rows are keyed differently (no cached row is mixed up with the old commit's)
+    calls.clear()
+    other = fidelity.run_one("d", "test", "garage", 0, {}, None)
+    assert calls[0][1] is None and other["key"] != row["key"]
+    with pytest.raises(SystemExit, match="not a commit"):
+        fidelity.run_one("d", "test", "garage#no-such-rev", 0, {}, None)

@@ -1,0 +1,106 @@
+"""The autoencoder's ceiling: how real do decoded train cells look? (issue 13, diagnosis inner loop)
+
+GARAGE's cells are decoded latent codes, so no latent GAN can beat what the
+count-VAE makes of the train cells' own codes.  This trains only the
+autoencoder phases (one adversarial step) for each variant and training seed,
+decodes the train cells' posterior means (and posterior samples) at their own
+library sizes with NB noise, and scores them with ``garage evaluate`` against
+the split's holdout (3 holdout draws).  A variant that lowers this ceiling
+without raising the membership-attack AUC is worth a full ``bench.fidelity``
+run; one that does not can be dropped in minutes instead of an hour.
+
+Run on validation splits only (the GAT output of ``bench.fidelity --split val``):
+
+    python -m bench.vae_ceiling --input bench/_work/fidelity/pbmc3k/val/garage_s0/pbmc3k.seeds.h5ad \\
+        --variant base='{}' --variant lat10='{"n_latent": 10}' --seeds 0,1 --out ceiling_pbmc3k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+    import torch
+
+    from garage import constants as C
+    from garage._utils import set_seed
+    from garage.evaluate import EvaluateConfig, evaluate_adata
+    from garage.gan import GANConfig, GarageGAN
+    from garage.gan._nn import sample_counts
+
+    set_seed(seed)
+    t0 = time.time()
+    cfg = GANConfig(seed=seed, checkpoint_every=0, **{"gan_steps": 1, **overrides})
+    model = GarageGAN.setup(real, cfg)
+    model.train(torch.device("cpu"))
+    train_s = time.time() - t0
+    net, data = model.net, model.data
+    net.eval()
+    cats = model.meta["categories"]
+    nc = net.vae.n_conds > 1
+    gen = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        mus, lvs = [], []
+        for lo in range(0, data.n, 4096):
+            idx = torch.arange(lo, min(lo + 4096, data.n))
+            m_, lv_ = net.vae.encode(data.batch_counts(idx, "cpu"), data.conds[idx] if nc else None)
+            mus.append(m_), lvs.append(lv_)
+        mu, sd = torch.cat(mus), (0.5 * torch.cat(lvs)).exp()
+        lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
+        theta = net.vae.theta
+    out = {"train_s": round(train_s, 1), "steps": model.meta.get("steps_run")}
+    for name, z in (("means", mu), ("samples", mu + torch.randn(mu.shape, generator=gen) * sd)):
+        with torch.no_grad():
+            prop = net.vae.proportions(z, data.conds if nc else None)
+            x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
+        syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
+            {C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in data.types.numpy()])},
+            index=[f"c{i}" for i in range(len(x))]), var=pd.DataFrame(index=real.var_names))
+        doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=draws))
+        m = doc["metrics"]
+        out[name] = {"c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"],
+                     "c2st": m["c2st_auc"]["value"], "control": m["c2st_auc"]["control"],
+                     "mia_auc": m["mia_auc"]["value"], "dcr_ratio": m["dcr_ratio"]["value"],
+                     "libsize_ks": m["libsize_ks"]["value"]}
+    return out
+
+
+def main(argv=None):
+    import anndata as ad
+    import torch
+
+    ap = argparse.ArgumentParser(prog="python -m bench.vae_ceiling", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", type=Path, required=True, help="a PREFIX.seeds.h5ad of a validation split")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="GANConfig overrides (autoencoder options), e.g. lat10='{\"n_latent\": 10}'")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--draws", type=int, default=3, help="holdout draws per evaluation")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="JSON of every row (appended to if it exists)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    real = ad.read_h5ad(args.input)
+    rows = json.loads(args.out.read_text()) if args.out and args.out.exists() else []
+    for v in args.variant or ["base={}"]:
+        name, js = v.split("=", 1)
+        for s in (int(x) for x in args.seeds.split(",")):
+            r = ceiling(real, json.loads(js), s, args.draws)
+            rows.append({"input": str(args.input), "variant": name, "overrides": json.loads(js), "seed": s, **r})
+            print(f"{name:12s} s{s} means gap {r['means']['c2st_gap']:+.3f} mia {r['means']['mia_auc']:.3f} | "
+                  f"samples gap {r['samples']['c2st_gap']:+.3f} mia {r['samples']['mia_auc']:.3f} | "
+                  f"train {r['train_s']:.0f}s", flush=True)
+            if args.out:
+                args.out.write_text(json.dumps(rows, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
