@@ -39,7 +39,8 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
 
     set_seed(seed)
     t0 = time.time()
-    cfg = GANConfig(seed=seed, checkpoint_every=0, **{"gan_steps": 1, **overrides})
+    full = overrides.pop("full", False)  # train the adversarial phase too (its default length)
+    cfg = GANConfig(seed=seed, checkpoint_every=0, **({} if full else {"gan_steps": 1}), **overrides)
     model = GarageGAN.setup(real, cfg)
     model.train(torch.device("cpu"))
     train_s = time.time() - t0
@@ -58,13 +59,29 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
         lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
         theta = net.vae.theta
     out = {"train_s": round(train_s, 1), "steps": model.meta.get("steps_run")}
-    for name, z in (("means", mu), ("samples", mu + torch.randn(mu.shape, generator=gen) * sd)):
+    variants = [("means", mu, lib), ("samples", mu + torch.randn(mu.shape, generator=gen) * sd, lib)]
+    meta = model.meta
+    if full and "lib_coef" in meta:  # the train means at the model's own (code-conditional) library sizes
+        from garage.gan._model import _lib_params_of
+        from garage.gan._train import sample_library_conditional
+
         with torch.no_grad():
-            prop = net.vae.proportions(z, data.conds if nc else None)
-            x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
-        syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
-            {C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in data.types.numpy()])},
-            index=[f"c{i}" for i in range(len(x))]), var=pd.DataFrame(index=real.var_names))
+            mlib = sample_library_conditional(_lib_params_of(meta), data.group(data.types, data.conds),
+                                              data.codes, meta["lib_coef"].float(),
+                                              meta["lib_code_mean"].float(), float(meta["lib_resid_scale"]), gen)
+        variants.append(("means_modellib", mu, mlib))
+    if full:
+        variants.append(("generated", None, None))
+    for name, z, lb in variants:
+        if z is None:
+            syn = model.generate(None, "original", None, seed=seed)
+        else:
+            with torch.no_grad():
+                prop = net.vae.proportions(z, data.conds if nc else None)
+                x = sample_counts(prop * lb[:, None], "nb", theta=theta, generator=gen).numpy()
+            syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
+                {C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in data.types.numpy()])},
+                index=[f"c{i}" for i in range(len(x))]), var=pd.DataFrame(index=real.var_names))
         doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=draws))
         m = doc["metrics"]
         out[name] = {"c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"],
@@ -81,7 +98,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.vae_ceiling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", type=Path, required=True, help="a PREFIX.seeds.h5ad of a validation split")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="GANConfig overrides (autoencoder options), e.g. lat10='{\"n_latent\": 10}'")
+                    help="GANConfig overrides, e.g. lat10='{\"n_latent\": 10}'; \"full\": true also trains "
+                         "the adversarial phase and scores the means at the model's library sizes and the "
+                         "model's own cells")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--draws", type=int, default=3, help="holdout draws per evaluation")
     ap.add_argument("--threads", type=int, default=1)
@@ -95,9 +114,9 @@ def main(argv=None):
         for s in (int(x) for x in args.seeds.split(",")):
             r = ceiling(real, json.loads(js), s, args.draws)
             rows.append({"input": str(args.input), "variant": name, "overrides": json.loads(js), "seed": s, **r})
-            print(f"{name:12s} s{s} means gap {r['means']['c2st_gap']:+.3f} mia {r['means']['mia_auc']:.3f} | "
-                  f"samples gap {r['samples']['c2st_gap']:+.3f} mia {r['samples']['mia_auc']:.3f} | "
-                  f"train {r['train_s']:.0f}s", flush=True)
+            parts = [f"{k} gap {v['c2st_gap']:+.3f} mia {v['mia_auc']:.3f}" for k, v in r.items()
+                     if isinstance(v, dict) and "c2st_gap" in v]
+            print(f"{name:12s} s{s} " + " | ".join(parts) + f" | train {r['train_s']:.0f}s", flush=True)
             if args.out:
                 args.out.write_text(json.dumps(rows, indent=1, default=float))
 
