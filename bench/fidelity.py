@@ -72,6 +72,9 @@ COND_TABLE = ("condition_lfc_corr", "condition_lfc_corr_control", "c2st_per_cond
 FID = WORK / "fidelity"
 #: git revision whose GAT/GAN code the cached GARAGE rows must come from (``--code-rev``; HEAD)
 CODE_REV: str | None = None
+#: ``--any-code``: report every cached row, whatever code made it (tables that join runs of
+#: several commits; each run's own table names its command)
+ANY_CODE = False
 
 
 # ------------------------------------------------------------------ datasets
@@ -214,7 +217,7 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     done = out / "row.json"
     if done.exists() and not force:
         row = json.loads(done.read_text())
-        if row.get("key") == key:
+        if row.get("key") == key or (report_only and ANY_CODE):
             return row
     if report_only:
         return None
@@ -514,12 +517,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--force", action="store_true", help="recompute cached rows")
     ap.add_argument("--code-rev", default=None,
                     help="with --report-only: the commit whose GARAGE rows to report (default HEAD)")
+    ap.add_argument("--any-code", action="store_true",
+                    help="with --report-only: every cached row, whatever commit made it")
     ap.add_argument("--report-only", action="store_true",
                     help="write the table from the cached rows of the current code; compute nothing")
     args = ap.parse_args(argv)
 
-    global CODE_REV
-    CODE_REV = args.code_rev
+    global CODE_REV, ANY_CODE
+    CODE_REV, ANY_CODE = args.code_rev, args.any_code
     variants = {}
     for v in args.variant:
         n, js = v.split("=", 1)

@@ -25,6 +25,31 @@ from pathlib import Path
 import numpy as np
 
 
+def _type_theta(net, data, mu, lam: float, steps: int = 300):
+    """log theta[type, gene] = log theta[gene] + delta[type, gene], the decoder fixed at the
+    posterior means; a ridge of *lam* pseudo-cells pulls every type's delta to 0."""
+    import torch
+
+    from garage.gan._nn import nb_log_likelihood
+
+    with torch.no_grad():
+        x = torch.from_numpy(data.counts.toarray().astype(np.float32))
+        lib = x.sum(1, keepdim=True)
+        m = net.vae.proportions(mu, data.conds if net.vae.n_conds > 1 else None) * lib
+        base = net.vae.log_theta.detach()
+    types = data.types
+    n_t = int(types.max()) + 1
+    delta = torch.zeros(n_t, x.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=0.05)
+    for _ in range(steps):
+        th = (base + delta[types]).exp()
+        loss = -nb_log_likelihood(x, m, th).sum() / len(x) + lam * delta.pow(2).sum() / len(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (base + delta.detach()).exp()
+
+
 def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
     import anndata as ad
     import pandas as pd
@@ -40,6 +65,7 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
     set_seed(seed)
     t0 = time.time()
     full = overrides.pop("full", False)  # train the adversarial phase too (its default length)
+    type_theta = overrides.pop("type_theta", 0)  # prototype row: per-type dispersion, this ridge
     cfg = GANConfig(seed=seed, checkpoint_every=0, **({} if full else {"gan_steps": 1}), **overrides)
     model = GarageGAN.setup(real, cfg)
     model.train(torch.device("cpu"))
@@ -60,6 +86,10 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
         theta = net.vae.theta
     out = {"train_s": round(train_s, 1), "steps": model.meta.get("steps_run")}
     variants = [("means", mu, lib), ("samples", mu + torch.randn(mu.shape, generator=gen) * sd, lib)]
+    thetas = {}
+    if type_theta:  # prototype: NB dispersion per type x gene, refitted at the posterior means
+        thetas["means_typetheta"] = _type_theta(net, data, mu, type_theta)
+        variants.append(("means_typetheta", mu, lib))
     meta = model.meta
     if full and "lib_coef" in meta:  # the train means at the model's own (code-conditional) library sizes
         from garage.gan._model import _lib_params_of
@@ -78,7 +108,8 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
         else:
             with torch.no_grad():
                 prop = net.vae.proportions(z, data.conds if nc else None)
-                x = sample_counts(prop * lb[:, None], "nb", theta=theta, generator=gen).numpy()
+                th = thetas[name][data.types] if name in thetas else theta
+                x = sample_counts(prop * lb[:, None], "nb", theta=th, generator=gen).numpy()
             syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
                 {C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in data.types.numpy()])},
                 index=[f"c{i}" for i in range(len(x))]), var=pd.DataFrame(index=real.var_names))
