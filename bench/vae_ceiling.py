@@ -9,6 +9,8 @@ the split's holdout (3 holdout draws).  A variant that lowers this ceiling
 without raising the membership-attack AUC is worth a full ``bench.fidelity``
 run; one that does not can be dropped in minutes instead of an hour.
 
+``python -m bench.vae_ceiling --report A.json B.json`` prints the rows as one table.
+
 Run on validation splits only (the GAT output of ``bench.fidelity --split val``):
 
     python -m bench.vae_ceiling --input bench/_work/fidelity/pbmc3k/val/garage_s0/pbmc3k.seeds.h5ad \\
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -122,9 +125,36 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
     return out
 
 
+def report(paths: list[Path]) -> str:
+    """Markdown: per input and variant, mean (and range over seeds) of each scored row."""
+    import pandas as pd
+
+    recs = []
+    for p in paths:
+        for r in json.loads(Path(p).read_text()):
+            for kind, v in r.items():
+                if isinstance(v, dict) and "c2st_gap" in v:
+                    recs.append({"input": Path(r["input"]).name.split(".")[0], "variant": r["variant"],
+                                 "ae_steps": (r.get("steps") or {}).get("ae"), "row": kind,
+                                 "seed": r["seed"], "c2st_gap": v["c2st_gap"], "mia_auc": v["mia_auc"]})
+    df = pd.DataFrame(recs)
+    lines = ["| dataset | variant | AE steps | cells scored | seeds | C2ST gap (range) | MIA AUC (range) |",
+             "|---|---|---|---|---|---|---|"]
+    for (ds, var, row), g in df.groupby(["input", "variant", "row"], sort=False):
+        def cell(c):
+            return f"{g[c].mean():+.3f} ({g[c].min():+.3f} – {g[c].max():+.3f})" if len(g) > 1 else f"{g[c].mean():+.3f}"
+        lines.append(f"| {ds} | {var} | {int(g['ae_steps'].iloc[0]) if g['ae_steps'].notna().all() else ''} | "
+                     f"{row} | {len(g)} | {cell('c2st_gap')} | {cell('mia_auc').replace('+', '')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     import anndata as ad
     import torch
+
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--report":
+        print(report(sys.argv[2:]))
+        return
 
     ap = argparse.ArgumentParser(prog="python -m bench.vae_ceiling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", type=Path, required=True, help="a PREFIX.seeds.h5ad of a validation split")
