@@ -337,8 +337,15 @@ def test_old_model_format_is_refused_clearly(trained_small, tmp_path):
 def test_fixed_seed_is_deterministic_on_cpu(seeds_small, tmp_path):
     cfg = GANConfig(**TINY, n_cells=50, seed=7)
     a = ad.read_h5ad(run_gan(seeds_small, tmp_path / "a", "s", cfg)["h5ad"])
+    # b's outdir holds what a SIGKILLed earlier run of the same stage left: the rerun removes it
+    (tmp_path / "b").mkdir()
+    stale = [".s.synthetic.staged.h5ad", "..s.synthetic.staged.h5ad.k2j4.tmp.h5ad", ".s.generator.pt.x9.tmp.pt"]
+    for name in [*stale, ".keep.me", "s.notes.txt"]:
+        (tmp_path / "b" / name).write_text("left behind")
     b = ad.read_h5ad(run_gan(seeds_small, tmp_path / "b", "s", cfg)["h5ad"])
     assert (a.X != b.X).nnz == 0
+    left = {p.name for p in (tmp_path / "b").iterdir()}
+    assert not left & set(stale) and {".keep.me", "s.notes.txt"} <= left
 
 
 @pytest.mark.parametrize("kw", [{"space": "gene"}, {"mode": "original"}])
