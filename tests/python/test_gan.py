@@ -205,7 +205,17 @@ def test_schedule_scales_with_cells_and_stops_on_validation(seeds_small, tmp_pat
     stops improving ends early with its best state kept."""
     cfg = GANConfig()
     small, big, huge = cfg.schedule(800), cfg.schedule(100_000), cfg.schedule(1_000_000)
-    assert small["ae"] >= 1000 and small["gan"] == big["gan"] == 6000  # the adversarial phase: fixed
+    assert small["gan"] == big["gan"] == 6000  # the adversarial phase: fixed
+    # the autoencoder: 60 passes, at least 1,000 steps, but never more than AE_MAX_PASSES passes
+    # (small inputs would otherwise be memorised); the decoder fine-tuning a third of that
+    from garage.gan._config import AE_MAX_PASSES
+
+    for n in (300, 800, 1500, 2500, 5000):
+        s = cfg.schedule(n)
+        passes = s["ae"] * cfg.batch_size / n
+        assert passes <= AE_MAX_PASSES + 1 and s["decoder"] * cfg.batch_size / n <= AE_MAX_PASSES / 3 + 1
+        assert s["ae"] >= 1000 or passes >= AE_MAX_PASSES - 1
+    assert small["ae"] < 1000 and cfg.schedule(1500)["ae"] == 1000 and cfg.schedule(5000)["ae"] == 60 * (5000 // 128)
     assert big == huge  # bounded: 1M cells cost no more steps than 100k
     assert big["ae"] > small["ae"]
     assert GANConfig(epochs=10, ae_epochs=5).schedule(1280) == {"ae": 50, "decoder": 300, "gan": 20}
