@@ -68,6 +68,26 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+def clear_stale(finals) -> list[Path]:
+    """Remove what a killed earlier run left next to *finals*: the temporary files of
+    ``atomic_path`` (``.NAME.*.tmp*``) and staging files (``.STEM.staged*``).  Only these
+    dot-names, which no finished output uses, are touched.  SIGTERM cleans up on its own
+    (the CLI turns it into an exit that runs the cleanup); SIGKILL cannot, hence this."""
+    gone = []
+    for final in map(Path, finals):
+        staged = f".{final.name.removesuffix(final.suffix)}.staged"
+        # the output's own temp file, the staging file, and the staging file's temp file
+        for pat in (f".{final.name}.*.tmp*", f"{staged}{final.suffix}", f".{staged}*.tmp*"):
+            for p in final.parent.glob(pat):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    p.unlink()
+                    gone.append(p)
+    if gone:
+        logger.warning("removed %d file(s) left by an interrupted earlier run: %s", len(gone),
+                       ", ".join(sorted(p.name for p in gone)))
+    return gone
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to *final*; rename it into place on success.

@@ -359,7 +359,11 @@ def preprocess_adata(adata, config: PreprocessConfig):
     """
     config.validate()
     steps = step_progress(read_write=False, leiden=config.label_key is None)
-    result = _preprocess(adata, config, owned=False, steps=steps)
+    try:
+        result = _preprocess(adata, config, owned=False, steps=steps)
+    except BaseException:
+        steps.close()  # the bar stops where it is (no 100 % line for a failed stage)
+        raise
     steps.finish()
     return result
 
@@ -674,18 +678,22 @@ def run_preprocess(
         check_memory(info.n_obs, info.n_vars, info.nnz, config, layout=layout_of(info),
                      available_bytes=available_bytes)
     steps = step_progress(read_write=True, leiden=config.label_key is None)
-    with _step(f"reading {Path(counts).name}", steps, "read"):
-        adata = read_counts(
-            counts, layer=config.layer, transpose=config.transpose, make_unique=config.make_unique
-        )
-    if not checked:
-        check_memory(adata.n_obs, adata.n_vars, int(adata.X.nnz), config, layout="memory",
-                     available_bytes=available_bytes)
-    result = _preprocess(adata, config, owned=True, steps=steps)
-    del adata
-    result.uns[C.UNS_KEY]["sample"] = prefix
-    with _step(f"writing {out.name}", steps, "write"):
-        write_h5ad_atomic(result, out)
+    try:
+        with _step(f"reading {Path(counts).name}", steps, "read"):
+            adata = read_counts(
+                counts, layer=config.layer, transpose=config.transpose, make_unique=config.make_unique
+            )
+        if not checked:
+            check_memory(adata.n_obs, adata.n_vars, int(adata.X.nnz), config, layout="memory",
+                         available_bytes=available_bytes)
+        result = _preprocess(adata, config, owned=True, steps=steps)
+        del adata
+        result.uns[C.UNS_KEY]["sample"] = prefix
+        with _step(f"writing {out.name}", steps, "write"):
+            write_h5ad_atomic(result, out)
+    except BaseException:
+        steps.close()  # the bar stops where it is (no 100 % line for a failed stage)
+        raise
     steps.finish()
     n_train = int((result.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).sum())
     logger.info(

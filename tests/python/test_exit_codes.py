@@ -100,3 +100,37 @@ def test_garage_run_exit_status():
     assert exit_status(results("ok", "out-of-resources")) == 3
     assert exit_status(results("failed", "out-of-resources")) == 3  # a retry with more may help
     assert exit_status(results("out-of-resources", "internal-error")) == 1
+
+
+SIGTERM_SCRIPT = """
+import os, signal, sys, time
+from pathlib import Path
+import click
+from garage import cli
+from garage._utils import atomic_path
+
+out = Path(sys.argv[1])
+
+@click.command("boom")
+def boom():
+    with atomic_path(out / "x.synthetic.h5ad") as tmp:
+        tmp.write_text("half written")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+
+cli.LazyGroup.get_command = lambda self, ctx, name: boom
+cli.main(["boom"])
+"""
+
+
+def test_sigterm_exits_143_and_leaves_no_temporary_file(tmp_path):
+    """A scheduler's SIGTERM (time limit, scancel, Nextflow abort) unwinds the stage: exit 143,
+    one error line, and the temporary file of the output being written is gone."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == cli.EXIT_TERMINATED == 143, proc.stderr
+    assert "Error: terminated (SIGTERM)" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -205,7 +205,17 @@ def test_schedule_scales_with_cells_and_stops_on_validation(seeds_small, tmp_pat
     stops improving ends early with its best state kept."""
     cfg = GANConfig()
     small, big, huge = cfg.schedule(800), cfg.schedule(100_000), cfg.schedule(1_000_000)
-    assert small["ae"] >= 1000 and small["gan"] == big["gan"] == 6000  # the adversarial phase: fixed
+    assert small["gan"] == big["gan"] == 6000  # the adversarial phase: fixed
+    # the autoencoder: 60 passes, at least 1,000 steps, but never more than AE_MAX_PASSES passes
+    # (small inputs would otherwise be memorised); the decoder fine-tuning a third of that
+    from garage.gan._config import AE_MAX_PASSES
+
+    for n in (300, 800, 1500, 2500, 5000):
+        s = cfg.schedule(n)
+        passes = s["ae"] * cfg.batch_size / n
+        assert passes <= AE_MAX_PASSES + 1 and s["decoder"] * cfg.batch_size / n <= AE_MAX_PASSES / 3 + 1
+        assert s["ae"] >= 1000 or passes >= AE_MAX_PASSES - 1
+    assert small["ae"] < 1000 and cfg.schedule(1500)["ae"] == 1000 and cfg.schedule(5000)["ae"] == 60 * (5000 // 128)
     assert big == huge  # bounded: 1M cells cost no more steps than 100k
     assert big["ae"] > small["ae"]
     assert GANConfig(epochs=10, ae_epochs=5).schedule(1280) == {"ae": 50, "decoder": 300, "gan": 20}
@@ -337,8 +347,15 @@ def test_old_model_format_is_refused_clearly(trained_small, tmp_path):
 def test_fixed_seed_is_deterministic_on_cpu(seeds_small, tmp_path):
     cfg = GANConfig(**TINY, n_cells=50, seed=7)
     a = ad.read_h5ad(run_gan(seeds_small, tmp_path / "a", "s", cfg)["h5ad"])
+    # b's outdir holds what a SIGKILLed earlier run of the same stage left: the rerun removes it
+    (tmp_path / "b").mkdir()
+    stale = [".s.synthetic.staged.h5ad", "..s.synthetic.staged.h5ad.k2j4.tmp.h5ad", ".s.generator.pt.x9.tmp.pt"]
+    for name in [*stale, ".keep.me", "s.notes.txt"]:
+        (tmp_path / "b" / name).write_text("left behind")
     b = ad.read_h5ad(run_gan(seeds_small, tmp_path / "b", "s", cfg)["h5ad"])
     assert (a.X != b.X).nnz == 0
+    left = {p.name for p in (tmp_path / "b").iterdir()}
+    assert not left & set(stale) and {".keep.me", "s.notes.txt"} <= left
 
 
 @pytest.mark.parametrize("kw", [{"space": "gene"}, {"mode": "original"}])

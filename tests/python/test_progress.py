@@ -169,3 +169,23 @@ def test_evaluate_reports_progress_by_weighted_steps(monkeypatch, caplog, prepro
                      EvaluateConfig(n_repeats=2, plots=False, per_type_max_cells=100))
     pcts = _pcts([r.getMessage() for r in caplog.records], "evaluate")
     assert pcts == sorted(pcts) and pcts[-1] == 100 and pcts.count(100) == 1 and len(pcts) >= 3
+
+
+def test_preprocess_that_fails_closes_its_progress(monkeypatch):
+    """A bad matrix fails inside the stage: its progress is closed (no bar or heartbeat left open)
+    and never finished (no 100 % line)."""
+    import anndata as ad
+    import numpy as np
+
+    from garage._utils import StepProgress
+    from garage.errors import GarageError
+    from garage.preprocess import PreprocessConfig, preprocess_adata
+
+    calls = []
+    monkeypatch.setattr(StepProgress, "close", lambda self: calls.append("close"))
+    monkeypatch.setattr(StepProgress, "finish", lambda self: calls.append("finish"))
+    bad = ad.AnnData(np.full((30, 20), 0.5, dtype=np.float32))  # not counts
+    bad.obs["cell_type"] = ["a"] * 30
+    with pytest.raises(GarageError):
+        preprocess_adata(bad, PreprocessConfig(label_key="cell_type", seed=0))
+    assert calls == ["close"]

@@ -10,7 +10,11 @@ one ``Error:`` line and an exit code:
   pre-flight check, no visible GPU for ``--device cuda``), a Python
   ``MemoryError`` or a CUDA out-of-memory error: a retry with more memory (or
   on a GPU node) may succeed;
-- 1: anything else, an internal error (the full traceback with ``--debug``).
+- 1: anything else, an internal error (the full traceback with ``--debug``);
+- 143 (128 + 15): stopped by SIGTERM (a scheduler's time limit, ``scancel``, an
+  aborted Nextflow run).  The signal is turned into an exit that unwinds the
+  stage, so its temporary and staging files are removed and nothing is
+  half-written; Nextflow's error strategy retries 130-145.
 """
 
 from __future__ import annotations
@@ -89,6 +93,24 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_INTERNAL)
 
 
+EXIT_TERMINATED = 143
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    click.echo("Error: terminated (SIGTERM); temporary files removed, no output half-written", err=True)
+    raise SystemExit(EXIT_TERMINATED)
+
+
+def install_sigterm_exit() -> None:
+    """SIGTERM -> ``SystemExit(143)`` in the main thread: Python's default action would kill the
+    process without running ``finally`` blocks, leaving temporary files behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     logging.basicConfig(
@@ -115,6 +137,7 @@ def main(debug: bool, verbose: int, quiet: bool) -> None:
     """
     import warnings
 
+    install_sigterm_exit()
     configure_logging(-1 if quiet else verbose)
     if not debug:
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
-
-from .. import constants as C
-
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from .. import constants as C
 from ..errors import GarageError
 
 Mode = Literal["garage", "original"]
@@ -97,6 +96,9 @@ def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
 #: without early stopping brought C2ST from 0.622 to 0.563 (sc_mixology) and 0.621 to 0.587
 #: (kang_ifnb) against the earlier 600 passes clipped to [1,500, 5,000] steps.
 GAN_STEPS_DEFAULT = 6000
+#: most passes over the train cells the autoencoder makes by default (and a third of that for the
+#: decoder fine-tuning): chosen on the validation splits (bench/results/fidelity_notes.md, round 7)
+AE_MAX_PASSES = 100
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,12 @@ class GANConfig:
         output does not reveal which cells were seeds (0: off).
     seed_floor_k
         Which neighbour sets the seed's radius.
+    posterior_noise
+        Latent space, privacy: the critic's real codes are drawn around each
+        train cell's posterior mean with this fraction of its posterior sd
+        (0: the means themselves; 1: posterior samples), so the generator is
+        not rewarded for landing on the exact codes of the few cells of a small
+        dataset.
     library
         Library sizes of generated cells: ``conditional`` (default: a log-normal
         per type x condition whose mean follows the generated code: a ridge
@@ -259,6 +267,7 @@ class GANConfig:
     seed_residual: bool = True
     seed_floor: float = 1.0
     seed_floor_k: int = 3
+    posterior_noise: float = 0.0
     library: Library = "conditional"
     refit_dispersion: bool = True
     ema_decay: float = 0.99
@@ -326,11 +335,16 @@ class GANConfig:
         improved); the autoencoder and decoder phases run every step.
         """
         per_pass = max(1, n_train // self.batch_size)
+        # small inputs: the 1,000-step floor would mean hundreds of passes, and the autoencoder
+        # memorises its cells (decoded train codes: membership-attack AUC 0.88 on sc_mixology's
+        # validation split at 217 passes); never more than AE_MAX_PASSES passes
+        cap = max(1, math.ceil(AE_MAX_PASSES * n_train / self.batch_size))
         ae = self.ae_steps if self.ae_steps is not None else (
-            self.ae_epochs * per_pass if self.ae_epochs is not None else int(np.clip(60 * per_pass, 1000, 20000)))
+            self.ae_epochs * per_pass if self.ae_epochs is not None
+            else min(int(np.clip(60 * per_pass, 1000, 20000)), cap))
         dec = self.decoder_steps if self.decoder_steps is not None else (
             self.decoder_epochs * per_pass if self.decoder_epochs is not None
-            else int(np.clip(ae // 3, 300, 3000)))
+            else min(int(np.clip(ae // 3, 300, 3000)), max(1, cap // 3)))
         gan = self.gan_steps if self.gan_steps is not None else (
             max(1, self.epochs * per_pass // self.n_critic) if self.epochs is not None
             else GAN_STEPS_DEFAULT)
@@ -395,6 +409,7 @@ class GANConfig:
              "pass e.g. 0.99 (0 = no averaging)")
         need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
         need(self.seed_floor >= 0, "--seed-floor must be >= 0", "pass e.g. 1.0 (0: off)")
+        need(0 <= self.posterior_noise <= 4, "--posterior-noise must be in [0, 4]", "pass e.g. 0.5")
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")

@@ -308,17 +308,21 @@ class GANNet(nn.Module):
                 data.seed_codes = data.seed_codes.to(device)
             return
         self.vae.eval()
-        means = []
+        means, sds = [], []
         for lo in range(0, data.n, GEN_CHUNK):
             idx = torch.arange(lo, min(lo + GEN_CHUNK, data.n))
-            means.append(self.vae.encode(data.batch_counts(idx, device), data.conds[idx].to(device))[0])
-        z = torch.cat(means)
+            m, lv = self.vae.encode(data.batch_counts(idx, device), data.conds[idx].to(device))
+            means.append(m)
+            sds.append((0.5 * lv).exp())
+        z, sd = torch.cat(means), torch.cat(sds)
         if self.cfg.joint_library:
             z = torch.cat([z, data.loglib.to(device).unsqueeze(1)], dim=1)
+            sd = torch.cat([sd, torch.zeros_like(sd[:, :1])], dim=1)
         fit = torch.from_numpy(data.fit_rows).to(device)
         self.z_mean.copy_(z[fit].mean(0))
         self.z_std.copy_(z[fit].std(0).clamp_min(1e-4) if len(fit) > 1 else torch.ones_like(self.z_mean))
         data.codes = ((z - self.z_mean) / self.z_std).float()
+        data.code_sd = (sd / self.z_std).float() if self.cfg.posterior_noise > 0 else None
         if data.labels is None:
             _assign_states(data, self.cfg.effective_type_states, self.cfg.state_min_cells, self.cfg.seed)
         data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import constants as C
-from .._utils import check_writable_dir, resolve_device, set_seed, set_threads
+from .._utils import check_writable_dir, clear_stale, resolve_device, set_seed, set_threads
 from ..errors import GarageError
 from ._config import GANConfig
 from ._model import GarageGAN, group_composition
@@ -83,6 +83,7 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     ckpt = outdir / f"{prefix}{SUFFIX_CKPT}"
     if Path(input).resolve() in {p.resolve() for p in (out_h5, out_model, out_log, out_prov)}:
         raise GarageError("an output would overwrite the input", "choose another --outdir or --prefix")
+    clear_stale([out_h5, out_model, out_log, out_prov])
     set_threads(threads)
     set_seed(config.seed)
     adata = _read_input(input)

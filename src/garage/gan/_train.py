@@ -77,6 +77,7 @@ class TrainData:
     loglib: torch.Tensor  # float, train cells: log HVG library size
     seed_codes: torch.Tensor | None = None  # seeds' representation (latent / PCA / profile)
     codes: torch.Tensor | None = None  # standardised codes of all train cells (latent space)
+    code_sd: torch.Tensor | None = None  # their standardised posterior sd (GANConfig.posterior_noise > 0)
     seed_radius: torch.Tensor | None = None  # per seed position: distance to its k-th real neighbour
     # within-type states (GANConfig.type_states): the networks' label of a cell is
     # type * k_states + state; with k_states = 1 it is the type, and the seed table is per type
@@ -528,7 +529,12 @@ class Trainer:
 
     def _real(self, idx: torch.Tensor):
         if self.cfg.effective_space == "latent":
-            return self.data.codes[idx.to(self.device)]
+            didx = idx.to(self.device)
+            z = self.data.codes[didx]
+            if self.data.code_sd is not None:  # posterior_noise: drawn around the means
+                eps = torch.randn(z.shape, generator=self.dgen, device=z.device, dtype=z.dtype)
+                z = z + self.cfg.posterior_noise * self.data.code_sd[didx] * eps
+            return z
         return log_normalize_torch(self.data.batch_counts(idx, self.device))
 
     def _gan_step(self):
