@@ -168,26 +168,36 @@ def _variant_opts(method: str, variants: dict) -> dict:
     return {}
 
 
-def _old_tree(rev: str) -> tuple[str, Path]:
-    """(full commit, extracted src/ folder) of *rev*: ``git archive`` into bench/_work/trees/."""
+def _old_commit(rev: str) -> str:
     import subprocess
-    import tarfile
-    import io
 
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
                          capture_output=True, text=True)
     if sha.returncode != 0:
         raise SystemExit(f"garage#{rev}: not a commit of this repository")
-    sha = sha.stdout.strip()
+    return sha.stdout.strip()
+
+
+def _old_tree(sha: str) -> Path:
+    """The src/ folder of commit *sha*, extracted with ``git archive`` into bench/_work/trees/."""
+    import io
+    import subprocess
+    import tarfile
+
     root = WORK / "trees" / sha[:12]
     if not (root / "src" / "garage").is_dir():
         tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", sha, "src"],
                              capture_output=True, check=True).stdout
-        tmp = root.with_name(root.name + ".tmp")
+        tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")  # two benchmarks may extract at once
         with tarfile.open(fileobj=io.BytesIO(tar)) as t:
             t.extractall(tmp, filter="data")
-        tmp.rename(root)
-    return sha, root / "src"
+        try:
+            tmp.rename(root)
+        except OSError:  # the other one was first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root / "src"
 
 
 def _opt_args(opts: dict) -> list[str]:
@@ -209,11 +219,12 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     opts = _variant_opts(method, variants)
     code = _code_version() if method.startswith("garage") else ""
     env = None
-    if method.startswith("garage#"):  # an earlier commit's GAT + GAN with that commit's defaults
-        code, src = _old_tree(method.split("#", 1)[1])
-        env = dict(os.environ, PYTHONPATH=str(src))
+    old = method.startswith("garage#")  # an earlier commit's GAT + GAN with that commit's defaults
+    if old:
+        code = _old_commit(method.split("#", 1)[1])
     key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code], sort_keys=True).encode()).hexdigest()[:8]
-    out = FID / name / split / f"{method.replace('@', '_').replace('#', '_rev_')}_s{seed}"
+    label = method.replace("@", "_").replace("#", "_rev_").replace("/", "_")
+    out = FID / name / split / f"{label}_s{seed}"
     done = out / "row.json"
     if done.exists() and not force:
         row = json.loads(done.read_text())
@@ -221,6 +232,8 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
             return row
     if report_only:
         return None
+    if old:
+        env = dict(os.environ, PYTHONPATH=str(_old_tree(code)))
     pp = prepare(name, split)
     out.mkdir(parents=True, exist_ok=True)
     t_gat = 0.0
@@ -232,7 +245,7 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
         if m["rc"] != 0:
             return _fail(done, key, "gat failed")
         t_gat = m["wall_s"]
-        prefix = method.replace("@", "_").replace("#", "_rev_")
+        prefix = label
         m = measure(_garage("gan", "--input", seeds, "--prefix", prefix, "--outdir", out,
                             "--seed", seed, "--checkpoint-every", 0, *_opt_args(opts.get("gan", {}))), env)
     else:

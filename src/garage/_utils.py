@@ -73,15 +73,22 @@ def clear_stale(finals) -> list[Path]:
     ``atomic_path`` (``.NAME.*.tmp*``) and staging files (``.STEM.staged*``).  Only these
     dot-names, which no finished output uses, are touched.  SIGTERM cleans up on its own
     (the CLI turns it into an exit that runs the cleanup); SIGKILL cannot, hence this."""
+    import glob
+
     gone = []
     for final in map(Path, finals):
-        staged = f".{final.name.removesuffix(final.suffix)}.staged"
+        name = glob.escape(final.name)  # a prefix with [, * or ? must not match other samples' files
+        staged = glob.escape(f".{final.name.removesuffix(final.suffix)}.staged")
         # the output's own temp file, the staging file, and the staging file's temp file
-        for pat in (f".{final.name}.*.tmp*", f"{staged}{final.suffix}", f".{staged}*.tmp*"):
+        for pat in (f".{name}.*.tmp*", f"{staged}{glob.escape(final.suffix)}", f".{staged}*.tmp*"):
             for p in final.parent.glob(pat):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                try:
                     p.unlink()
                     gone.append(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # not ours to remove (permissions): say so, go on
+                    logger.warning("could not remove %s left by an earlier run: %s", p.name, exc)
     if gone:
         logger.warning("removed %d file(s) left by an interrupted earlier run: %s", len(gone),
                        ", ".join(sorted(p.name for p in gone)))

@@ -134,3 +134,13 @@ def test_sigterm_exits_143_and_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == cli.EXIT_TERMINATED == 143, proc.stderr
     assert "Error: terminated (SIGTERM)" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_handler_is_restored_after_an_in_process_command(monkeypatch):
+    """main() called in-process (a test runner, a notebook) hands SIGTERM back when it returns."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = _invoke(monkeypatch, GarageError("bad", "fix"))
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert signal.getsignal(signal.SIGTERM) == before != cli._on_sigterm

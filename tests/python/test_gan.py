@@ -210,6 +210,7 @@ def test_schedule_scales_with_cells_and_stops_on_validation(seeds_small, tmp_pat
     # (small inputs would otherwise be memorised); the decoder fine-tuning a third of that
     from garage.gan._config import AE_MAX_PASSES
 
+    assert cfg.schedule(50)["ae"] == AE_MAX_PASSES  # fewer cells than a batch: a step is a pass
     for n in (300, 800, 1500, 2500, 5000):
         s = cfg.schedule(n)
         passes = s["ae"] * cfg.batch_size / n
@@ -349,13 +350,15 @@ def test_fixed_seed_is_deterministic_on_cpu(seeds_small, tmp_path):
     a = ad.read_h5ad(run_gan(seeds_small, tmp_path / "a", "s", cfg)["h5ad"])
     # b's outdir holds what a SIGKILLed earlier run of the same stage left: the rerun removes it
     (tmp_path / "b").mkdir()
-    stale = [".s.synthetic.staged.h5ad", "..s.synthetic.staged.h5ad.k2j4.tmp.h5ad", ".s.generator.pt.x9.tmp.pt"]
-    for name in [*stale, ".keep.me", "s.notes.txt"]:
+    stale = [".s.synthetic.staged.h5ad", "..s.synthetic.staged.h5ad.k2j4.tmp.h5ad", ".s.generator.pt.x9.tmp.pt",
+             ".s.gan.ckpt.pt.q1.tmp.pt"]
+    others = [".keep.me", "s.notes.txt", ".t.synthetic.h5ad.zz.tmp.h5ad"]  # not this stage's: another sample's
+    for name in [*stale, *others]:
         (tmp_path / "b" / name).write_text("left behind")
     b = ad.read_h5ad(run_gan(seeds_small, tmp_path / "b", "s", cfg)["h5ad"])
     assert (a.X != b.X).nnz == 0
     left = {p.name for p in (tmp_path / "b").iterdir()}
-    assert not left & set(stale) and {".keep.me", "s.notes.txt"} <= left
+    assert not left & set(stale) and set(others) <= left
 
 
 @pytest.mark.parametrize("kw", [{"space": "gene"}, {"mode": "original"}])

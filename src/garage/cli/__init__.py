@@ -97,18 +97,32 @@ EXIT_TERMINATED = 143
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
-    click.echo("Error: terminated (SIGTERM); temporary files removed, no output half-written", err=True)
+    import os
+    import signal
+
+    # a second SIGTERM (SLURM signals every process of the step, Nextflow forwards TERM to the
+    # task's tree) must not interrupt the cleanup this one starts; SIGKILL stays the backstop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # os.write, not click.echo: a signal that lands inside a buffered stderr write would make
+    # a second buffered write raise (reentrant call), turning exit 143 into an internal error
+    os.write(2, b"Error: terminated (SIGTERM); the stage stops and removes its temporary files\n")
     raise SystemExit(EXIT_TERMINATED)
 
 
 def install_sigterm_exit() -> None:
-    """SIGTERM -> ``SystemExit(143)`` in the main thread: Python's default action would kill the
-    process without running ``finally`` blocks, leaving temporary files behind."""
+    """SIGTERM -> ``SystemExit(143)`` in the main thread while a command runs: Python's default
+    action would kill the process without running ``finally`` blocks, leaving temporary files
+    behind.  The previous handler comes back when the command ends (a host process that calls
+    ``main`` in-process, e.g. a test runner, keeps its own SIGTERM behaviour)."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def configure_logging(verbosity: int) -> None:

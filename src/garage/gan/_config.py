@@ -325,8 +325,10 @@ class GANConfig:
         """Optimiser steps per phase for *n_train* cells (explicit options win).
 
         ``auto``: the autoencoder gets 60 passes over the cells, clipped to
-        [1,000, 20,000] steps; the decoder fine-tuning a third of that, clipped
-        to [300, 3,000]; the adversarial phase a fixed ``GAN_STEPS_DEFAULT``
+        [1,000, 20,000] steps but never more than ``AE_MAX_PASSES`` (100)
+        passes (small inputs were memorised at the 1,000-step floor); the decoder
+        fine-tuning a third of that, clipped to [300, 3,000] and never more than
+        a third of the 100-pass cap (also when *ae_steps* is given); the adversarial phase a fixed ``GAN_STEPS_DEFAULT``
         (6,000) generator steps: a 16-d latent distribution needs about as many
         steps whatever the number of cells, and on the validation splits the
         earlier data-scaled 1,500-5,000 steps stopped short.  *patience* > 0 lets
@@ -338,7 +340,8 @@ class GANConfig:
         # small inputs: the 1,000-step floor would mean hundreds of passes, and the autoencoder
         # memorises its cells (decoded train codes: membership-attack AUC 0.88 on sc_mixology's
         # validation split at 217 passes); never more than AE_MAX_PASSES passes
-        cap = max(1, math.ceil(AE_MAX_PASSES * n_train / self.batch_size))
+        # (a step draws min(batch_size, n) cells: with fewer cells than a batch, a step is a pass)
+        cap = max(1, math.ceil(AE_MAX_PASSES * n_train / max(1, min(self.batch_size, n_train))))
         ae = self.ae_steps if self.ae_steps is not None else (
             self.ae_epochs * per_pass if self.ae_epochs is not None
             else min(int(np.clip(60 * per_pass, 1000, 20000)), cap))

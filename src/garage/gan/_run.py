@@ -83,7 +83,7 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     ckpt = outdir / f"{prefix}{SUFFIX_CKPT}"
     if Path(input).resolve() in {p.resolve() for p in (out_h5, out_model, out_log, out_prov)}:
         raise GarageError("an output would overwrite the input", "choose another --outdir or --prefix")
-    clear_stale([out_h5, out_model, out_log, out_prov])
+    clear_stale([out_h5, out_model, out_log, out_prov, ckpt])  # (the checkpoint itself stays: --resume)
     set_threads(threads)
     set_seed(config.seed)
     adata = _read_input(input)

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("phase", "step", "ae_loss", "ae_nll", "ae_kl", "critic_loss", "distance", "gp",
                "generator_loss", "val_score", "seconds")
-CKPT_FORMAT = "garage-gan-ckpt/2"
+CKPT_FORMAT = "garage-gan-ckpt/3"  # 3: records the schedule (the default one changed)
 # minibatch steps of the dispersion refit (it fits one number per gene, so a fixed budget
 # suffices at any data size; on PBMC 3k 400 x 128 cells gives median theta 2.40, a separate
 # 300 x 512-cell refit 2.45)
@@ -239,6 +239,7 @@ class Trainer:
         payload = {
             "format": CKPT_FORMAT,
             "config": self.config_dict,
+            "schedule": dict(self.steps),
             "phase": self.state.phase,
             "step": self.state.step,
             "rows": self.state.rows,
@@ -268,9 +269,15 @@ class Trainer:
                 f"cannot read checkpoint {self.ckpt_path.name}: {type(exc).__name__}",
                 "delete it and rerun without --resume",
             ) from None
-        if ck.get("format") != CKPT_FORMAT or ck.get("config") != self.config_dict:
+        if ck.get("format") != CKPT_FORMAT:
             raise GarageError(
-                f"checkpoint {self.ckpt_path.name} was written with different options",
+                f"checkpoint {self.ckpt_path.name} was written by another GARAGE version "
+                f"({ck.get('format')}, this one reads {CKPT_FORMAT})",
+                "delete the checkpoint and rerun without --resume",
+            )
+        if ck.get("config") != self.config_dict or ck.get("schedule") != dict(self.steps):
+            raise GarageError(
+                f"checkpoint {self.ckpt_path.name} was written with different options or training schedule",
                 "rerun with the same options, or delete the checkpoint and rerun without --resume",
             )
         self.net.load_state_dict(ck["net"])
