@@ -188,16 +188,12 @@ def main(argv=None):
             ev[name]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
         # posterior spread: the GAN learns (and generation decodes) posterior *means*; real cells
         # (and scVI's posterior-predictive samples) also carry the posterior's spread around them
+        from .vae_ceiling import train_posteriors
+
         nc = net.vae.n_conds > 1
+        mu, sd, own_lib = train_posteriors(net, data)
         with torch.no_grad():
-            mus, lvs = [], []
-            for lo in range(0, data.n, 4096):
-                idx = torch.arange(lo, min(lo + 4096, data.n))
-                m_, lv_ = net.vae.encode(data.batch_counts(idx, "cpu"), data.conds[idx] if nc else None)
-                mus.append(m_), lvs.append(lv_)
-            mu, sd = torch.cat(mus), (0.5 * torch.cat(lvs)).exp()
             post_sd = sd.pow(2).mean(0).sqrt()  # per latent dimension, over the train cells
-            own_lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
             # generated codes with the train cells' composition, as generation draws them
             n_t = data.n
             lab_t = draw_labels(data.types, data.conds, probs, data.k_states, data.n_conds, gen)

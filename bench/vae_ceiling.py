@@ -53,6 +53,21 @@ def _type_theta(net, data, mu, lam: float, steps: int = 300):
     return (base + delta.detach()).exp()
 
 
+def train_posteriors(net, data):
+    """(posterior means, posterior sds, HVG library sizes) of every train cell (CPU, eval mode)."""
+    import torch
+
+    nc = net.vae.n_conds > 1
+    with torch.no_grad():
+        mus, lvs = [], []
+        for lo in range(0, data.n, 4096):
+            idx = torch.arange(lo, min(lo + 4096, data.n))
+            m_, lv_ = net.vae.encode(data.batch_counts(idx, "cpu"), data.conds[idx] if nc else None)
+            mus.append(m_), lvs.append(lv_)
+    lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
+    return torch.cat(mus), (0.5 * torch.cat(lvs)).exp(), lib
+
+
 def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
     import anndata as ad
     import pandas as pd
@@ -78,15 +93,8 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
     cats = model.meta["categories"]
     nc = net.vae.n_conds > 1
     gen = torch.Generator().manual_seed(seed + 7)
-    with torch.no_grad():
-        mus, lvs = [], []
-        for lo in range(0, data.n, 4096):
-            idx = torch.arange(lo, min(lo + 4096, data.n))
-            m_, lv_ = net.vae.encode(data.batch_counts(idx, "cpu"), data.conds[idx] if nc else None)
-            mus.append(m_), lvs.append(lv_)
-        mu, sd = torch.cat(mus), (0.5 * torch.cat(lvs)).exp()
-        lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
-        theta = net.vae.theta
+    mu, sd, lib = train_posteriors(net, data)
+    theta = net.vae.theta.detach()
     out = {"train_s": round(train_s, 1), "steps": model.meta.get("steps_run")}
     variants = [("means", mu, lib), ("samples", mu + torch.randn(mu.shape, generator=gen) * sd, lib)]
     thetas = {}
