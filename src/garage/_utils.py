@@ -80,7 +80,8 @@ def clear_stale(finals) -> list[Path]:
         name = glob.escape(final.name)  # a prefix with [, * or ? must not match other samples' files
         staged = glob.escape(f".{final.name.removesuffix(final.suffix)}.staged")
         # the output's own temp file, the staging file, and the staging file's temp file
-        for pat in (f".{name}.*.tmp*", f"{staged}{glob.escape(final.suffix)}", f".{staged}*.tmp*"):
+        suffix = glob.escape(final.suffix)
+        for pat in (f".{name}.*.tmp*", f"{staged}{suffix}", f".{staged}{suffix}.*.tmp*"):
             for p in final.parent.glob(pat):
                 try:
                     p.unlink()

@@ -883,3 +883,13 @@ def test_type_names_with_a_slash_round_trip_in_uns(tmp_path):
     a.write_h5ad(tmp_path / "s.h5ad")
     t = ad.read_h5ad(tmp_path / "s.h5ad").uns[C.UNS_KEY]["n_per_type"]
     assert dict(zip(t["cell_type"], t["n_cells"])) == {names[0]: 1, names[1]: 2}
+
+
+def test_checkpoint_of_another_version_is_refused(seeds_small, tmp_path):
+    """--resume with a checkpoint of an older format (before the schedule was recorded) fails with
+    one clear error, not a mismatched training run."""
+    import torch
+
+    torch.save({"format": "garage-gan-ckpt/2", "config": {}}, tmp_path / "old.gan.ckpt.pt")
+    with pytest.raises(GarageError, match="another GARAGE version"):
+        run_gan(seeds_small, tmp_path, "old", GANConfig(**{**TINY, "checkpoint_every": 10}), resume=True)

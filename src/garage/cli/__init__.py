@@ -19,8 +19,11 @@ one ``Error:`` line and an exit code:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
+import signal
 import sys
 
 import click
@@ -97,15 +100,13 @@ EXIT_TERMINATED = 143
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
-    import os
-    import signal
-
     # a second SIGTERM (SLURM signals every process of the step, Nextflow forwards TERM to the
     # task's tree) must not interrupt the cleanup this one starts; SIGKILL stays the backstop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # os.write, not click.echo: a signal that lands inside a buffered stderr write would make
     # a second buffered write raise (reentrant call), turning exit 143 into an internal error
-    os.write(2, b"Error: terminated (SIGTERM); the stage stops and removes its temporary files\n")
+    with contextlib.suppress(OSError):  # stderr's reader may be gone already: still exit 143
+        os.write(2, b"Error: terminated (SIGTERM); the stage stops and removes its temporary files\n")
     raise SystemExit(EXIT_TERMINATED)
 
 
@@ -114,14 +115,13 @@ def install_sigterm_exit() -> None:
     action would kill the process without running ``finally`` blocks, leaving temporary files
     behind.  The previous handler comes back when the command ends (a host process that calls
     ``main`` in-process, e.g. a test runner, keeps its own SIGTERM behaviour)."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = click.get_current_context(silent=True)
-    if ctx is not None:
+    if ctx is not None and previous is not None:  # None: a handler set from C, cannot be restored
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 

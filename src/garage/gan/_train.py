@@ -272,13 +272,13 @@ class Trainer:
         if ck.get("format") != CKPT_FORMAT:
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written by another GARAGE version "
-                f"({ck.get('format')}, this one reads {CKPT_FORMAT})",
+                f"({ck.get('format') or 'no format recorded'}; this one reads {CKPT_FORMAT})",
                 "delete the checkpoint and rerun without --resume",
             )
         if ck.get("config") != self.config_dict or ck.get("schedule") != dict(self.steps):
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written with different options or training schedule",
-                "rerun with the same options, or delete the checkpoint and rerun without --resume",
+                "rerun with the same options and input, or delete the checkpoint and rerun without --resume",
             )
         self.net.load_state_dict(ck["net"])
         for opt, key in ((self.opt_ae, "opt_ae"), (self.opt_dec, "opt_dec"), (self.opt_g, "opt_g"),
