@@ -375,6 +375,18 @@ class StepProgress:
             self.advance(100.0 - self.done)
         self.bar.close()
 
+    def __enter__(self) -> "StepProgress":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """A stage run as ``with StepProgress(...)``: finished on success; on any exception
+        closed where it stands (no heartbeat outlives it, no 100 % line)."""
+        if exc_type is None:
+            self.finish()
+        else:
+            self.close()
+        return False
+
 
 def progress(iterable=None, **kwargs):
     """A tqdm bar on a terminal; on any other stderr (a pipeline's log file) progress lines with

@@ -7,12 +7,9 @@ Leiden clusters become the labels and ``uns['garage']`` says so.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -198,19 +195,6 @@ def step_progress(*, read_write: bool, leiden: bool) -> StepProgress:
                         log=logger)
 
 
-@contextlib.contextmanager
-def _step(name: str, steps: StepProgress | None = None, key: str = "") -> Iterator[None]:
-    """Log a step's start and duration; with *steps*, also advance the stage's progress."""
-    if steps is not None:
-        with steps.step(key, name):
-            yield
-        return
-    logger.info("%s ...", name)
-    t0 = time.perf_counter()
-    yield
-    logger.info("%s: %.1f s", name, time.perf_counter() - t0)
-
-
 def _row_chunks(X: sp.csr_matrix, max_values: int = SCAN_CHUNK):
     """Row ranges ``(r0, r1)`` of CSR *X* holding about *max_values* stored values each."""
     indptr = X.indptr
@@ -358,17 +342,11 @@ def preprocess_adata(adata, config: PreprocessConfig):
     the input (not its layers, obsm or obsp).
     """
     config.validate()
-    steps = step_progress(read_write=False, leiden=config.label_key is None)
-    try:
-        result = _preprocess(adata, config, owned=False, steps=steps)
-    except BaseException:
-        steps.close()  # the bar stops where it is (no 100 % line for a failed stage)
-        raise
-    steps.finish()
-    return result
+    with step_progress(read_write=False, leiden=config.label_key is None) as steps:
+        return _preprocess(adata, config, owned=False, steps=steps)
 
 
-def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProgress | None = None):
+def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProgress):
     """*owned*: the caller hands *adata* over; its X is released once the HVG
     counts are extracted, so the full-gene matrix and the HVG matrices are not
     all held while PCA and kNN run.  *steps*: the stage's progress."""
@@ -376,7 +354,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProg
     import scanpy as sc
 
     config.validate()
-    with _step("validating counts", steps, "validate"):
+    with steps.step("validate", "validating counts"):
         validate_counts(adata)
     X = as_csr32(adata.X)
     if owned:
@@ -392,7 +370,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProg
         obs[C.OBS_CONDITION] = _clean_labels(adata, config.condition_key, "condition").values
 
     # light QC: scanpy's filter_cells(min_genes) then filter_genes(min_cells)
-    with _step("QC", steps, "qc"):
+    with steps.step("qc", "QC"):
         n_genes, keep_cells, n_cells = _qc_counts(X, config.min_genes)
     obs["n_genes"] = n_genes
     n_qc = int(keep_cells.sum())
@@ -423,7 +401,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProg
     uns = copy.deepcopy(dict(adata.uns))
     genes = np.flatnonzero(keep_genes)
     if n_top < n_genes_qc:
-        with _step(f"highly variable genes (seurat_v3, {n_top} of {n_genes_qc})", steps, "hvg"):
+        with steps.step("hvg", f"highly variable genes (seurat_v3, {n_top} of {n_genes_qc})"):
             hvg = _seurat_v3(X, keep_cells, keep_genes, n_top)
         for col in hvg.columns:
             values = np.zeros(len(var), dtype=hvg[col].dtype)
@@ -433,7 +411,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProg
         uns["hvg"] = {"flavor": "seurat_v3"}
     else:
         var[C.VAR_HVG] = True
-    with _step(f"copying HVG counts ({n_qc} cells x {len(genes)} genes)", steps, "copy"):
+    with steps.step("copy", f"copying HVG counts ({n_qc} cells x {len(genes)} genes)"):
         counts = _extract(X, keep_cells, genes)
     del X  # with owned=True this frees the full-gene matrix
 
@@ -447,10 +425,10 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProg
     del meta, counts
 
     n_pcs = int(min(config.n_pcs, adata.n_obs - 1, adata.n_vars - 1))
-    with _step(f"PCA ({n_pcs} components, sparse, implicit centring)", steps, "pca"):
+    with steps.step("pca", f"PCA ({n_pcs} components, sparse, implicit centring)"):
         sc.pp.pca(adata, n_comps=n_pcs, svd_solver="arpack", random_state=config.seed)
     k = int(min(config.n_neighbors, adata.n_obs - 1))
-    with _step(f"kNN graph (k={k}, {'pynndescent' if adata.n_obs >= 4096 else 'exact'})", steps, "knn"):
+    with steps.step("knn", f"kNN graph (k={k}, {'pynndescent' if adata.n_obs >= 4096 else 'exact'})"):
         sc.pp.neighbors(
             adata, n_neighbors=k, use_rep=C.OBSM_PCA, random_state=config.seed,
             transformer=_knn_transformer(adata.n_obs, k, config.seed),
@@ -458,7 +436,7 @@ def _preprocess(adata, config: PreprocessConfig, *, owned: bool, steps: StepProg
 
     label_source = "obs:" + str(config.label_key)
     if labels is None:
-        with _step(f"Leiden clustering (resolution {config.leiden_resolution})", steps, "leiden"):
+        with steps.step("leiden", f"Leiden clustering (resolution {config.leiden_resolution})"):
             sc.tl.leiden(
                 adata,
                 resolution=config.leiden_resolution,
@@ -677,9 +655,8 @@ def run_preprocess(
     if checked:
         check_memory(info.n_obs, info.n_vars, info.nnz, config, layout=layout_of(info),
                      available_bytes=available_bytes)
-    steps = step_progress(read_write=True, leiden=config.label_key is None)
-    try:
-        with _step(f"reading {Path(counts).name}", steps, "read"):
+    with step_progress(read_write=True, leiden=config.label_key is None) as steps:
+        with steps.step("read", f"reading {Path(counts).name}"):
             adata = read_counts(
                 counts, layer=config.layer, transpose=config.transpose, make_unique=config.make_unique
             )
@@ -689,12 +666,8 @@ def run_preprocess(
         result = _preprocess(adata, config, owned=True, steps=steps)
         del adata
         result.uns[C.UNS_KEY]["sample"] = prefix
-        with _step(f"writing {out.name}", steps, "write"):
+        with steps.step("write", f"writing {out.name}"):
             write_h5ad_atomic(result, out)
-    except BaseException:
-        steps.close()  # the bar stops where it is (no 100 % line for a failed stage)
-        raise
-    steps.finish()
     n_train = int((result.obs[C.OBS_SPLIT] == C.SPLIT_TRAIN).sum())
     logger.info(
         "wrote %s: %d cells (%d train, %d holdout) x %d HVGs, %d types",

@@ -184,17 +184,12 @@ def evaluate_adata(
         ``per_condition`` (the ``PREFIX.per_condition.tsv`` table).
     """
     config = config or EvaluateConfig()
-    steps = _steps(real, synthetic, config, plots=False, seeds=seeds is not None or provenance is not None)
-    try:
-        with _threads(threads):
-            steps.begin("space", announce=False)
-            space = _prepare(real, synthetic, config, seeds, provenance)
-            steps.end()
-            result = evaluate_space(space, config, steps)
-        steps.finish()
-    except BaseException:
-        steps.close()  # no heartbeat outlives a failed evaluation
-        raise
+    with _steps(real, synthetic, config, plots=False,
+                seeds=seeds is not None or provenance is not None) as steps, _threads(threads):
+        steps.begin("space", announce=False)
+        space = _prepare(real, synthetic, config, seeds, provenance)
+        steps.end()
+        result = evaluate_space(space, config, steps)
     doc = _document(result, space, config, _sample_of(real, sample), {})
     doc["per_type"] = result.per_type
     if result.per_condition is not None:
@@ -301,9 +296,8 @@ def run_evaluate(
     if any(p.resolve() in inputs for p in paths.values()):
         raise GarageError("an output would overwrite an input", "choose another --outdir or --prefix")
     syn_ad = _read(synthetic, "synthetic")
-    steps = _steps(real_ad, syn_ad, config, plots=config.plots,
-                   seeds=seeds is not None or provenance is not None)
-    try:
+    with _steps(real_ad, syn_ad, config, plots=config.plots,
+                seeds=seeds is not None or provenance is not None) as steps:
         with _threads(threads):
             steps.begin("space", announce=False)
             space = _prepare(real_ad, syn_ad, config, seeds, provenance)
@@ -356,10 +350,6 @@ def run_evaluate(
             os.umask(umask)
             for t in tmp.values():  # mkstemp makes 0600 files; outputs are shared results
                 os.chmod(t, 0o666 & ~umask)
-        steps.finish()
-    except BaseException:
-        steps.close()  # no heartbeat outlives a failed evaluation
-        raise
     m = doc["metrics"]
     logger.info(
         "evaluate: wrote %s (c2st_auc %.3f vs control %.3f; %d rare, %d missing types; "
