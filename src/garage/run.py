@@ -179,7 +179,7 @@ def _reuse(resume: bool, outputs: dict[str, Path]) -> dict[str, Path] | None:
 @dataclass
 class SampleResult:
     sample: str
-    status: str = "ok"  # ok | failed (bad input) | out-of-resources | internal-error
+    status: str = "ok"  # ok | failed (bad input) | out-of-resources | internal-error | terminated | not-run
     message: str = ""
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
@@ -259,6 +259,12 @@ def run_samples(
         except MemoryError:
             res.status, res.message = "out-of-resources", OUT_OF_MEMORY
             logger.error("[%s] %s", s.sample, OUT_OF_MEMORY)
+        except (SystemExit, KeyboardInterrupt) as exc:  # SIGTERM (exit 143) or Ctrl-C: the batch stops
+            # here, and the summary still says which samples finished, which one stopped, which never ran
+            res.status, res.message = "terminated", f"stopped ({type(exc).__name__} {getattr(exc, 'code', '')})".strip()
+            res.seconds = round(time.perf_counter() - t0, 1)
+            _write_summary(results + [res] + [SampleResult(x.sample, "not-run") for x in samples[n:]], outdir)
+            raise
         except Exception as exc:  # one sample's crash must not stop the batch
             if is_cuda_out_of_memory(exc):
                 res.status, res.message = "out-of-resources", CUDA_OUT_OF_MEMORY

@@ -192,3 +192,25 @@ def test_out_of_resources_sample_fails_alone(tmp_path, small_counts_path, monkey
     summary = (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text()
     assert "big\tout-of-resources\t" in summary and "broken\tfailed\t" in summary
     assert exit_status(results) == 3
+
+
+def test_terminated_batch_still_writes_its_summary(tmp_path, small_counts_path, monkeypatch):
+    """A batch stopped by SIGTERM (the CLI's SystemExit(143)) re-raises, and its summary names the
+    finished sample, the one that stopped and the one that never ran."""
+    from garage import preprocess
+    from garage.run import Sample, run_samples
+
+    def fake_preprocess(counts, outdir, prefix, config, **kw):
+        if prefix == "second":
+            raise SystemExit(143)
+        raise GarageError("table is empty")
+
+    monkeypatch.setattr(preprocess, "run_preprocess", fake_preprocess)
+    samples = [Sample(name, small_counts_path, "cell_type") for name in ("first", "second", "third")]
+    with pytest.raises(SystemExit) as info:
+        run_samples(samples, tmp_path / "out", report=False)
+    assert info.value.code == 143
+    rows = (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()
+    assert [r.split("\t")[:2] for r in rows[1:]] == [["first", "failed"], ["second", "terminated"],
+                                                     ["third", "not-run"]]
+    assert "SystemExit 143" in rows[2]
