@@ -170,48 +170,49 @@ def main(argv=None):
     nc = net.vae.n_conds > 1
     n = data.n  # one synthetic cell per train cell (the train composition)
     own_lib = torch.from_numpy(np.asarray(data.counts.sum(1)).ravel().astype(np.float32))
-    runs = [(0, 1.0, "means_ownlib"), (0, 1.0, "means_condlib"), (1, 1.0, None)] + [(k, float(al), c) for c in clfs for k in [int(x) for x in a.k.split(",")] if k > 1
-                               for al in a.alpha.split(",")]
+    # k = 0: the train cells' own codes (the decoder's ceiling); k = 1: generated, no resampling
+    runs = [(0, 1.0, "means_ownlib"), (0, 1.0, "means_condlib"), (1, 1.0, None)]
+    runs += [(k, float(al), c) for c in clfs for k in [int(x) for x in a.k.split(",")] if k > 1
+             for al in a.alpha.split(",")]
     for k, alpha, cname in runs:
-        if True:
-            gen.manual_seed(a.seed + 101)
-            with torch.no_grad():
-                cand = (data.codes.unsqueeze(1) if k == 0 else  # k = 0: the train cells' own codes (the ceiling)
-                        torch.stack([draw(types, conds) for _ in range(k)], 1))  # n x k x d
-                clf = clfs.get(cname) or next(iter(clfs.values()))
-                if k > 1:
-                    lg = clf(torch.cat([F(cand.reshape(n * k, -1), conds.repeat_interleave(k)), _onehot(lab.repeat_interleave(k), n_lab)], 1))
-                    w = (alpha * lg.view(n, k)).exp()
-                    w = torch.minimum(w, a.clip * w.median())
-                    pick = torch.multinomial(w / w.sum(1, keepdim=True), 1, generator=gen).squeeze(1)
-                else:
-                    pick = torch.zeros(n, dtype=torch.long)
-                z = cand[torch.arange(n), pick]
-                lg_all = clf(torch.cat([F(z, conds), _onehot(lab, n_lab)], 1)).squeeze(1)
-                prop, _ = net.decode(z, conds if nc else None)
-                lib = sample_library_conditional(lib_params, data.group(types, conds), z, meta["lib_coef"].float(),
-                                                 meta["lib_code_mean"].float(), float(meta["lib_resid_scale"]), gen)
-                if cname == "means_ownlib":
-                    lib = own_lib
-                x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
-            obs = pd.DataFrame({C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in types.numpy()], categories=cats)},
-                               index=[f"c{i}" for i in range(n)])
-            if n_conds > 1:
-                ck = meta.get("condition_key") or "condition"
-                obs[ck] = pd.Categorical([meta["conditions"][i] for i in conds.numpy()])
-            syn = ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=real.var_names))
-            doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=a.draws))
-            m = doc["metrics"]
-            row = {"c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"], "c2st": m["c2st_auc"]["value"],
-                   "control": m["c2st_auc"]["control"], "mia_auc": m["mia_auc"]["value"],
-                   "dcr_ratio": m["dcr_ratio"]["value"], "libsize_ks": m["libsize_ks"]["value"],
-                   "mean_logit": float(lg_all.mean())}
-            for key in ("rare_agreement", "tstr_rare_f1", "rare_spread_ratio"):
-                if key in m:
-                    row[key] = m[key]["value"]
-            out["rows"][f"k{k}_a{alpha:g}_{cname}"] = row
-            print(f"k={k} alpha={alpha:g} clf={cname}: " + ", ".join(f"{kk} {v:.3f}" for kk, v in row.items()
-                                                         if isinstance(v, float)), flush=True)
+        gen.manual_seed(a.seed + 101)
+        with torch.no_grad():
+            cand = (data.codes.unsqueeze(1) if k == 0 else  # k = 0: the train cells' own codes (the ceiling)
+                    torch.stack([draw(types, conds) for _ in range(k)], 1))  # n x k x d
+            clf = clfs.get(cname) or next(iter(clfs.values()))
+            if k > 1:
+                lg = clf(torch.cat([F(cand.reshape(n * k, -1), conds.repeat_interleave(k)), _onehot(lab.repeat_interleave(k), n_lab)], 1))
+                w = (alpha * lg.view(n, k)).exp()
+                w = torch.minimum(w, a.clip * w.median())
+                pick = torch.multinomial(w / w.sum(1, keepdim=True), 1, generator=gen).squeeze(1)
+            else:
+                pick = torch.zeros(n, dtype=torch.long)
+            z = cand[torch.arange(n), pick]
+            lg_all = clf(torch.cat([F(z, conds), _onehot(lab, n_lab)], 1)).squeeze(1)
+            prop, _ = net.decode(z, conds if nc else None)
+            lib = sample_library_conditional(lib_params, data.group(types, conds), z, meta["lib_coef"].float(),
+                                             meta["lib_code_mean"].float(), float(meta["lib_resid_scale"]), gen)
+            if cname == "means_ownlib":
+                lib = own_lib
+            x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
+        obs = pd.DataFrame({C.OBS_CELL_TYPE: pd.Categorical([cats[i] for i in types.numpy()], categories=cats)},
+                           index=[f"c{i}" for i in range(n)])
+        if n_conds > 1:
+            ck = meta.get("condition_key") or "condition"
+            obs[ck] = pd.Categorical([meta["conditions"][i] for i in conds.numpy()])
+        syn = ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=real.var_names))
+        doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=a.draws))
+        m = doc["metrics"]
+        row = {"c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"], "c2st": m["c2st_auc"]["value"],
+               "control": m["c2st_auc"]["control"], "mia_auc": m["mia_auc"]["value"],
+               "dcr_ratio": m["dcr_ratio"]["value"], "libsize_ks": m["libsize_ks"]["value"],
+               "mean_logit": float(lg_all.mean())}
+        for key in ("rare_agreement", "tstr_rare_f1", "rare_spread_ratio"):
+            if key in m:
+                row[key] = m[key]["value"]
+        out["rows"][f"k{k}_a{alpha:g}_{cname}"] = row
+        print(f"k={k} alpha={alpha:g} clf={cname}: " + ", ".join(f"{kk} {v:.3f}" for kk, v in row.items()
+                                                     if isinstance(v, float)), flush=True)
     syn = model.generate(None, "original", None, seed=a.seed)  # the shipped path, for reference
     m = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=a.draws))["metrics"]
     out["rows"]["generate"] = {"c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"],
