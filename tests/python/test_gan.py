@@ -893,31 +893,3 @@ def test_checkpoint_of_another_version_is_refused(seeds_small, tmp_path):
     torch.save({"format": "garage-gan-ckpt/2", "config": {}}, tmp_path / "old.gan.ckpt.pt")
     with pytest.raises(GarageError, match="another GARAGE version"):
         run_gan(seeds_small, tmp_path, "old", GANConfig(**{**TINY, "checkpoint_every": 10}), resume=True)
-
-
-def test_train_floor_anchors_and_penalty(real_small):
-    """--train-floor: the radius fraction is calibrated so that few validation (unseen) codes fall
-    inside it; a generated code on a train cell is penalised, one at a real unseen cell's distance
-    mostly is not; and training with it runs."""
-    import torch
-
-    from garage.gan._model import FLOOR_QUANTILE, _floor_anchors
-    from garage.gan._train import Trainer
-
-    model = GarageGAN.setup(real_small, GANConfig(**TINY, train_floor=1.0))
-    model.train(torch.device("cpu"))
-    data = model.data
-    assert data.floor_codes is not None and len(data.floor_codes) == len(data.fit_rows)
-    codes, r = _floor_anchors(data, 0)
-    # the share of validation codes inside their nearest anchor's radius is about FLOOR_QUANTILE
-    val = data.codes[torch.from_numpy(data.val_rows)]
-    d, j = torch.cdist(val, codes).min(1)
-    inside = float((d < r[j]).float().mean())
-    assert inside <= FLOOR_QUANTILE + 0.05
-    trainer = Trainer.__new__(Trainer)
-    trainer.data = data
-    on_cells = trainer._train_floor(codes[:32] + 1e-4)
-    assert on_cells > 0.9  # a code on a train cell: the full penalty (1 - ~0) ** 2
-    assert trainer._train_floor(val) < 0.05  # unseen real cells' codes: almost none
-    with pytest.raises(GarageError, match="train-floor"):
-        GANConfig(train_floor=-1.0).validate()

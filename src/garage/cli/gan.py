@@ -71,9 +71,6 @@ def composition_options(f):
                    "k-th real neighbour (0: off).")
 @click.option("--seed-floor-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="The neighbour that sets a seed's privacy radius.")
-@click.option("--train-floor", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Privacy: weight of the same penalty for every generated cell against its nearest train cell "
-                   "(0: off).")
 @click.option("--posterior-noise", type=click.FloatRange(0, 4), default=0.0, show_default=True,
               help="Latent space, privacy: the critic's real codes are drawn around each cell's posterior mean "
                    "with this fraction of its posterior sd (0: the means).")

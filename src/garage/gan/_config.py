@@ -164,12 +164,6 @@ class GANConfig:
         output does not reveal which cells were seeds (0: off).
     seed_floor_k
         Which neighbour sets the seed's radius.
-    train_floor
-        Latent space, privacy: weight of the same penalty for every generated cell
-        against its nearest fit cell (at most ``FLOOR_ANCHORS`` of them, drawn
-        once): a generated code closer to a train cell's code than all but 5 % of
-        unseen (validation) cells are is pushed off it, so the output does not sit
-        on the cells it was trained on (0: off).
     posterior_noise
         Latent space, privacy: the critic's real codes are drawn around each
         train cell's posterior mean with this fraction of its posterior sd
@@ -273,7 +267,6 @@ class GANConfig:
     seed_residual: bool = True
     seed_floor: float = 1.0
     seed_floor_k: int = 3
-    train_floor: float = 0.0
     posterior_noise: float = 0.0
     library: Library = "conditional"
     refit_dispersion: bool = True
@@ -419,7 +412,6 @@ class GANConfig:
              "pass e.g. 0.99 (0 = no averaging)")
         need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
         need(self.seed_floor >= 0, "--seed-floor must be >= 0", "pass e.g. 1.0 (0: off)")
-        need(self.train_floor >= 0, "--train-floor must be >= 0", "pass e.g. 1.0 (0: off)")
         need(0 <= self.posterior_noise <= 4, "--posterior-noise must be in [0, 4]", "pass e.g. 0.5")
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")

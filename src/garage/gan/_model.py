@@ -62,11 +62,6 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT = "garage-generator/2"
 GEN_CHUNK = 4096
 #: state-dict prefixes that never leave the training process (critic, encoder)
-#: train_floor's anchors: at most this many fit cells (a generator step compares its batch with
-#: all of them: 128 x 8,192 distances)
-FLOOR_ANCHORS = 8192
-#: train_floor's radius: the quantile of unseen (validation) cells' relative distance to train cells
-FLOOR_QUANTILE = 0.05
 PRIVATE_PREFIXES = ("critic.", "vae.encoder.", "vae.z_mean.", "vae.z_logvar.")
 #: meta entries that identify training cells; a shareable model drops them
 SENSITIVE_META = ("seed_codes", "seed_names", "train_hashes")
@@ -332,8 +327,6 @@ class GANNet(nn.Module):
             _assign_states(data, self.cfg.effective_type_states, self.cfg.state_min_cells, self.cfg.seed)
         data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None
         data.seed_radius = _seed_radius(data, self.cfg.seed_floor_k) if data.seed_codes is not None else None
-        if self.cfg.train_floor > 0:
-            data.floor_codes, data.floor_radius = _floor_anchors(data, self.cfg.seed)
         self.vae.train()
 
     @torch.no_grad()
@@ -1103,36 +1096,6 @@ def _seed_radius(data: TrainData, k: int) -> torch.Tensor:
     ok = np.isfinite(radius) & (radius > 0)
     radius[~ok] = np.median(radius[ok]) if ok.any() else 1.0
     return torch.from_numpy(radius.astype(np.float32)).to(data.codes.device)
-
-
-def _floor_anchors(data: TrainData, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """train_floor's anchors and radii.
-
-    Anchors: up to ``FLOOR_ANCHORS`` fit cells, drawn once.  An anchor's radius is its distance to
-    its nearest other fit cell times a fraction calibrated on the validation cells (real cells the
-    networks never fitted): the ``FLOOR_QUANTILE`` quantile of (distance of a validation code to its
-    nearest anchor) / (that anchor's nearest-neighbour distance).  So a generated code is pushed
-    off a train cell only when it is closer to it than all but 5 % of unseen real cells are.
-    k-d trees: linear in cells.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    codes = data.codes.cpu().numpy()
-    fit = data.fit_rows
-    rng = np.random.default_rng([int(seed), 29])
-    anchors = fit if len(fit) <= FLOOR_ANCHORS else np.sort(rng.choice(fit, FLOOR_ANCHORS, replace=False))
-    d, _ = NearestNeighbors(n_neighbors=min(2, len(fit))).fit(codes[fit]).kneighbors(codes[anchors])
-    r = d[:, -1]
-    ok = r > 0
-    r[~ok] = np.median(r[ok]) if ok.any() else 1.0
-    frac = 0.5
-    if len(data.val_rows) >= 20:
-        dv, j = NearestNeighbors(n_neighbors=1).fit(codes[anchors]).kneighbors(codes[data.val_rows])
-        frac = float(np.quantile(dv[:, 0] / r[j[:, 0]], FLOOR_QUANTILE))
-    logger.info("train floor: %d anchors, radius %.2f x the nearest-neighbour distance", len(anchors), frac)
-    dev = data.codes.device
-    return (data.codes[torch.from_numpy(anchors).to(dev)],
-            torch.from_numpy((frac * r).astype(np.float32)).clamp_min(1e-6).to(dev))
 
 
 def _lib_params_of(meta: dict) -> torch.Tensor:

@@ -79,8 +79,6 @@ class TrainData:
     codes: torch.Tensor | None = None  # standardised codes of all train cells (latent space)
     code_sd: torch.Tensor | None = None  # their standardised posterior sd (GANConfig.posterior_noise > 0)
     seed_radius: torch.Tensor | None = None  # per seed position: distance to its k-th real neighbour
-    floor_codes: torch.Tensor | None = None  # train_floor: anchor fit cells' codes (at most FLOOR_ANCHORS)
-    floor_radius: torch.Tensor | None = None  # their distance to their k-th real neighbour
     # within-type states (GANConfig.type_states): the networks' label of a cell is
     # type * k_states + state; with k_states = 1 it is the type, and the seed table is per type
     k_states: int = 1
@@ -579,8 +577,6 @@ class Trainer:
             fake = self._fake(types, conds, seeds_out=seeds)
             gl = wgan_generator_loss(net.critic, fake, types, conds if self.data.n_conds > 1 else None)
             gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)
-            if cfg.train_floor > 0 and self.data.floor_codes is not None:
-                gl.loss = gl.loss + cfg.train_floor * self._train_floor(fake)
         self.opt_g.zero_grad(set_to_none=True)
         gl.loss.backward()
         self.opt_g.step()
@@ -600,13 +596,6 @@ class Trainer:
             return fake.new_zeros(())
         d = (fake[mask] - self.data.seed_codes[pos[mask]]).norm(dim=1)
         return torch.relu(1.0 - d / r[pos[mask]]).pow(2).mean()
-
-    def _train_floor(self, fake: torch.Tensor) -> torch.Tensor:
-        """Privacy penalty: generated codes closer to their nearest anchor fit cell than its k-th
-        real neighbour, ``mean of relu(1 - d / r) ** 2``."""
-        d = torch.cdist(fake, self.data.floor_codes)
-        dmin, j = d.min(dim=1)
-        return torch.relu(1.0 - dmin / self.data.floor_radius[j]).pow(2).mean()
 
     def _original_types(self, n: int):
         """``original`` mode: uniformly random seed cells decide the types of a fake batch."""
