@@ -6,7 +6,9 @@ same files, in the same layout, as the Nextflow pipeline publishes:
 with its message, and so does a sample that does not fit the machine (a
 :class:`~garage.errors.ResourceError`, ``MemoryError`` or CUDA out of memory:
 status ``out-of-resources``); the others complete; the exit status says whether
-all did.
+all did.  A run stopped by SIGTERM or Ctrl-C still writes
+``pipeline_info/garage_run_summary.tsv`` (the stopped sample ``terminated``, the
+ones after it ``not-run``) and exits 143 or 130.
 """
 
 from __future__ import annotations
@@ -217,82 +219,104 @@ def run_samples(
     ev_cfg = _config(ev.EvaluateConfig, stage_over["evaluate"], "evaluate", seed)
 
     results: list[SampleResult] = []
-    for n, s in enumerate(samples, start=1):
-        res = SampleResult(s.sample)
-        t0 = time.perf_counter()
-        logger.info("[%d/%d] sample %s", n, len(samples), s.sample)
-        try:
-            pp_over = {"label_key": s.label_key, "layer": s.layer, "condition_key": s.condition_key} \
-                | params.get("preprocess", {})
-            pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
-            pp = _reuse(resume, {"h5ad": outdir / "preprocess" / f"{s.sample}{C.SUFFIX_PREPROCESSED}"}) \
-                or run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)
-            pp = pp["h5ad"]
-            logger.info("[%s] preprocess done", s.sample)
-            d = outdir / "gat"
-            g = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SEEDS}", "model": d / f"{s.sample}{C.SUFFIX_GAT_MODEL}",
-                                "log": d / f"{s.sample}{C.SUFFIX_GAT_LOG}"}) \
-                or gat.run_gat(pp, d, s.sample, gat_cfg, device=device, threads=threads, resume=resume)
-            logger.info("[%s] gat done", s.sample)
-            d = outdir / "gan"
-            gan_outputs = {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
-                           "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}
-            if gan_opts["provenance"]:
-                gan_outputs["provenance"] = d / f"{s.sample}{C.SUFFIX_PROVENANCE}"
-            gn = _reuse(resume, gan_outputs) \
-                or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume,
-                               **gan_opts)
-            logger.info("[%s] gan done", s.sample)
-            # the seeds and the (private) provenance make the privacy metrics seed-aware (no
-            # provenance with gan.provenance: false: evaluate then runs without it)
-            e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg,
-                                seeds=g["h5ad"], provenance=gn.get("provenance"))
-            logger.info("[%s] evaluate done", s.sample)
-            res.outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
-            res.outputs["preprocessed"] = str(pp)
-        except ResourceError as exc:  # memory / GPU: this sample does not fit, the next may
-            res.status, res.message = "out-of-resources", str(exc)
-            logger.error("[%s] not enough resources: %s", s.sample, exc)
-        except GarageError as exc:
-            res.status, res.message = "failed", str(exc)
-            logger.error("[%s] %s", s.sample, exc)
-        except MemoryError:
-            res.status, res.message = "out-of-resources", OUT_OF_MEMORY
-            logger.error("[%s] %s", s.sample, OUT_OF_MEMORY)
-        except (SystemExit, KeyboardInterrupt) as exc:  # SIGTERM (exit 143) or Ctrl-C: the batch stops
-            # here, and the summary still says which samples finished, which one stopped, which never ran
-            res.status, res.message = "terminated", f"stopped ({type(exc).__name__} {getattr(exc, 'code', '')})".strip()
+    running: tuple[SampleResult, float] | None = None  # the sample whose stages are running
+    try:
+        for n, s in enumerate(samples, start=1):
+            res = SampleResult(s.sample)
+            t0 = time.perf_counter()
+            running = (res, t0)
+            logger.info("[%d/%d] sample %s", n, len(samples), s.sample)
+            try:
+                pp_over = {"label_key": s.label_key, "layer": s.layer, "condition_key": s.condition_key} \
+                    | params.get("preprocess", {})
+                pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
+                pp = _reuse(resume, {"h5ad": outdir / "preprocess" / f"{s.sample}{C.SUFFIX_PREPROCESSED}"}) \
+                    or run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)
+                pp = pp["h5ad"]
+                logger.info("[%s] preprocess done", s.sample)
+                d = outdir / "gat"
+                g = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SEEDS}", "model": d / f"{s.sample}{C.SUFFIX_GAT_MODEL}",
+                                    "log": d / f"{s.sample}{C.SUFFIX_GAT_LOG}"}) \
+                    or gat.run_gat(pp, d, s.sample, gat_cfg, device=device, threads=threads, resume=resume)
+                logger.info("[%s] gat done", s.sample)
+                d = outdir / "gan"
+                gan_outputs = {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
+                               "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}
+                if gan_opts["provenance"]:
+                    gan_outputs["provenance"] = d / f"{s.sample}{C.SUFFIX_PROVENANCE}"
+                gn = _reuse(resume, gan_outputs) \
+                    or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume,
+                                   **gan_opts)
+                logger.info("[%s] gan done", s.sample)
+                # the seeds and the (private) provenance make the privacy metrics seed-aware (no
+                # provenance with gan.provenance: false: evaluate then runs without it)
+                e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg,
+                                    seeds=g["h5ad"], provenance=gn.get("provenance"))
+                logger.info("[%s] evaluate done", s.sample)
+                res.outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
+                res.outputs["preprocessed"] = str(pp)
+            except ResourceError as exc:  # memory / GPU: this sample does not fit, the next may
+                res.status, res.message = "out-of-resources", str(exc)
+                logger.error("[%s] not enough resources: %s", s.sample, exc)
+            except GarageError as exc:
+                res.status, res.message = "failed", str(exc)
+                logger.error("[%s] %s", s.sample, exc)
+            except MemoryError:
+                res.status, res.message = "out-of-resources", OUT_OF_MEMORY
+                logger.error("[%s] %s", s.sample, OUT_OF_MEMORY)
+            except Exception as exc:  # one sample's crash must not stop the batch
+                if is_cuda_out_of_memory(exc):
+                    res.status, res.message = "out-of-resources", CUDA_OUT_OF_MEMORY
+                    logger.error("[%s] %s", s.sample, CUDA_OUT_OF_MEMORY)
+                else:
+                    res.status = "internal-error"
+                    res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    logger.exception("[%s] internal error", s.sample)
             res.seconds = round(time.perf_counter() - t0, 1)
-            _write_summary(results + [res] + [SampleResult(x.sample, "not-run") for x in samples[n:]], outdir)
-            raise
-        except Exception as exc:  # one sample's crash must not stop the batch
-            if is_cuda_out_of_memory(exc):
-                res.status, res.message = "out-of-resources", CUDA_OUT_OF_MEMORY
-                logger.error("[%s] %s", s.sample, CUDA_OUT_OF_MEMORY)
-            else:
-                res.status = "internal-error"
-                res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                logger.exception("[%s] internal error", s.sample)
-        res.seconds = round(time.perf_counter() - t0, 1)
-        results.append(res)
+            results.append(res)
+            running = None
 
-    if report and any(r.status == "ok" for r in results):
-        from .multiqc import run_report
+        if report and any(r.status == "ok" for r in results):
+            from .multiqc import run_report
 
+            try:
+                report_params = {"profile": profile or "", "seed": seed, "device": device,
+                                 "gat": dataclasses.asdict(gat_cfg), "gan": gan_cfg.to_dict() | gan_opts,
+                                 "evaluate": ev.params_of(ev_cfg)}
+                html = run_report(outdir / "evaluate", outdir / "multiqc", params=report_params)
+                logger.info("MultiQC report: %s", html)
+            except Exception as exc:  # the report must not hide finished samples
+                logger.error("MultiQC report failed: %s", exc)
+    except (SystemExit, KeyboardInterrupt) as exc:  # SIGTERM (exit 143) or Ctrl-C (130): the batch stops,
+        # and the summary still says which samples finished, which one stopped, which never ran
+        rows = list(results)
+        if running is not None and not any(r is running[0] for r in results):
+            res, t0 = running
+            res.status, res.message = "terminated", _stop_message(exc)
+            res.seconds = round(time.perf_counter() - t0, 1)
+            rows.append(res)
+        rows += [SampleResult(x.sample, "not-run") for x in samples[len(rows):]]
         try:
-            report_params = {"profile": profile or "", "seed": seed, "device": device,
-                             "gat": dataclasses.asdict(gat_cfg), "gan": gan_cfg.to_dict() | gan_opts,
-                             "evaluate": ev.params_of(ev_cfg)}
-            html = run_report(outdir / "evaluate", outdir / "multiqc", params=report_params)
-            logger.info("MultiQC report: %s", html)
-        except Exception as exc:  # the report must not hide finished samples
-            logger.error("MultiQC report failed: %s", exc)
+            _write_summary(rows, outdir)
+        except Exception as err:  # keep the stop's own exit code (Nextflow retries 130-145, not 1)
+            logger.error("could not write the run summary: %s", err)
+        raise
     _write_summary(results, outdir)
     return results
 
 
+def _stop_message(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C, exit 130)"
+    code = getattr(exc, "code", None)
+    return "terminated by SIGTERM (exit 143)" if code == 143 else f"stopped (exit {code})"
+
+
 def exit_status(results: list[SampleResult]) -> int:
-    """0 all completed; else 1 (an internal error) > 3 (out of resources) > 2 (bad input)."""
+    """0 all completed; else 1 (an internal error) > 3 (out of resources) > 2 (bad input).
+
+    ``terminated`` / ``not-run`` never reach here: a stopped batch re-raises its SystemExit or
+    KeyboardInterrupt (exit 143 or 130) after writing the summary."""
     statuses = {r.status for r in results}
     if statuses <= {"ok"}:
         return 0
@@ -301,11 +325,16 @@ def exit_status(results: list[SampleResult]) -> int:
     return EXIT_RESOURCES if "out-of-resources" in statuses else EXIT_BAD_INPUT
 
 
+def _one_field(text: str) -> str:
+    """A message as one TSV field: tabs and line breaks become spaces."""
+    return re.sub(r"[\t\r\n]+", " ", str(text))
+
+
 def _write_summary(results: list[SampleResult], outdir: Path) -> Path:
     from ._utils import write_text_atomic
 
     info = outdir / "pipeline_info"
     info.mkdir(parents=True, exist_ok=True)
     lines = ["sample\tstatus\tseconds\tmessage"]
-    lines += [f"{r.sample}\t{r.status}\t{r.seconds}\t{r.message}" for r in results]
+    lines += [f"{r.sample}\t{r.status}\t{r.seconds}\t{_one_field(r.message)}" for r in results]
     return write_text_atomic("\n".join(lines) + "\n", info / "garage_run_summary.tsv")

@@ -194,23 +194,75 @@ def test_out_of_resources_sample_fails_alone(tmp_path, small_counts_path, monkey
     assert exit_status(results) == 3
 
 
-def test_terminated_batch_still_writes_its_summary(tmp_path, small_counts_path, monkeypatch):
-    """A batch stopped by SIGTERM (the CLI's SystemExit(143)) re-raises, and its summary names the
-    finished sample, the one that stopped and the one that never ran."""
-    from garage import preprocess
+def _stub_stages(monkeypatch, tmp_path, stop_in: str, stop: BaseException):
+    """Every stage replaced by a stub that returns file names at once; *stop_in* (a sample name, or
+    'report') raises *stop* there."""
+    from garage import evaluate, gan, gat, multiqc, preprocess
+
+    def pre(counts, outdir, prefix, config, **kw):
+        if prefix == stop_in:
+            raise stop
+        if prefix == "bad":
+            raise GarageError("table\tis empty\nsecond line")
+        return {"h5ad": tmp_path / f"{prefix}.pp.h5ad"}
+
+    monkeypatch.setattr(preprocess, "run_preprocess", pre)
+    monkeypatch.setattr(gat, "run_gat", lambda pp, d, prefix, *a, **k: {"h5ad": d / f"{prefix}.seeds.h5ad"})
+    monkeypatch.setattr(gan, "run_gan", lambda g, d, prefix, *a, **k: {"h5ad": d / f"{prefix}.syn.h5ad"})
+    monkeypatch.setattr(evaluate, "run_evaluate", lambda pp, syn, d, prefix, *a, **k: {"json": d / "m.json"})
+
+    def report(*a, **k):
+        if stop_in == "report":
+            raise stop
+        return tmp_path / "multiqc.html"
+
+    monkeypatch.setattr(multiqc, "run_report", report)
+
+
+@pytest.mark.parametrize("stop, message", [(SystemExit(143), "terminated by SIGTERM (exit 143)"),
+                                           (KeyboardInterrupt(), "interrupted (Ctrl-C, exit 130)")])
+def test_stopped_batch_still_writes_its_summary(tmp_path, small_counts_path, monkeypatch, stop, message):
+    """A batch stopped by SIGTERM (the CLI's SystemExit(143)) or Ctrl-C re-raises it, and its summary
+    names the finished samples, the one that stopped and the ones that never ran; messages stay one
+    TSV field."""
     from garage.run import Sample, run_samples
 
-    def fake_preprocess(counts, outdir, prefix, config, **kw):
-        if prefix == "second":
-            raise SystemExit(143)
-        raise GarageError("table is empty")
+    _stub_stages(monkeypatch, tmp_path, "third", stop)
+    samples = [Sample(name, small_counts_path, "cell_type") for name in ("first", "bad", "third", "fourth")]
+    with pytest.raises(type(stop)):
+        run_samples(samples, tmp_path / "out")
+    rows = [r.split("\t") for r in
+            (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()[1:]]
+    assert [r[:2] for r in rows] == [["first", "ok"], ["bad", "failed"], ["third", "terminated"],
+                                     ["fourth", "not-run"]]
+    assert all(len(r) == 4 for r in rows) and rows[1][3] == "table is empty second line"
+    assert rows[2][3] == message
 
-    monkeypatch.setattr(preprocess, "run_preprocess", fake_preprocess)
-    samples = [Sample(name, small_counts_path, "cell_type") for name in ("first", "second", "third")]
+
+def test_stop_during_the_report_keeps_every_finished_sample(tmp_path, small_counts_path, monkeypatch):
+    """SIGTERM while the MultiQC report is made: every sample finished, and the summary says so."""
+    from garage.run import Sample, run_samples
+
+    _stub_stages(monkeypatch, tmp_path, "report", SystemExit(143))
+    samples = [Sample(name, small_counts_path, "cell_type") for name in ("first", "second")]
     with pytest.raises(SystemExit) as info:
-        run_samples(samples, tmp_path / "out", report=False)
+        run_samples(samples, tmp_path / "out")
     assert info.value.code == 143
-    rows = (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()
-    assert [r.split("\t")[:2] for r in rows[1:]] == [["first", "failed"], ["second", "terminated"],
-                                                     ["third", "not-run"]]
-    assert "SystemExit 143" in rows[2]
+    rows = (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[:2] for r in rows] == [["first", "ok"], ["second", "ok"]]
+
+
+def test_a_summary_that_cannot_be_written_keeps_the_stop_exit(tmp_path, small_counts_path, monkeypatch):
+    """A failing summary write (disk full on a node being killed) must not turn exit 143 into 1."""
+    from garage import run as run_mod
+    from garage.run import Sample, run_samples
+
+    _stub_stages(monkeypatch, tmp_path, "first", SystemExit(143))
+
+    def broken(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(run_mod, "_write_summary", broken)
+    with pytest.raises(SystemExit) as info:
+        run_samples([Sample("first", small_counts_path, "cell_type")], tmp_path / "out")
+    assert info.value.code == 143
