@@ -97,6 +97,7 @@ def trained_small(seeds_small, tmp_path_factory):
         ({"ema_decay": 1.0}, "ema-decay"),
         ({"decoder_epochs": -1}, "decoder-epochs"),
         ({"cells_per_group": "B=3"}, "TYPE|CONDITION"),
+        ({"decoder_dropout": 1.0}, "decoder-dropout"),
     ],
 )
 def test_config_rejects_bad_options(kw, match):
@@ -893,3 +894,20 @@ def test_checkpoint_of_another_version_is_refused(seeds_small, tmp_path):
     torch.save({"format": "garage-gan-ckpt/2", "config": {}}, tmp_path / "old.gan.ckpt.pt")
     with pytest.raises(GarageError, match="another GARAGE version"):
         run_gan(seeds_small, tmp_path, "old", GANConfig(**{**TINY, "checkpoint_every": 10}), resume=True)
+
+
+def test_decoder_dropout_acts_in_training_only(real_small):
+    """--decoder-dropout puts dropout in the decoder's hidden layers: random in train mode, and
+    generation (eval mode) decodes deterministically."""
+    import torch
+
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, decoder_dropout=0.5))
+    vae = model.net.vae
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in vae.decoder.modules())
+    z = torch.randn(8, vae.z_mean.out_features)
+    vae.train()
+    assert not torch.allclose(vae.proportions(z), vae.proportions(z))
+    vae.eval()
+    assert torch.equal(vae.proportions(z), vae.proportions(z))
+    plain = GarageGAN.setup(real_small, GANConfig(**TINY)).net.vae
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.decoder.modules())

@@ -164,6 +164,10 @@ class GANConfig:
         output does not reveal which cells were seeds (0: off).
     seed_floor_k
         Which neighbour sets the seed's radius.
+    decoder_dropout
+        Latent space: dropout in the decoder's hidden layers during the autoencoder
+        phase (not the decoder fine-tuning, not generation); against a decoder
+        that memorises the cells of a small input (0: off).
     posterior_noise
         Latent space, privacy: the critic's real codes are drawn around each
         train cell's posterior mean with this fraction of its posterior sd
@@ -268,6 +272,7 @@ class GANConfig:
     seed_floor: float = 1.0
     seed_floor_k: int = 3
     posterior_noise: float = 0.0
+    decoder_dropout: float = 0.0
     library: Library = "conditional"
     refit_dispersion: bool = True
     ema_decay: float = 0.99
@@ -412,6 +417,7 @@ class GANConfig:
              "pass e.g. 0.99 (0 = no averaging)")
         need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
         need(self.seed_floor >= 0, "--seed-floor must be >= 0", "pass e.g. 1.0 (0: off)")
+        need(0 <= self.decoder_dropout < 1, "--decoder-dropout must be in [0, 1)", "pass e.g. 0.2 (0: off)")
         need(0 <= self.posterior_noise <= 4, "--posterior-noise must be in [0, 4]", "pass e.g. 0.5")
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")

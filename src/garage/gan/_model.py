@@ -264,7 +264,7 @@ class GANNet(nn.Module):
             self.generator = OriginalGenerator(n_genes, cfg.noise_dim, cfg.hidden)
             self.critic = OriginalDiscriminator(n_genes, cfg.hidden)
         elif space == "latent":
-            self.vae = CountVAE(n_genes, cfg.n_latent, cfg.hidden, n_conds=n_conds)
+            self.vae = CountVAE(n_genes, cfg.n_latent, cfg.hidden, n_conds=n_conds, decoder_dropout=cfg.decoder_dropout)
             self.generator = ConditionalGenerator(
                 cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, self.code_dim,
                 residual=cfg.seed_residual, n_conds=n_conds,

@@ -48,14 +48,15 @@ class CountVAE(nn.Module):
     GAN plays its game in the latent space.
     """
 
-    def __init__(self, n_genes: int, n_latent: int, n_hidden: int, dropout: float = 0.1, n_conds: int = 1):
+    def __init__(self, n_genes: int, n_latent: int, n_hidden: int, dropout: float = 0.1, n_conds: int = 1,
+                 decoder_dropout: float = 0.0):
         super().__init__()
         self.n_conds = int(n_conds)
         c = self.n_conds if self.n_conds > 1 else 0
         self.encoder = mlp([n_genes + c, n_hidden, n_hidden], last_activation=True, dropout=dropout)
         self.z_mean = nn.Linear(n_hidden, n_latent)
         self.z_logvar = nn.Linear(n_hidden, n_latent)
-        self.decoder = mlp([n_latent + c, n_hidden, n_hidden], last_activation=True)
+        self.decoder = mlp([n_latent + c, n_hidden, n_hidden], last_activation=True, dropout=decoder_dropout)
         self.px = nn.Linear(n_hidden, n_genes)
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
 
