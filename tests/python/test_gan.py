@@ -911,3 +911,15 @@ def test_decoder_dropout_acts_in_training_only(real_small):
     assert torch.equal(vae.proportions(z), vae.proportions(z))
     plain = GarageGAN.setup(real_small, GANConfig(**TINY)).net.vae
     assert not any(isinstance(m, torch.nn.Dropout) for m in plain.decoder.modules())
+
+
+def test_posterior_noise_is_capped_at_the_codes_spread(real_small):
+    """--posterior-noise: the critic's real codes are drawn around the posterior means with at most one
+    standardised sd per dimension, so a collapsed dimension cannot get noise of hundreds of sds."""
+    import torch
+
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, posterior_noise=1.0))
+    model.train(torch.device("cpu"))
+    sd = model.data.code_sd
+    assert sd is not None and sd.shape == model.data.codes.shape
+    assert float(sd.max()) <= 1.0 and float(sd.min()) > 0

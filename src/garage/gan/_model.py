@@ -322,7 +322,10 @@ class GANNet(nn.Module):
         self.z_mean.copy_(z[fit].mean(0))
         self.z_std.copy_(z[fit].std(0).clamp_min(1e-4) if len(fit) > 1 else torch.ones_like(self.z_mean))
         data.codes = ((z - self.z_mean) / self.z_std).float()
-        data.code_sd = (sd / self.z_std).float() if self.cfg.posterior_noise > 0 else None
+        # capped at one sd of the codes: a collapsed latent dimension (posterior sd ~ the prior's, means
+        # nearly constant) would otherwise get noise of hundreds of its own sds (kang_ifnb validation:
+        # C2ST 0.855 with --posterior-noise 1 uncapped)
+        data.code_sd = (sd / self.z_std).clamp_max(1.0).float() if self.cfg.posterior_noise > 0 else None
         if data.labels is None:
             _assign_states(data, self.cfg.effective_type_states, self.cfg.state_min_cells, self.cfg.seed)
         data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None
