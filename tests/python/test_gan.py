@@ -909,8 +909,10 @@ def test_decoder_dropout_acts_in_training_only(real_small):
     assert not torch.allclose(vae.proportions(z), vae.proportions(z))
     vae.eval()
     assert torch.equal(vae.proportions(z), vae.proportions(z))
-    plain = GarageGAN.setup(real_small, GANConfig(**TINY)).net.vae
+    plain = GarageGAN.setup(real_small, GANConfig(**TINY, decoder_dropout=0.0)).net.vae
     assert not any(isinstance(m, torch.nn.Dropout) for m in plain.decoder.modules())
+    default = GarageGAN.setup(real_small, GANConfig(**TINY)).net.vae  # the default: 0.2
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in default.decoder.modules())
 
 
 def test_posterior_noise_is_capped_at_the_codes_spread(real_small):

@@ -71,9 +71,9 @@ def composition_options(f):
                    "k-th real neighbour (0: off).")
 @click.option("--seed-floor-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="The neighbour that sets a seed's privacy radius.")
-@click.option("--decoder-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Latent space: dropout in the decoder during the autoencoder phase (against memorising a "
-                   "small input; 0: off).")
+@click.option("--decoder-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Latent space: dropout in the decoder during the autoencoder phase (against memorising the "
+                   "cells of a small input; 0: off).")
 @click.option("--posterior-noise", type=click.FloatRange(0, 4), default=0.0, show_default=True,
               help="Latent space, privacy: the critic's real codes are drawn around each cell's posterior mean "
                    "with this fraction of its posterior sd (0: the means).")
