@@ -84,18 +84,12 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
     t0 = time.time()
     full = overrides.pop("full", False)  # train the adversarial phase too (its default length)
     type_theta = overrides.pop("type_theta", 0)  # prototype row: per-type dispersion, this ridge
-    # prototypes against the decoder memorising small inputs: dropout in the decoder's hidden layers,
-    # and L2 weight decay in the autoencoder's and decoder's optimisers (not the GAN's)
-    dec_dropout = overrides.pop("dec_dropout", 0.0)
+    # prototype against the decoder memorising small inputs (round 10): L2 weight decay in the
+    # autoencoder's and decoder's optimisers (not the GAN's); the dropout it was screened beside is
+    # the GANConfig option decoder_dropout (default 0.2: pass {"decoder_dropout": 0} for none)
     weight_decay = overrides.pop("weight_decay", 0.0)
     cfg = GANConfig(seed=seed, checkpoint_every=0, **({} if full else {"gan_steps": 1}), **overrides)
     model = GarageGAN.setup(real, cfg)
-    if dec_dropout:
-        from garage.gan._nn import mlp
-
-        vae = model.net.vae
-        c = vae.n_conds if vae.n_conds > 1 else 0
-        vae.decoder = mlp([cfg.n_latent + c, cfg.hidden, cfg.hidden], last_activation=True, dropout=dec_dropout)
     adam = torch.optim.Adam
     if weight_decay:  # the autoencoder's optimisers are the ones built without betas
         torch.optim.Adam = lambda params, lr, **kw: adam(params, lr=lr, **kw) if "betas" in kw else \

@@ -345,6 +345,28 @@ def test_old_model_format_is_refused_clearly(trained_small, tmp_path):
         GarageGAN.load(old)
 
 
+def test_model_saved_before_decoder_dropout_loads_and_generates_the_same(seeds_small, tmp_path):
+    """A model saved before --decoder-dropout existed (no such key in its config, decoder without
+    dropout layers) loads as trained without it and generates exactly what it generated before."""
+    import torch
+
+    out = run_gan(seeds_small, tmp_path, "nodrop", GANConfig(**TINY, decoder_dropout=0.0, n_cells=40))
+    payload = torch.load(out["model"], weights_only=True)
+    del payload["config"]["decoder_dropout"]
+    old = tmp_path / "old.generator.pt"
+    torch.save(payload, old)
+    model = GarageGAN.load(old)
+    assert model.config.decoder_dropout == 0.0
+    again = model.generate(40, seed=0)
+    first = ad.read_h5ad(out["h5ad"])
+    assert (again.X != first.X).nnz == 0
+    # a saved network of another shape is refused in one line, not a RuntimeError
+    payload["config"]["decoder_dropout"] = 0.2
+    torch.save(payload, old)
+    with pytest.raises(GarageError, match="does not match this GARAGE version"):
+        GarageGAN.load(old)
+
+
 # ----------------------------------------------------------------------------- variants and errors
 def test_fixed_seed_is_deterministic_on_cpu(seeds_small, tmp_path):
     cfg = GANConfig(**TINY, n_cells=50, seed=7)
@@ -894,6 +916,14 @@ def test_checkpoint_of_another_version_is_refused(seeds_small, tmp_path):
     torch.save({"format": "garage-gan-ckpt/2", "config": {}}, tmp_path / "old.gan.ckpt.pt")
     with pytest.raises(GarageError, match="another GARAGE version"):
         run_gan(seeds_small, tmp_path, "old", GANConfig(**{**TINY, "checkpoint_every": 10}), resume=True)
+    # the current format, but written before an option existed: named as such, not "other options"
+    from garage.gan._train import CKPT_FORMAT
+
+    cfg = GANConfig(**{**TINY, "checkpoint_every": 10})
+    old = {k: v for k, v in cfg.to_dict().items() if k != "decoder_dropout"}
+    torch.save({"format": CKPT_FORMAT, "config": old}, tmp_path / "older.gan.ckpt.pt")
+    with pytest.raises(GarageError, match="older GARAGE .*decoder_dropout"):
+        run_gan(seeds_small, tmp_path, "older", cfg, resume=True)
 
 
 def test_decoder_dropout_acts_in_training_only(real_small):

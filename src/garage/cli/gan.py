@@ -76,7 +76,7 @@ def composition_options(f):
                    "cells of a small input; 0: off).")
 @click.option("--posterior-noise", type=click.FloatRange(0, 4), default=0.0, show_default=True,
               help="Latent space, privacy: the critic's real codes are drawn around each cell's posterior mean "
-                   "with this fraction of its posterior sd (0: the means).")
+                   "with this multiple of its posterior sd, capped at the codes' sd per dimension (0: the means).")
 @click.option("--library", type=click.Choice(["conditional", "lognormal", "joint"]), default="conditional", show_default=True,
               help="Library sizes: a per-type log-normal, the same with its mean following the generated code "
                    "(conditional), or generated with each cell's code (joint).")

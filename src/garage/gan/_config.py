@@ -167,15 +167,16 @@ class GANConfig:
     decoder_dropout
         Latent space: dropout in the decoder's hidden layers during the autoencoder
         phase (not the decoder fine-tuning, not generation): the decoder memorised
-        the cells of small inputs; 0.2 lowered the membership attack on all four
+        the cells of small inputs; 0.2 lowered the membership attack on the
         development validation splits and C2ST on pbmc3k's (round 10 of
         ``bench/results/fidelity_notes.md``; 0: off).
     posterior_noise
         Latent space, privacy: the critic's real codes are drawn around each
-        train cell's posterior mean with this fraction of its posterior sd
-        (0: the means themselves; 1: posterior samples), so the generator is
-        not rewarded for landing on the exact codes of the few cells of a small
-        dataset.
+        train cell's posterior mean with this multiple of its posterior sd,
+        the sd capped at one sd of the codes per dimension (0: the means
+        themselves; 1: posterior samples where the posterior is narrower than
+        the codes' spread), so the generator is not rewarded for landing on the
+        exact codes of the few cells of a small dataset.
     library
         Library sizes of generated cells: ``conditional`` (default: a log-normal
         per type x condition whose mean follows the generated code: a ridge

@@ -63,6 +63,9 @@ MODEL_FORMAT = "garage-generator/2"
 GEN_CHUNK = 4096
 #: state-dict prefixes that never leave the training process (critic, encoder)
 PRIVATE_PREFIXES = ("critic.", "vae.encoder.", "vae.z_mean.", "vae.z_logvar.")
+#: GANConfig options added after MODEL_FORMAT was fixed, with the value a model saved before them
+#: was trained with (``load`` fills them in when the saved config lacks them)
+PRE_OPTION_VALUES = {"decoder_dropout": 0.0}
 #: meta entries that identify training cells; a shareable model drops them
 SENSITIVE_META = ("seed_codes", "seed_names", "train_hashes")
 #: preprocess's own var columns (the rest of var is the input's gene metadata, kept in outputs)
@@ -824,11 +827,19 @@ class GarageGAN:
                               "retrain it with `garage gan` (this version conditions on covariates and "
                               "generates library sizes)")
         cfg_d = dict(payload["config"])
+        # options added since the format was fixed: a model saved before them was trained without
+        # them (decoder dropout adds layers, so the default 0.2 would not match the saved weights)
+        for key, before in PRE_OPTION_VALUES.items():
+            cfg_d.setdefault(key, before)
         known = {f.name for f in fields(GANConfig)}
         config = GANConfig(**{k: v for k, v in cfg_d.items() if k in known})
         n_conds = max(1, len(payload.get("conditions", [])))
         net = GANNet(config, len(payload["var_names"]), len(payload["categories"]), payload["seed_dim"], n_conds)
-        missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
+        except RuntimeError as exc:  # shapes that do not match this version's network
+            raise GarageError(f"{path.name} does not match this GARAGE version "
+                              f"({str(exc).splitlines()[-1].strip()[:120]})", "retrain with `garage gan`") from None
         bad = [k for k in missing if not k.startswith(PRIVATE_PREFIXES)] + list(unexpected)
         if bad:
             raise GarageError(f"{path.name} does not match this GARAGE version (keys {bad[:3]})",

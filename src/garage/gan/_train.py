@@ -275,6 +275,13 @@ class Trainer:
                 f"({ck.get('format') or 'no format recorded'}; this one reads {CKPT_FORMAT})",
                 "delete the checkpoint and rerun without --resume",
             )
+        unknown = sorted(set(self.config_dict) - set(ck.get("config") or {}))
+        if unknown:
+            raise GarageError(
+                f"checkpoint {self.ckpt_path.name} was written by an older GARAGE (without the options "
+                f"{', '.join(unknown)})",
+                "delete the checkpoint and rerun without --resume",
+            )
         if ck.get("config") != self.config_dict or ck.get("schedule") != dict(self.steps):
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written with different options or training schedule",
