@@ -947,7 +947,7 @@ def test_decoder_dropout_acts_in_training_only(real_small):
 
 def test_posterior_noise_is_capped_at_the_codes_spread(real_small):
     """--posterior-noise: the critic's real codes are drawn around the posterior means with at most one
-    standardised sd per dimension, so a collapsed dimension cannot get noise of hundreds of sds."""
+    standardised sd per dimension, so a collapsed dimension cannot get noise of many of its sds."""
     import torch
 
     model = GarageGAN.setup(real_small, GANConfig(**TINY, posterior_noise=1.0))

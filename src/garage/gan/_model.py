@@ -326,7 +326,7 @@ class GANNet(nn.Module):
         self.z_std.copy_(z[fit].std(0).clamp_min(1e-4) if len(fit) > 1 else torch.ones_like(self.z_mean))
         data.codes = ((z - self.z_mean) / self.z_std).float()
         # capped at one sd of the codes: a collapsed latent dimension (posterior sd ~ the prior's, means
-        # nearly constant) would otherwise get noise of hundreds of its own sds (kang_ifnb validation:
+        # nearly constant) would otherwise get noise of many of its own sds (up to ~13 on kang_ifnb validation:
         # C2ST 0.855 with --posterior-noise 1 uncapped)
         data.code_sd = (sd / self.z_std).clamp_max(1.0).float() if self.cfg.posterior_noise > 0 else None
         if data.labels is None:
