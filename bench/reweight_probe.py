@@ -81,7 +81,7 @@ def main(argv=None):
     from garage.gan import GANConfig, GarageGAN
     from garage.gan._model import _lib_params_of
     from garage.gan._nn import sample_counts
-    from garage.gan._train import sample_library_conditional
+    from garage.gan._train import pick_seeds, sample_library_conditional
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gan", default="{}", help="GANConfig overrides (JSON)")
@@ -110,16 +110,11 @@ def main(argv=None):
     n_conds = data.n_conds
     n_lab = len(meta["categories"]) * n_conds
     gen = torch.Generator().manual_seed(a.seed + 11)
-    seed_start, seed_count = meta["seed_start"], meta["seed_count"]
     codes_seed = meta["seed_codes"]
 
     def draw(t, c):
         noise = torch.randn(len(t), cfg.noise_dim, generator=gen)
-        g = t * n_conds + c
-        cnt = seed_count[g]
-        mask = (torch.rand(len(t), generator=gen) < cfg.seed_mix) & (cnt > 0)
-        pos = seed_start[g] + (torch.rand(len(t), generator=gen) * cnt.clamp_min(1)).long()
-        pos = torch.where(mask, pos, torch.zeros_like(pos))
+        mask, pos = pick_seeds(data, t, c, cfg.seed_mix, gen)  # the generator's own seed choice
         return net.generated(t, c, noise, codes_seed[pos], mask)
 
     fit = torch.from_numpy(data.fit_rows)

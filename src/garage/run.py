@@ -181,7 +181,7 @@ def _reuse(resume: bool, outputs: dict[str, Path]) -> dict[str, Path] | None:
 @dataclass
 class SampleResult:
     sample: str
-    status: str = "ok"  # ok | failed (bad input) | out-of-resources | internal-error | terminated | not-run
+    status: str = "ok"  # ok | running (only while its stages run) | failed (bad input) | out-of-resources | internal-error | terminated | not-run
     message: str = ""
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
@@ -218,43 +218,48 @@ def run_samples(
     gan_cfg = _config(gan.GANConfig, gan_over, "gan", seed, also_valid=GAN_RUN_OPTIONS)
     ev_cfg = _config(ev.EvaluateConfig, stage_over["evaluate"], "evaluate", seed)
 
-    results: list[SampleResult] = []
-    running: tuple[SampleResult, float] | None = None  # the sample whose stages are running
+    def stages(s: Sample) -> dict[str, str]:
+        """Preprocess, GAT, GAN and evaluate for one sample; return its outputs' paths."""
+        pp_over = {"label_key": s.label_key, "layer": s.layer, "condition_key": s.condition_key} \
+            | params.get("preprocess", {})
+        pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
+        pp = _reuse(resume, {"h5ad": outdir / "preprocess" / f"{s.sample}{C.SUFFIX_PREPROCESSED}"}) \
+            or run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)
+        pp = pp["h5ad"]
+        logger.info("[%s] preprocess done", s.sample)
+        d = outdir / "gat"
+        g = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SEEDS}", "model": d / f"{s.sample}{C.SUFFIX_GAT_MODEL}",
+                            "log": d / f"{s.sample}{C.SUFFIX_GAT_LOG}"}) \
+            or gat.run_gat(pp, d, s.sample, gat_cfg, device=device, threads=threads, resume=resume)
+        logger.info("[%s] gat done", s.sample)
+        d = outdir / "gan"
+        gan_outputs = {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
+                       "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}
+        if gan_opts["provenance"]:
+            gan_outputs["provenance"] = d / f"{s.sample}{C.SUFFIX_PROVENANCE}"
+        gn = _reuse(resume, gan_outputs) \
+            or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume,
+                           **gan_opts)
+        logger.info("[%s] gan done", s.sample)
+        # the seeds and the (private) provenance make the privacy metrics seed-aware (no
+        # provenance with gan.provenance: false: evaluate then runs without it)
+        e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg,
+                            seeds=g["h5ad"], provenance=gn.get("provenance"))
+        logger.info("[%s] evaluate done", s.sample)
+        outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
+        return outputs | {"preprocessed": str(pp)}
+
+    results: list[SampleResult] = []  # the last one is "running" while its stages run
+    t0 = time.perf_counter()
     try:
         for n, s in enumerate(samples, start=1):
-            res = SampleResult(s.sample)
+            res = SampleResult(s.sample, "running")
+            results.append(res)
             t0 = time.perf_counter()
-            running = (res, t0)
             logger.info("[%d/%d] sample %s", n, len(samples), s.sample)
             try:
-                pp_over = {"label_key": s.label_key, "layer": s.layer, "condition_key": s.condition_key} \
-                    | params.get("preprocess", {})
-                pp_cfg = _config(PreprocessConfig, pp_over, "preprocess", seed)
-                pp = _reuse(resume, {"h5ad": outdir / "preprocess" / f"{s.sample}{C.SUFFIX_PREPROCESSED}"}) \
-                    or run_preprocess(s.counts, outdir / "preprocess", s.sample, pp_cfg)
-                pp = pp["h5ad"]
-                logger.info("[%s] preprocess done", s.sample)
-                d = outdir / "gat"
-                g = _reuse(resume, {"h5ad": d / f"{s.sample}{C.SUFFIX_SEEDS}", "model": d / f"{s.sample}{C.SUFFIX_GAT_MODEL}",
-                                    "log": d / f"{s.sample}{C.SUFFIX_GAT_LOG}"}) \
-                    or gat.run_gat(pp, d, s.sample, gat_cfg, device=device, threads=threads, resume=resume)
-                logger.info("[%s] gat done", s.sample)
-                d = outdir / "gan"
-                gan_outputs = {"h5ad": d / f"{s.sample}{C.SUFFIX_SYNTHETIC}", "model": d / f"{s.sample}{C.SUFFIX_GENERATOR}",
-                               "log": d / f"{s.sample}{C.SUFFIX_GAN_LOG}"}
-                if gan_opts["provenance"]:
-                    gan_outputs["provenance"] = d / f"{s.sample}{C.SUFFIX_PROVENANCE}"
-                gn = _reuse(resume, gan_outputs) \
-                    or gan.run_gan(g["h5ad"], d, s.sample, gan_cfg, device=device, threads=threads, resume=resume,
-                                   **gan_opts)
-                logger.info("[%s] gan done", s.sample)
-                # the seeds and the (private) provenance make the privacy metrics seed-aware (no
-                # provenance with gan.provenance: false: evaluate then runs without it)
-                e = ev.run_evaluate(pp, gn["h5ad"], outdir / "evaluate", s.sample, ev_cfg,
-                                    seeds=g["h5ad"], provenance=gn.get("provenance"))
-                logger.info("[%s] evaluate done", s.sample)
-                res.outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
-                res.outputs["preprocessed"] = str(pp)
+                res.outputs = stages(s)
+                res.status = "ok"
             except ResourceError as exc:  # memory / GPU: this sample does not fit, the next may
                 res.status, res.message = "out-of-resources", str(exc)
                 logger.error("[%s] not enough resources: %s", s.sample, exc)
@@ -273,8 +278,6 @@ def run_samples(
                     res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     logger.exception("[%s] internal error", s.sample)
             res.seconds = round(time.perf_counter() - t0, 1)
-            results.append(res)
-            running = None
 
         if report and any(r.status == "ok" for r in results):
             from .multiqc import run_report
@@ -290,11 +293,9 @@ def run_samples(
     except (SystemExit, KeyboardInterrupt) as exc:  # SIGTERM (exit 143) or Ctrl-C (130): the batch stops,
         # and the summary still says which samples finished, which one stopped, which never ran
         rows = list(results)
-        if running is not None and not any(r is running[0] for r in results):
-            res, t0 = running
-            res.status, res.message = "terminated", _stop_message(exc)
-            res.seconds = round(time.perf_counter() - t0, 1)
-            rows.append(res)
+        if rows and rows[-1].status == "running":
+            rows[-1].status, rows[-1].message = "terminated", _stop_message(exc)
+            rows[-1].seconds = round(time.perf_counter() - t0, 1)
         rows += [SampleResult(x.sample, "not-run") for x in samples[len(rows):]]
         try:
             _write_summary(rows, outdir)
