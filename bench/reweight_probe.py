@@ -101,6 +101,8 @@ def main(argv=None):
     real = ad.read_h5ad(a.input)
     set_seed(a.seed)
     cfg = GANConfig(seed=a.seed, checkpoint_every=0, **json.loads(a.gan))
+    if cfg.effective_type_states > 1:
+        p.error("within-type states (type_states > 1) are not drawn by this probe")
     model = GarageGAN.setup(real, cfg)
     model.train(torch.device("cpu"))
     train_s = time.time() - t0
@@ -114,7 +116,8 @@ def main(argv=None):
 
     def draw(t, c):
         noise = torch.randn(len(t), cfg.noise_dim, generator=gen)
-        mask, pos = pick_seeds(data, t, c, cfg.seed_mix, gen)  # the generator's own seed choice
+        # the trainer's seed choice (labels = types: within-type states are refused above)
+        mask, pos = pick_seeds(data, t, c, cfg.seed_mix, gen)
         return net.generated(t, c, noise, codes_seed[pos], mask)
 
     fit = torch.from_numpy(data.fit_rows)

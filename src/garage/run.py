@@ -249,35 +249,35 @@ def run_samples(
         outputs = {k: str(v) for d in (g, gn, e) for k, v in d.items() if not isinstance(v, (list, tuple))}
         return outputs | {"preprocessed": str(pp)}
 
-    results: list[SampleResult] = []  # the last one is "running" while its stages run
-    t0 = time.perf_counter()
+    results: list[SampleResult] = []  # the last one is "running" until its iteration has ended
     try:
         for n, s in enumerate(samples, start=1):
+            t0 = time.perf_counter()
             res = SampleResult(s.sample, "running")
             results.append(res)
-            t0 = time.perf_counter()
             logger.info("[%d/%d] sample %s", n, len(samples), s.sample)
+            status, message = "ok", ""
             try:
                 res.outputs = stages(s)
-                res.status = "ok"
             except ResourceError as exc:  # memory / GPU: this sample does not fit, the next may
-                res.status, res.message = "out-of-resources", str(exc)
+                status, message = "out-of-resources", str(exc)
                 logger.error("[%s] not enough resources: %s", s.sample, exc)
             except GarageError as exc:
-                res.status, res.message = "failed", str(exc)
+                status, message = "failed", str(exc)
                 logger.error("[%s] %s", s.sample, exc)
             except MemoryError:
-                res.status, res.message = "out-of-resources", OUT_OF_MEMORY
+                status, message = "out-of-resources", OUT_OF_MEMORY
                 logger.error("[%s] %s", s.sample, OUT_OF_MEMORY)
             except Exception as exc:  # one sample's crash must not stop the batch
                 if is_cuda_out_of_memory(exc):
-                    res.status, res.message = "out-of-resources", CUDA_OUT_OF_MEMORY
+                    status, message = "out-of-resources", CUDA_OUT_OF_MEMORY
                     logger.error("[%s] %s", s.sample, CUDA_OUT_OF_MEMORY)
                 else:
-                    res.status = "internal-error"
-                    res.message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    status = "internal-error"
+                    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     logger.exception("[%s] internal error", s.sample)
-            res.seconds = round(time.perf_counter() - t0, 1)
+            # a stop before this line (even inside a handler above) leaves the row "running": terminated
+            res.seconds, res.message, res.status = round(time.perf_counter() - t0, 1), message, status
 
         if report and any(r.status == "ok" for r in results):
             from .multiqc import run_report

@@ -266,3 +266,36 @@ def test_a_summary_that_cannot_be_written_keeps_the_stop_exit(tmp_path, small_co
     with pytest.raises(SystemExit) as info:
         run_samples([Sample("first", small_counts_path, "cell_type")], tmp_path / "out")
     assert info.value.code == 143
+
+
+def test_a_stop_inside_a_failure_handler_marks_the_sample_terminated(tmp_path, small_counts_path, monkeypatch):
+    """SIGTERM while a failed sample's error is logged: that sample is 'terminated' (not 'failed'),
+    timed from its own start, and the samples after it 'not-run'."""
+    import types
+
+    from garage import run as run_mod
+    from garage.run import Sample, run_samples
+
+    _stub_stages(monkeypatch, tmp_path, "none", SystemExit(143))
+    clock = iter(range(100, 10_000, 100))  # every perf_counter() call advances 100 s
+    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    real_logger = run_mod.logger
+
+    class StopWhileLogging:
+        def __getattr__(self, name):
+            return getattr(real_logger, name)
+
+        def error(self, fmt, *args):
+            if args and args[0] == "bad":
+                raise SystemExit(143)
+            real_logger.error(fmt, *args)
+
+    monkeypatch.setattr(run_mod, "logger", StopWhileLogging())
+    samples = [Sample(name, small_counts_path, "cell_type") for name in ("first", "bad", "third")]
+    with pytest.raises(SystemExit):
+        run_samples(samples, tmp_path / "out", report=False)
+    rows = [r.split("\t") for r in
+            (tmp_path / "out" / "pipeline_info" / "garage_run_summary.tsv").read_text().splitlines()[1:]]
+    assert [r[:3] for r in rows] == [["first", "ok", "100.0"], ["bad", "terminated", "100.0"],
+                                     ["third", "not-run", "0.0"]]
+    assert rows[1][3] == "terminated by SIGTERM (exit 143)"
