@@ -176,7 +176,8 @@ class GANConfig:
         the sd capped at one sd of the codes per dimension (0: the means
         themselves; 1: posterior samples where the posterior is narrower than
         the codes' spread), so the generator is not rewarded for landing on the
-        exact codes of the few cells of a small dataset.
+        exact codes of the few cells of a small dataset. Off by default: it
+        trades realism for privacy (round 11 of the notes).
     library
         Library sizes of generated cells: ``conditional`` (default: a log-normal
         per type x condition whose mean follows the generated code: a ridge
