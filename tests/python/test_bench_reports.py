@@ -52,6 +52,16 @@ def test_seed_ablation_table_absent_without_an_ablation(tmp_path):
     assert fidelity._seed_ablation(summary, lambda r, k: "") == []
 
 
+
+def test_targets_read_the_named_default_rows(tmp_path):
+    """--targets-for: the issue-13 pass/fail lines judge the named method's rows, not 'garage'."""
+    rows = [_row(tmp_path, "garage", 0, 0.6, 0.9), _row(tmp_path, "garage@new", 0, 0.6, 0.5)]
+    summary = fidelity.summarise(rows)
+    old, new = fidelity.targets(summary), fidelity.targets(summary, "garage@new")
+    assert "- d: rare agreement >= control - 0.05: PASS (0.900 vs 0.800)" in old
+    assert "- d: rare agreement >= control - 0.05: FAIL (0.500 vs 0.800)" in new
+    assert fidelity.targets(summary, "garage@absent") == []
+
 @pytest.fixture
 def scale_sandbox(tmp_path, monkeypatch):
     """bench_scale writing under tmp_path, with no input resampling and no plot."""
