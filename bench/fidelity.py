@@ -358,8 +358,10 @@ def _value(row: dict, name: str):
     return m.get(name, {}).get("value")
 
 
-def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
-    """One row per (dataset, method): mean over seeds and a 95 % t-interval half-width."""
+def summarise(rows: list[dict], control_from: str = "garage") -> "pd.DataFrame":  # noqa: F821
+    """One row per (dataset, method): mean over seeds and a 95 % t-interval half-width.
+
+    The real-vs-real control row comes from the control values of *control_from*'s evaluations."""
     import pandas as pd
     from scipy import stats
 
@@ -372,7 +374,7 @@ def summarise(rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
         recs.append(rec)
     # the real-vs-real control: each metric's own control value (train vs holdout) in GARAGE's runs
     for r in rows:
-        if r.get("status") == "ok" and r["method"] == "garage":
+        if r.get("status") == "ok" and r["method"] == control_from:
             rec = {"dataset": r["dataset"], "method": "real (control)", "seed": r["seed"]}
             m = r["metrics"]
             rec.update({k: m.get(k, {}).get("control") for k in TABLE + SEED_TABLE if k in m})
@@ -564,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
                               f"(ctrl {m['c2st_auc']['control']:.3f})  rare {_fmt(_value(row, 'rare_agreement'))}  "
                               f"tstr_rare {_fmt(_value(row, 'tstr_rare_f1'))}  dcr {_fmt(_value(row, 'dcr_ratio'))}  "
                               f"[{time.time() - t1:.0f}s]", flush=True)
-    summary = summarise(rows)
+    summary = summarise(rows, control_from=args.targets_for)
     cmd = "python -m bench.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
     path = write_report(summary, args.split, cmd, args.tag, args.targets_for)
     print(path.read_text())

@@ -61,6 +61,10 @@ def test_targets_read_the_named_default_rows(tmp_path):
     assert "- d: rare agreement >= control - 0.05: PASS (0.900 vs 0.800)" in old
     assert "- d: rare agreement >= control - 0.05: FAIL (0.500 vs 0.800)" in new
     assert fidelity.targets(summary, "garage@absent") == []
+    # the control row comes from the named method's evaluations (rows of 'garage' alone have none)
+    alone = fidelity.summarise(rows[1:], control_from="garage@new")
+    assert "real (control)" in set(alone["method"])
+    assert "real (control)" not in set(fidelity.summarise(rows[1:])["method"])
 
 @pytest.fixture
 def scale_sandbox(tmp_path, monkeypatch):
