@@ -45,6 +45,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -372,7 +373,7 @@ def summarise(rows: list[dict], control_from: str = "garage") -> "pd.DataFrame":
         rec = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"]}
         rec.update({k: _value(r, k) for k in TABLE + COND_TABLE + SEED_TABLE})
         recs.append(rec)
-    # the real-vs-real control: each metric's own control value (train vs holdout) in GARAGE's runs
+    # the real-vs-real control: each metric's own control value (train vs holdout) in control_from's runs
     for r in rows:
         if r.get("status") == "ok" and r["method"] == control_from:
             rec = {"dataset": r["dataset"], "method": "real (control)", "seed": r["seed"]}
@@ -531,8 +532,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scvi-epochs", type=int, default=None, help="default: scvi-tools' own schedule")
     ap.add_argument("--tag", default="")
     ap.add_argument("--targets-for", default="garage", metavar="METHOD",
-                    help="the method whose rows are the defaults in the issue-13 targets section "
-                         "(e.g. a variant run with today's default options)")
+                    help="the method whose rows are the defaults in the issue-13 targets section, and "
+                         "whose evaluations give the real-vs-real control row (e.g. a variant run "
+                         "with today's default options)")
     ap.add_argument("--force", action="store_true", help="recompute cached rows")
     ap.add_argument("--code-rev", default=None,
                     help="with --report-only: the commit whose GARAGE rows to report (default HEAD)")
@@ -566,8 +568,11 @@ def main(argv: list[str] | None = None) -> None:
                               f"(ctrl {m['c2st_auc']['control']:.3f})  rare {_fmt(_value(row, 'rare_agreement'))}  "
                               f"tstr_rare {_fmt(_value(row, 'tstr_rare_f1'))}  dcr {_fmt(_value(row, 'dcr_ratio'))}  "
                               f"[{time.time() - t1:.0f}s]", flush=True)
+    if args.targets_for not in methods:
+        print(f"warning: --targets-for {args.targets_for} is not among --methods: the report has no "
+              "control row and no targets", file=sys.stderr)
     summary = summarise(rows, control_from=args.targets_for)
-    cmd = "python -m bench.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m bench.fidelity " + shlex.join(argv if argv is not None else sys.argv[1:])  # pastable
     path = write_report(summary, args.split, cmd, args.tag, args.targets_for)
     print(path.read_text())
     print(f"total {time.time() - t0:.0f}s")

@@ -52,18 +52,20 @@ def test_seed_ablation_table_absent_without_an_ablation(tmp_path):
     assert fidelity._seed_ablation(summary, lambda r, k: "") == []
 
 
-
 def test_targets_read_the_named_default_rows(tmp_path):
-    """--targets-for: the issue-13 pass/fail lines judge the named method's rows, not 'garage'."""
+    """--targets-for: the issue-13 pass/fail lines judge the named method's rows, not 'garage',
+    and the control row comes from that method's evaluations only."""
     rows = [_row(tmp_path, "garage", 0, 0.6, 0.9), _row(tmp_path, "garage@new", 0, 0.6, 0.5)]
+    rows[1]["metrics"]["c2st_auc"]["control"] = 0.47  # tell the two evaluations' controls apart
     summary = fidelity.summarise(rows)
     old, new = fidelity.targets(summary), fidelity.targets(summary, "garage@new")
     assert "- d: rare agreement >= control - 0.05: PASS (0.900 vs 0.800)" in old
     assert "- d: rare agreement >= control - 0.05: FAIL (0.500 vs 0.800)" in new
     assert fidelity.targets(summary, "garage@absent") == []
-    # the control row comes from the named method's evaluations (rows of 'garage' alone have none)
-    alone = fidelity.summarise(rows[1:], control_from="garage@new")
-    assert "real (control)" in set(alone["method"])
+    mixed = fidelity.summarise(rows, control_from="garage@new")
+    control = mixed[mixed["method"] == "real (control)"]
+    assert len(control) == 1 and control["n_seeds"].item() == 1
+    assert np.isclose(control["c2st_auc"].item(), 0.47)
     assert "real (control)" not in set(fidelity.summarise(rows[1:])["method"])
 
 @pytest.fixture
