@@ -98,6 +98,8 @@ def trained_small(seeds_small, tmp_path_factory):
         ({"decoder_epochs": -1}, "decoder-epochs"),
         ({"cells_per_group": "B=3"}, "TYPE|CONDITION"),
         ({"decoder_dropout": 1.0}, "decoder-dropout"),
+        ({"calibrate": "full"}, "calibrate"),
+        ({"calibrate": "Diag"}, "calibrate"),
     ],
 )
 def test_config_rejects_bad_options(kw, match):
@@ -312,6 +314,84 @@ def test_shareable_model_has_no_seed_or_cell_identity(seeds_small, real_small, t
     assert (prov[C.OBS_SEED_ID] == "").all()  # unseeded cells only
     syn = ad.read_h5ad(out["h5ad"])
     assert syn.n_obs == 30 and syn.uns["garage"]["shareable_model"]
+
+
+def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, real_small, monkeypatch):
+    """--calibrate diag: the codes that generation decodes have, per type, the fit cells' mean and
+    per-dimension sd (up to the shrinkage); without it they keep the generator's; --calibrate mean
+    moves the mean only."""
+    import torch
+
+    from garage.gan._model import CALIB_SHRINK
+
+    def trained(mode):
+        m = GarageGAN.setup(real_small, GANConfig(**TINY, calibrate=mode, seed=2))
+        m.train(torch.device("cpu"))
+        return m
+
+    def target(m: GarageGAN):
+        """The largest type, its fit cells' code mean and sd, and its shrinkage weight."""
+        fit = torch.from_numpy(m.data.fit_rows)
+        fz, ft = m.data.codes[fit].double(), m.data.types[fit]
+        big = int(torch.bincount(ft).argmax())
+        n = (ft == big).sum()
+        return big, fz[ft == big].mean(0), fz[ft == big].std(0), n / (n + CALIB_SHRINK)
+
+    def moments_of(m: GarageGAN, cal: bool):
+        seen = []
+        decode = m.net.decode
+
+        def spy(z, c):
+            seen.append(z.detach().clone())
+            return decode(z, c)
+
+        monkeypatch.setattr(m.net, "decode", spy)
+        g = GarageGAN(m.config, m.net, {k: v for k, v in m.meta.items() if cal or not k.startswith("calib_")})
+        syn = g.generate(n_cells=4000, composition="balanced", seed=4)
+        monkeypatch.undo()
+        z = torch.cat(seen)[: syn.n_obs].double()
+        big = target(m)[0]
+        own = torch.from_numpy((syn.obs[C.OBS_CELL_TYPE].astype(str) == m.meta["categories"][big]).to_numpy())
+        return z[own].mean(0), z[own].std(0)
+
+    model = trained("diag")
+    assert model.meta["calib_a"].shape == (2, len(model.meta["categories"]), model.data.codes.shape[1])
+    big, target_m, target_s, w = target(model)
+
+    def err(m):
+        return ((m - target_m) / target_s).pow(2).mean().sqrt()
+
+    m_cal, s_cal = moments_of(model, True)
+    m_raw, s_raw = moments_of(model, False)
+    assert err(m_cal) < 0.15 + (1 - w) * err(m_raw), (err(m_cal), err(m_raw))  # only the shrinkage is left
+    assert 0.85 < (s_cal / target_s).median() < 1.15, (s_cal / target_s).median()
+    assert err(m_raw) > err(m_cal)  # the tiny model's codes are off; calibration moved them
+
+    mean_only = trained("mean")
+    assert (mean_only.meta["calib_a"] == 1).all() and (mean_only.meta["calib_b"] != 0).any()
+    big, target_m, target_s, w = target(mean_only)
+    m_cal, s_cal = moments_of(mean_only, True)
+    m_raw, s_raw = moments_of(mean_only, False)
+    assert err(m_cal) < 0.15 + (1 - w) * err(m_raw) and err(m_raw) > err(m_cal)
+    # shifts only: seeded and unseeded draws are moved to one mean, so the type's spread can only
+    # lose the part that came from their means' distance (no dimension is rescaled up)
+    assert (s_cal <= s_raw * 1.01).all()
+
+
+def test_shareable_model_has_no_calibration_for_small_types(seeds_small, tmp_path):
+    import torch
+
+    from garage.gan._model import LIB_SHARE_MIN_GROUP
+
+    res = run_gan(seeds_small, tmp_path, "cal", GANConfig(**TINY, calibrate="diag", n_cells=40),
+                  shareable_model=True)
+    payload = torch.load(res["model"], weights_only=True)
+    a, b = payload["calib_a"], payload["calib_b"]
+    per_type = np.asarray(payload["group_counts"]).reshape(a.shape[1], -1).sum(1)
+    small = torch.from_numpy(per_type < LIB_SHARE_MIN_GROUP)
+    assert small.any() and (~small).any(), per_type
+    assert (a[:, small] == 1).all() and (b[:, small] == 0).all()  # a few cells' moments stay out
+    assert not (a[0, ~small] == 1).all()  # larger types keep theirs
 
 
 def test_dispersion_refit_and_ema_on_real_cells(seeds_small, tmp_path):

@@ -18,6 +18,7 @@ Space = Literal["latent", "gene"]
 Composition = Literal["original", "balanced", "uniform-rare-boost"]
 CountDist = Literal["auto", "nb", "poisson", "multinomial"]
 Library = Literal["joint", "lognormal", "conditional"]
+Calibrate = Literal["none", "mean", "diag"]
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
@@ -178,6 +179,13 @@ class GANConfig:
         the codes' spread), so the generator is not rewarded for landing on the
         exact codes of the few cells of a small dataset. Off by default: it
         trades realism for privacy (round 11 of the notes).
+    calibrate
+        Latent space, after training: ``mean`` shifts every type's generated codes
+        (seeded and unseeded draws apart) so their mean is the type's fit cells'
+        mean; ``diag`` also rescales them per dimension to the fit cells' sd (both
+        shrunk towards no change with CALIB_SHRINK pseudo-cells; aggregate
+        statistics, no single cell); ``none``: the generator's codes as they are
+        (round 12 of the notes).
     library
         Library sizes of generated cells: ``conditional`` (default: a log-normal
         per type x condition whose mean follows the generated code: a ridge
@@ -277,6 +285,7 @@ class GANConfig:
     seed_floor_k: int = 3
     posterior_noise: float = 0.0
     decoder_dropout: float = 0.2
+    calibrate: Calibrate = "mean"
     library: Library = "conditional"
     refit_dispersion: bool = True
     ema_decay: float = 0.99
@@ -422,6 +431,8 @@ class GANConfig:
         need(self.kl_weight >= 0, "--kl-weight must be >= 0", "pass e.g. 1.0")
         need(self.seed_floor >= 0, "--seed-floor must be >= 0", "pass e.g. 1.0 (0: off)")
         need(0 <= self.decoder_dropout < 1, "--decoder-dropout must be in [0, 1)", "pass e.g. 0.2 (0: off)")
+        need(self.calibrate in ("none", "mean", "diag"),
+             f"--calibrate must be none, mean or diag, got {self.calibrate!r}", "pass mean, diag or none")
         need(0 <= self.posterior_noise <= 4, "--posterior-noise must be in [0, 4]", "pass e.g. 0.5")
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")

@@ -55,7 +55,8 @@ from ._module import (
     OriginalGenerator,
 )
 from ._nn import sample_counts
-from ._train import TrainData, Trainer, draw_labels, sample_library, sample_library_conditional, state_probs
+from ._train import (TrainData, Trainer, draw_labels, pick_seeds, sample_library, sample_library_conditional,
+                     state_probs)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ GEN_CHUNK = 4096
 PRIVATE_PREFIXES = ("critic.", "vae.encoder.", "vae.z_mean.", "vae.z_logvar.")
 #: GANConfig options added after MODEL_FORMAT was fixed, with the value a model saved before them
 #: was trained with (``load`` fills them in when the saved config lacks them)
-PRE_OPTION_VALUES = {"decoder_dropout": 0.0}
+PRE_OPTION_VALUES = {"decoder_dropout": 0.0, "calibrate": "none"}
 #: meta entries that identify training cells; a shareable model drops them
 SENSITIVE_META = ("seed_codes", "seed_names", "train_hashes")
 #: preprocess's own var columns (the rest of var is the input's gene metadata, kept in outputs)
@@ -80,6 +81,15 @@ LIB_SHRINK = 10.0
 LIB_SHARE_MIN_GROUP = 20
 #: ridge penalty of the conditional library model's regression on standardised codes
 LIB_RIDGE = 1.0
+#: --calibrate mean|diag: a type's target moments are shrunk towards its generated ones with this many
+#: pseudo-cells (a type of a few cells moves little), as the library-size model is (LIB_SHRINK)
+CALIB_SHRINK = 10.0
+#: --calibrate mean|diag: generated codes drawn per type and per seeded / unseeded draw to estimate
+#: their moments (a type's train cells resampled to this many, at most CALIB_MAX_DRAWS)
+CALIB_DRAWS = 2000
+CALIB_MAX_DRAWS = 20000
+#: --calibrate diag: the per-dimension scale is kept within [1 / CALIB_MAX_SCALE, CALIB_MAX_SCALE]
+CALIB_MAX_SCALE = 4.0
 #: groups with fewer train cells than this give no validation cells
 MIN_VAL_GROUP = 20
 #: within-type states: k-means is fitted on at most this many fit cells of a type (then predicts all)
@@ -571,6 +581,12 @@ class GarageGAN:
             self.meta.update(_conditional_library(self.data, len(self.meta["categories"])))
             logger.info("conditional library model: the code explains %.0f %% of the log library size's "
                         "variance within type x condition groups", 100 * self.meta["lib_r2"])
+        if self.config.calibrate != "none" and self.config.effective_space == "latent" \
+                and self.config.mode == "garage":
+            self.meta.update(_calibration(self.net, self.data, self.config, device, len(self.meta["categories"])))
+            logger.info("calibration (--calibrate %s): per type, generated codes moved by %.2f fit-cell sd "
+                        "(RMS) and scaled by %.2f (median)", self.config.calibrate, self.meta["calib_shift_sd"],
+                        self.meta["calib_scale_median"])
         self.meta["schedule"] = trainer.steps
         self.meta["steps_run"] = {r[0]: int(r[1]) for r in rows}
         return rows
@@ -645,6 +661,8 @@ class GarageGAN:
             lib_scale = float(meta["lib_resid_scale"])
         k_states = int(meta.get("k_states", 1))
         probs = (state_probs(meta["state_counts"], k_states, n_conds).to(device) if k_states > 1 else None)
+        calib = ((meta["calib_a"].float().to(device), meta["calib_b"].float().to(device))
+                 if "calib_a" in meta else None)
 
         def draw(t: torch.Tensor, c: torch.Tensor):
             t, c = t.to(device), c.to(device)
@@ -659,6 +677,9 @@ class GarageGAN:
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
             gen = self.net.generated(lab, c, noise, code, mask)
+            if calib is not None:  # per type, seeded (1) and unseeded (0) draws apart
+                k = mask.long()
+                gen = gen * calib[0][k, t] + calib[1][k, t]
             prop, loglib = self.net.decode(gen, c)
             if cond_lib:
                 lib = sample_library_conditional(lib_params, g, gen, lib_coef, lib_code_mean, lib_scale, dgen)
@@ -1011,6 +1032,91 @@ def _conditional_library(data: TrainData, n_types: int) -> dict:
             "lib_resid_scale": float(np.sqrt(1.0 - r2)), "lib_r2": float(r2)}
 
 
+def _calibration(net, data: TrainData, cfg: GANConfig, device, n_types: int) -> dict:
+    """--calibrate mean|diag: per type and per seeded / unseeded draw, the affine map ``a * z + b``
+    (per dimension) that gives the generated codes the fit cells' mean (and, with diag, sd; with
+    mean, ``a`` is 1).
+
+    The generated moments come from codes drawn as generation draws them (labels, seeds, noise),
+    each type's train cells resampled to CALIB_DRAWS rows (at most CALIB_MAX_DRAWS), once without
+    seeds and once with a seed for every draw of a type that has seeds.  A type's target is its fit
+    cells' mean and sd shrunk towards the generated ones with CALIB_SHRINK pseudo-cells, so the
+    map is aggregate statistics of many cells and a type of a few cells moves little.  Returns
+    ``calib_a`` and ``calib_b`` (2 x types x dims: unseeded, seeded) and two summary numbers.
+    """
+    fit = torch.from_numpy(data.fit_rows)
+    fz = data.codes[fit.to(data.codes.device)].detach().cpu().double()
+    ft = data.types[fit].cpu()
+    d = fz.shape[1]
+    nf = torch.bincount(ft, minlength=n_types).double()
+    mf = torch.zeros(n_types, d, dtype=torch.float64).index_add_(0, ft, fz) / nf.clamp_min(1)[:, None]
+    vf = torch.zeros(n_types, d, dtype=torch.float64).index_add_(0, ft, (fz - mf[ft]) ** 2) / nf.clamp_min(1)[:, None]
+    types_np = data.types.cpu().numpy()
+    rng = np.random.default_rng(int(cfg.seed) + 7919)
+    rows = []
+    for t in range(n_types):
+        own = np.flatnonzero(types_np == t)
+        if len(own):
+            m = min(max(len(own), CALIB_DRAWS), CALIB_MAX_DRAWS)
+            rows.append(rng.choice(own, m, replace=m > len(own)))
+    rows = torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(0, dtype=torch.long)
+    gen = torch.Generator(device=device).manual_seed(int(cfg.seed) + 7919)
+    probs = (state_probs(data.state_counts, data.k_states, data.n_conds).to(device)
+             if data.k_states > 1 else None)
+    cnt = torch.zeros(2 * n_types, dtype=torch.float64)
+    s1 = torch.zeros(2 * n_types, d, dtype=torch.float64)
+    s2 = torch.zeros(2 * n_types, d, dtype=torch.float64)
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        for mix in (0.0, 1.0):
+            if mix and data.seed_codes is None:
+                break
+            for lo in range(0, len(rows), GEN_CHUNK):
+                ix = rows[lo:lo + GEN_CHUNK]
+                t, c = data.types[ix].to(device), data.conds[ix].to(device)
+                lab = draw_labels(t, c, probs, data.k_states, data.n_conds, gen)
+                mask, pos = pick_seeds(data, lab, c, mix, gen)
+                code = data.seed_codes[pos] if data.seed_codes is not None else None
+                noise = torch.randn(len(ix), cfg.noise_dim, generator=gen, device=device)
+                z = net.generated(lab, c, noise, code, mask).double().cpu()
+                key = (mask.long() * n_types + t).cpu()
+                cnt.index_add_(0, key, torch.ones(len(ix), dtype=torch.float64))
+                s1.index_add_(0, key, z)
+                s2.index_add_(0, key, z * z)
+    net.train(was_training)
+    mg = s1 / cnt.clamp_min(1)[:, None]
+    sg = (s2 / cnt.clamp_min(1)[:, None] - mg ** 2).clamp_min(1e-12).sqrt()
+    w = (nf / (nf + CALIB_SHRINK)).repeat(2)[:, None]
+    mt = w * mf.repeat(2, 1) + (1 - w) * mg
+    st = (w * vf.repeat(2, 1) + (1 - w) * sg ** 2).sqrt()
+    a = (st / sg).clamp(1 / CALIB_MAX_SCALE, CALIB_MAX_SCALE) if cfg.calibrate == "diag" else torch.ones_like(sg)
+    b = mt - a * mg
+    ok = ((cnt >= 2) & (nf.repeat(2) >= 2))[:, None]
+    a = torch.where(ok, a, torch.ones_like(a))
+    b = torch.where(ok, b, torch.zeros_like(b))
+    used = ok.squeeze(1)
+    shift = ((mt - mg) / vf.repeat(2, 1).clamp_min(1e-12).sqrt())[used]
+    return {"calib_a": a.float().view(2, n_types, d), "calib_b": b.float().view(2, n_types, d),
+            "calib_shift_sd": float(shift.pow(2).mean().sqrt()) if used.any() else 0.0,
+            "calib_scale_median": float(a[used].median()) if used.any() else 1.0}
+
+
+def _shareable_calibration(meta: dict) -> dict:
+    """``calib_a``/``calib_b`` with every type of fewer than LIB_SHARE_MIN_GROUP train cells set to
+    no change, as the library-size model pools small groups."""
+    a, b = meta["calib_a"].float().clone(), meta["calib_b"].float().clone()
+    n_types = a.shape[1]
+    counts = np.asarray(meta.get("group_counts", meta.get("train_type_counts", [])), dtype=np.int64)
+    per_type = counts.reshape(n_types, -1).sum(1) if counts.size % n_types == 0 and counts.size else None
+    if per_type is None:
+        raise GarageError("the model's calibration does not match its group counts", "retrain it with `garage gan`")
+    small = torch.from_numpy(per_type < LIB_SHARE_MIN_GROUP)
+    a[:, small] = 1.0
+    b[:, small] = 0.0
+    return {"calib_a": a, "calib_b": b}
+
+
 def shareable_library(meta: dict) -> dict:
     """The library-size entries of a shareable model: small groups' log-normal parameters and mean
     codes pooled.  ``save(shareable=True)`` writes them and a shareable run generates with them, so
@@ -1020,6 +1126,8 @@ def shareable_library(meta: dict) -> dict:
         out["lib_params"] = _shareable_lib_params(meta)
     if "lib_code_mean" in meta:  # small groups: the pooled mean code (0: codes are standardised)
         out["lib_code_mean"] = _shareable_code_mean(meta)
+    if "calib_a" in meta:  # small types: no calibration (their moments would be a few cells')
+        out.update(_shareable_calibration(meta))
     return out
 
 
