@@ -4,11 +4,12 @@
 # written under $OUT as it goes, so a run cut off at its limit still returns what it finished.
 #
 #   PY=python3 DEADLINE_S=520 SIZES=100000,10000 bash bench/device_check.sh
+# (device tool: carry [".whl", ".devdata"], timeout_s a little above DEADLINE_S)
 #
-# Expects (see bench/results/scale_cuda.md for how it was called): the packages the GPU image lacks
+# Writes bench/results/scale_cuda.{json,md,png} (copied to $OUT). Expects: the packages the GPU image lacks
 # as wheels in .whl/ (installed to /tmp/site), PBMC 3k at .devdata/pbmc3k.h5ad (the benchmark's
 # input; ../shared does not travel), and $OUT (defaults to ./device_out).
-set -u
+set -u -o pipefail
 T0=$(date +%s)
 PY=${PY:-python3}
 DEADLINE_S=${DEADLINE_S:-520}
@@ -48,7 +49,8 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,nohead
 SMI=$!
 
 log "1/2 cuda tests (tests/python/test_cuda.py)"
-timeout $(( $(left) > 150 ? 150 : $(left) )) "$PY" -m pytest -m gpu tests/python/test_cuda.py -q -p no:cacheprovider \
+t=$(left); [ "$t" -gt 240 ] && t=240; [ "$t" -lt 30 ] && t=30
+timeout "$t" "$PY" -m pytest -m gpu tests/python/test_cuda.py -q -p no:cacheprovider \
   -o addopts="" 2>&1 | tail -n 30 | tee "$OUT/test_cuda.log"
 
 log "2/2 scaling benchmark on cuda: sizes $SIZES"

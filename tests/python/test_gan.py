@@ -337,7 +337,8 @@ def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, re
         n = (ft == big).sum()
         return big, fz[ft == big].mean(0), fz[ft == big].std(0), n / (n + CALIB_SHRINK)
 
-    def moments_of(m: GarageGAN, cal: bool):
+    def moments_of(m: GarageGAN, cal: bool, seeded: bool | None = None):
+        """Mean and sd of the largest type's decoded codes (only its seeded or unseeded draws)."""
         seen = []
         decode = m.net.decode
 
@@ -347,11 +348,15 @@ def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, re
 
         monkeypatch.setattr(m.net, "decode", spy)
         g = GarageGAN(m.config, m.net, {k: v for k, v in m.meta.items() if cal or not k.startswith("calib_")})
-        syn = g.generate(n_cells=4000, composition="balanced", seed=4)
+        syn, prov = g.generate(n_cells=4000, composition="balanced", seed=4, with_provenance=True)
         monkeypatch.undo()
         z = torch.cat(seen)[: syn.n_obs].double()
         big = target(m)[0]
-        own = torch.from_numpy((syn.obs[C.OBS_CELL_TYPE].astype(str) == m.meta["categories"][big]).to_numpy())
+        own = (syn.obs[C.OBS_CELL_TYPE].astype(str) == m.meta["categories"][big]).to_numpy()
+        if seeded is not None:
+            own &= (prov[C.OBS_SEED_ID].astype(str) != "").to_numpy() == seeded
+        own = torch.from_numpy(own)
+        assert own.sum() > 100
         return z[own].mean(0), z[own].std(0)
 
     model = trained("diag")
@@ -366,6 +371,12 @@ def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, re
     assert err(m_cal) < 0.15 + (1 - w) * err(m_raw), (err(m_cal), err(m_raw))  # only the shrinkage is left
     assert 0.85 < (s_cal / target_s).median() < 1.15, (s_cal / target_s).median()
     assert err(m_raw) > err(m_cal)  # the tiny model's codes are off; calibration moved them
+    # seeded and unseeded draws have their own maps: each is moved to the type's moments
+    for seeded in (True, False):
+        m_cal, s_cal = moments_of(model, True, seeded)
+        m_raw, _ = moments_of(model, False, seeded)
+        assert err(m_cal) < 0.2 + (1 - w) * err(m_raw), (seeded, err(m_cal), err(m_raw))
+        assert 0.8 < (s_cal / target_s).median() < 1.2, (seeded, (s_cal / target_s).median())
 
     mean_only = trained("mean")
     assert (mean_only.meta["calib_a"] == 1).all() and (mean_only.meta["calib_b"] != 0).any()
@@ -378,10 +389,10 @@ def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, re
     assert (s_cal <= s_raw * 1.01).all()
 
 
-def test_shareable_model_has_no_calibration_for_small_types(seeds_small, tmp_path):
+def test_shareable_model_has_no_calibration_for_small_types_or_seeded_draws(seeds_small, tmp_path):
     import torch
 
-    from garage.gan._model import LIB_SHARE_MIN_GROUP
+    from garage.gan._model import LIB_SHARE_MIN_GROUP, GarageGAN
 
     res = run_gan(seeds_small, tmp_path, "cal", GANConfig(**TINY, calibrate="diag", n_cells=40),
                   shareable_model=True)
@@ -391,7 +402,28 @@ def test_shareable_model_has_no_calibration_for_small_types(seeds_small, tmp_pat
     small = torch.from_numpy(per_type < LIB_SHARE_MIN_GROUP)
     assert small.any() and (~small).any(), per_type
     assert (a[:, small] == 1).all() and (b[:, small] == 0).all()  # a few cells' moments stay out
+    assert (a[1] == 1).all() and (b[1] == 0).all()  # no seeded map: it would give the seeds' mean away
     assert not (a[0, ~small] == 1).all()  # larger types keep theirs
+    # the private model of the same run keeps both maps for every type it could fit
+    private = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, calibrate="diag", n_cells=40))
+    private.train(torch.device("cpu"))
+    assert not (private.meta["calib_a"][1] == 1).all()
+
+
+def test_shareable_calibration_leaves_types_with_a_small_condition_group_alone():
+    import torch
+
+    from garage.gan._model import LIB_SHARE_MIN_GROUP, shareable_library
+
+    # 3 types x 2 conditions: type 0 large in both, type 1 with one small group, type 2 absent in one
+    counts = np.array([[200, 150], [300, LIB_SHARE_MIN_GROUP - 1], [120, 0]])
+    a = torch.full((2, 3, 4), 1.5)
+    b = torch.full((2, 3, 4), 0.3)
+    out = shareable_library({"calib_a": a, "calib_b": b, "group_counts": counts.ravel()})
+    assert (out["calib_a"][0, [0, 2]] == 1.5).all() and (out["calib_b"][0, [0, 2]] == 0.3).all()
+    assert (out["calib_a"][0, 1] == 1).all() and (out["calib_b"][0, 1] == 0).all()
+    assert (out["calib_a"][1] == 1).all() and (out["calib_b"][1] == 0).all()
+    assert (a == 1.5).all()  # the model's own maps are not modified in place
 
 
 def test_dispersion_refit_and_ema_on_real_cells(seeds_small, tmp_path):
@@ -426,17 +458,20 @@ def test_old_model_format_is_refused_clearly(trained_small, tmp_path):
 
 
 def test_model_saved_before_decoder_dropout_loads_and_generates_the_same(seeds_small, tmp_path):
-    """A model saved before --decoder-dropout existed (no such key in its config, decoder without
-    dropout layers) loads as trained without it and generates exactly what it generated before."""
+    """A model saved before --decoder-dropout and --calibrate existed (no such keys in its config,
+    decoder without dropout layers, no calibration) loads as trained without them and generates
+    exactly what it generated before."""
     import torch
 
-    out = run_gan(seeds_small, tmp_path, "nodrop", GANConfig(**TINY, decoder_dropout=0.0, n_cells=40))
+    out = run_gan(seeds_small, tmp_path, "nodrop", GANConfig(**TINY, decoder_dropout=0.0, calibrate="none",
+                                                             n_cells=40))
     payload = torch.load(out["model"], weights_only=True)
-    del payload["config"]["decoder_dropout"]
+    assert not any(k.startswith("calib_") for k in payload)
+    del payload["config"]["decoder_dropout"], payload["config"]["calibrate"]
     old = tmp_path / "old.generator.pt"
     torch.save(payload, old)
     model = GarageGAN.load(old)
-    assert model.config.decoder_dropout == 0.0
+    assert model.config.decoder_dropout == 0.0 and model.config.calibrate == "none"
     again = model.generate(40, seed=0)
     first = ad.read_h5ad(out["h5ad"])
     assert (again.X != first.X).nnz == 0
@@ -473,6 +508,13 @@ def test_other_variants_run(seeds_small, real_small, tmp_path, kw):
         assert (prov[C.OBS_SEED_ID] != "").all()
         lab = real_small.obs.loc[prov[C.OBS_SEED_ID], C.OBS_LABEL].astype(str).to_numpy()
         assert (lab == syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()).all()
+
+
+def test_cli_refuses_an_unknown_calibration_in_one_line(seeds_small, tmp_path):
+    proc = subprocess.run([*GARAGE, "gan", "--input", str(seeds_small), "--outdir", str(tmp_path), "--prefix", "c",
+                           "--calibrate", "full"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--calibrate" in proc.stderr and "full" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_missing_seeds_column(preprocessed_small, tmp_path):

@@ -556,7 +556,7 @@ class GarageGAN:
         # options that do not change training may differ between a run and its --resume
         train_opts = {k: v for k, v in self.config.to_dict().items()
                       if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
-                                   "allow_counterfactual", "checkpoint_every", "max_memory_gb")}
+                                   "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
         trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
         if resume:
             trainer.load_checkpoint()
@@ -1103,15 +1103,20 @@ def _calibration(net, data: TrainData, cfg: GANConfig, device, n_types: int) -> 
 
 
 def _shareable_calibration(meta: dict) -> dict:
-    """``calib_a``/``calib_b`` with every type of fewer than LIB_SHARE_MIN_GROUP train cells set to
-    no change, as the library-size model pools small groups."""
+    """``calib_a``/``calib_b`` of a shareable model: no map for seeded draws (it generates unseeded
+    cells only, and the seeded map would give the seeds' mean code away), and no change for any
+    type with fewer than LIB_SHARE_MIN_GROUP train cells or with a non-empty type x condition group
+    that small (the library model pools such groups; a type's mean next to its large groups' mean
+    codes would give the small group's mean code away)."""
     a, b = meta["calib_a"].float().clone(), meta["calib_b"].float().clone()
     n_types = a.shape[1]
     counts = np.asarray(meta.get("group_counts", meta.get("train_type_counts", [])), dtype=np.int64)
-    per_type = counts.reshape(n_types, -1).sum(1) if counts.size % n_types == 0 and counts.size else None
-    if per_type is None:
+    if not counts.size or counts.size % n_types:
         raise GarageError("the model's calibration does not match its group counts", "retrain it with `garage gan`")
-    small = torch.from_numpy(per_type < LIB_SHARE_MIN_GROUP)
+    groups = counts.reshape(n_types, -1)
+    small = (groups.sum(1) < LIB_SHARE_MIN_GROUP) | ((groups > 0) & (groups < LIB_SHARE_MIN_GROUP)).any(1)
+    small = torch.from_numpy(small)
+    a[1], b[1] = 1.0, 0.0
     a[:, small] = 1.0
     b[:, small] = 0.0
     return {"calib_a": a, "calib_b": b}

@@ -1,0 +1,130 @@
+"""Calibration on and off with the same trained weights (issue 13, round 12, paired check).
+
+For every finished ``bench.fidelity`` GARAGE run whose model carries a per-type calibration
+(``garage gan --calibrate mean|diag``), write a copy of its generator without the calibration,
+generate from it with the run's seed (``garage generate``: the same draws as the run's own
+cells, up to the calibration) and evaluate it exactly as ``bench.fidelity`` evaluated the run.
+The difference between the two rows is the calibration's effect alone: no training noise.
+
+Run:  python -m bench.calib_pair --runs 'bench/_work/fidelity/*/test/garage_cal_s*' --tag test
+Writes bench/results/calib_pair_TAG.{md,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ._common import RESULTS, machine, measure
+from .fidelity import _garage, prepare
+
+KEYS = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1", "tstr_macro_f1")
+
+
+def _metrics(doc: dict) -> dict:
+    m = doc["metrics"]
+
+    def v(k, part="value"):
+        x = m.get(k, {})
+        return x.get(part) if isinstance(x, dict) else None
+
+    out = {"c2st_gap": (v("c2st_auc") - v("c2st_auc", "control")) if v("c2st_auc") is not None else None}
+    for k in KEYS[1:]:
+        out[k] = v(k)
+    return out
+
+
+def uncalibrated_copy(model: Path, dest: Path) -> Path:
+    import torch
+
+    payload = torch.load(model, map_location="cpu", weights_only=True)
+    if "calib_a" not in payload:
+        raise SystemExit(f"{model} carries no calibration")
+    for k in [k for k in payload if k.startswith("calib_")]:
+        payload.pop(k)
+    payload["config"] = dict(payload["config"], calibrate="none")
+    torch.save(payload, dest)
+    return dest
+
+
+def pair(run: Path) -> dict | None:
+    row = json.loads((run / "row.json").read_text()) if (run / "row.json").exists() else {}
+    if row.get("status") != "ok":
+        return None
+    name, seed = row["dataset"], int(row["seed"])
+    model = next(run.glob("*.generator.pt"))
+    out = run / "uncalibrated"
+    out.mkdir(exist_ok=True)
+    unc = uncalibrated_copy(model, out / "uncal.generator.pt")
+    m = measure(_garage("generate", "--model", unc, "--outdir", out, "--prefix", "uncal", "--seed", seed,
+                        "--provenance"))
+    if m["rc"] != 0:
+        print(f"{run}: generate failed", flush=True)
+        return None
+    ev = ["evaluate", "--real", prepare(name, row["split"]), "--synthetic", out / "uncal.generated.h5ad",
+          "--prefix", "eval", "--outdir", out / "evaluate", "--seed", 0,
+          "--seeds", next(run.glob("*.seeds.h5ad"))]
+    prov = next(out.glob("uncal.generated*provenance*"), None)
+    if prov is not None:
+        ev += ["--provenance", prov]
+    if measure(_garage(*ev))["rc"] != 0:
+        print(f"{run}: evaluate failed", flush=True)
+        return None
+    off = _metrics(json.loads((out / "evaluate" / "eval.garage_metrics.json").read_text()))
+    on = _metrics(json.loads((run / "evaluate" / "eval.garage_metrics.json").read_text()))
+    res = {"dataset": name, "seed": seed}
+    for k in KEYS:
+        res[f"{k}_off"], res[f"{k}_on"] = off[k], on[k]
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", required=True, help="glob of bench.fidelity run folders")
+    ap.add_argument("--tag", default="test")
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    rows = [r for r in (pair(Path(p)) for p in sorted(glob.glob(args.runs))) if r]
+    if not rows:
+        print("no finished runs", file=sys.stderr)
+        return 1
+    df = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    df.to_csv(RESULTS / f"calib_pair_{args.tag}.csv", index=False)
+    lines = [f"# Calibration on / off, same trained weights ({args.tag})", "",
+             f"Command: `python -m bench.calib_pair {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`", "",
+             f"Machine: {machine()}", "",
+             "Per dataset: mean over training seeds of the run with its calibration (on) and of the same "
+             "model's cells generated without it (off; same seed, same draws), and the mean paired "
+             "difference on - off with its range over seeds.", ""]
+    show = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")
+    lines += ["| dataset | seeds | " + " | ".join(f"{k}: off / on (diff, range)" for k in show) + " |",
+              "|---|---|" + "---|" * len(show)]
+    for ds, g in df.groupby("dataset"):
+        cells = []
+        for k in show:
+            off, on = g[f"{k}_off"].astype(float), g[f"{k}_on"].astype(float)
+            if off.isna().all() or on.isna().all():
+                cells.append("–")
+                continue
+            d = on - off
+            cells.append(f"{off.mean():.3f} / {on.mean():.3f} ({d.mean():+.3f}, {d.min():+.3f} to {d.max():+.3f})")
+        lines.append(f"| {ds} | {len(g)} | " + " | ".join(cells) + " |")
+    d = (df["c2st_gap_on"] - df["c2st_gap_off"]).astype(float)
+    lines += ["", f"All runs: C2ST gap lower with the calibration in {int((d < 0).sum())} of {len(d)} "
+              f"(mean difference {d.mean():+.4f}; median {np.median(d):+.4f})."]
+    (RESULTS / f"calib_pair_{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
