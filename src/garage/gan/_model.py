@@ -677,9 +677,9 @@ class GarageGAN:
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
             gen = self.net.generated(lab, c, noise, code, mask)
-            if calib is not None:  # per type, seeded (1) and unseeded (0) draws apart
-                k = mask.long()
-                gen = gen * calib[0][k, t] + calib[1][k, t]
+            if calib is not None:  # per type; row 1: a seeded model's cells, row 0: unseeded generation
+                k = 1 if seeded_model else 0
+                gen = gen * calib[0][k][t] + calib[1][k][t]
             prop, loglib = self.net.decode(gen, c)
             if cond_lib:
                 lib = sample_library_conditional(lib_params, g, gen, lib_coef, lib_code_mean, lib_scale, dgen)
@@ -1033,16 +1033,17 @@ def _conditional_library(data: TrainData, n_types: int) -> dict:
 
 
 def _calibration(net, data: TrainData, cfg: GANConfig, device, n_types: int) -> dict:
-    """--calibrate mean|diag: per type and per seeded / unseeded draw, the affine map ``a * z + b``
-    (per dimension) that gives the generated codes the fit cells' mean (and, with diag, sd; with
-    mean, ``a`` is 1).
+    """--calibrate mean|diag: per type, the affine map ``a * z + b`` (per dimension) that gives the
+    generated codes the fit cells' mean (and, with diag, sd; with mean, ``a`` is 1).
 
-    The generated moments come from codes drawn as generation draws them (labels, seeds, noise),
-    each type's train cells resampled to CALIB_DRAWS rows (at most CALIB_MAX_DRAWS), once without
-    seeds and once with a seed for every draw of a type that has seeds.  A type's target is its fit
-    cells' mean and sd shrunk towards the generated ones with CALIB_SHRINK pseudo-cells, so the
-    map is aggregate statistics of many cells and a type of a few cells moves little.  Returns
-    ``calib_a`` and ``calib_b`` (2 x types x dims: unseeded, seeded) and two summary numbers.
+    Row 1 maps every cell of a type as a seeded model generates them (seeded and unseeded draws
+    mixed by --seed-mix: one map, so their offset from each other is kept); row 0 maps the cells
+    of a model that generates without seeds (a shareable model).  The generated moments come from
+    codes drawn as generation draws them (labels, seeds, noise), each type's train cells resampled
+    to CALIB_DRAWS rows (at most CALIB_MAX_DRAWS).  A type's target is its fit cells' mean and sd
+    shrunk towards the generated ones with CALIB_SHRINK pseudo-cells, so the map is aggregate
+    statistics of many cells and a type of a few cells moves little.  Returns ``calib_a`` and
+    ``calib_b`` (2 x types x dims) and two summary numbers.
     """
     fit = torch.from_numpy(data.fit_rows)
     fz = data.codes[fit.to(data.codes.device)].detach().cpu().double()
@@ -1063,14 +1064,15 @@ def _calibration(net, data: TrainData, cfg: GANConfig, device, n_types: int) -> 
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed) + 7919)
     probs = (state_probs(data.state_counts, data.k_states, data.n_conds).to(device)
              if data.k_states > 1 else None)
-    cnt = torch.zeros(2 * n_types, dtype=torch.float64)
-    s1 = torch.zeros(2 * n_types, d, dtype=torch.float64)
-    s2 = torch.zeros(2 * n_types, d, dtype=torch.float64)
+    cnt = torch.zeros(2, n_types, dtype=torch.float64)
+    s1 = torch.zeros(2, n_types, d, dtype=torch.float64)
+    s2 = torch.zeros(2, n_types, d, dtype=torch.float64)
+    seeded = data.seed_codes is not None and cfg.seed_mix > 0
     was_training = net.training
     net.eval()
     with torch.no_grad():
-        for mix in (0.0, 1.0):
-            if mix and data.seed_codes is None:
+        for row, mix in ((0, 0.0), (1, cfg.seed_mix)):
+            if row == 1 and not seeded:
                 break
             for lo in range(0, len(rows), GEN_CHUNK):
                 ix = rows[lo:lo + GEN_CHUNK]
@@ -1080,31 +1082,33 @@ def _calibration(net, data: TrainData, cfg: GANConfig, device, n_types: int) -> 
                 code = data.seed_codes[pos] if data.seed_codes is not None else None
                 noise = torch.randn(len(ix), cfg.noise_dim, generator=gen, device=device)
                 z = net.generated(lab, c, noise, code, mask).double().cpu()
-                key = (mask.long() * n_types + t).cpu()
-                cnt.index_add_(0, key, torch.ones(len(ix), dtype=torch.float64))
-                s1.index_add_(0, key, z)
-                s2.index_add_(0, key, z * z)
+                tc = t.cpu()
+                cnt[row].index_add_(0, tc, torch.ones(len(ix), dtype=torch.float64))
+                s1[row].index_add_(0, tc, z)
+                s2[row].index_add_(0, tc, z * z)
     net.train(was_training)
-    mg = s1 / cnt.clamp_min(1)[:, None]
-    sg = (s2 / cnt.clamp_min(1)[:, None] - mg ** 2).clamp_min(1e-12).sqrt()
-    w = (nf / (nf + CALIB_SHRINK)).repeat(2)[:, None]
-    mt = w * mf.repeat(2, 1) + (1 - w) * mg
-    st = (w * vf.repeat(2, 1) + (1 - w) * sg ** 2).sqrt()
+    if not seeded:  # no seeds: a seeded generation is the unseeded one
+        cnt[1], s1[1], s2[1] = cnt[0], s1[0], s2[0]
+    mg = s1 / cnt.clamp_min(1)[..., None]
+    sg = (s2 / cnt.clamp_min(1)[..., None] - mg ** 2).clamp_min(1e-12).sqrt()
+    w = (nf / (nf + CALIB_SHRINK))[None, :, None]
+    mt = w * mf + (1 - w) * mg
+    st = (w * vf + (1 - w) * sg ** 2).sqrt()
     a = (st / sg).clamp(1 / CALIB_MAX_SCALE, CALIB_MAX_SCALE) if cfg.calibrate == "diag" else torch.ones_like(sg)
     b = mt - a * mg
-    ok = ((cnt >= 2) & (nf.repeat(2) >= 2))[:, None]
+    ok = ((cnt >= 2) & (nf >= 2)[None, :])[..., None]
     a = torch.where(ok, a, torch.ones_like(a))
     b = torch.where(ok, b, torch.zeros_like(b))
-    used = ok.squeeze(1)
-    shift = ((mt - mg) / vf.repeat(2, 1).clamp_min(1e-12).sqrt())[used]
-    return {"calib_a": a.float().view(2, n_types, d), "calib_b": b.float().view(2, n_types, d),
+    used = ok[1, :, 0]
+    shift = ((mt - mg)[1] / vf.clamp_min(1e-12).sqrt())[used]
+    return {"calib_a": a.float(), "calib_b": b.float(),
             "calib_shift_sd": float(shift.pow(2).mean().sqrt()) if used.any() else 0.0,
-            "calib_scale_median": float(a[used].median()) if used.any() else 1.0}
+            "calib_scale_median": float(a[1][used].median()) if used.any() else 1.0}
 
 
 def _shareable_calibration(meta: dict) -> dict:
-    """``calib_a``/``calib_b`` of a shareable model: no map for seeded draws (it generates unseeded
-    cells only, and the seeded map would give the seeds' mean code away), and no change for any
+    """``calib_a``/``calib_b`` of a shareable model: no map for seeded generation (it generates
+    unseeded cells only, and that map would tell the seeds' mean code), and no change for any
     type with fewer than LIB_SHARE_MIN_GROUP train cells or with a non-empty type x condition group
     that small (the library model pools such groups; a type's mean next to its large groups' mean
     codes would give the small group's mean code away)."""
