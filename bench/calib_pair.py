@@ -60,6 +60,9 @@ def pair(run: Path) -> dict | None:
     name, seed = row["dataset"], int(row["seed"])
     model = next(run.glob("*.generator.pt"))
     out = run / "uncalibrated"
+    done = out / "evaluate" / "eval.garage_metrics.json"
+    if done.exists() and done.stat().st_mtime > model.stat().st_mtime:  # this model's pair was scored
+        return _row(run, row, done)
     out.mkdir(exist_ok=True)
     unc = uncalibrated_copy(model, out / "uncal.generator.pt")
     m = measure(_garage("generate", "--model", unc, "--outdir", out, "--prefix", "uncal", "--seed", seed,
@@ -76,9 +79,13 @@ def pair(run: Path) -> dict | None:
     if measure(_garage(*ev))["rc"] != 0:
         print(f"{run}: evaluate failed", flush=True)
         return None
-    off = _metrics(json.loads((out / "evaluate" / "eval.garage_metrics.json").read_text()))
+    return _row(run, row, done)
+
+
+def _row(run: Path, row: dict, done: Path) -> dict:
+    off = _metrics(json.loads(done.read_text()))
     on = _metrics(json.loads((run / "evaluate" / "eval.garage_metrics.json").read_text()))
-    res = {"dataset": name, "seed": seed}
+    res = {"dataset": row["dataset"], "seed": int(row["seed"])}
     for k in KEYS:
         res[f"{k}_off"], res[f"{k}_on"] = off[k], on[k]
     print(json.dumps(res), flush=True)

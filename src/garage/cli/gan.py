@@ -74,9 +74,10 @@ def composition_options(f):
 @click.option("--decoder-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Latent space: dropout in the decoder during the autoencoder phase (against memorising the "
                    "cells of a small input; 0: off).")
-@click.option("--calibrate", type=click.Choice(["none", "mean", "diag"]), default="mean", show_default=True,
-              help="Latent space: after training, move each type's generated codes to its fit cells' mean "
-                   "(mean) and per-dimension sd (diag); aggregate statistics, shrunk for small types; none: off.")
+@click.option("--calibrate", type=click.Choice(["none", "mean", "diag"]), default="none", show_default=True,
+              help="Latent space, experimental: after training, move each type's generated codes to its fit cells' "
+                   "mean (mean) and per-dimension sd (diag); aggregate statistics, shrunk for small types. It did "
+                   "not improve realism in the benchmarks (round 12 of bench/results/fidelity_notes.md).")
 @click.option("--posterior-noise", type=click.FloatRange(0, 4), default=0.0, show_default=True,
               help="Latent space, privacy: the critic's real codes are drawn around each cell's posterior mean "
                    "with this multiple of its posterior sd, capped at the codes' sd per dimension (0: the means).")
