@@ -206,3 +206,21 @@ def write_result(name: str, rows: list[dict], command: str) -> Path:
         md.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     return RESULTS / f"{name}.md"
+
+
+def train_in_process(seeds_from: Path, seed: int, threads: int, gan_overrides: dict):
+    """(real AnnData, trained GarageGAN in eval mode) for a probe: one default model (with
+    *gan_overrides*) trained on the train cells of a GAT output, on the CPU."""
+    import anndata as ad
+    import torch
+
+    from garage._utils import set_seed
+    from garage.gan import GANConfig, GarageGAN
+
+    set_seed(seed)
+    torch.set_num_threads(threads)
+    real = ad.read_h5ad(seeds_from)
+    model = GarageGAN.setup(real, GANConfig(seed=seed, checkpoint_every=0, **gan_overrides))
+    model.train(torch.device("cpu"))
+    model.net.eval()
+    return real, model

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import train_in_process
+
 #: pseudo-cells that shrink a small type's calibration towards no change
 SHRINK = 10
 
@@ -76,20 +78,13 @@ def main(argv=None):
     import torch
 
     from garage import constants as C
-    from garage._utils import set_seed
     from garage.evaluate import EvaluateConfig, evaluate_adata
-    from garage.gan import GANConfig, GarageGAN
     from garage.gan._nn import sample_counts
     from garage.gan._train import draw_labels, pick_seeds, sample_library_conditional, state_probs
 
-    set_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    real = ad.read_h5ad(args.seeds_from)
-    cfg = GANConfig(seed=args.seed, checkpoint_every=0, **json.loads(args.gan))
-    model = GarageGAN.setup(real, cfg)
-    model.train(torch.device("cpu"))
+    real, model = train_in_process(args.seeds_from, args.seed, args.threads, json.loads(args.gan))
+    cfg = model.config
     net, data, meta = model.net, model.data, model.meta
-    net.eval()
     cats = meta["categories"]
     nc = data.n_conds > 1
     gen = torch.Generator().manual_seed(1000 + args.seed)

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import train_in_process
+
 
 def knn_c2st(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     from garage.evaluate._metrics import c2st_auc
@@ -87,9 +89,7 @@ def main(argv=None):
     import torch
 
     from garage import constants as C
-    from garage._utils import set_seed
     from garage.evaluate import EvaluateConfig, evaluate_adata
-    from garage.gan import GANConfig, GarageGAN
     from garage.gan._nn import sample_counts
 
     ap = argparse.ArgumentParser()
@@ -100,14 +100,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
 
-    set_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    real = ad.read_h5ad(args.seeds_from)
-    cfg = GANConfig(seed=args.seed, checkpoint_every=0, **json.loads(args.gan))
-    model = GarageGAN.setup(real, cfg)
-    model.train(torch.device("cpu"))
+    real, model = train_in_process(args.seeds_from, args.seed, args.threads, json.loads(args.gan))
+    cfg = model.config
     net, data = model.net, model.data
-    net.eval()
     hold = real[real.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT]
     cats = model.meta["categories"]
     hold_types = np.asarray([cats.index(t) for t in hold.obs[C.OBS_LABEL].astype(str)])
