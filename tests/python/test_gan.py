@@ -401,10 +401,51 @@ def test_shareable_model_has_no_calibration_for_small_types_or_seeded_draws(seed
     assert (a[:, small] == 1).all() and (b[:, small] == 0).all()  # a few cells' moments stay out
     assert (a[1] == 1).all() and (b[1] == 0).all()  # no map for seeded generation: it would tell the seeds' mean
     assert not (a[0, ~small] == 1).all()  # larger types keep theirs
+    assert "calib_shift_sd" not in payload and "calib_scale_median" not in payload
+    # the saved shareable model generates what the run generated (its unseeded map applied)
+    again = run_generate(res["model"], tmp_path, "again", n_cells=40, seed=0)
+    assert (ad.read_h5ad(again["h5ad"]).X != ad.read_h5ad(res["h5ad"]).X).nnz == 0
     # the private model of the same run keeps both maps for every type it could fit
     private = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY, calibrate="diag", n_cells=40))
     private.train(torch.device("cpu"))
     assert not (private.meta["calib_a"][1] == 1).all()
+
+
+def test_calibration_row_follows_whether_the_model_has_seeds(seeds_small, real_small, monkeypatch):
+    """Row 1 maps every cell of a seeded model, row 0 those of a model without seeds; a map of
+    another layout (no calib_version) is not applied."""
+    import torch
+
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, calibrate="mean", seed=1))
+    model.train(torch.device("cpu"))
+    d = model.meta["calib_a"].shape[2]
+
+    def mean_code(meta):
+        seen = []
+        decode = model.net.decode
+        monkeypatch.setattr(model.net, "decode", lambda z, c: (seen.append(z.detach().clone()), decode(z, c))[1])
+        GarageGAN(model.config, model.net, meta).generate(n_cells=300, seed=3)
+        monkeypatch.undo()
+        return float(torch.cat(seen).mean())
+
+    fake = dict(model.meta, calib_a=torch.ones(2, model.meta["calib_a"].shape[1], d),
+                calib_b=torch.stack([torch.full(model.meta["calib_b"].shape[1:], 100.0),
+                                     torch.zeros(model.meta["calib_b"].shape[1:])]))
+    raw = mean_code({k: v for k, v in model.meta.items() if not k.startswith("calib_")})
+    assert abs(mean_code(fake) - raw) < 1e-4  # seeded model: row 1 (no shift)
+    unseeded = dict(fake, seed_codes=torch.zeros(0))
+    assert abs(mean_code(unseeded) - 100) < 5  # no seeds: row 0 (+100)
+    old_layout = {k: v for k, v in unseeded.items() if k != "calib_version"}
+    assert abs(mean_code(old_layout)) < 5  # unknown layout: not applied
+
+
+def test_calibrate_outside_the_latent_space_is_not_applied(seeds_small, real_small, caplog):
+    import torch
+
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, space="gene", calibrate="mean"))
+    with caplog.at_level("WARNING"):
+        model.train(torch.device("cpu"))
+    assert "calib_a" not in model.meta and "--calibrate applies to --space latent" in caplog.text
 
 
 def test_shareable_calibration_leaves_types_with_a_small_condition_group_alone():

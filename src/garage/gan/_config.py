@@ -185,8 +185,8 @@ class GANConfig:
         cells' mean; ``diag`` also rescales them per dimension to the fit cells'
         sd (both shrunk towards no change with CALIB_SHRINK pseudo-cells;
         aggregate statistics, no single cell); ``none``: the generator's codes as
-        they are. ``mean`` did not lower C2ST with the same trained weights on
-        validation or test splits (round 12 of the notes).
+        they are. Neither lowered C2ST consistently with the same trained
+        weights on the validation splits (round 12 of the notes).
     library
         Library sizes of generated cells: ``conditional`` (default: a log-normal
         per type x condition whose mean follows the generated code: a ridge

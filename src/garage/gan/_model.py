@@ -84,12 +84,15 @@ LIB_RIDGE = 1.0
 #: --calibrate mean|diag: a type's target moments are shrunk towards its generated ones with this many
 #: pseudo-cells (a type of a few cells moves little), as the library-size model is (LIB_SHRINK)
 CALIB_SHRINK = 10.0
-#: --calibrate mean|diag: generated codes drawn per type and per seeded / unseeded draw to estimate
+#: --calibrate mean|diag: generated codes drawn per type (unseeded, and as a seeded model draws) to estimate
 #: their moments (a type's train cells resampled to this many, at most CALIB_MAX_DRAWS)
 CALIB_DRAWS = 2000
 CALIB_MAX_DRAWS = 20000
 #: --calibrate diag: the per-dimension scale is kept within [1 / CALIB_MAX_SCALE, CALIB_MAX_SCALE]
 CALIB_MAX_SCALE = 4.0
+#: layout of calib_a/calib_b: row 0 maps unseeded generation, row 1 a seeded model's cells; a
+#: model without this version (a development build) carries maps of another meaning: not applied
+CALIB_VERSION = 2
 #: groups with fewer train cells than this give no validation cells
 MIN_VAL_GROUP = 20
 #: within-type states: k-means is fitted on at most this many fit cells of a type (then predicts all)
@@ -663,8 +666,11 @@ class GarageGAN:
             lib_scale = float(meta["lib_resid_scale"])
         k_states = int(meta.get("k_states", 1))
         probs = (state_probs(meta["state_counts"], k_states, n_conds).to(device) if k_states > 1 else None)
-        calib = ((meta["calib_a"].float().to(device), meta["calib_b"].float().to(device))
-                 if "calib_a" in meta else None)
+        calib = None
+        if "calib_a" in meta and meta.get("calib_version") == CALIB_VERSION:
+            calib = (meta["calib_a"].float().to(device), meta["calib_b"].float().to(device))
+        elif "calib_a" in meta:
+            logger.warning("this model's calibration is of an unknown layout: generating without it")
 
         def draw(t: torch.Tensor, c: torch.Tensor):
             t, c = t.to(device), c.to(device)
@@ -817,6 +823,8 @@ class GarageGAN:
                 meta.pop(k, None)
             meta["seed_count"] = torch.zeros_like(meta["seed_count"])
             meta.update(shareable_library(meta))
+            for k in ("calib_shift_sd", "calib_scale_median"):  # summaries of the seeded map
+                meta.pop(k, None)
             if "group_counts" in meta:  # generation's composition reads group_counts only
                 meta.pop("train_type_counts", None)
         payload = {
@@ -1103,7 +1111,7 @@ def _calibration(net, data: TrainData, cfg: GANConfig, device, n_types: int) -> 
     b = torch.where(ok, b, torch.zeros_like(b))
     used = ok[1, :, 0]
     shift = ((mt - mg)[1] / vf.clamp_min(1e-12).sqrt())[used]
-    return {"calib_a": a.float(), "calib_b": b.float(),
+    return {"calib_a": a.float(), "calib_b": b.float(), "calib_version": CALIB_VERSION,
             "calib_shift_sd": float(shift.pow(2).mean().sqrt()) if used.any() else 0.0,
             "calib_scale_median": float(a[1][used].median()) if used.any() else 1.0}
 
