@@ -584,10 +584,11 @@ class GarageGAN:
             self.meta.update(_conditional_library(self.data, len(self.meta["categories"])))
             logger.info("conditional library model: the code explains %.0f %% of the log library size's "
                         "variance within type x condition groups", 100 * self.meta["lib_r2"])
-        if self.config.calibrate != "none" and not (self.config.effective_space == "latent"
-                                                     and self.config.mode == "garage"):
+        if self.config.calibrate == "none":
+            pass
+        elif self.config.effective_space != "latent" or self.config.mode != "garage":
             logger.warning("--calibrate applies to --space latent with --mode garage only: not applied")
-        elif self.config.calibrate != "none":
+        else:
             self.meta.update(_calibration(self.net, self.data, self.config, device, len(self.meta["categories"])))
             logger.info("calibration (--calibrate %s): per type, generated codes moved by %.2f fit-cell sd "
                         "(RMS) and scaled by %.2f (median)", self.config.calibrate, self.meta["calib_shift_sd"],
