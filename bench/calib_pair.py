@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import RESULTS, machine, measure
-from .fidelity import _garage, prepare
+from .fidelity import _garage, evaluate_args, prepare
 
 KEYS = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1", "tstr_macro_f1")
 
@@ -70,13 +70,9 @@ def pair(run: Path) -> dict | None:
     if m["rc"] != 0:
         print(f"{run}: generate failed", flush=True)
         return None
-    ev = ["evaluate", "--real", prepare(name, row["split"]), "--synthetic", out / "uncal.generated.h5ad",
-          "--prefix", "eval", "--outdir", out / "evaluate", "--seed", 0,
-          "--seeds", next(run.glob("*.seeds.h5ad"))]
-    prov = next(out.glob("uncal.generated*provenance*"), None)
-    if prov is not None:
-        ev += ["--provenance", prov]
-    if measure(_garage(*ev))["rc"] != 0:
+    ev = evaluate_args(prepare(name, row["split"]), out / "uncal.generated.h5ad", out / "evaluate",
+                       next(run.glob("*.seeds.h5ad")), next(out.glob("uncal.generated*provenance*"), None))
+    if measure(_garage(*ev))["rc"] != 0:  # evaluated as bench.fidelity evaluated the run
         print(f"{run}: evaluate failed", flush=True)
         return None
     return _row(run, row, done)

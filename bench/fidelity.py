@@ -259,14 +259,8 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     if m["rc"] != 0:
         return _fail(done, key, "train failed")
     syn = next(out.glob("*.synthetic.h5ad"))
-    ev = ["evaluate", "--real", pp, "--synthetic", syn, "--prefix", "eval", "--outdir", out / "evaluate",
-          "--seed", 0]
-    if seeds is not None and _evaluate_takes("--seeds"):
-        ev += ["--seeds", seeds]
-        prov = next(out.glob("*.provenance.tsv"), None)
-        if prov is not None and _evaluate_takes("--provenance"):
-            ev += ["--provenance", prov]
-    e = measure(_garage(*ev))
+    prov = next(out.glob("*.provenance.tsv"), None)
+    e = measure(_garage(*evaluate_args(pp, syn, out / "evaluate", seeds, prov)))
     if e["rc"] != 0:
         return _fail(done, key, "evaluate failed")
     doc = json.loads((out / "evaluate" / "eval.garage_metrics.json").read_text())
@@ -282,6 +276,17 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
 
 
 _HELP_CACHE: dict[str, str] = {}
+
+
+def evaluate_args(pp: Path, syn: Path, outdir: Path, seeds: Path | None, prov: Path | None) -> list:
+    """`garage evaluate` arguments of a benchmark row (prefix ``eval``, evaluation seed 0; the GAT
+    seeds and the private provenance for the seed-privacy checks when this evaluate takes them)."""
+    ev = ["evaluate", "--real", pp, "--synthetic", syn, "--prefix", "eval", "--outdir", outdir, "--seed", 0]
+    if seeds is not None and _evaluate_takes("--seeds"):
+        ev += ["--seeds", seeds]
+        if prov is not None and _evaluate_takes("--provenance"):
+            ev += ["--provenance", prov]
+    return ev
 
 
 def _code_version() -> str:
