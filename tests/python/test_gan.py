@@ -316,6 +316,44 @@ def test_shareable_model_has_no_seed_or_cell_identity(seeds_small, real_small, t
     assert syn.n_obs == 30 and syn.uns["garage"]["shareable_model"]
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_critic_path_judges_seeded_and_unseeded_fakes_apart(seeds_small, real_small, monkeypatch, on):
+    """--critic-path: every critic call gets a 0/1 flag per sample (1: a seeded fake); the real cells
+    of a critic step are judged with the flags of the fakes they are paired with, and the generator
+    step passes its own fakes' flags. Without it the critic takes no flag (the mixture is judged)."""
+    import torch
+
+    from garage.gan._module import ConditionalCritic
+
+    calls = []
+    forward = ConditionalCritic.forward
+
+    def spy(self, x, types, conds=None, path=None):
+        calls.append((x.detach().clone(), None if path is None else path.detach().clone(), x.requires_grad))
+        return forward(self, x, types, conds, path)
+
+    monkeypatch.setattr(ConditionalCritic, "forward", spy)
+    m = GarageGAN.setup(real_small, GANConfig(**TINY, critic_path=on, seed=3))
+    width = m.net.critic.net[0].in_features
+    m.train(torch.device("cpu"))
+    assert calls
+    if not on:
+        assert all(p is None for _, p, _ in calls)
+        assert not m.net.critic.path_input
+        return
+    assert m.net.critic.path_input and width == m.net.critic.type_emb.embedding_dim + m.net.code_dim + 1
+    flags = [p for _, p, _ in calls]
+    assert all(p is not None and set(p.unique().tolist()) <= {0.0, 1.0} for p in flags)
+    allf = torch.cat(flags)
+    assert 0.2 < allf.mean() < 0.8  # seed_mix 0.5: both paths are judged
+    # critic steps call (real, fake, interpolates) with one flag tensor: real cell i gets fake i's flag
+    triples = [calls[i: i + 3] for i in range(0, len(calls) - 2)
+               if not calls[i][2] and not calls[i + 1][2] and calls[i + 2][2]]
+    assert len(triples) == TINY["gan_steps"] * GANConfig().n_critic  # every critic step
+    for (_, pr, _), (_, pf, _), (_, pi, _) in triples:
+        assert torch.equal(pr, pf) and torch.equal(pr, pi)
+
+
 def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, real_small, monkeypatch):
     """--calibrate diag: the codes that generation decodes have, per type, the fit cells' mean and
     per-dimension sd (up to the shrinkage); without it they keep the generator's; --calibrate mean

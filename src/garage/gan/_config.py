@@ -165,6 +165,15 @@ class GANConfig:
         output does not reveal which cells were seeds (0: off).
     seed_floor_k
         Which neighbour sets the seed's radius.
+    critic_path
+        ``garage`` mode: the critic also sees whether a fake cell was seeded (the
+        real cell it is paired with in the batch gets the same flag), so seeded
+        and unseeded cells must each look like the real cells of their type.
+        Without it only their mixture is judged, and the two paths learned
+        complementary halves of each type: on the development splits either
+        half alone scored C2ST 0.60-0.72 against 0.54-0.58 for the mixture, and
+        a shareable model generates unseeded cells only (round 13 of
+        ``bench/results/fidelity_notes.md``).
     decoder_dropout
         Latent space: dropout in the decoder's hidden layers during the autoencoder
         phase (not the decoder fine-tuning, not generation): the decoder memorised
@@ -284,6 +293,7 @@ class GANConfig:
     seed_residual: bool = True
     seed_floor: float = 1.0
     seed_floor_k: int = 3
+    critic_path: bool = False
     posterior_noise: float = 0.0
     decoder_dropout: float = 0.2
     calibrate: Calibrate = "none"

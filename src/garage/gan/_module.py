@@ -137,38 +137,44 @@ class ConditionalCritic(nn.Module):
     """WGAN critic on (representation, type[, condition]); no normalisation layers that mix samples."""
 
     def __init__(self, in_dim: int, n_types: int, emb_dim: int, hidden: int, n_layers: int = 2,
-                 n_conds: int = 1):
+                 n_conds: int = 1, path_input: bool = False):
         super().__init__()
         self.type_emb = nn.Embedding(n_types, emb_dim)
         self.cond_emb = nn.Embedding(n_conds, emb_dim) if n_conds > 1 else None
+        # path_input: one more input, 1 for a seeded fake (and the real cell it is paired with), else 0
+        self.path_input = bool(path_input)
         k = 2 if self.cond_emb is not None else 1
-        self.net = mlp([in_dim + k * emb_dim] + [hidden] * n_layers + [1], norm=False)
+        self.net = mlp([in_dim + k * emb_dim + int(self.path_input)] + [hidden] * n_layers + [1], norm=False)
 
-    def forward(self, x, types, conds=None):
+    def forward(self, x, types, conds=None, path=None):
         parts = [x, self.type_emb(types)]
         if self.cond_emb is not None:
             parts.append(self.cond_emb(conds))
+        if self.path_input:
+            parts.append(x.new_zeros(x.shape[0], 1) if path is None else path.view(-1, 1).to(x.dtype))
         return self.net(torch.cat(parts, dim=1)).squeeze(1)
 
 
-def gradient_penalty(critic: ConditionalCritic, real, fake, types, conds=None) -> torch.Tensor:
+def gradient_penalty(critic: ConditionalCritic, real, fake, types, conds=None, path=None) -> torch.Tensor:
     """WGAN-GP penalty ``(||grad_x D(x_hat)|| - 1)^2`` on random interpolates."""
     eps = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    out = critic(x_hat, types, conds)
+    out = critic(x_hat, types, conds, path)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
-def wgan_critic_loss(critic, real, fake, types, gp_weight: float, conds=None) -> CriticLoss:
-    d_real = critic(real, types, conds).mean()
-    d_fake = critic(fake, types, conds).mean()
-    gp = gradient_penalty(critic, real, fake, types, conds)
+def wgan_critic_loss(critic, real, fake, types, gp_weight: float, conds=None, path=None) -> CriticLoss:
+    """*path* (0/1 per pair, optional): sample i of *real* is judged with the flag of fake i, so a
+    critic with ``path_input`` compares real cells with seeded and with unseeded fakes apart."""
+    d_real = critic(real, types, conds, path).mean()
+    d_fake = critic(fake, types, conds, path).mean()
+    gp = gradient_penalty(critic, real, fake, types, conds, path)
     return CriticLoss(d_fake - d_real + gp_weight * gp, d_real - d_fake, gp)
 
 
-def wgan_generator_loss(critic, fake, types, conds=None) -> GeneratorLoss:
-    return GeneratorLoss(-critic(fake, types, conds).mean())
+def wgan_generator_loss(critic, fake, types, conds=None, path=None) -> GeneratorLoss:
+    return GeneratorLoss(-critic(fake, types, conds, path).mean())
 
 
 # --------------------------------------------------------------------------- original

@@ -564,13 +564,14 @@ class Trainer:
             types, conds = self._labels[didx], self._conds[didx]
             real = self._real(idx)
             ft, fc = (self._original_types(len(idx)) if original else (types, conds))
+            seeds: list = []
             with torch.no_grad():
-                fake = self._fake(ft, fc)
+                fake = self._fake(ft, fc, seeds_out=seeds)
             if original:
                 d = bce_discriminator_loss(net.critic, real, fake, cfg.label_smoothing)
             else:
                 d = wgan_critic_loss(net.critic, real, fake, types, cfg.gp_weight, conds if self.data.n_conds > 1
-                                     else None)
+                                     else None, self._path(seeds))
             self.opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
             self.opt_d.step()
@@ -582,7 +583,8 @@ class Trainer:
         else:
             seeds: list = []
             fake = self._fake(types, conds, seeds_out=seeds)
-            gl = wgan_generator_loss(net.critic, fake, types, conds if self.data.n_conds > 1 else None)
+            gl = wgan_generator_loss(net.critic, fake, types, conds if self.data.n_conds > 1 else None,
+                                     self._path(seeds))
             gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)
         self.opt_g.zero_grad(set_to_none=True)
         gl.loss.backward()
@@ -591,6 +593,13 @@ class Trainer:
             net.update_ema(cfg.ema_decay)
         d_sum /= cfg.n_critic
         return [np.nan, np.nan, np.nan, *d_sum.tolist(), gl.loss.item()]
+
+    def _path(self, seeds: list) -> torch.Tensor | None:
+        """The critic's path flag (1: seeded fake) when it takes one: the real cell paired with fake i
+        gets fake i's flag, so seeded and unseeded fakes are each held to the real cells."""
+        if not getattr(self.net.critic, "path_input", False):
+            return None
+        return seeds[0].to(torch.float32)
 
     def _seed_floor(self, fake: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Privacy penalty: seeded codes closer to their own seed than the seed's k-th neighbour.

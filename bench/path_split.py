@@ -1,0 +1,186 @@
+"""Seeded and unseeded cells apart: C2ST of each path's cells against the holdout (issue 13, round 13).
+
+A GARAGE model makes two kinds of cells: *seeded* ones (a GAT seed's code in the hybrid input) and
+*unseeded* ones (noise and labels only; the only kind a ``--shareable-model`` makes). This scores,
+for finished ``bench.fidelity`` runs, the run's own cells split by the private provenance (which
+cell had a seed), against the run's holdout in the same shared space that ``garage evaluate``
+builds: the seeded cells alone, the unseeded cells alone, a random half of all cells (the same
+number of cells, so a size effect would show there too) and all cells. Every row uses equal-sized
+samples of holdout and synthetic cells (the smaller of the two), kNN C2ST as ``garage evaluate``
+computes it, averaged over ``--draws`` subsample draws; the real control is train cells (those not
+used to fit the PCA) against the holdout.
+
+Run:  python -m bench.path_split --runs 'bench/_work/fidelity/*/val/garage_cp_s*' --tag cp_val [--shareable]
+(--shareable: also each model saved as `garage gan --shareable-model` saves it, generated and scored.)
+Writes bench/results/path_split_TAG.{md,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ._common import RESULTS, machine
+from .fidelity import prepare
+
+SETS = ("seeded", "unseeded", "random_half", "all", "control")
+
+
+def _outputs(run: Path) -> tuple[Path, Path] | None:
+    """(synthetic h5ad, provenance tsv) of a run folder (or of its ``uncalibrated`` copy's folder)."""
+    for syn in sorted(run.glob("*.synthetic.h5ad")) + sorted(run.glob("*.generated.h5ad")):
+        stem = syn.name.rsplit(".", 2)[0]
+        prov = next(iter(sorted(run.glob(f"{stem}*provenance*.tsv"))), None)
+        if prov is not None:
+            return syn, prov
+    return None
+
+
+def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
+    import anndata as ad
+    import pandas as pd
+
+    from garage import constants as C
+    from garage.evaluate._metrics import c2st_auc
+    from garage.evaluate._space import build_space
+
+    found = _outputs(run)
+    row_file = next((p / "row.json" for p in (run, run.parent) if (p / "row.json").exists()), None)
+    if found is None or row_file is None:
+        return None
+    row = json.loads(row_file.read_text())
+    if row.get("status") != "ok":
+        return None
+    syn_path, prov_path = found
+    syn = ad.read_h5ad(syn_path)
+    prov = pd.read_csv(prov_path, sep="\t", comment="#", keep_default_na=False)
+    if not np.array_equal(prov["synthetic_cell"].astype(str).to_numpy(), syn.obs_names.astype(str).to_numpy()):
+        raise SystemExit(f"{prov_path}: rows do not match {syn_path.name}")
+    seeded = prov[C.OBS_SEED_ID].astype(str).to_numpy() != ""
+    space = build_space(ad.read_h5ad(prepare(row["dataset"], row["split"])), syn, 50, 0)
+    ho, sy = space.pca["holdout"], space.pca["synthetic"]
+    rng = np.random.default_rng([seed, 7])
+    half = rng.random(len(sy)) < 0.5
+    sets = {"seeded": sy[seeded], "unseeded": sy[~seeded], "random_half": sy[half], "all": sy,
+            "control": space.pca["train"][space.train_ref]}
+    out = {"dataset": row["dataset"], "split": row["split"], "seed": int(row["seed"]),
+           "method": "garage (default, same weights)" if run.name == "uncalibrated" else row.get("method", run.name),
+           "run": str(run), "seeded_share": float(seeded.mean())}
+    for name, x in sets.items():
+        vals = []
+        for r in range(draws):
+            n = min(len(x), len(ho))
+            a = ho[rng.choice(len(ho), n, replace=False)]
+            b = x[rng.choice(len(x), n, replace=False)]
+            vals.append(c2st_auc(a, b, seed=r))
+        out[name] = float(np.mean(vals))
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}), flush=True)
+    return out
+
+
+def shareable(run: Path, seed: int) -> dict:
+    """The run's model saved as ``--shareable-model`` saves it (no seed codes: unseeded cells only,
+    pooled library sizes for small groups), generated with the run's seed and scored by ``garage
+    evaluate`` exactly as ``bench.fidelity`` scored the run: what a user sharing the model gets."""
+    from garage.gan import GarageGAN
+
+    from ._common import measure
+    from .fidelity import _garage, evaluate_args
+
+    row = json.loads(next(p / "row.json" for p in (run, run.parent) if (p / "row.json").exists()).read_text())
+    model = next(m for m in sorted(run.glob("*.generator.pt")) + sorted(run.glob("*/*.generator.pt"))
+                 if "shareable" not in m.name)
+    out = run / "shareable"
+    done = out / "evaluate" / "eval.garage_metrics.json"
+    if not (done.exists() and done.stat().st_mtime > model.stat().st_mtime):
+        out.mkdir(exist_ok=True)
+        dest = out / "shareable.generator.pt"
+        GarageGAN.load(model).save(dest, shareable=True)
+        if measure(_garage("generate", "--model", dest, "--outdir", out, "--prefix", "shareable",
+                           "--seed", seed, "--provenance"))["rc"] != 0:
+            raise SystemExit(f"{run}: generate failed")
+        ev = evaluate_args(prepare(row["dataset"], row["split"]), out / "shareable.generated.h5ad",
+                           out / "evaluate", next(iter(sorted(run.parent.glob("*.seeds.h5ad")) + sorted(run.glob("*.seeds.h5ad")))),
+                           out / "shareable.generated.provenance.tsv")
+        if measure(_garage(*ev))["rc"] != 0:
+            raise SystemExit(f"{run}: evaluate failed")
+    m = json.loads(done.read_text())["metrics"]
+    return {"shareable_c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"],
+            "shareable_mia": m["mia_auc"]["value"], "shareable_dcr": m["dcr_ratio"]["value"]}
+
+
+def _own_metrics(run: Path) -> tuple[float, float, float]:
+    """(C2ST gap, MIA, DCR ratio) of the run's own cells, as garage evaluate scored them."""
+    m = json.loads(next(p for p in (run / "evaluate" / "eval.garage_metrics.json", run / "row.json")
+                        if p.exists()).read_text())["metrics"]
+    return (m["c2st_auc"]["value"] - m["c2st_auc"]["control"], m["mia_auc"]["value"], m["dcr_ratio"]["value"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", required=True, action="append", help="glob of bench.fidelity run folders (repeatable)")
+    ap.add_argument("--tag", required=True)
+    ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--shareable", action="store_true",
+                    help="also save each model as --shareable-model would, generate and evaluate it")
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    runs = sorted({Path(p) for g in args.runs for p in glob.glob(g)})
+    rows = [r for r in (score(p, args.draws) for p in runs) if r]
+    if args.shareable:
+        for r in rows:
+            r.update(shareable(Path(r["run"]), r["seed"]))
+            print(json.dumps({k: r[k] for k in ("run", "shareable_c2st_gap", "shareable_mia")}), flush=True)
+    if not rows:
+        print("no finished runs with a provenance file", file=sys.stderr)
+        return 1
+    df = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    df.to_csv(RESULTS / f"path_split_{args.tag}.csv", index=False)
+    lines = [f"# Seeded and unseeded cells apart ({args.tag})", "",
+             f"Command: `python -m bench.path_split {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`", "",
+             f"Machine: {machine()}", "",
+             f"kNN C2ST AUC against the holdout (mean of {args.draws} equal-sized subsample draws; 0.5 = "
+             "indistinguishable). `unseeded` is what a shareable model's cells are made of; `random_half` "
+             "has as many cells as either path, so only a difference between paths shows against it.", "",
+             "| method | dataset | split | seed | seeded share | " + " | ".join(SETS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(SETS)]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['dataset']} | {r['split']} | {r['seed']} | {r['seeded_share']:.2f} | "
+                     + " | ".join(f"{r[k]:.3f}" for k in SETS) + " |")
+    lines += ["", "Mean over runs, per method:", "", "| method | runs | " + " | ".join(SETS) + " |",
+              "|---|---|" + "---|" * len(SETS)]
+    for m, g in df.groupby("method"):
+        lines.append(f"| {m} | {len(g)} | " + " | ".join(f"{g[k].mean():.3f}" for k in SETS) + " |")
+    if args.shareable:
+        share = ("shareable_c2st_gap", "shareable_mia", "shareable_dcr")
+        lines += ["", "The same models saved as `--shareable-model` saves them (unseeded cells only), generated "
+                  "with the run's seed and scored by `garage evaluate` as `bench.fidelity` scores a run "
+                  "(C2ST gap to the real control, membership-attack AUC, DCR ratio), against the run's own "
+                  "cells (all):", "",
+                  "| method | dataset | split | seed | C2ST gap: run / shareable | MIA: run / shareable | "
+                  "DCR ratio: run / shareable |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            own = _own_metrics(Path(r["run"]))
+            lines.append(f"| {r['method']} | {r['dataset']} | {r['split']} | {r['seed']} | "
+                         f"{own[0]:.3f} / {r['shareable_c2st_gap']:.3f} | {own[1]:.3f} / {r['shareable_mia']:.3f} | "
+                         f"{own[2]:.3f} / {r['shareable_dcr']:.3f} |")
+        lines += ["", "| method | runs | C2ST gap: run / shareable | MIA: run / shareable |", "|---|---|---|---|"]
+        for m, g in df.groupby("method"):
+            own = np.array([_own_metrics(Path(p)) for p in g["run"]])
+            lines.append(f"| {m} | {len(g)} | {own[:, 0].mean():.3f} / {g['shareable_c2st_gap'].mean():.3f} | "
+                         f"{own[:, 1].mean():.3f} / {g['shareable_mia'].mean():.3f} |")
+    (RESULTS / f"path_split_{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
