@@ -485,7 +485,41 @@ def _seed_ablation(summary, cell) -> list[str]:
             *rows, ""]
 
 
-def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "garage") -> Path:
+def join_rows(summary, spec: str, split: str):
+    """*summary* with the rows of some methods from an earlier table's CSV (``CSV=METHOD,METHOD``),
+    in the datasets' order of *summary*; returns (summary, a note naming the source and any dataset
+    the CSV lacks a method for). The CSV must be a table of the same split (its name starts with
+    ``fidelity_SPLIT``); a method already in *summary* is refused; joined rows keep their source in
+    the column ``source``."""
+    import pandas as pd
+
+    path, _, methods = spec.partition("=")
+    want = [m for m in methods.split(",") if m]
+    if not path or not want:
+        raise SystemExit(f"--join {spec!r}: write CSV=METHOD[,METHOD]")
+    if not Path(path).name.startswith(f"fidelity_{split}"):
+        raise SystemExit(f"--join {spec!r}: {Path(path).name} is not a table of the {split} split "
+                         f"(fidelity_{split}*.csv)")
+    clash = sorted(set(want) & set(summary["method"]))
+    if clash:
+        raise SystemExit(f"--join {spec!r}: {clash} already in this table")
+    extra = pd.read_csv(path)
+    extra = extra[extra["method"].isin(want) & extra["dataset"].isin(summary["dataset"].unique())].copy()
+    missing = sorted(set(want) - set(extra["method"]))
+    if missing:
+        raise SystemExit(f"--join {spec!r}: {path} has no rows of {missing} for these datasets")
+    extra["source"] = str(path)
+    order = {d: i for i, d in enumerate(summary["dataset"].unique())}
+    both = pd.concat([summary, extra], ignore_index=True)
+    both = both.iloc[sorted(range(len(both)), key=lambda i: (order[both["dataset"].iat[i]], i))]
+    gaps = [f"{m} on {d}" for d in order for m in want
+            if not ((extra["dataset"] == d) & (extra["method"] == m)).any()]
+    note = f"rows of {', '.join(want)}: from `{path}`" + (f" (none there for {', '.join(gaps)})" if gaps else "")
+    return both.reset_index(drop=True), note
+
+
+def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "garage",
+                 joined: list[str] | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = RESULTS / f"fidelity_{split}{('_' + tag) if tag else ''}"
     summary.to_csv(base.with_suffix(".csv"), index=False)
@@ -503,6 +537,10 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
              "`c2st_gap` = C2ST AUC minus its real-vs-real control in the same evaluation "
              "(0 is perfect). `rare_agreement_control` is the real holdout's own agreement. "
              "`train_s` includes GARAGE's GAT stage.", ""]
+    if joined:
+        lines += ["Joined from an earlier table of the same split (the CSV's column `source` names it; "
+                  "the holdout and the evaluation are the same as long as the preprocessing of that run "
+                  "was): " + "; ".join(joined) + ".", ""]
     for ds, g in summary.groupby("dataset", sort=False):
         keys = TABLE
         if "+" in ds:  # a condition: per-condition C2ST and the condition effect (issue 16)
@@ -547,6 +585,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --report-only: every cached row, whatever commit made it")
     ap.add_argument("--report-only", action="store_true",
                     help="write the table from the cached rows of the current code; compute nothing")
+    ap.add_argument("--join", action="append", default=[], metavar="CSV=METHOD[,METHOD]",
+                    help="add these methods' summary rows from an earlier table's CSV (same split and "
+                         "evaluation; e.g. the peers' rows, which do not depend on GARAGE's code); the "
+                         "report names where each joined row came from")
     args = ap.parse_args(argv)
 
     global CODE_REV, ANY_CODE
@@ -577,8 +619,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: --targets-for {args.targets_for} is not among --methods: the report has no "
               "control row and no targets", file=sys.stderr)
     summary = summarise(rows, control_from=args.targets_for)
+    joined = []
+    for spec in args.join:
+        summary, note = join_rows(summary, spec, args.split)
+        joined.append(note)
     cmd = "python -m bench.fidelity " + shlex.join(argv if argv is not None else sys.argv[1:])  # pastable
-    path = write_report(summary, args.split, cmd, args.tag, args.targets_for)
+    path = write_report(summary, args.split, cmd, args.tag, args.targets_for, joined)
     print(path.read_text())
     print(f"total {time.time() - t0:.0f}s")
 

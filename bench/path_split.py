@@ -4,11 +4,13 @@ A GARAGE model makes two kinds of cells: *seeded* ones (a GAT seed's code in the
 *unseeded* ones (noise and labels only; the only kind a ``--shareable-model`` makes). This scores,
 for finished ``bench.fidelity`` runs, the run's own cells split by the private provenance (which
 cell had a seed), against the run's holdout in the same shared space that ``garage evaluate``
-builds: the seeded cells alone, the unseeded cells alone, a random half of all cells (the same
-number of cells, so a size effect would show there too) and all cells. Every row uses equal-sized
+builds: the seeded cells alone, the unseeded cells alone, a random half of all cells and all
+cells. Every row uses equal-sized
 samples of holdout and synthetic cells (the smaller of the two), kNN C2ST as ``garage evaluate``
-computes it, averaged over ``--draws`` subsample draws; the real control is train cells (those not
-used to fit the PCA) against the holdout.
+computes it (without its 2,000-cell cap: every holdout here is smaller), averaged over ``--draws``
+subsample draws; the real control is train cells (those not used to fit the PCA) against the
+holdout. ``random_half`` draws its sample from a random half of the cells, so it shows whether
+drawing from a pool half the size alone moves the score.
 
 Run:  python -m bench.path_split --runs 'bench/_work/fidelity/*/val/garage_cp_s*' --tag cp_val [--shareable]
 (--shareable: also each model saved as `garage gan --shareable-model` saves it, generated and scored.)
@@ -46,9 +48,12 @@ def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     import anndata as ad
     import pandas as pd
 
+    import torch
+
     from garage import constants as C
     from garage.evaluate._metrics import c2st_auc
-    from garage.evaluate._space import build_space
+    from garage.evaluate._seeds import read_provenance
+    from garage.evaluate._space import build_space, check_synthetic
 
     found = _outputs(run)
     row_file = next((p / "row.json" for p in (run, run.parent) if (p / "row.json").exists()), None)
@@ -58,20 +63,26 @@ def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     if row.get("status") != "ok":
         return None
     syn_path, prov_path = found
-    syn = ad.read_h5ad(syn_path)
-    prov = pd.read_csv(prov_path, sep="\t", comment="#", keep_default_na=False)
-    if not np.array_equal(prov["synthetic_cell"].astype(str).to_numpy(), syn.obs_names.astype(str).to_numpy()):
+    real = ad.read_h5ad(prepare(row["dataset"], row["split"]))
+    syn = check_synthetic(real, ad.read_h5ad(syn_path))  # genes in the real file's order, as evaluate does
+    prov = read_provenance(prov_path)
+    if not np.array_equal(prov["synthetic_cell"].to_numpy(), syn.obs_names.astype(str).to_numpy()):
         raise SystemExit(f"{prov_path}: rows do not match {syn_path.name}")
-    seeded = prov[C.OBS_SEED_ID].astype(str).to_numpy() != ""
-    space = build_space(ad.read_h5ad(prepare(row["dataset"], row["split"])), syn, 50, 0)
+    seeded = prov[C.OBS_SEED_ID].to_numpy() != ""
+    space = build_space(real, syn, 50, 0)
     ho, sy = space.pca["holdout"], space.pca["synthetic"]
     rng = np.random.default_rng([seed, 7])
     half = rng.random(len(sy)) < 0.5
     sets = {"seeded": sy[seeded], "unseeded": sy[~seeded], "random_half": sy[half], "all": sy,
             "control": space.pca["train"][space.train_ref]}
+    model = next(m for m in sorted(run.glob("*.generator.pt")) if "shareable" not in m.name)
+    cfg = torch.load(model, map_location="cpu", weights_only=True)["config"]
+    # the label says how the model was trained (critic path on or off), whatever today's default is
+    label = f"critic path {'on' if cfg.get('critic_path', False) else 'off'}"
+    if run.name == "uncalibrated":
+        label += " (round-12 model, calibration removed)"
     out = {"dataset": row["dataset"], "split": row["split"], "seed": int(row["seed"]),
-           "method": "garage (default, same weights)" if run.name == "uncalibrated" else row.get("method", run.name),
-           "run": str(run), "seeded_share": float(seeded.mean())}
+           "method": label, "run": str(run), "seeded_share": float(seeded.mean())}
     for name, x in sets.items():
         vals = []
         for r in range(draws):
@@ -155,8 +166,12 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['method']} | {r['dataset']} | {r['split']} | {r['seed']} | {r['seeded_share']:.2f} | "
                      + " | ".join(f"{r[k]:.3f}" for k in SETS) + " |")
-    lines += ["", "Mean over runs, per method:", "", "| method | runs | " + " | ".join(SETS) + " |",
-              "|---|---|" + "---|" * len(SETS)]
+    # means over the (dataset, split, seed) runs that every method has, so they are paired
+    key = df["dataset"] + "/" + df["split"] + "/" + df["seed"].astype(str)
+    common = set.intersection(*(set(key[df["method"] == m]) for m in df["method"].unique()))
+    df = df[key.isin(common)]
+    lines += ["", f"Mean over the {len(common)} runs (dataset, split, seed) that every method has, per method:", "",
+              "| method | runs | " + " | ".join(SETS) + " |", "|---|---|" + "---|" * len(SETS)]
     for m, g in df.groupby("method"):
         lines.append(f"| {m} | {len(g)} | " + " | ".join(f"{g[k].mean():.3f}" for k in SETS) + " |")
     if args.shareable:
@@ -172,7 +187,8 @@ def main(argv=None) -> int:
             lines.append(f"| {r['method']} | {r['dataset']} | {r['split']} | {r['seed']} | "
                          f"{own[0]:.3f} / {r['shareable_c2st_gap']:.3f} | {own[1]:.3f} / {r['shareable_mia']:.3f} | "
                          f"{own[2]:.3f} / {r['shareable_dcr']:.3f} |")
-        lines += ["", "| method | runs | C2ST gap: run / shareable | MIA: run / shareable |", "|---|---|---|---|"]
+        lines += ["", f"Mean over the same {len(common)} paired runs:", "",
+                  "| method | runs | C2ST gap: run / shareable | MIA: run / shareable |", "|---|---|---|---|"]
         for m, g in df.groupby("method"):
             own = np.array([_own_metrics(Path(p)) for p in g["run"]])
             lines.append(f"| {m} | {len(g)} | {own[:, 0].mean():.3f} / {g['shareable_c2st_gap'].mean():.3f} | "

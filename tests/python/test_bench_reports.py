@@ -78,6 +78,42 @@ def scale_sandbox(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_scale, "_plot", lambda *a, **k: None)
 
 
+def test_join_adds_only_the_named_methods_in_the_tables_dataset_order(tmp_path, monkeypatch):
+    """--join CSV=METHODS: the peers' rows of an earlier table join the new rows, per dataset in
+    the new table's order; other methods and datasets of the CSV stay out, and the report names the
+    source; a method the CSV lacks is refused."""
+    new = pd.DataFrame({"dataset": ["b", "b", "a"], "method": ["garage@x", "real (control)", "garage@x"],
+                        "c2st_gap": [0.01, 0.0, 0.02]})
+    old = pd.DataFrame({"dataset": ["a", "b", "b", "c"], "method": ["scvi", "scvi", "garage@old", "scvi"],
+                        "c2st_gap": [0.05, 0.06, 0.09, 0.07]})
+    csv = tmp_path / "fidelity_test_old.csv"
+    old.to_csv(csv, index=False)
+    both, note = fidelity.join_rows(new, f"{csv}=scvi", "test")
+    assert list(zip(both["dataset"], both["method"])) == [
+        ("b", "garage@x"), ("b", "real (control)"), ("b", "scvi"), ("a", "garage@x"), ("a", "scvi")]
+    assert np.isclose(both.loc[(both["dataset"] == "a") & (both["method"] == "scvi"), "c2st_gap"].item(), 0.05)
+    assert str(csv) in note and "none there" not in note
+    assert (both.loc[both["method"] == "scvi", "source"] == str(csv)).all()
+    assert both.loc[both["method"] == "garage@x", "source"].isna().all()
+    # a method the CSV has for one dataset only is named; one it lacks, another split's table and
+    # a method already in the table are refused
+    _, note = fidelity.join_rows(new, f"{csv}=scvi,garage@old", "test")
+    assert "none there for garage@old on a" in note
+    with pytest.raises(SystemExit, match="no rows of"):
+        fidelity.join_rows(new, f"{csv}=knn_interp", "test")
+    with pytest.raises(SystemExit, match="not a table of the val split"):
+        fidelity.join_rows(new, f"{csv}=scvi", "val")
+    with pytest.raises(SystemExit, match="already in this table"):
+        fidelity.join_rows(new, f"{csv}=garage@x", "test")
+    # the report says where joined rows came from
+    summary = fidelity.summarise([_row(tmp_path, "garage", 0, 0.6, 0.9)])
+    pd.DataFrame({"dataset": ["d"], "method": ["scvi"], "n_seeds": [3], "c2st_gap": [0.07]}).to_csv(csv, index=False)
+    joined, note = fidelity.join_rows(summary, f"{csv}=scvi", "test")
+    monkeypatch.setattr(fidelity, "RESULTS", tmp_path)
+    text = fidelity.write_report(joined, "test", "cmd", "t", "garage", [note]).read_text()
+    assert f"rows of scvi: from `{csv}`" in text and "| scvi |" in text
+
+
 def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch, scale_sandbox):
     calls = []
 

@@ -325,14 +325,23 @@ def test_critic_path_judges_seeded_and_unseeded_fakes_apart(seeds_small, real_sm
 
     from garage.gan._module import ConditionalCritic
 
-    calls = []
-    forward = ConditionalCritic.forward
+    from garage.gan import _train
+
+    calls, masks = [], []
+    forward, fake = ConditionalCritic.forward, _train.Trainer._fake
 
     def spy(self, x, types, conds=None, path=None):
         calls.append((x.detach().clone(), None if path is None else path.detach().clone(), x.requires_grad))
         return forward(self, x, types, conds, path)
 
+    def spy_fake(self, *args, seeds_out=None, **kwargs):  # the seeded mask of every adversarial fake batch
+        out = fake(self, *args, seeds_out=seeds_out, **kwargs)
+        if seeds_out is not None:
+            masks.append(seeds_out[0].clone())
+        return out
+
     monkeypatch.setattr(ConditionalCritic, "forward", spy)
+    monkeypatch.setattr(_train.Trainer, "_fake", spy_fake)
     m = GarageGAN.setup(real_small, GANConfig(**TINY, critic_path=on, seed=3))
     width = m.net.critic.net[0].in_features
     m.train(torch.device("cpu"))
@@ -352,6 +361,19 @@ def test_critic_path_judges_seeded_and_unseeded_fakes_apart(seeds_small, real_sm
     assert len(triples) == TINY["gan_steps"] * GANConfig().n_critic  # every critic step
     for (_, pr, _), (_, pf, _), (_, pi, _) in triples:
         assert torch.equal(pr, pf) and torch.equal(pr, pi)
+    # and that flag is the fake batch's own seeded mask, sample by sample: the n_critic critic
+    # batches of a step, then the generator's fakes (the critic's call after the triples)
+    gen_calls = [calls[i] for i in range(2, len(calls)) if calls[i][2] and calls[i - 1][2]]
+    assert len(masks) == len(triples) + len(gen_calls) == TINY["gan_steps"] * (GANConfig().n_critic + 1)
+    judged = []
+    for i in range(len(calls)):
+        if i + 2 < len(calls) and not calls[i][2] and not calls[i + 1][2] and calls[i + 2][2]:
+            judged.append(calls[i][1])  # a critic step's flags (the real pass)
+        elif i >= 2 and calls[i][2] and calls[i - 1][2]:
+            judged.append(calls[i][1])  # a generator step's flags
+    assert len(judged) == len(masks)
+    for flags, mask in zip(judged, masks):
+        assert torch.equal(flags, mask.to(flags.dtype))
 
 
 def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, real_small, monkeypatch):
@@ -534,7 +556,7 @@ def test_old_model_format_is_refused_clearly(trained_small, tmp_path):
 
 
 def test_model_saved_before_decoder_dropout_loads_and_generates_the_same(seeds_small, tmp_path):
-    """A model saved before --decoder-dropout and --calibrate existed (no such keys in its config,
+    """A model saved before --decoder-dropout, --calibrate and --critic-path existed (no such keys in its config,
     decoder without dropout layers, no calibration) loads as trained without them and generates
     exactly what it generated before."""
     import torch
@@ -543,11 +565,12 @@ def test_model_saved_before_decoder_dropout_loads_and_generates_the_same(seeds_s
                                                              n_cells=40))
     payload = torch.load(out["model"], weights_only=True)
     assert not any(k.startswith("calib_") for k in payload)
-    del payload["config"]["decoder_dropout"], payload["config"]["calibrate"]
+    del payload["config"]["decoder_dropout"], payload["config"]["calibrate"], payload["config"]["critic_path"]
     old = tmp_path / "old.generator.pt"
     torch.save(payload, old)
     model = GarageGAN.load(old)
     assert model.config.decoder_dropout == 0.0 and model.config.calibrate == "none"
+    assert model.config.critic_path is False  # trained before the option: a critic without the flag
     again = model.generate(40, seed=0)
     first = ad.read_h5ad(out["h5ad"])
     assert (again.X != first.X).nnz == 0
