@@ -342,7 +342,7 @@ def test_critic_path_judges_seeded_and_unseeded_fakes_apart(seeds_small, real_sm
 
     monkeypatch.setattr(ConditionalCritic, "forward", spy)
     monkeypatch.setattr(_train.Trainer, "_fake", spy_fake)
-    m = GarageGAN.setup(real_small, GANConfig(**TINY, critic_path=on, seed=3))
+    m = GarageGAN.setup(real_small, GANConfig(**TINY, critic_path="on" if on else "off", seed=3))
     width = m.net.critic.net[0].in_features
     m.train(torch.device("cpu"))
     assert calls
@@ -375,6 +375,26 @@ def test_critic_path_judges_seeded_and_unseeded_fakes_apart(seeds_small, real_sm
     for flags, mask in zip(judged, masks):
         assert torch.equal(flags, mask.to(flags.dtype))
 
+
+
+def test_critic_path_auto_is_on_for_a_shareable_model_only(seeds_small, tmp_path):
+    """--critic-path auto (the default) resolves before training: on when the model is written with
+    --shareable-model (it generates unseeded cells only), off otherwise; the saved model records
+    the resolved value. Explicit values are kept; a config of the flag era (bool) maps to on/off; an
+    unknown value is refused in one line."""
+    import torch
+
+    assert GANConfig().critic_path == "auto" and not GANConfig().critic_path_on
+    for shareable, want in ((True, "on"), (False, "off")):
+        out = run_gan(seeds_small, tmp_path / str(shareable), "s", GANConfig(**TINY, n_cells=20),
+                      shareable_model=shareable)
+        assert torch.load(out["model"], weights_only=True)["config"]["critic_path"] == want
+        assert GarageGAN.load(out["model"]).config.critic_path == want
+    assert GANConfig(critic_path="off").for_output(True).critic_path == "off"
+    assert GANConfig(critic_path="on").for_output(False).critic_path == "on"
+    assert GANConfig(critic_path=True).critic_path == "on" and GANConfig(critic_path=False).critic_path == "off"
+    with pytest.raises(GarageError, match="critic-path"):
+        GANConfig(critic_path="sometimes").validate()
 
 def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, real_small, monkeypatch):
     """--calibrate diag: the codes that generation decodes have, per type, the fit cells' mean and
@@ -570,7 +590,7 @@ def test_model_saved_before_decoder_dropout_loads_and_generates_the_same(seeds_s
     torch.save(payload, old)
     model = GarageGAN.load(old)
     assert model.config.decoder_dropout == 0.0 and model.config.calibrate == "none"
-    assert model.config.critic_path is False  # trained before the option: a critic without the flag
+    assert model.config.critic_path == "off"  # trained before the option: a critic without the flag
     again = model.generate(40, seed=0)
     first = ad.read_h5ad(out["h5ad"])
     assert (again.X != first.X).nnz == 0

@@ -71,9 +71,10 @@ def composition_options(f):
                    "k-th real neighbour (0: off).")
 @click.option("--seed-floor-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="The neighbour that sets a seed's privacy radius.")
-@click.option("--critic-path/--no-critic-path", default=False, show_default=True,
-              help="The critic also sees whether a fake was seeded, so seeded and unseeded cells must each "
-                   "look real (not only their mixture).")
+@click.option("--critic-path", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="garage mode: tell the critic which fakes were seeded, so seeded and unseeded cells must each "
+                   "look real, not only their mixture. auto: on with --shareable-model (it makes unseeded "
+                   "cells only), off otherwise.")
 @click.option("--decoder-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Latent space: dropout in the decoder during the autoencoder phase (against memorising the "
                    "cells of a small input; 0: off).")

@@ -66,7 +66,7 @@ GEN_CHUNK = 4096
 PRIVATE_PREFIXES = ("critic.", "vae.encoder.", "vae.z_mean.", "vae.z_logvar.")
 #: GANConfig options added after MODEL_FORMAT was fixed, with the value a model saved before them
 #: was trained with (``load`` fills them in when the saved config lacks them)
-PRE_OPTION_VALUES = {"decoder_dropout": 0.0, "calibrate": "none", "critic_path": False}
+PRE_OPTION_VALUES = {"decoder_dropout": 0.0, "calibrate": "none", "critic_path": "off"}
 #: meta entries that identify training cells; a shareable model drops them
 SENSITIVE_META = ("seed_codes", "seed_names", "train_hashes")
 #: preprocess's own var columns (the rest of var is the input's gene metadata, kept in outputs)
@@ -286,13 +286,13 @@ class GANNet(nn.Module):
                 residual=cfg.seed_residual, n_conds=n_conds,
             )
             self.critic = ConditionalCritic(self.code_dim, n_types, cfg.type_emb_dim, cfg.hidden, n_conds=n_conds,
-                                            path_input=cfg.critic_path)
+                                            path_input=cfg.critic_path_on)
         else:
             self.generator = ConditionalGenerator(
                 cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, n_genes, n_conds=n_conds
             )
             self.critic = ConditionalCritic(n_genes, n_types, cfg.type_emb_dim, cfg.hidden, n_conds=n_conds,
-                                            path_input=cfg.critic_path)
+                                            path_input=cfg.critic_path_on)
         # garage mode generates with an exponential moving average of the generator's
         # weights (smooths the last steps' oscillation; latent C2ST on PBMC 3k 0.66 -> 0.58)
         self.generator_ema = None

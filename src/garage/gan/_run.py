@@ -73,6 +73,7 @@ def run_gan(input, outdir, prefix: str, config: GANConfig, *, device: str = "cpu
     (written every ``checkpoint_every`` steps and deleted after success) and
     reaches the same final step.
     """
+    config = config.for_output(shareable_model)  # critic_path auto: on for a shareable model
     config.validate()
     dev = resolve_device(device)
     outdir = check_writable_dir(Path(outdir))
