@@ -201,11 +201,17 @@ def _old_tree(sha: str) -> Path:
     return root / "src"
 
 
+#: options that were on/off flags and are now choices (a variant's ``true`` still means ``on``)
+_CHOICE_NOW = {"critic_path"}
+
+
 def _opt_args(opts: dict) -> list[str]:
     out = []
     for k, v in opts.items():
         flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
+        if isinstance(v, bool) and k in _CHOICE_NOW:
+            out += [flag, "on" if v else "off"]
+        elif isinstance(v, bool):
             out.append(flag if v else "--no-" + k.replace("_", "-"))
         else:
             out += [flag, str(v)]

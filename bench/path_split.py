@@ -78,7 +78,7 @@ def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     model = next(m for m in sorted(run.glob("*.generator.pt")) if "shareable" not in m.name)
     cfg = torch.load(model, map_location="cpu", weights_only=True)["config"]
     # the label says how the model was trained (critic path on or off), whatever today's default is
-    label = f"critic path {'on' if cfg.get('critic_path', False) else 'off'}"
+    label = f"critic path {'on' if cfg.get('critic_path', 'off') in (True, 'on') else 'off'}"
     if run.name == "uncalibrated":
         label += " (round-12 model, calibration removed)"
     out = {"dataset": row["dataset"], "split": row["split"], "seed": int(row["seed"]),
@@ -98,7 +98,9 @@ def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
 def shareable(run: Path, seed: int) -> dict:
     """The run's model saved as ``--shareable-model`` saves it (no seed codes: unseeded cells only,
     pooled library sizes for small groups), generated with the run's seed and scored by ``garage
-    evaluate`` exactly as ``bench.fidelity`` scored the run: what a user sharing the model gets."""
+    evaluate`` exactly as ``bench.fidelity`` scored the run: what a user sharing that model would get
+    (a run with ``--shareable-model`` also trains with ``--critic-path on`` by default, so for a
+    model trained with it off this is what sharing it cost before that default)."""
     from garage.gan import GarageGAN
 
     from ._common import measure

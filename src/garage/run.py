@@ -283,8 +283,9 @@ def run_samples(
             from .multiqc import run_report
 
             try:
+                trained = gan_cfg.for_output(bool(gan_opts.get("shareable_model")))  # critic_path as trained
                 report_params = {"profile": profile or "", "seed": seed, "device": device,
-                                 "gat": dataclasses.asdict(gat_cfg), "gan": gan_cfg.to_dict() | gan_opts,
+                                 "gat": dataclasses.asdict(gat_cfg), "gan": trained.to_dict() | gan_opts,
                                  "evaluate": ev.params_of(ev_cfg)}
                 html = run_report(outdir / "evaluate", outdir / "multiqc", params=report_params)
                 logger.info("MultiQC report: %s", html)

@@ -114,6 +114,13 @@ def test_join_adds_only_the_named_methods_in_the_tables_dataset_order(tmp_path, 
     assert f"rows of scvi: from `{csv}`" in text and "| scvi |" in text
 
 
+def test_variant_options_become_cli_flags():
+    """A variant's JSON options as `garage gan` flags: booleans as --x / --no-x, except options that
+    became on/off choices (critic_path: true -> --critic-path on), so the notes' commands still run."""
+    assert fidelity._opt_args({"critic_path": True, "seed_residual": False, "seed_mix": 0.8}) == [
+        "--critic-path", "on", "--no-seed-residual", "--seed-mix", "0.8"]
+    assert fidelity._opt_args({"critic_path": "off"}) == ["--critic-path", "off"]
+
 def test_scale_rerun_replaces_only_the_rows_it_measures(tmp_path, monkeypatch, scale_sandbox):
     calls = []
 

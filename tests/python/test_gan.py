@@ -376,25 +376,41 @@ def test_critic_path_judges_seeded_and_unseeded_fakes_apart(seeds_small, real_sm
         assert torch.equal(flags, mask.to(flags.dtype))
 
 
-
-def test_critic_path_auto_is_on_for_a_shareable_model_only(seeds_small, tmp_path):
+def test_critic_path_auto_is_on_for_a_shareable_model_only(seeds_small, tmp_path, monkeypatch):
     """--critic-path auto (the default) resolves before training: on when the model is written with
     --shareable-model (it generates unseeded cells only), off otherwise; the saved model records
     the resolved value. Explicit values are kept; a config of the flag era (bool) maps to on/off; an
     unknown value is refused in one line."""
     import torch
 
+    from garage.gan._module import ConditionalCritic
+
+    built = []
+    init = ConditionalCritic.__init__
+
+    def spy(self, *args, **kwargs):  # the critic that training builds
+        init(self, *args, **kwargs)
+        built.append(self.path_input)
+
+    monkeypatch.setattr(ConditionalCritic, "__init__", spy)
     assert GANConfig().critic_path == "auto" and not GANConfig().critic_path_on
     for shareable, want in ((True, "on"), (False, "off")):
+        built.clear()
         out = run_gan(seeds_small, tmp_path / str(shareable), "s", GANConfig(**TINY, n_cells=20),
                       shareable_model=shareable)
+        assert built and built[0] is shareable  # trained with the flag iff shareable
         assert torch.load(out["model"], weights_only=True)["config"]["critic_path"] == want
         assert GarageGAN.load(out["model"]).config.critic_path == want
+    # a model built without run_gan (auto unresolved) trained without the flag and says so when saved
+    m = GarageGAN.setup(ad.read_h5ad(seeds_small), GANConfig(**TINY))
+    m.save(tmp_path / "direct.generator.pt")
+    assert torch.load(tmp_path / "direct.generator.pt", weights_only=True)["config"]["critic_path"] == "off"
     assert GANConfig(critic_path="off").for_output(True).critic_path == "off"
     assert GANConfig(critic_path="on").for_output(False).critic_path == "on"
     assert GANConfig(critic_path=True).critic_path == "on" and GANConfig(critic_path=False).critic_path == "off"
     with pytest.raises(GarageError, match="critic-path"):
         GANConfig(critic_path="sometimes").validate()
+
 
 def test_calibration_gives_generated_codes_the_fit_cells_moments(seeds_small, real_small, monkeypatch):
     """--calibrate diag: the codes that generation decodes have, per type, the fit cells' mean and
@@ -496,7 +512,8 @@ def test_calibration_row_follows_whether_the_model_has_seeds(seeds_small, real_s
     another layout (no calib_version) is not applied."""
     import torch
 
-    model = GarageGAN.setup(real_small, GANConfig(**TINY, calibrate="mean", seed=1))
+    # library sizes that do not follow the code: a +100 code shift would overflow code-conditional sizes
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, calibrate="mean", library="lognormal", seed=1))
     model.train(torch.device("cpu"))
     d = model.meta["calib_a"].shape[2]
 
@@ -1062,7 +1079,8 @@ def test_conditional_library_model_trains_saves_and_shares(seeds_small, tmp_path
 
     from garage.gan._model import LIB_SHARE_MIN_GROUP
 
-    cfg = GANConfig(**TINY, library="conditional", n_cells=60)
+    # critic path fixed, so the shareable run trains exactly as the normal one (auto differs between them)
+    cfg = GANConfig(**TINY, library="conditional", n_cells=60, critic_path="off")
     res = run_gan(seeds_small, tmp_path / "c", "c", cfg)
     syn = ad.read_h5ad(res["h5ad"])
     assert syn.uns[C.UNS_KEY]["library"] == "conditional" and syn.n_obs == 60

@@ -834,7 +834,8 @@ class GarageGAN:
             "format": MODEL_FORMAT,
             "garage_version": __version__,
             "versions": versions(),
-            "config": self.config.to_dict(),
+            # critic_path as trained ("auto" is resolved by run_gan; a model built otherwise trained with it off)
+            "config": {**self.config.to_dict(), "critic_path": "on" if self.config.critic_path_on else "off"},
             "state_dict": state,
             "shareable": bool(shareable),
             **meta,

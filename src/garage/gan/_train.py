@@ -282,9 +282,16 @@ class Trainer:
                 f"{', '.join(unknown)})",
                 "delete the checkpoint and rerun without --resume",
             )
-        if ck.get("config") != self.config_dict or ck.get("schedule") != dict(self.steps):
+        ck_config = dict(ck.get("config") or {})
+        if isinstance(ck_config.get("critic_path"), bool):  # written while the option was a flag
+            ck_config["critic_path"] = "on" if ck_config["critic_path"] else "off"
+        if ck_config != self.config_dict or ck.get("schedule") != dict(self.steps):
+            differ = sorted(k for k in self.config_dict if ck_config.get(k) != self.config_dict[k])
+            hint = (" (--critic-path auto is on with --shareable-model and off without it)"
+                    if "critic_path" in differ else "")
             raise GarageError(
-                f"checkpoint {self.ckpt_path.name} was written with different options or training schedule",
+                f"checkpoint {self.ckpt_path.name} was written with different options or training schedule"
+                + (f" ({', '.join(differ)}){hint}" if differ else ""),
                 "rerun with the same options and input, or delete the checkpoint and rerun without --resume",
             )
         self.net.load_state_dict(ck["net"])
