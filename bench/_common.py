@@ -184,6 +184,21 @@ def write_resampled(src: Path, n_cells: int, path: Path, seed: int = 0, thin: fl
     return write_csr_h5ad(path, _resampled_obs(a, idx), a.var.copy(), parts)
 
 
+def table_start(rows: list[dict], name: str, tag: str, title: str, argv) -> tuple:
+    """Write ``bench/results/NAME_TAG.csv`` from *rows*; return it as a DataFrame and the first lines
+    of the matching markdown report (title, the pastable command, the machine): (DataFrame, lines)."""
+    import shlex
+
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    df.to_csv(RESULTS / f"{name}_{tag}.csv", index=False)
+    args = argv if argv is not None else sys.argv[1:]
+    return df, [f"# {title} ({tag})", "", f"Command: `python -m bench.{name} {shlex.join(args)}`", "",
+                f"Machine: {machine()}", ""]
+
+
 def machine() -> dict:
     return {
         "cpus": os.cpu_count(),

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ._common import RESULTS, machine, measure
+from ._common import RESULTS, measure, table_start
 from .fidelity import _garage, evaluate_args, prepare
 
 KEYS = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1", "tstr_macro_f1")
@@ -93,19 +92,13 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", required=True, help="glob of bench.fidelity run folders")
     ap.add_argument("--tag", default="test")
     args = ap.parse_args(argv)
-    import pandas as pd
 
     rows = [r for r in (pair(Path(p)) for p in sorted(glob.glob(args.runs))) if r]
     if not rows:
         print("no finished runs", file=sys.stderr)
         return 1
-    df = pd.DataFrame(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    df.to_csv(RESULTS / f"calib_pair_{args.tag}.csv", index=False)
-    lines = [f"# Calibration on / off, same trained weights ({args.tag})", "",
-             f"Command: `python -m bench.calib_pair {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`", "",
-             f"Machine: {machine()}", "",
-             "Per dataset: mean over training seeds of the run with its calibration (on) and of the same "
+    df, lines = table_start(rows, "calib_pair", args.tag, "Calibration on / off, same trained weights", argv)
+    lines += ["Per dataset: mean over training seeds of the run with its calibration (on) and of the same "
              "model's cells generated without it (off; same seed, same draws), and the mean paired "
              "difference on - off with its range over seeds.", ""]
     show = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")

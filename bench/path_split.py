@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ._common import RESULTS, machine
+from ._common import RESULTS, table_start
 from .fidelity import prepare
 
 SETS = ("seeded", "unseeded", "random_half", "all", "control")
@@ -46,8 +45,6 @@ def _outputs(run: Path) -> tuple[Path, Path] | None:
 
 def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     import anndata as ad
-    import pandas as pd
-
     import torch
 
     from garage import constants as C
@@ -143,7 +140,6 @@ def main(argv=None) -> int:
     ap.add_argument("--shareable", action="store_true",
                     help="also save each model as --shareable-model would, generate and evaluate it")
     args = ap.parse_args(argv)
-    import pandas as pd
 
     runs = sorted({Path(p) for g in args.runs for p in glob.glob(g)})
     rows = [r for r in (score(p, args.draws) for p in runs) if r]
@@ -154,13 +150,8 @@ def main(argv=None) -> int:
     if not rows:
         print("no finished runs with a provenance file", file=sys.stderr)
         return 1
-    df = pd.DataFrame(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    df.to_csv(RESULTS / f"path_split_{args.tag}.csv", index=False)
-    lines = [f"# Seeded and unseeded cells apart ({args.tag})", "",
-             f"Command: `python -m bench.path_split {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`", "",
-             f"Machine: {machine()}", "",
-             f"kNN C2ST AUC against the holdout (mean of {args.draws} equal-sized subsample draws; 0.5 = "
+    df, lines = table_start(rows, "path_split", args.tag, "Seeded and unseeded cells apart", argv)
+    lines += [f"kNN C2ST AUC against the holdout (mean of {args.draws} equal-sized subsample draws; 0.5 = "
              "indistinguishable). `unseeded` is what a shareable model's cells are made of; `random_half` "
              "has as many cells as either path, so only a difference between paths shows against it.", "",
              "| method | dataset | split | seed | seeded share | " + " | ".join(SETS) + " |",
@@ -177,7 +168,6 @@ def main(argv=None) -> int:
     for m, g in df.groupby("method"):
         lines.append(f"| {m} | {len(g)} | " + " | ".join(f"{g[k].mean():.3f}" for k in SETS) + " |")
     if args.shareable:
-        share = ("shareable_c2st_gap", "shareable_mia", "shareable_dcr")
         lines += ["", "The same models saved as `--shareable-model` saves them (unseeded cells only), generated "
                   "with the run's seed and scored by `garage evaluate` as `bench.fidelity` scores a run "
                   "(C2ST gap to the real control, membership-attack AUC, DCR ratio), against the run's own "
