@@ -43,6 +43,22 @@ def _outputs(run: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def _run_files(run: Path) -> tuple[dict, Path] | None:
+    """(row.json of the run, its trained model) of a run folder or of its ``uncalibrated`` copy;
+    None while the run has no row."""
+    row_file = next((p / "row.json" for p in (run, run.parent) if (p / "row.json").exists()), None)
+    if row_file is None:
+        return None
+    model = next(m for m in sorted(run.glob("*.generator.pt")) if "shareable" not in m.name)
+    return json.loads(row_file.read_text()), model
+
+
+def _gap_mia_dcr(doc: dict) -> tuple[float, float, float]:
+    """(C2ST gap to the real control, MIA AUC, DCR ratio) of a garage evaluate metrics document."""
+    m = doc["metrics"]
+    return (m["c2st_auc"]["value"] - m["c2st_auc"]["control"], m["mia_auc"]["value"], m["dcr_ratio"]["value"])
+
+
 def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     import anndata as ad
     import torch
@@ -52,11 +68,12 @@ def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     from garage.evaluate._seeds import read_provenance
     from garage.evaluate._space import build_space, check_synthetic
 
-    found = _outputs(run)
-    row_file = next((p / "row.json" for p in (run, run.parent) if (p / "row.json").exists()), None)
-    if found is None or row_file is None:
+    from garage.gan._config import critic_path_value
+
+    found, files = _outputs(run), _run_files(run)
+    if found is None or files is None:
         return None
-    row = json.loads(row_file.read_text())
+    row, model = files
     if row.get("status") != "ok":
         return None
     syn_path, prov_path = found
@@ -72,10 +89,9 @@ def score(run: Path, draws: int = 8, seed: int = 0) -> dict | None:
     half = rng.random(len(sy)) < 0.5
     sets = {"seeded": sy[seeded], "unseeded": sy[~seeded], "random_half": sy[half], "all": sy,
             "control": space.pca["train"][space.train_ref]}
-    model = next(m for m in sorted(run.glob("*.generator.pt")) if "shareable" not in m.name)
     cfg = torch.load(model, map_location="cpu", weights_only=True)["config"]
     # the label says how the model was trained (critic path on or off), whatever today's default is
-    label = f"critic path {'on' if cfg.get('critic_path', 'off') in (True, 'on') else 'off'}"
+    label = f"critic path {'on' if critic_path_value(cfg.get('critic_path', 'off')) == 'on' else 'off'}"
     if run.name == "uncalibrated":
         label += " (round-12 model, calibration removed)"
     out = {"dataset": row["dataset"], "split": row["split"], "seed": int(row["seed"]),
@@ -103,9 +119,7 @@ def shareable(run: Path, seed: int) -> dict:
     from ._common import measure
     from .fidelity import _garage, evaluate_args
 
-    row = json.loads(next(p / "row.json" for p in (run, run.parent) if (p / "row.json").exists()).read_text())
-    model = next(m for m in sorted(run.glob("*.generator.pt")) + sorted(run.glob("*/*.generator.pt"))
-                 if "shareable" not in m.name)
+    row, model = _run_files(run)
     out = run / "shareable"
     done = out / "evaluate" / "eval.garage_metrics.json"
     if not (done.exists() and done.stat().st_mtime > model.stat().st_mtime):
@@ -120,16 +134,14 @@ def shareable(run: Path, seed: int) -> dict:
                            out / "shareable.generated.provenance.tsv")
         if measure(_garage(*ev))["rc"] != 0:
             raise SystemExit(f"{run}: evaluate failed")
-    m = json.loads(done.read_text())["metrics"]
-    return {"shareable_c2st_gap": m["c2st_auc"]["value"] - m["c2st_auc"]["control"],
-            "shareable_mia": m["mia_auc"]["value"], "shareable_dcr": m["dcr_ratio"]["value"]}
+    return dict(zip(("shareable_c2st_gap", "shareable_mia", "shareable_dcr"),
+                    _gap_mia_dcr(json.loads(done.read_text()))))
 
 
 def _own_metrics(run: Path) -> tuple[float, float, float]:
     """(C2ST gap, MIA, DCR ratio) of the run's own cells, as garage evaluate scored them."""
-    m = json.loads(next(p for p in (run / "evaluate" / "eval.garage_metrics.json", run / "row.json")
-                        if p.exists()).read_text())["metrics"]
-    return (m["c2st_auc"]["value"] - m["c2st_auc"]["control"], m["mia_auc"]["value"], m["dcr_ratio"]["value"])
+    return _gap_mia_dcr(json.loads(next(p for p in (run / "evaluate" / "eval.garage_metrics.json",
+                                                    run / "row.json") if p.exists()).read_text()))
 
 
 def main(argv=None) -> int:

@@ -82,6 +82,13 @@ def parse_cells_per_type(value, option: str = "--cells-per-type",
     return tuple(sorted(out.items()))
 
 
+def critic_path_value(value) -> str:
+    """``critic_path`` as ``auto``/``on``/``off`` (a saved bool: written while the option was a flag)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
 def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
     """``"B|STIM=300,DC|CTRL=50"`` -> sorted ``(('B|STIM', 300), ('DC|CTRL', 50))``."""
     out = parse_cells_per_type(value, "--cells-per-group", "B|STIM=300,DC|CTRL=50")
@@ -326,8 +333,7 @@ class GANConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.critic_path, bool):  # configs written while the option was a flag
-            object.__setattr__(self, "critic_path", "on" if self.critic_path else "off")
+        object.__setattr__(self, "critic_path", critic_path_value(self.critic_path))
         object.__setattr__(self, "cells_per_type", parse_cells_per_type(self.cells_per_type))
         object.__setattr__(self, "cells_per_group", parse_cells_per_group(self.cells_per_group))
 

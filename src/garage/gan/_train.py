@@ -34,6 +34,7 @@ import torch
 from .._norm import log_normalize_torch
 from .._utils import atomic_path, progress
 from ..errors import GarageError
+from ._config import critic_path_value
 from ._module import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -283,8 +284,8 @@ class Trainer:
                 "delete the checkpoint and rerun without --resume",
             )
         ck_config = dict(ck.get("config") or {})
-        if isinstance(ck_config.get("critic_path"), bool):  # written while the option was a flag
-            ck_config["critic_path"] = "on" if ck_config["critic_path"] else "off"
+        if "critic_path" in ck_config:
+            ck_config["critic_path"] = critic_path_value(ck_config["critic_path"])
         if ck_config != self.config_dict or ck.get("schedule") != dict(self.steps):
             differ = sorted(k for k in self.config_dict if ck_config.get(k) != self.config_dict[k])
             hint = (" (--critic-path auto is on with --shareable-model and off without it)"
