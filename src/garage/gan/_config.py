@@ -21,6 +21,8 @@ Library = Literal["joint", "lognormal", "conditional"]
 Calibrate = Literal["none", "mean", "diag"]
 CriticPath = Literal["auto", "on", "off"]
 CRITIC_PATHS = ("auto", "on", "off")
+GanLoss = Literal["wgan-gp", "ns-r1"]
+GAN_LOSSES = ("wgan-gp", "ns-r1")
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
@@ -250,6 +252,20 @@ class GANConfig:
         ``n_t ** -type_balance`` (0: uniform; 1: every type equally often).
     gp_weight
         WGAN-GP gradient-penalty weight.
+    gan_loss
+        ``garage`` mode: the adversarial loss. ``wgan-gp`` (default): Wasserstein
+        critic with a gradient penalty on interpolates. ``ns-r1``: the
+        non-saturating logistic loss with an R1 penalty on real codes
+        (*r1_weight*), which converges locally where WGAN-GP circles the
+        equilibrium (Mescheder, Geiger & Nowozin, "Which training methods for
+        GANs do actually converge?", ICML 2018). Experimental (round 14 of
+        ``bench/results/fidelity_notes.md``).
+    r1_weight
+        ``ns-r1``: weight gamma of the penalty ``gamma / 2 * E ||grad D(real)||^2``.
+    lr_decay
+        Decay both adversarial learning rates linearly to 0 over the adversarial
+        phase (as in the WGAN-GP paper's experiments), so the last steps refine
+        instead of circling. Off by default.
     lr_gan, lr_ae
         Adam learning rates (adversarial, autoencoder).
     label_smoothing
@@ -318,6 +334,9 @@ class GANConfig:
     n_critic: int = 5
     type_balance: float = 0.5
     gp_weight: float = 10.0
+    gan_loss: GanLoss = "wgan-gp"
+    r1_weight: float = 1.0
+    lr_decay: bool = False
     lr_gan: float = 2e-4
     lr_ae: float = 1e-3
     label_smoothing: float = 0.9
@@ -478,6 +497,8 @@ class GANConfig:
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
+        need(self.gan_loss in GAN_LOSSES, f"unknown --gan-loss {self.gan_loss!r}", f"use one of {', '.join(GAN_LOSSES)}")
+        need(self.r1_weight >= 0, "--r1-weight must be >= 0", "pass e.g. 1.0")
         need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")
         need(self.n_cells is None or (isinstance(self.n_cells, int) and self.n_cells >= 1),

@@ -177,6 +177,28 @@ def wgan_generator_loss(critic, fake, types, conds=None, path=None) -> Generator
     return GeneratorLoss(-critic(fake, types, conds, path).mean())
 
 
+def r1_penalty(critic: ConditionalCritic, real, types, conds=None, path=None) -> torch.Tensor:
+    """R1: ``E ||grad_x D(x)||^2`` on real samples (Mescheder et al., ICML 2018)."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x, types, conds, path).sum(), x, create_graph=True)
+    return grad.pow(2).sum(1).mean()
+
+
+def ns_critic_loss(critic, real, fake, types, r1_weight: float, conds=None, path=None) -> CriticLoss:
+    """Logistic discriminator loss ``softplus(D(fake)) + softplus(-D(real))`` plus ``r1_weight / 2 * R1``;
+    ``distance`` logs the mean logit difference real - fake."""
+    d_real = critic(real, types, conds, path)
+    d_fake = critic(fake, types, conds, path)
+    r1 = r1_penalty(critic, real, types, conds, path) if r1_weight > 0 else real.new_zeros(())
+    loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean() + 0.5 * r1_weight * r1
+    return CriticLoss(loss, (d_real.mean() - d_fake.mean()).detach(), r1.detach())
+
+
+def ns_generator_loss(critic, fake, types, conds=None, path=None) -> GeneratorLoss:
+    """Non-saturating generator loss ``softplus(-D(fake))``."""
+    return GeneratorLoss(F.softplus(-critic(fake, types, conds, path)).mean())
+
+
 # --------------------------------------------------------------------------- original
 class OriginalGenerator(nn.Module):
     """The prototype's generator: unconditional, real seed profiles fed straight in."""

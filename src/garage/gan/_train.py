@@ -39,6 +39,8 @@ from ._module import (
     bce_discriminator_loss,
     bce_generator_loss,
     straight_through_counts,
+    ns_critic_loss,
+    ns_generator_loss,
     wgan_critic_loss,
     wgan_generator_loss,
 )
@@ -564,6 +566,12 @@ class Trainer:
         net.generator.train()
         net.critic.train()
         original = cfg.mode == "original"
+        if cfg.lr_decay:  # linear to 0 over the phase, from the step count alone (a resume continues it)
+            lr = cfg.lr_gan * max(0.0, 1.0 - self.state.step / max(1, self.steps["gan"]))
+            for opt in (self.opt_g, self.opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+        ns = cfg.gan_loss == "ns-r1"
         d_sum = np.zeros(3)
         for _ in range(cfg.n_critic):
             idx = self._balanced_batch(0.0 if original else cfg.type_balance)
@@ -578,8 +586,9 @@ class Trainer:
             if original:
                 d = bce_discriminator_loss(net.critic, real, fake, cfg.label_smoothing)
             else:
-                d = wgan_critic_loss(net.critic, real, fake, types, cfg.gp_weight, conds if self.data.n_conds > 1
-                                     else None, self._path(seeds))
+                critic_loss, weight = (ns_critic_loss, cfg.r1_weight) if ns else (wgan_critic_loss, cfg.gp_weight)
+                d = critic_loss(net.critic, real, fake, types, weight, conds if self.data.n_conds > 1
+                                else None, self._path(seeds))
             self.opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
             self.opt_d.step()
@@ -591,8 +600,8 @@ class Trainer:
         else:
             seeds: list = []
             fake = self._fake(types, conds, seeds_out=seeds)
-            gl = wgan_generator_loss(net.critic, fake, types, conds if self.data.n_conds > 1 else None,
-                                     self._path(seeds))
+            gl = (ns_generator_loss if ns else wgan_generator_loss)(
+                net.critic, fake, types, conds if self.data.n_conds > 1 else None, self._path(seeds))
             gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)
         self.opt_g.zero_grad(set_to_none=True)
         gl.loss.backward()
