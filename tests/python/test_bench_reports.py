@@ -229,3 +229,39 @@ def test_old_commit_method_runs_that_commits_stages(tmp_path, monkeypatch):
     assert calls[0][1] is None and other["key"] != row["key"]
     with pytest.raises(SystemExit, match="not a commit"):
         fidelity.run_one("d", "test", "garage#no-such-rev", 0, {}, None)
+
+
+def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
+    """bench.pair: each variant run is compared with the reference run of the same dataset, split and
+    seed (its row.json may sit one folder up), never with another seed's; a variant run without a
+    reference is named and left out; a glob that matches one run twice is refused."""
+    import json
+
+    from bench import _common, pair
+
+    def run(folder, ds, seed, auc, mia, nested=False):
+        base = tmp_path / folder
+        ev = (base / "uncalibrated" if nested else base) / "evaluate"
+        ev.mkdir(parents=True)
+        (base / "row.json").write_text(json.dumps({"status": "ok", "dataset": ds, "split": "val", "seed": seed}))
+        m = {"c2st_auc": {"value": auc, "control": 0.5}, "mia_auc": {"value": mia}}
+        (ev / "eval.garage_metrics.json").write_text(json.dumps({"metrics": m}))
+
+    run("ref/a_s0", "a", 0, 0.60, 0.52, nested=True)
+    run("ref/a_s1", "a", 1, 0.70, 0.53, nested=True)
+    run("var/a_s0", "a", 0, 0.55, 0.54)
+    run("var/a_s1", "a", 1, 0.72, 0.50)
+    run("var/b_s0", "b", 0, 0.50, 0.50)
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+    assert pair.main(["--runs", str(tmp_path / "var/*"), "--reference", str(tmp_path / "ref/*/uncalibrated"),
+                      "--tag", "t"]) == 0
+    df = pd.read_csv(tmp_path / "results" / "pair_t.csv").sort_values("seed")
+    assert df["c2st_gap_ref"].round(3).tolist() == [0.1, 0.2]
+    assert df["c2st_gap_var"].round(3).tolist() == [0.05, 0.22]
+    md = (tmp_path / "results" / "pair_t.md").read_text()
+    assert "b val s0" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md
+    run("dup/x", "a", 0, 0.6, 0.5)
+    run("dup/y", "a", 0, 0.6, 0.5)
+    with pytest.raises(SystemExit, match="two runs"):
+        pair.main(["--runs", str(tmp_path / "dup/*"), "--reference", str(tmp_path / "ref/*/uncalibrated"),
+                   "--tag", "t"])

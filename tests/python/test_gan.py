@@ -603,11 +603,14 @@ def test_model_saved_before_decoder_dropout_loads_and_generates_the_same(seeds_s
     payload = torch.load(out["model"], weights_only=True)
     assert not any(k.startswith("calib_") for k in payload)
     del payload["config"]["decoder_dropout"], payload["config"]["calibrate"], payload["config"]["critic_path"]
+    for key in ("gan_loss", "r1_weight", "lr_decay"):
+        del payload["config"][key]
     old = tmp_path / "old.generator.pt"
     torch.save(payload, old)
     model = GarageGAN.load(old)
     assert model.config.decoder_dropout == 0.0 and model.config.calibrate == "none"
     assert model.config.critic_path == "off"  # trained before the option: a critic without the flag
+    assert model.config.gan_loss == "wgan-gp" and not model.config.lr_decay
     again = model.generate(40, seed=0)
     first = ad.read_h5ad(out["h5ad"])
     assert (again.X != first.X).nnz == 0
@@ -1214,3 +1217,87 @@ def test_posterior_noise_is_capped_at_the_codes_spread(real_small):
     sd = model.data.code_sd
     assert sd is not None and sd.shape == model.data.codes.shape
     assert float(sd.max()) <= 1.0 and float(sd.min()) > 0
+
+
+def test_ns_r1_losses_on_a_linear_critic():
+    """--gan-loss ns-r1: the logistic critic loss is softplus(D(fake)) + softplus(-D(real)) plus
+    r1_weight / 2 times E||grad D(real)||^2, which for a linear critic D(x) = w.x is ||w||^2;
+    the generator loss is softplus(-D(fake))."""
+    import torch
+    import torch.nn.functional as F
+
+    from garage.gan._module import ns_critic_loss, ns_generator_loss, r1_penalty
+
+    w = torch.tensor([3.0, -4.0])
+
+    def critic(x, types, conds=None, path=None):
+        return x @ w
+
+    real = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    fake = torch.tensor([[2.0, 2.0], [-1.0, 0.0], [0.0, 0.0]])
+    types = torch.zeros(3, dtype=torch.long)
+    assert float(r1_penalty(critic, real, types)) == pytest.approx(25.0)
+    d = ns_critic_loss(critic, real, fake, types, 0.4)
+    want = F.softplus(fake @ w).mean() + F.softplus(-(real @ w)).mean() + 0.2 * 25.0
+    assert float(d.loss) == pytest.approx(float(want), rel=1e-6)
+    assert float(d.gp) == pytest.approx(25.0)
+    assert float(d.distance) == pytest.approx(float((real @ w).mean() - (fake @ w).mean()))
+    assert float(ns_critic_loss(critic, real, fake, types, 0.0).loss) == pytest.approx(float(want) - 5.0, rel=1e-6)
+    assert float(ns_generator_loss(critic, fake, types).loss) == pytest.approx(float(F.softplus(-(fake @ w)).mean()))
+
+
+@pytest.mark.parametrize("loss", ["wgan-gp", "ns-r1"])
+def test_gan_loss_option_picks_the_losses_it_names(real_small, monkeypatch, loss):
+    """Every critic and generator step of the adversarial phase uses the losses --gan-loss names
+    (with --r1-weight for ns-r1, --gp-weight for wgan-gp), and never the other pair."""
+    import torch
+
+    from garage.gan import _train
+
+    used = []
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            used.append((name, args[4] if "critic" in name else None))
+            return fn(*args, **kwargs)
+        monkeypatch.setattr(_train, name, wrapped)
+
+    spy("wgan_critic_loss", _train.wgan_critic_loss)
+    spy("ns_critic_loss", _train.ns_critic_loss)
+    spy("wgan_generator_loss", _train.wgan_generator_loss)
+    spy("ns_generator_loss", _train.ns_generator_loss)
+    m = GarageGAN.setup(real_small, GANConfig(**TINY, gan_loss=loss, r1_weight=0.7, gp_weight=9.0, seed=1))
+    m.train(torch.device("cpu"))
+    prefix = "ns" if loss == "ns-r1" else "wgan"
+    n = TINY["gan_steps"]
+    assert [u for u in used if "critic" in u[0]] == [(f"{prefix}_critic_loss",
+                                                             0.7 if prefix == "ns" else 9.0)] * (n * GANConfig().n_critic)
+    assert [u[0] for u in used if "generator" in u[0]] == [f"{prefix}_generator_loss"] * n
+    cells = m.generate(30, seed=0)
+    assert cells.n_obs == 30 and np.isfinite(cells.X.toarray()).all()
+    with pytest.raises(GarageError, match="gan-loss"):
+        GANConfig(gan_loss="hinge").validate()
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monkeypatch, decay):
+    """--lr-decay: generator step t of T runs both adversarial optimisers at lr_gan * (1 - t / T);
+    without it every step runs at lr_gan."""
+    import torch
+
+    seen = []
+    m = GarageGAN.setup(real_small, GANConfig(**TINY, lr_decay=decay, lr_gan=1e-3, seed=2))
+    from garage.gan import _train
+
+    step = _train.Trainer._gan_step
+
+    def spy(self):
+        out = step(self)
+        seen.append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
+        return out
+
+    monkeypatch.setattr(_train.Trainer, "_gan_step", spy)
+    m.train(torch.device("cpu"))
+    n = TINY["gan_steps"]
+    want = [1e-3 * (1 - t / n) if decay else 1e-3 for t in range(n)]
+    assert [g for g, _ in seen] == pytest.approx(want) and [d for _, d in seen] == pytest.approx(want)

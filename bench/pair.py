@@ -1,0 +1,109 @@
+"""A variant against the default, run by run: same dataset, split and training seed (issue 13).
+
+``bench.fidelity`` reports a variant's mean over seeds; between two variants that hides which
+seed moved which way. This pairs every finished run of a variant with the run of the reference
+model trained on the same dataset, split and seed (its evaluation as ``bench.fidelity`` wrote
+it), and reports the paired differences: per run, per dataset, and over all runs.
+
+Run:  python -m bench.pair --runs 'bench/_work/fidelity/*/val/garage_ns1_s*' \\
+          --reference 'bench/_work/fidelity/*/val/garage_calp_s*/uncalibrated' --tag ns1_val
+Writes bench/results/pair_TAG.{md,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ._common import table_start
+from .calib_pair import KEYS, _metrics
+
+SHOW = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")
+
+
+def _run(path: Path) -> tuple[tuple[str, str, int], dict] | None:
+    """((dataset, split, seed), metrics) of a finished run folder (its row.json may be one level up)."""
+    row_file = next((p / "row.json" for p in (path, path.parent) if (p / "row.json").exists()), None)
+    done = path / "evaluate" / "eval.garage_metrics.json"
+    if row_file is None or not done.exists():
+        return None
+    row = json.loads(row_file.read_text())
+    if row.get("status") != "ok":
+        return None
+    return (row["dataset"], row["split"], int(row["seed"])), _metrics(json.loads(done.read_text()))
+
+
+def _collect(pattern: str) -> dict:
+    out = {}
+    for p in sorted(glob.glob(pattern)):
+        got = _run(Path(p))
+        if got is None:
+            continue
+        if got[0] in out:
+            raise SystemExit(f"{pattern!r} matches two runs of {got[0]}: make the glob narrower")
+        out[got[0]] = got[1]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", required=True, help="glob of the variant's bench.fidelity run folders")
+    ap.add_argument("--reference", required=True, help="glob of the reference runs (e.g. the default's)")
+    ap.add_argument("--tag", required=True)
+    args = ap.parse_args(argv)
+
+    var, ref = _collect(args.runs), _collect(args.reference)
+    keys = sorted(set(var) & set(ref))
+    if not keys:
+        print("no run of the variant has a reference run of the same dataset, split and seed", file=sys.stderr)
+        return 1
+    rows = []
+    for k in keys:
+        r = {"dataset": k[0], "split": k[1], "seed": k[2]}
+        for m in KEYS:
+            r[f"{m}_ref"], r[f"{m}_var"] = ref[k][m], var[k][m]
+        rows.append(r)
+    df, lines = table_start(rows, "pair", args.tag, "Variant against reference, paired by training seed", argv)
+    unpaired = sorted(set(var) - set(ref))
+    lines += ["Each row: the reference run / the variant's run of the same dataset, split and training seed "
+              "(`c2st_gap` = C2ST AUC minus its real-vs-real control; 0 is perfect). Per dataset: mean "
+              "reference / mean variant (mean paired difference).", ""]
+    if unpaired:
+        lines += [f"Variant runs without a reference run (left out): {', '.join(f'{d} {s} s{n}' for d, s, n in unpaired)}.", ""]
+    head = "| dataset | split | seed | " + " | ".join(f"{k}: ref / var" for k in SHOW) + " |"
+    lines += [head, "|---|---|---|" + "---|" * len(SHOW)]
+
+    def cell(a, b):
+        if a is None or b is None or np.isnan(a) or np.isnan(b):
+            return "–"
+        return f"{a:.3f} / {b:.3f} ({b - a:+.3f})"
+
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['split']} | {r['seed']} | "
+                     + " | ".join(cell(r[f"{k}_ref"], r[f"{k}_var"]) for k in SHOW) + " |")
+    lines += ["", "| dataset | runs | " + " | ".join(SHOW) + " |", "|---|---|" + "---|" * len(SHOW)]
+    for ds, g in df.groupby("dataset"):
+        cells = []
+        for k in SHOW:
+            a, b = g[f"{k}_ref"].astype(float), g[f"{k}_var"].astype(float)
+            cells.append("–" if a.isna().all() or b.isna().all() else cell(a.mean(), b.mean()))
+        lines.append(f"| {ds} | {len(g)} | " + " | ".join(cells) + " |")
+    d = (df["c2st_gap_var"] - df["c2st_gap_ref"]).astype(float)
+    dm = (df["mia_auc_var"] - df["mia_auc_ref"]).astype(float)
+    lines += ["", f"All {len(d)} paired runs: C2ST gap lower with the variant in {int((d < 0).sum())} "
+              f"(mean difference {d.mean():+.4f}, median {np.median(d):+.4f}, range {d.min():+.3f} to "
+              f"{d.max():+.3f}); MIA AUC mean difference {dm.mean():+.4f}."]
+    from ._common import RESULTS
+
+    (RESULTS / f"pair_{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
