@@ -26,28 +26,35 @@ from .calib_pair import KEYS, _metrics
 SHOW = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")
 
 
-def _run(path: Path) -> tuple[tuple[str, str, int], dict] | None:
-    """((dataset, split, seed), metrics) of a finished run folder (its row.json may be one level up)."""
+def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
+    """((dataset, split, seed), metrics, what ran) of a finished run folder (its row.json may be
+    one level up), or why it is not one."""
     row_file = next((p / "row.json" for p in (path, path.parent) if (p / "row.json").exists()), None)
     done = path / "evaluate" / "eval.garage_metrics.json"
-    if row_file is None or not done.exists():
-        return None
+    if row_file is None:
+        return f"{path}: no row.json (not a bench.fidelity run, or unfinished)"
     row = json.loads(row_file.read_text())
     if row.get("status") != "ok":
-        return None
-    return (row["dataset"], row["split"], int(row["seed"])), _metrics(json.loads(done.read_text()))
+        return f"{path}: status {row.get('status')!r}"
+    if not done.exists():
+        return f"{path}: no evaluation"
+    what = f"{row.get('method', '?')} (key {row.get('key', '?')})"
+    return (row["dataset"], row["split"], int(row["seed"])), _metrics(json.loads(done.read_text())), what
 
 
-def _collect(pattern: str) -> dict:
-    out = {}
+def _collect(pattern: str) -> tuple[dict, list[str], set[str]]:
+    """{key: metrics}, the folders skipped (and why), and what ran (method and code) in the rest."""
+    out, skipped, what = {}, [], set()
     for p in sorted(glob.glob(pattern)):
         got = _run(Path(p))
-        if got is None:
+        if isinstance(got, str):
+            skipped.append(got)
             continue
         if got[0] in out:
             raise SystemExit(f"{pattern!r} matches two runs of {got[0]}: make the glob narrower")
         out[got[0]] = got[1]
-    return out
+        what.add(got[2])
+    return out, skipped, what
 
 
 def main(argv=None) -> int:
@@ -57,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", required=True)
     args = ap.parse_args(argv)
 
-    var, ref = _collect(args.runs), _collect(args.reference)
+    (var, skip_var, what_var), (ref, skip_ref, what_ref) = _collect(args.runs), _collect(args.reference)
     keys = sorted(set(var) & set(ref))
     if not keys:
         print("no run of the variant has a reference run of the same dataset, split and seed", file=sys.stderr)
@@ -70,6 +77,11 @@ def main(argv=None) -> int:
         rows.append(r)
     df, lines = table_start(rows, "pair", args.tag, "Variant against reference, paired by training seed", argv)
     unpaired = sorted(set(var) - set(ref))
+    lines += [f"Reference: {', '.join(sorted(what_ref))}. Variant: {', '.join(sorted(what_var))} "
+              "(bench.fidelity's method name and its row key: a hash of the method, its options and the "
+              "GAN and GAT code that trained it).", ""]
+    if skip_var or skip_ref:
+        lines += ["Folders matched but not finished (left out): " + "; ".join(skip_var + skip_ref) + ".", ""]
     lines += ["Each row: the reference run / the variant's run of the same dataset, split and training seed "
               "(`c2st_gap` = C2ST AUC minus its real-vs-real control; 0 is perfect). Per dataset: mean "
               "reference / mean variant (mean paired difference).", ""]
@@ -91,10 +103,11 @@ def main(argv=None) -> int:
         cells = []
         for k in SHOW:
             a, b = g[f"{k}_ref"].astype(float), g[f"{k}_var"].astype(float)
-            cells.append("–" if a.isna().all() or b.isna().all() else cell(a.mean(), b.mean()))
+            both = a.notna() & b.notna()  # paired: only runs with the figure on both sides
+            cells.append("–" if not both.any() else cell(a[both].mean(), b[both].mean()))
         lines.append(f"| {ds} | {len(g)} | " + " | ".join(cells) + " |")
-    d = (df["c2st_gap_var"] - df["c2st_gap_ref"]).astype(float)
-    dm = (df["mia_auc_var"] - df["mia_auc_ref"]).astype(float)
+    d = (df["c2st_gap_var"] - df["c2st_gap_ref"]).astype(float).dropna()
+    dm = (df["mia_auc_var"] - df["mia_auc_ref"]).astype(float).dropna()
     lines += ["", f"All {len(d)} paired runs: C2ST gap lower with the variant in {int((d < 0).sum())} "
               f"(mean difference {d.mean():+.4f}, median {np.median(d):+.4f}, range {d.min():+.3f} to "
               f"{d.max():+.3f}); MIA AUC mean difference {dm.mean():+.4f}."]

@@ -252,6 +252,7 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     run("var/a_s0", "a", 0, 0.55, 0.54)
     run("var/a_s1", "a", 1, 0.72, 0.50)
     run("var/b_s0", "b", 0, 0.50, 0.50)
+    (tmp_path / "var/c_s0").mkdir()  # unfinished: named, left out
     monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
     assert pair.main(["--runs", str(tmp_path / "var/*"), "--reference", str(tmp_path / "ref/*/uncalibrated"),
                       "--tag", "t"]) == 0
@@ -259,7 +260,7 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     assert df["c2st_gap_ref"].round(3).tolist() == [0.1, 0.2]
     assert df["c2st_gap_var"].round(3).tolist() == [0.05, 0.22]
     md = (tmp_path / "results" / "pair_t.md").read_text()
-    assert "b val s0" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md
+    assert "b val s0" in md and "c_s0: no row.json" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
     with pytest.raises(SystemExit, match="two runs"):

@@ -1188,6 +1188,34 @@ def test_checkpoint_of_another_version_is_refused(seeds_small, tmp_path):
         run_gan(seeds_small, tmp_path, "older", cfg, resume=True)
 
 
+def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, tmp_path):
+    """A checkpoint written before --gan-loss, --r1-weight and --lr-decay existed was trained with
+    WGAN-GP and no decay: a run with those defaults resumes from it; one that asks for ns-r1 is told
+    which option differs."""
+    import torch
+
+    from garage.gan._train import Trainer
+
+    def trainer(cfg, m):
+        opts = {k: v for k, v in cfg.to_dict().items()
+                if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
+                             "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
+        return Trainer(m.net, m.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(0),
+                       tmp_path / "c.gan.ckpt.pt", opts)
+
+    cfg = GANConfig(**{**TINY, "checkpoint_every": 10})
+    m = GarageGAN.setup(real_small, cfg)
+    trainer(cfg, m).save_checkpoint()
+    ck = torch.load(tmp_path / "c.gan.ckpt.pt", weights_only=False)
+    for key in ("gan_loss", "r1_weight", "lr_decay"):
+        del ck["config"][key]
+    torch.save(ck, tmp_path / "c.gan.ckpt.pt")
+    assert trainer(cfg, m).load_checkpoint()
+    ns = GANConfig(**{**TINY, "checkpoint_every": 10, "gan_loss": "ns-r1"})
+    with pytest.raises(GarageError, match=r"different options .*\(gan_loss\)"):
+        trainer(ns, GarageGAN.setup(real_small, ns)).load_checkpoint()
+
+
 def test_decoder_dropout_acts_in_training_only(real_small):
     """--decoder-dropout puts dropout in the decoder's hidden layers: random in train mode, and
     generation (eval mode) decodes deterministically."""
@@ -1246,6 +1274,33 @@ def test_ns_r1_losses_on_a_linear_critic():
     assert float(ns_generator_loss(critic, fake, types).loss) == pytest.approx(float(F.softplus(-(fake @ w)).mean()))
 
 
+def test_r1_penalty_is_taken_at_the_real_cells_and_trains_the_critic():
+    """On a nonlinear critic R1 is E||grad_x D(x)||^2 at the real cells (not the fakes or interpolates),
+    and it is differentiable in the critic's weights (create_graph), so the penalty shapes the critic."""
+    import torch
+
+    from garage.gan._module import ConditionalCritic, ns_critic_loss, r1_penalty
+
+    torch.manual_seed(0)
+    critic = ConditionalCritic(3, 2, 4, 16)
+    real, fake = torch.randn(8, 3), torch.randn(8, 3) * 3 + 2
+    types = torch.tensor([0, 1] * 4)
+
+    def r1_at(x):
+        x = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(critic(x, types).sum(), x)
+        return float(g.pow(2).sum(1).mean())
+
+    got = r1_penalty(critic, real, types)
+    assert float(got.detach()) == pytest.approx(r1_at(real), rel=1e-5)
+    assert abs(r1_at(real) - r1_at(fake)) > 1e-3 * r1_at(real)  # the test can tell real from fake points
+    grads = torch.autograd.grad(got, list(critic.net.parameters()), allow_unused=True)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+    # in the loss: only the penalty's weight changes between these two, by 0.5 * 2 * R1
+    diff = ns_critic_loss(critic, real, fake, types, 2.0).loss - ns_critic_loss(critic, real, fake, types, 0.0).loss
+    assert float(diff.detach()) == pytest.approx(float(got.detach()), rel=1e-5)
+
+
 @pytest.mark.parametrize("loss", ["wgan-gp", "ns-r1"])
 def test_gan_loss_option_picks_the_losses_it_names(real_small, monkeypatch, loss):
     """Every critic and generator step of the adversarial phase uses the losses --gan-loss names
@@ -1277,6 +1332,10 @@ def test_gan_loss_option_picks_the_losses_it_names(real_small, monkeypatch, loss
     assert cells.n_obs == 30 and np.isfinite(cells.X.toarray()).all()
     with pytest.raises(GarageError, match="gan-loss"):
         GANConfig(gan_loss="hinge").validate()
+    with pytest.raises(GarageError, match="r1-weight"):
+        GANConfig(r1_weight=-1.0).validate()
+    with pytest.raises(GarageError, match="lr_decay must be true or false, got 'false'"):
+        GANConfig(lr_decay="false").validate()
 
 
 @pytest.mark.parametrize("decay", [False, True])
@@ -1285,19 +1344,28 @@ def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monke
     without it every step runs at lr_gan."""
     import torch
 
-    seen = []
+    seen = {"g": [], "d": []}
     m = GarageGAN.setup(real_small, GANConfig(**TINY, lr_decay=decay, lr_gan=1e-3, seed=2))
+    adam_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):  # the lr each optimiser step runs with, as it runs
+        for key, opt in (("g", getattr(m, "_opt_g", None)), ("d", getattr(m, "_opt_d", None))):
+            if self is opt:
+                seen[key].append(self.param_groups[0]["lr"])
+        return adam_step(self, *args, **kwargs)
+
     from garage.gan import _train
 
-    step = _train.Trainer._gan_step
+    init = _train.Trainer.__init__
 
-    def spy(self):
-        out = step(self)
-        seen.append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
-        return out
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        m._opt_g, m._opt_d = self.opt_g, self.opt_d
 
-    monkeypatch.setattr(_train.Trainer, "_gan_step", spy)
+    monkeypatch.setattr(_train.Trainer, "__init__", keep)
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
     m.train(torch.device("cpu"))
-    n = TINY["gan_steps"]
+    n, k = TINY["gan_steps"], GANConfig().n_critic
     want = [1e-3 * (1 - t / n) if decay else 1e-3 for t in range(n)]
-    assert [g for g, _ in seen] == pytest.approx(want) and [d for _, d in seen] == pytest.approx(want)
+    assert seen["g"] == pytest.approx(want)
+    assert seen["d"] == pytest.approx([lr for lr in want for _ in range(k)])  # every critic step of step t

@@ -103,13 +103,13 @@ def composition_options(f):
               help="Adversarial batches draw type t with weight n_t^-x (0 uniform, 1 balanced).")
 @click.option("--gp-weight", type=click.FloatRange(min=0), default=10.0, show_default=True)
 @click.option("--gan-loss", type=click.Choice(["wgan-gp", "ns-r1"]), default="wgan-gp", show_default=True,
-              help="garage mode, experimental: Wasserstein critic with gradient penalty, or the non-saturating "
+              help="garage mode only, experimental: Wasserstein critic with gradient penalty, or the non-saturating "
                    "logistic loss with an R1 penalty on real cells (--r1-weight); level with wgan-gp in the "
                    "benchmarks (round 14 of bench/results/fidelity_notes.md).")
 @click.option("--r1-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="--gan-loss ns-r1: weight of the R1 penalty.")
+              help="Weight of the R1 penalty (used by --gan-loss ns-r1 only).")
 @click.option("--lr-decay/--no-lr-decay", default=False, show_default=True,
-              help="Decay the adversarial learning rates linearly to 0 over the adversarial phase "
+              help="Decay the adversarial learning rates linearly to 0 over the adversarial phase (both modes) "
                    "(worse in the benchmarks: round 14 of bench/results/fidelity_notes.md).")
 @click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--lr-ae", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)

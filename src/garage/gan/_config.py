@@ -23,6 +23,9 @@ CriticPath = Literal["auto", "on", "off"]
 CRITIC_PATHS = ("auto", "on", "off")
 GanLoss = Literal["wgan-gp", "ns-r1"]
 GAN_LOSSES = ("wgan-gp", "ns-r1")
+#: how everything saved before --gan-loss, --r1-weight and --lr-decay existed was trained: a model
+#: or checkpoint without these keys reads as these values (so it loads, and a matching run resumes)
+PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False}
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
@@ -502,6 +505,10 @@ class GANConfig:
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
         need(self.gan_loss in GAN_LOSSES, f"unknown --gan-loss {self.gan_loss!r}", f"use one of {', '.join(GAN_LOSSES)}")
         need(self.r1_weight >= 0, "--r1-weight must be >= 0", "pass e.g. 1.0")
+        for name in ("seed_residual", "refit_dispersion", "allow_counterfactual", "lr_decay"):
+            v = getattr(self, name)  # a params file's "false" (a string) would read as true
+            need(isinstance(v, bool), f"{name} must be true or false, got {v!r}",
+                 f"write {name}: true or {name}: false (no quotes) in the params file")
         need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")
         need(self.n_cells is None or (isinstance(self.n_cells, int) and self.n_cells >= 1),

@@ -46,7 +46,7 @@ from .._norm import log_normalize
 from .._utils import budget_left_bytes, versions
 from ..baselines import _row_hashes, count_table, synthetic_anndata, synthetic_obs
 from ..errors import GarageError, ResourceError
-from ._config import GROUP_SEP, GANConfig, parse_cells_per_group, parse_cells_per_type
+from ._config import GROUP_SEP, PRE_LOSS_VALUES, GANConfig, parse_cells_per_group, parse_cells_per_type
 from ._module import (
     ConditionalCritic,
     ConditionalGenerator,
@@ -66,8 +66,7 @@ GEN_CHUNK = 4096
 PRIVATE_PREFIXES = ("critic.", "vae.encoder.", "vae.z_mean.", "vae.z_logvar.")
 #: GANConfig options added after MODEL_FORMAT was fixed, with the value a model saved before them
 #: was trained with (``load`` fills them in when the saved config lacks them)
-PRE_OPTION_VALUES = {"decoder_dropout": 0.0, "calibrate": "none", "critic_path": "off", "gan_loss": "wgan-gp",
-                     "r1_weight": 1.0, "lr_decay": False}
+PRE_OPTION_VALUES = {"decoder_dropout": 0.0, "calibrate": "none", "critic_path": "off", **PRE_LOSS_VALUES}
 #: meta entries that identify training cells; a shareable model drops them
 SENSITIVE_META = ("seed_codes", "seed_names", "train_hashes")
 #: preprocess's own var columns (the rest of var is the input's gene metadata, kept in outputs)

@@ -34,7 +34,7 @@ import torch
 from .._norm import log_normalize_torch
 from .._utils import atomic_path, progress
 from ..errors import GarageError
-from ._config import critic_path_value
+from ._config import PRE_LOSS_VALUES, critic_path_value
 from ._module import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -278,14 +278,14 @@ class Trainer:
                 f"({ck.get('format') or 'no format recorded'}; this one reads {CKPT_FORMAT})",
                 "delete the checkpoint and rerun without --resume",
             )
-        unknown = sorted(set(self.config_dict) - set(ck.get("config") or {}))
+        ck_config = {**PRE_LOSS_VALUES, **(ck.get("config") or {})}  # saved before these options: as trained
+        unknown = sorted(set(self.config_dict) - set(ck_config))
         if unknown:
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written by an older GARAGE (without the options "
                 f"{', '.join(unknown)})",
                 "delete the checkpoint and rerun without --resume",
             )
-        ck_config = dict(ck.get("config") or {})
         if "critic_path" in ck_config:
             ck_config["critic_path"] = critic_path_value(ck_config["critic_path"])
         if ck_config != self.config_dict or ck.get("schedule") != dict(self.steps):
