@@ -7,6 +7,7 @@ it), and reports the paired differences: per run, per dataset, and over all runs
 
 Run:  python -m bench.pair --runs 'bench/_work/fidelity/*/val/garage_ns1_s*' \\
           --reference 'bench/_work/fidelity/*/val/garage_calp_s*/uncalibrated' --tag ns1_val
+(``--reference`` may be given more than once.)
 Writes bench/results/pair_TAG.{md,csv}.
 """
 
@@ -39,19 +40,21 @@ def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
     if not done.exists():
         return f"{path}: no evaluation"
     what = f"{row.get('method', '?')} (key {row.get('key', '?')})"
+    if row_file.parent != path:  # a folder inside the run (e.g. calib_pair's uncalibrated cells)
+        what += f", its {path.name}/ folder"
     return (row["dataset"], row["split"], int(row["seed"])), _metrics(json.loads(done.read_text())), what
 
 
-def _collect(pattern: str) -> tuple[dict, list[str], set[str]]:
+def _collect(*patterns: str) -> tuple[dict, list[str], set[str]]:
     """{key: metrics}, the folders skipped (and why), and what ran (method and code) in the rest."""
     out, skipped, what = {}, [], set()
-    for p in sorted(glob.glob(pattern)):
+    for p in sorted({p for pattern in patterns for p in glob.glob(pattern)}):
         got = _run(Path(p))
         if isinstance(got, str):
             skipped.append(got)
             continue
         if got[0] in out:
-            raise SystemExit(f"{pattern!r} matches two runs of {got[0]}: make the glob narrower")
+            raise SystemExit(f"{' '.join(patterns)!r} match two runs of {got[0]}: make the globs narrower")
         out[got[0]] = got[1]
         what.add(got[2])
     return out, skipped, what
@@ -60,11 +63,12 @@ def _collect(pattern: str) -> tuple[dict, list[str], set[str]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, help="glob of the variant's bench.fidelity run folders")
-    ap.add_argument("--reference", required=True, help="glob of the reference runs (e.g. the default's)")
+    ap.add_argument("--reference", required=True, action="append",
+                    help="glob of the reference runs (e.g. the default's); repeat to add more")
     ap.add_argument("--tag", required=True)
     args = ap.parse_args(argv)
 
-    (var, skip_var, what_var), (ref, skip_ref, what_ref) = _collect(args.runs), _collect(args.reference)
+    (var, skip_var, what_var), (ref, skip_ref, what_ref) = _collect(args.runs), _collect(*args.reference)
     keys = sorted(set(var) & set(ref))
     if not keys:
         print("no run of the variant has a reference run of the same dataset, split and seed", file=sys.stderr)

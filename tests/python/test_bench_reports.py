@@ -248,14 +248,14 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
         (ev / "eval.garage_metrics.json").write_text(json.dumps({"metrics": m}))
 
     run("ref/a_s0", "a", 0, 0.60, 0.52, nested=True)
-    run("ref/a_s1", "a", 1, 0.70, 0.53, nested=True)
+    run("ref2/a_s1", "a", 1, 0.70, 0.53)  # a second reference glob
     run("var/a_s0", "a", 0, 0.55, 0.54)
     run("var/a_s1", "a", 1, 0.72, 0.50)
     run("var/b_s0", "b", 0, 0.50, 0.50)
     (tmp_path / "var/c_s0").mkdir()  # unfinished: named, left out
     monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
     assert pair.main(["--runs", str(tmp_path / "var/*"), "--reference", str(tmp_path / "ref/*/uncalibrated"),
-                      "--tag", "t"]) == 0
+                      "--reference", str(tmp_path / "ref2/*"), "--tag", "t"]) == 0
     df = pd.read_csv(tmp_path / "results" / "pair_t.csv").sort_values("seed")
     assert df["c2st_gap_ref"].round(3).tolist() == [0.1, 0.2]
     assert df["c2st_gap_var"].round(3).tolist() == [0.05, 0.22]
@@ -263,6 +263,6 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     assert "b val s0" in md and "c_s0: no row.json" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
-    with pytest.raises(SystemExit, match="two runs"):
+    with pytest.raises(SystemExit, match="match two runs"):
         pair.main(["--runs", str(tmp_path / "dup/*"), "--reference", str(tmp_path / "ref/*/uncalibrated"),
                    "--tag", "t"])

@@ -104,7 +104,7 @@ def composition_options(f):
 @click.option("--gp-weight", type=click.FloatRange(min=0), default=10.0, show_default=True)
 @click.option("--gan-loss", type=click.Choice(["wgan-gp", "ns-r1"]), default="wgan-gp", show_default=True,
               help="garage mode only, experimental: Wasserstein critic with gradient penalty, or the non-saturating "
-                   "logistic loss with an R1 penalty on real cells (--r1-weight); level with wgan-gp in the "
+                   "logistic loss with an R1 penalty on real cells (--r1-weight); not better than wgan-gp in the "
                    "benchmarks (round 14 of bench/results/fidelity_notes.md).")
 @click.option("--r1-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Weight of the R1 penalty (used by --gan-loss ns-r1 only).")

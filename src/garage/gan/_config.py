@@ -261,9 +261,8 @@ class GANConfig:
         non-saturating logistic loss with an R1 penalty on real codes
         (*r1_weight*), which converges locally where WGAN-GP circles the
         equilibrium (Mescheder, Geiger & Nowozin, "Which training methods for
-        GANs do actually converge?", ICML 2018). Experimental: level with
-        ``wgan-gp`` on six paired validation runs (C2ST gap -0.002 on average,
-        worse on baron_mouse on both seeds; round 14 of
+        GANs do actually converge?", ICML 2018). Experimental: not separable
+        from ``wgan-gp`` on paired validation runs (round 14 of
         ``bench/results/fidelity_notes.md``).
     r1_weight
         ``ns-r1``: weight gamma of the penalty ``gamma / 2 * E ||grad D(real)||^2``.
