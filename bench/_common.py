@@ -199,6 +199,30 @@ def table_start(rows: list[dict], name: str, tag: str, title: str, argv) -> tupl
                 f"Machine: {machine()}", ""]
 
 
+def paired_table(df, keys, a: str, b: str, who: str) -> list[str]:
+    """Markdown lines comparing columns ``K_a`` and ``K_b`` of *df* (one row per paired run): per
+    dataset ``mean a / mean b (mean difference, its range)`` over the runs that have the figure on
+    both sides, then one line on the C2ST gap over all runs (*who* names side b)."""
+    lines = ["| dataset | runs | " + " | ".join(f"{k}: {a} / {b} (diff, range)" for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for ds, g in df.groupby("dataset", sort=False):
+        cells = []
+        for k in keys:
+            x, y = g[f"{k}_{a}"].astype(float), g[f"{k}_{b}"].astype(float)
+            both = x.notna() & y.notna()
+            if not both.any():
+                cells.append("–")
+                continue
+            d = (y - x)[both]
+            cells.append(f"{x[both].mean():.3f} / {y[both].mean():.3f} ({d.mean():+.3f}, {d.min():+.3f} to {d.max():+.3f})")
+        lines.append(f"| {ds} | {len(g)} | " + " | ".join(cells) + " |")
+    d = (df[f"c2st_gap_{b}"] - df[f"c2st_gap_{a}"]).astype(float).dropna()
+    lines += ["", f"All {len(d)} paired runs: C2ST gap lower with {who} in {int((d < 0).sum())} "
+              f"(mean difference {d.mean():+.4f}, median {np.median(d):+.4f}, range {d.min():+.3f} to "
+              f"{d.max():+.3f})."]
+    return lines
+
+
 def machine() -> dict:
     return {
         "cpus": os.cpu_count(),

@@ -18,9 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ._common import RESULTS, measure, table_start
+from ._common import RESULTS, measure, paired_table, table_start
 from .fidelity import _garage, evaluate_args, prepare
 
 KEYS = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1", "tstr_macro_f1")
@@ -102,21 +100,7 @@ def main(argv=None) -> int:
              "model's cells generated without it (off; same seed, same draws), and the mean paired "
              "difference on - off with its range over seeds.", ""]
     show = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")
-    lines += ["| dataset | seeds | " + " | ".join(f"{k}: off / on (diff, range)" for k in show) + " |",
-              "|---|---|" + "---|" * len(show)]
-    for ds, g in df.groupby("dataset"):
-        cells = []
-        for k in show:
-            off, on = g[f"{k}_off"].astype(float), g[f"{k}_on"].astype(float)
-            if off.isna().all() or on.isna().all():
-                cells.append("–")
-                continue
-            d = on - off
-            cells.append(f"{off.mean():.3f} / {on.mean():.3f} ({d.mean():+.3f}, {d.min():+.3f} to {d.max():+.3f})")
-        lines.append(f"| {ds} | {len(g)} | " + " | ".join(cells) + " |")
-    d = (df["c2st_gap_on"] - df["c2st_gap_off"]).astype(float)
-    lines += ["", f"All runs: C2ST gap lower with the calibration in {int((d < 0).sum())} of {len(d)} "
-              f"(mean difference {d.mean():+.4f}; median {np.median(d):+.4f})."]
+    lines += paired_table(df, show, "off", "on", "the calibration")
     (RESULTS / f"calib_pair_{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -260,7 +260,7 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     assert df["c2st_gap_ref"].round(3).tolist() == [0.1, 0.2]
     assert df["c2st_gap_var"].round(3).tolist() == [0.05, 0.22]
     md = (tmp_path / "results" / "pair_t.md").read_text()
-    assert "b val s0" in md and "c_s0: no row.json" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md
+    assert "b val s0" in md and "c_s0: no row.json" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md and "0.150 / 0.135 (-0.015, -0.050 to +0.020)" in md
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
     with pytest.raises(SystemExit, match="match two runs"):
