@@ -155,7 +155,10 @@ def _write_val(test: Path, out: Path) -> None:
     a.obs[C.OBS_SPLIT] = pd.Categorical(stratified_split(strata, VAL_FRACTION, VAL_SEED),
                                         categories=[C.SPLIT_TRAIN, C.SPLIT_HOLDOUT])
     a.uns[C.UNS_KEY]["split"] = f"validation: {VAL_FRACTION:.0%} of the train cells per type, seed {VAL_SEED}"
-    a.write_h5ad(out)
+    from garage._utils import atomic_path
+
+    with atomic_path(out) as tmp:  # two runs started at once must never read a half-written split
+        a.write_h5ad(tmp)
 
 
 # ------------------------------------------------------------------ methods

@@ -1189,9 +1189,9 @@ def test_checkpoint_of_another_version_is_refused(seeds_small, tmp_path):
 
 
 def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, tmp_path):
-    """A checkpoint written before --gan-loss, --r1-weight and --lr-decay existed was trained with
-    WGAN-GP and no decay: a run with those defaults resumes from it; one that asks for ns-r1 is told
-    which option differs."""
+    """A checkpoint written before --gan-loss, --r1-weight, --lr-decay and --instance-noise existed was
+    trained with WGAN-GP, no decay and no instance noise: a run with those defaults resumes from it; one
+    that asks for ns-r1 or instance noise is told which option differs."""
     import torch
 
     from garage.gan._train import Trainer
@@ -1207,13 +1207,16 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     m = GarageGAN.setup(real_small, cfg)
     trainer(cfg, m).save_checkpoint()
     ck = torch.load(tmp_path / "c.gan.ckpt.pt", weights_only=False)
-    for key in ("gan_loss", "r1_weight", "lr_decay"):
+    for key in ("gan_loss", "r1_weight", "lr_decay", "instance_noise"):
         del ck["config"][key]
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
     assert trainer(cfg, m).load_checkpoint()
     ns = GANConfig(**{**TINY, "checkpoint_every": 10, "gan_loss": "ns-r1"})
     with pytest.raises(GarageError, match=r"different options .*\(gan_loss\)"):
         trainer(ns, GarageGAN.setup(real_small, ns)).load_checkpoint()
+    blur = GANConfig(**{**TINY, "checkpoint_every": 10, "instance_noise": 0.2})
+    with pytest.raises(GarageError, match=r"different options .*\(instance_noise\)"):
+        trainer(blur, GarageGAN.setup(real_small, blur)).load_checkpoint()
 
 
 def test_decoder_dropout_acts_in_training_only(real_small):
@@ -1369,3 +1372,100 @@ def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monke
     want = [1e-3 * (1 - t / n) if decay else 1e-3 for t in range(n)]
     assert seen["g"] == pytest.approx(want)
     assert seen["d"] == pytest.approx([lr for lr in want for _ in range(k)])  # every critic step of step t
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_instance_noise_blurs_real_and_fake_codes_where_the_critic_sees_them(real_small, monkeypatch, noise):
+    """--instance-noise S: every critic step judges real and generated codes each plus fresh N(0, S^2)
+    noise, the generator step judges its fakes blurred the same way, and the seed floor measures the
+    unblurred fakes; at 0 the critic sees the codes themselves (the same tensors, no random draw)."""
+    import torch
+
+    from garage.gan import _train
+
+    seen = {"real": [], "fake": [], "critic": [], "gen": [], "floor": []}
+    real_fn, fake_fn, floor_fn = _train.Trainer._real, _train.Trainer._fake, _train.Trainer._seed_floor
+
+    def real_spy(self, idx):
+        out = real_fn(self, idx)
+        seen["real"].append(out)
+        return out
+
+    def fake_spy(self, *args, **kwargs):
+        out = fake_fn(self, *args, **kwargs)
+        seen["fake"].append(out)
+        return out
+
+    def floor_spy(self, fake, *args):
+        seen["floor"].append(fake)
+        return floor_fn(self, fake, *args)
+
+    def critic_spy(critic, real, fake, *args, **kwargs):
+        seen["critic"].append((real, fake))
+        return wgan_critic(critic, real, fake, *args, **kwargs)
+
+    def gen_spy(critic, fake, *args, **kwargs):
+        seen["gen"].append(fake)
+        return wgan_gen(critic, fake, *args, **kwargs)
+
+    wgan_critic, wgan_gen = _train.wgan_critic_loss, _train.wgan_generator_loss
+    monkeypatch.setattr(_train.Trainer, "_real", real_spy)
+    monkeypatch.setattr(_train.Trainer, "_fake", fake_spy)
+    monkeypatch.setattr(_train.Trainer, "_seed_floor", floor_spy)
+    monkeypatch.setattr(_train, "wgan_critic_loss", critic_spy)
+    monkeypatch.setattr(_train, "wgan_generator_loss", gen_spy)
+    m = GarageGAN.setup(real_small, GANConfig(**{**TINY, "gan_steps": 20}, instance_noise=noise, seed=3))
+    m.train(torch.device("cpu"))
+    n, k = 20, GANConfig().n_critic
+    assert len(seen["critic"]) == n * k and len(seen["gen"]) == n and len(seen["floor"]) == n
+    # the trainer's calls in order: per step k x (real, fake) for the critic, then one fake for the generator
+    fakes = [f for f in seen["fake"] if f.shape[0] == seen["gen"][0].shape[0]]
+    critic_fakes = [f for i, f in enumerate(fakes) if i % (k + 1) != k][: n * k]
+    gen_fakes = [f for i, f in enumerate(fakes) if i % (k + 1) == k][:n]
+    real_diff = torch.cat([c[0] - r for c, r in zip(seen["critic"], seen["real"][: n * k])])
+    fake_diff = torch.cat([c[1] - f for c, f in zip(seen["critic"], critic_fakes)])
+    gen_diff = torch.cat([g.detach() - f.detach() for g, f in zip(seen["gen"], gen_fakes)])
+    for diff in (real_diff, fake_diff, gen_diff):
+        if noise == 0:
+            assert float(diff.abs().max()) == 0.0
+        else:  # thousands of draws: sd within 5 % of S, mean near 0
+            assert float(diff.std()) == pytest.approx(noise, rel=0.05)
+            assert abs(float(diff.mean())) < 0.05
+    assert all(fl is g for fl, g in zip(seen["floor"], gen_fakes))  # the floor sees the unblurred fakes
+    if noise == 0:
+        assert all(c[0] is r for c, r in zip(seen["critic"], seen["real"][: n * k]))
+    with pytest.raises(GarageError, match="instance-noise"):
+        GANConfig(instance_noise=3.0).validate()
+    with pytest.raises(GarageError, match="instance-noise"):
+        GANConfig(instance_noise=True).validate()
+
+
+def test_critic_probe_records_every_check_and_leaves_training_unchanged(real_small):
+    """bench.critic_probe reads the critic at every adversarial check with the trainer's random state
+    saved and restored: the model trains to the same weights as without it, and each record's r_v is
+    (D fit - D val) / (D fit - D fake)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.critic_probe import _probe_checks
+    from garage._utils import set_seed
+    from garage.gan import _train
+
+    cfg = GANConfig(**{**TINY, "gan_steps": 12}, instance_noise=0.3, val_fraction=0.3, seed=4)
+    set_seed(4)
+    plain = GarageGAN.setup(real_small, cfg)
+    plain.train(torch.device("cpu"))
+    records: list = []
+    orig = _probe_checks(records)
+    try:
+        set_seed(4)
+        probed = GarageGAN.setup(real_small, cfg)
+        probed.train(torch.device("cpu"))
+    finally:
+        _train.Trainer._gan_val = orig
+    assert _train.Trainer._gan_val is orig
+    assert len(records) == min(12, _train.N_CHECKS)
+    for r in records:
+        assert r["r_v"] == pytest.approx((r["d_fit"] - r["d_val"]) / (r["d_fit"] - r["d_fake"]))
+    for a, b in zip(plain.net.generator.state_dict().values(), probed.net.generator.state_dict().values()):
+        assert torch.equal(a, b)

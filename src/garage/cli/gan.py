@@ -111,6 +111,9 @@ def composition_options(f):
 @click.option("--lr-decay/--no-lr-decay", default=False, show_default=True,
               help="Decay the adversarial learning rates linearly to 0 over the adversarial phase (both modes) "
                    "(worse in the benchmarks: round 14 of bench/results/fidelity_notes.md).")
+@click.option("--instance-noise", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+              help="garage mode, latent space, experimental: Gaussian noise of this sd (standardised code units) "
+                   "added to real and generated codes wherever the critic sees them (0: off).")
 @click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--lr-ae", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",

@@ -23,9 +23,10 @@ CriticPath = Literal["auto", "on", "off"]
 CRITIC_PATHS = ("auto", "on", "off")
 GanLoss = Literal["wgan-gp", "ns-r1"]
 GAN_LOSSES = ("wgan-gp", "ns-r1")
-#: how everything saved before --gan-loss, --r1-weight and --lr-decay existed was trained: a model
-#: or checkpoint without these keys reads as these values (so it loads, and a matching run resumes)
-PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False}
+#: how everything saved before --gan-loss, --r1-weight, --lr-decay and --instance-noise existed was
+#: trained: a model or checkpoint without these keys reads as these values (so it loads, and a
+#: matching run resumes)
+PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False, "instance_noise": 0.0}
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
@@ -271,6 +272,14 @@ class GANConfig:
         phase (as in the WGAN-GP paper's experiments), so the last steps refine
         instead of circling. Off by default: C2ST gap +0.013 on six paired
         validation runs (round 14 of the notes).
+    instance_noise
+        ``garage`` mode, latent space, experimental: Gaussian noise of this sd
+        (in units of the standardised codes' per-dimension sd) added to the
+        real *and* the generated codes wherever the critic sees them, fresh at
+        every step. Both distributions are blurred by the same kernel, so the
+        generator's target is unchanged, while a critic that would memorise a
+        small set of real codes sees overlapping inputs (instance noise:
+        Sønderby et al. 2017, Arjovsky & Bottou 2017; 0: off).
     lr_gan, lr_ae
         Adam learning rates (adversarial, autoencoder).
     label_smoothing
@@ -342,6 +351,7 @@ class GANConfig:
     gan_loss: GanLoss = "wgan-gp"
     r1_weight: float = 1.0
     lr_decay: bool = False
+    instance_noise: float = 0.0
     lr_gan: float = 2e-4
     lr_ae: float = 1e-3
     label_smoothing: float = 0.9
@@ -504,6 +514,9 @@ class GANConfig:
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
         need(self.gan_loss in GAN_LOSSES, f"unknown --gan-loss {self.gan_loss!r}", f"use one of {', '.join(GAN_LOSSES)}")
         need(self.r1_weight >= 0, "--r1-weight must be >= 0", "pass e.g. 1.0")
+        need(isinstance(self.instance_noise, (int, float)) and not isinstance(self.instance_noise, bool)
+             and 0 <= self.instance_noise <= 2, f"--instance-noise must be in [0, 2], got {self.instance_noise!r}",
+             "pass e.g. 0.2 (0: off)")
         for name in ("seed_residual", "refit_dispersion", "allow_counterfactual", "lr_decay"):
             v = getattr(self, name)  # a params file's "false" (a string) would read as true
             need(isinstance(v, bool), f"{name} must be true or false, got {v!r}",

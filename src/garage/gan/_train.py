@@ -587,8 +587,8 @@ class Trainer:
                 d = bce_discriminator_loss(net.critic, real, fake, cfg.label_smoothing)
             else:
                 critic_loss, weight = (ns_critic_loss, cfg.r1_weight) if ns else (wgan_critic_loss, cfg.gp_weight)
-                d = critic_loss(net.critic, real, fake, types, weight, conds if self.data.n_conds > 1
-                                else None, self._path(seeds))
+                d = critic_loss(net.critic, self._blur(real), self._blur(fake), types, weight,
+                                conds if self.data.n_conds > 1 else None, self._path(seeds))
             self.opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
             self.opt_d.step()
@@ -601,8 +601,8 @@ class Trainer:
             seeds: list = []
             fake = self._fake(types, conds, seeds_out=seeds)
             gl = (ns_generator_loss if ns else wgan_generator_loss)(
-                net.critic, fake, types, conds if self.data.n_conds > 1 else None, self._path(seeds))
-            gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)
+                net.critic, self._blur(fake), types, conds if self.data.n_conds > 1 else None, self._path(seeds))
+            gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)  # the unblurred codes
         self.opt_g.zero_grad(set_to_none=True)
         gl.loss.backward()
         self.opt_g.step()
@@ -610,6 +610,15 @@ class Trainer:
             net.update_ema(cfg.ema_decay)
         d_sum /= cfg.n_critic
         return [np.nan, np.nan, np.nan, *d_sum.tolist(), gl.loss.item()]
+
+    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Instance noise (``--instance-noise``): the critic's view of a batch of codes, real or fake,
+        with fresh Gaussian noise of that sd in standardised code units; *x* itself when off (no draw,
+        so a run without it keeps its random stream)."""
+        s = self.cfg.instance_noise
+        if not s or self.cfg.mode != "garage" or self.cfg.effective_space != "latent":
+            return x
+        return x + s * torch.randn(x.shape, generator=self.dgen, device=x.device, dtype=x.dtype)
 
     def _path(self, seeds: list) -> torch.Tensor | None:
         """The critic's path flag (1: seeded fake) when it takes one: the real cell paired with fake i
