@@ -10,16 +10,22 @@ outputs on training reals, held-out reals and fakes:
 0 when held-out real cells score as real as the cells the critic trains on, 1 when they score as
 fake as the generated ones. This probe trains one GARAGE model in-process (the default with
 ``--gan`` overrides) on the train cells of a GAT output and records, at every validation check of
-the adversarial phase, the critic's mean output on an equal-sized sample of fit codes, on the
-trainer's validation codes (train cells held out from every phase), and on fakes for the
-validation cells' types, each through the critic as training presents it (with ``instance_noise``
-the blurred codes, averaged over draws). The draws are taken with the trainer's random state saved
-and restored, so the model trains exactly as it would without the probe.
+the adversarial phase, the critic's mean output on fit codes, on the trainer's validation codes
+(train cells held out from every phase) and on fakes for the validation cells' labels; the fit
+cells are drawn to match the validation cells' labels and conditions one for one (a conditional
+critic's per-type offset cancels in its loss and may drift, so unmatched samples would mix that
+drift into the difference). Each is given to the critic as a critic step gives it: real codes
+through the trainer's ``_real`` (posterior noise, if on), the path flag of each fake (also given to
+its paired real cell), instance noise (averaged over draws), fakes from the generator being
+trained (not the EMA copy the validation score uses). r_v is the ratio of the mean outputs over a
+window of checks. The draws are taken with the trainer's random state saved and restored, so the
+model trains exactly as it would without the probe.
 
 Caveat: validation codes come from an encoder that never saw those cells, so part of
 ``D(fit) - D(val)`` can be the encoder placing unseen cells apart (the diagnosis rerun in
-``fidelity_notes.md``); ``encoder_shift`` (kNN C2ST of fit against validation codes, per type
-pooled) reports that shift next to r_v.
+``fidelity_notes.md``); ``encoder_shift`` (kNN C2ST of the matched fit codes against the
+validation codes, all types pooled) says whether there is such a shift, not how much of r_v it
+explains.
 
 Run:  python -m bench.critic_probe --seeds-from bench/_work/fidelity/DS/val/garage_s0/DS.seeds.h5ad \\
         [--gan '{"instance_noise": 0.2}'] [--seed 0] [--threads 1] --out bench/_work/critic/DS_NAME.json
@@ -40,8 +46,59 @@ BLUR_DRAWS = 4  # instance-noise draws averaged per critic mean
 MAX_CELLS = 2000  # validation cells (and as many fit cells) per check
 
 
+def matched_fit_rows(labels, conds, fit_rows, val_rows, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, fit rows) of equal length: one fit cell of the same label and condition drawn
+    for every validation cell (at most MAX_CELLS of them, a random subset), so the two samples have
+    the same type mix. A conditional critic's per-type offset cancels in its loss and can drift, so
+    unmatched samples would carry that drift into D(fit) - D(val). Validation cells whose group has
+    no fit cell are left out."""
+    labels, conds = np.asarray(labels), np.asarray(conds)
+    rng = np.random.default_rng(seed)
+    val = np.asarray(val_rows)
+    if len(val) > MAX_CELLS:
+        val = np.sort(rng.choice(val, MAX_CELLS, replace=False))
+    fit = np.asarray(fit_rows)
+    groups: dict = {}
+    for r in fit:
+        groups.setdefault((labels[r], conds[r]), []).append(r)
+    keep, pick = [], []
+    for r in val:
+        g = groups.get((labels[r], conds[r]))
+        if g:
+            keep.append(r)
+            pick.append(g[rng.integers(len(g))])
+    return np.asarray(keep, dtype=np.int64), np.asarray(pick, dtype=np.int64)
+
+
+def critic_means(trainer, draws: int = BLUR_DRAWS) -> dict:
+    """The critic's mean output on type-matched fit and validation codes and on fakes for the
+    validation cells' labels, each as a critic step presents them: real codes through ``_real``
+    (posterior noise, if on), fakes from the generator being trained, the path flag of each fake
+    (given to the real cell paired with it, as in training), and instance noise averaged over
+    *draws*. Draws from the trainer's random state, which the caller saves and restores."""
+    import torch
+
+    data, net = trainer.data, trainer.net
+    labels = trainer._labels.cpu().numpy()
+    conds = trainer._conds.cpu().numpy()
+    val, fit = matched_fit_rows(labels, conds, data.fit_rows, data.val_rows, int(trainer.cfg.seed))
+    v, f = torch.from_numpy(val), torch.from_numpy(fit)
+    dv = v.to(trainer.device)
+    types, cc = trainer._labels[dv], trainer._conds[dv]
+    cond = cc if data.n_conds > 1 else None
+    seeds: list = []
+    fake = trainer._fake(types, cc, seeds_out=seeds)
+    path = trainer._path(seeds)
+    n = draws if trainer.cfg.instance_noise else 1
+
+    def d(x):
+        return float(np.mean([net.critic(trainer._blur(x), types, cond, path).mean().item() for _ in range(n)]))
+
+    return {"d_fit": d(trainer._real(f)), "d_val": d(trainer._real(v)), "d_fake": d(fake), "n": int(len(val))}
+
+
 def _probe_checks(records: list):
-    """Patch ``Trainer._gan_val`` so every adversarial check also appends the critic's means."""
+    """Patch ``Trainer._gan_val`` so every adversarial check also appends ``critic_means``."""
     import torch
 
     from garage.gan import _train
@@ -51,33 +108,19 @@ def _probe_checks(records: list):
     @torch.no_grad()
     def gan_val(self):
         score = orig(self)
-        data, net = self.data, self.net
-        if len(data.val_rows) < 20 or self.cfg.effective_space != "latent":
+        if len(self.data.val_rows) < 20 or self.cfg.effective_space != "latent":
             return score
         state = self.dgen.get_state()
         self.dgen.manual_seed(int(self.cfg.seed) + 104729)
-        val = torch.from_numpy(np.asarray(data.val_rows[:MAX_CELLS])).to(self.device)
-        pick = torch.randperm(len(data.fit_rows), generator=torch.Generator().manual_seed(7))[: len(val)]
-        fit = torch.from_numpy(np.asarray(data.fit_rows)[pick.numpy()]).to(self.device)
-        cond = (lambda rows: self._conds[rows]) if data.n_conds > 1 else (lambda rows: None)
+        net = self.net
         g_was, c_was = net.generator.training, net.critic.training
         net.generator.eval()
         net.critic.eval()
-        fake = self._fake(self._labels[val], self._conds[val])
-        draws = BLUR_DRAWS if self.cfg.instance_noise else 1
-
-        def d(x, rows):
-            return float(np.mean([net.critic(self._blur(x), self._labels[rows], cond(rows)).mean().item()
-                                  for _ in range(draws)]))
-
-        d_fit, d_val, d_fake = d(data.codes[fit], fit), d(data.codes[val], val), d(fake, val)
+        m = critic_means(self)
         net.generator.train(g_was)
         net.critic.train(c_was)
         self.dgen.set_state(state)
-        den = d_fit - d_fake
-        records.append({"step": int(self.state.step), "d_fit": d_fit, "d_val": d_val, "d_fake": d_fake,
-                        "r_v": (d_fit - d_val) / den if abs(den) > 1e-8 else float("nan"),
-                        "val_score": float(score)})
+        records.append({"step": int(self.state.step), **m, "val_score": float(score)})
         return score
 
     _train.Trainer._gan_val = gan_val
@@ -85,24 +128,37 @@ def _probe_checks(records: list):
 
 
 def encoder_shift(model, seed: int = 0) -> float:
-    """kNN C2ST of the fit cells' codes against the validation cells' codes (0.5: no shift)."""
+    """kNN C2ST of type-matched fit cells' codes against the validation cells' codes, all types
+    pooled (0.5: no shift). An AUC, not a critic output: it says whether unseen cells' codes sit
+    apart, not how much of D(fit) - D(val) that explains."""
     from garage.evaluate._metrics import c2st_auc
 
-    codes = model.data.codes.detach().cpu().numpy()
-    v = np.asarray(model.data.val_rows)
-    rng = np.random.default_rng(seed)
-    f = rng.permutation(np.asarray(model.data.fit_rows))[: len(v)]
-    return float(c2st_auc(codes[f], codes[v], seed=seed))
+    d = model.data
+    labels = (d.labels if d.labels is not None else d.types).cpu().numpy()
+    val, fit = matched_fit_rows(labels, d.conds.cpu().numpy(), d.fit_rows, d.val_rows, seed)
+    codes = d.codes.detach().cpu().numpy()
+    return float(c2st_auc(codes[fit], codes[val], seed=seed))
+
+
+def r_v(d_fit: float, d_val: float, d_fake: float) -> float:
+    """(D fit - D val) / (D fit - D fake), nan when the denominator is not positive (the critic
+    does not rank fit cells above fakes, so the ratio has no meaning)."""
+    den = d_fit - d_fake
+    return (d_fit - d_val) / den if den > 1e-8 else float("nan")
 
 
 def summarise(records: list) -> dict:
-    """Means over the last third of the checks (the generator the run ends with), and r_v over the
-    middle third (``r_v_mid``: is memorisation growing?)."""
+    """Over the last third of the checks (the generator the run ends with) and the middle third:
+    the mean critic outputs, and r_v as the ratio of those means (Karras et al. define it from
+    expectations; a per-check ratio would let one check with a small denominator dominate)."""
     third = max(1, len(records) // 3)
-    tail, mid = records[-third:], records[third:2 * third] or records
-    keys = ("d_fit", "d_val", "d_fake", "r_v")
-    return ({k: float(np.nanmean([r[k] for r in tail])) for k in keys}
-            | {"r_v_mid": float(np.nanmean([r["r_v"] for r in mid])), "checks": len(tail)})
+    out: dict = {"checks": len(records[-third:])}
+    for name, part in (("", records[-third:]), ("_mid", records[third:2 * third] or records)):
+        m = {k: float(np.mean([r[k] for r in part])) for k in ("d_fit", "d_val", "d_fake")}
+        out.update({f"{k}{name}": v for k, v in m.items()})
+        out[f"r_v{name}"] = r_v(m["d_fit"], m["d_val"], m["d_fake"])
+        out[f"distance{name}"] = m["d_fit"] - m["d_fake"]
+    return out
 
 
 def run(args) -> dict:
@@ -130,14 +186,15 @@ def report(paths: list[Path], tag: str) -> Path:
         ds = Path(doc["seeds_from"]).name.split(".")[0]
         rows.append(f"| {ds} | {json.dumps(doc['gan']) if doc['gan'] else 'default'} | {doc['seed']} | "
                     f"{doc['n_fit']} / {doc['n_val']} | {doc['encoder_shift']:.3f} | {s['r_v_mid']:.2f} | "
-                    f"{s['r_v']:.2f} | {s['d_fit']:.3f} / {s['d_val']:.3f} / {s['d_fake']:.3f} | `{p.name}` |")
+                    f"{s['r_v']:.2f} | {s['d_fit']:.3f} / {s['d_val']:.3f} / {s['d_fake']:.3f} | {s['distance']:.3f} | `{p.name}` |")
     lines = [f"# Critic overfitting probe ({tag})", "",
              "Command: `python -m bench.critic_probe --report " + " ".join(str(p) for p in sorted(paths)) + f" --tag {tag}`",
              "", "r_v = (D(fit) − D(val)) / (D(fit) − D(fake)) (Karras et al. 2020): 0 = held-out real codes score "
-             "like the fit codes, 1 = like the fakes. Means over the middle and the last third of the adversarial phase's checks; `encoder_shift` = kNN "
-             "C2ST of fit against validation codes (0.5: none). D means: fit / val / fake.", "",
+             "like the fit codes, 1 = like the fakes. r_v from the critic's mean outputs over the middle and the last third of the adversarial phase's "
+             "checks; fit cells drawn type-matched to the validation cells. `encoder_shift` = kNN C2ST of those fit "
+             "against the validation codes (0.5: none).", "",
              "| dataset | GAN options | seed | fit / val cells | encoder_shift | r_v middle third | r_v last third | "
-             "D fit / val / fake (end) | json |", "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+             "D fit / val / fake (end) | D fit − D fake (end) | json |", "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     out = RESULTS / f"critic_probe_{tag}.md"
     out.write_text("\n".join(lines))
     return out

@@ -545,6 +545,24 @@ def test_calibrate_outside_the_latent_space_is_not_applied(seeds_small, real_sma
     assert "calib_a" not in model.meta and "--calibrate applies to --space latent" in caplog.text
 
 
+@pytest.mark.parametrize("opts", [{"space": "gene"}, {"mode": "original"}])
+def test_instance_noise_outside_the_latent_garage_mode_is_said_and_not_applied(real_small, caplog, opts):
+    """--instance-noise blurs latent codes only: in gene space or the original mode it warns and the
+    trainer's _blur hands every batch back untouched."""
+    import torch
+
+    from garage.gan._train import Trainer
+
+    cfg = GANConfig(**TINY, instance_noise=0.5, **opts)
+    model = GarageGAN.setup(real_small, cfg)
+    with caplog.at_level("WARNING"):
+        model.train(torch.device("cpu"))
+    assert "--instance-noise applies to --space latent" in caplog.text
+    t = Trainer(model.net, model.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), None, {})
+    x = torch.randn(4, 3)
+    assert t._blur(x) is x
+
+
 def test_shareable_calibration_leaves_types_with_a_small_condition_group_alone():
     import torch
 
@@ -1374,8 +1392,8 @@ def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monke
     assert seen["d"] == pytest.approx([lr for lr in want for _ in range(k)])  # every critic step of step t
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.5])
-def test_instance_noise_blurs_real_and_fake_codes_where_the_critic_sees_them(real_small, monkeypatch, noise):
+@pytest.mark.parametrize("noise,loss", [(0.0, "wgan-gp"), (0.5, "wgan-gp"), (0.5, "ns-r1")])
+def test_instance_noise_blurs_real_and_fake_codes_where_the_critic_sees_them(real_small, monkeypatch, noise, loss):
     """--instance-noise S: every critic step judges real and generated codes each plus fresh N(0, S^2)
     noise, the generator step judges its fakes blurred the same way, and the seed floor measures the
     unblurred fakes; at 0 the critic sees the codes themselves (the same tensors, no random draw)."""
@@ -1402,19 +1420,21 @@ def test_instance_noise_blurs_real_and_fake_codes_where_the_critic_sees_them(rea
 
     def critic_spy(critic, real, fake, *args, **kwargs):
         seen["critic"].append((real, fake))
-        return wgan_critic(critic, real, fake, *args, **kwargs)
+        return critic_fn(critic, real, fake, *args, **kwargs)
 
     def gen_spy(critic, fake, *args, **kwargs):
         seen["gen"].append(fake)
-        return wgan_gen(critic, fake, *args, **kwargs)
+        return gen_fn(critic, fake, *args, **kwargs)
 
-    wgan_critic, wgan_gen = _train.wgan_critic_loss, _train.wgan_generator_loss
+    prefix = "ns" if loss == "ns-r1" else "wgan"
+    critic_fn, gen_fn = getattr(_train, f"{prefix}_critic_loss"), getattr(_train, f"{prefix}_generator_loss")
     monkeypatch.setattr(_train.Trainer, "_real", real_spy)
     monkeypatch.setattr(_train.Trainer, "_fake", fake_spy)
     monkeypatch.setattr(_train.Trainer, "_seed_floor", floor_spy)
-    monkeypatch.setattr(_train, "wgan_critic_loss", critic_spy)
-    monkeypatch.setattr(_train, "wgan_generator_loss", gen_spy)
-    m = GarageGAN.setup(real_small, GANConfig(**{**TINY, "gan_steps": 20}, instance_noise=noise, seed=3))
+    monkeypatch.setattr(_train, f"{prefix}_critic_loss", critic_spy)
+    monkeypatch.setattr(_train, f"{prefix}_generator_loss", gen_spy)
+    m = GarageGAN.setup(real_small, GANConfig(**{**TINY, "gan_steps": 20}, instance_noise=noise, gan_loss=loss,
+                                              seed=3))
     m.train(torch.device("cpu"))
     n, k = 20, GANConfig().n_critic
     assert len(seen["critic"]) == n * k and len(seen["gen"]) == n and len(seen["floor"]) == n
@@ -1432,8 +1452,13 @@ def test_instance_noise_blurs_real_and_fake_codes_where_the_critic_sees_them(rea
             assert float(diff.std()) == pytest.approx(noise, rel=0.05)
             assert abs(float(diff.mean())) < 0.05
     assert all(fl is g for fl, g in zip(seen["floor"], gen_fakes))  # the floor sees the unblurred fakes
-    if noise == 0:
+    if noise == 0:  # the very tensors: no draw was made
         assert all(c[0] is r for c, r in zip(seen["critic"], seen["real"][: n * k]))
+        assert all(c[1] is f for c, f in zip(seen["critic"], critic_fakes))
+        assert all(g is f for g, f in zip(seen["gen"], gen_fakes))
+    else:  # real and fake get their own draws
+        r, f = real_diff.flatten(), fake_diff.flatten()
+        assert abs(float(torch.corrcoef(torch.stack([r, f]))[0, 1])) < 0.1
     with pytest.raises(GarageError, match="instance-noise"):
         GANConfig(instance_noise=3.0).validate()
     with pytest.raises(GarageError, match="instance-noise"):
@@ -1465,7 +1490,52 @@ def test_critic_probe_records_every_check_and_leaves_training_unchanged(real_sma
         _train.Trainer._gan_val = orig
     assert _train.Trainer._gan_val is orig
     assert len(records) == min(12, _train.N_CHECKS)
-    for r in records:
-        assert r["r_v"] == pytest.approx((r["d_fit"] - r["d_val"]) / (r["d_fit"] - r["d_fake"]))
+    assert all(np.isfinite([r["d_fit"], r["d_val"], r["d_fake"]]).all() and r["n"] > 0 for r in records)
     for a, b in zip(plain.net.generator.state_dict().values(), probed.net.generator.state_dict().values()):
         assert torch.equal(a, b)
+    for a, b in zip(plain.net.critic.state_dict().values(), probed.net.critic.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_critic_probe_scores_type_matched_fit_and_validation_cells(real_small):
+    """The probe's fit sample matches the validation cells' label and condition one for one (a
+    validation cell of a group without fit cells is left out), and critic_means scores exactly those
+    rows: with a critic that returns a code's first coordinate, D(fit) and D(val) are the means of
+    that coordinate over the matched rows."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.critic_probe import critic_means, matched_fit_rows, r_v, summarise
+    from garage.gan._train import Trainer
+
+    labels = np.array([0, 0, 1, 1, 2, 0, 1, 2, 3])
+    conds = np.array([0, 1, 0, 0, 0, 0, 0, 0, 0])
+    val, fit = matched_fit_rows(labels, conds, fit_rows=[0, 1, 2, 3, 4], val_rows=[5, 6, 7, 8], seed=0)
+    assert val.tolist() == [5, 6, 7]  # row 8: type 3 has no fit cell
+    assert (labels[val] == labels[fit]).all() and (conds[val] == conds[fit]).all()
+    assert fit[0] == 0  # type 0 in condition 0: only row 0 (row 1 is condition 1)
+
+    cfg = GANConfig(**TINY, val_fraction=0.3, seed=5)
+    m = GarageGAN.setup(real_small, cfg)
+    m.train(torch.device("cpu"))
+    t = Trainer(m.net, m.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), None, {})
+    t._set_labels()
+
+    class First(torch.nn.Module):
+        path_input = False
+
+        def forward(self, x, types, conds=None, path=None):
+            return x[:, 0]
+
+    m.net.critic = First()
+    got = critic_means(t)
+    v, f = matched_fit_rows(t._labels.numpy(), t._conds.numpy(), m.data.fit_rows, m.data.val_rows, 5)
+    codes = m.data.codes[:, 0]
+    assert got["n"] == len(v) > 0
+    assert got["d_val"] == pytest.approx(float(codes[torch.from_numpy(v)].mean()), rel=1e-5)
+    assert got["d_fit"] == pytest.approx(float(codes[torch.from_numpy(f)].mean()), rel=1e-5)
+    # r_v over a window: the ratio of mean outputs, nan when the critic does not rank fit above fake
+    recs = [{"d_fit": 1.0, "d_val": 0.5, "d_fake": 0.0}, {"d_fit": 3.0, "d_val": 2.5, "d_fake": 2.9}]
+    assert summarise(recs)["r_v"] == pytest.approx(r_v(3.0, 2.5, 2.9)) == pytest.approx(5.0)
+    assert summarise(recs * 3)["r_v"] == pytest.approx((2.0 - 1.5) / (2.0 - 1.45))
+    assert np.isnan(r_v(1.0, 0.5, 1.2))
