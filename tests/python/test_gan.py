@@ -1481,14 +1481,14 @@ def test_critic_probe_records_every_check_and_leaves_training_unchanged(real_sma
     plain = GarageGAN.setup(real_small, cfg)
     plain.train(torch.device("cpu"))
     records: list = []
-    orig = _probe_checks(records)
+    orig, orig_batch = _probe_checks(records)
     try:
         set_seed(4)
         probed = GarageGAN.setup(real_small, cfg)
         probed.train(torch.device("cpu"))
     finally:
-        _train.Trainer._gan_val = orig
-    assert _train.Trainer._gan_val is orig
+        _train.Trainer._gan_val, _train.Trainer._balanced_batch = orig, orig_batch
+    assert _train.Trainer._gan_val is orig and _train.Trainer._balanced_batch is orig_batch
     assert len(records) == min(12, _train.N_CHECKS)
     assert all(np.isfinite([r["d_fit"], r["d_val"], r["d_fake"]]).all() and r["n"] > 0 for r in records)
     for a, b in zip(plain.net.generator.state_dict().values(), probed.net.generator.state_dict().values()):
@@ -1539,3 +1539,45 @@ def test_critic_probe_scores_type_matched_fit_and_validation_cells(real_small):
     assert summarise(recs)["r_v"] == pytest.approx(r_v(3.0, 2.5, 2.9)) == pytest.approx(5.0)
     assert summarise(recs * 3)["r_v"] == pytest.approx((2.0 - 1.5) / (2.0 - 1.45))
     assert np.isnan(r_v(1.0, 0.5, 1.2))
+
+
+def test_critic_probe_holdout_keeps_cells_from_the_critic_and_splits_r_v(real_small):
+    """--critic-holdout: the held fit cells (a share of every group, rounded down) never appear in an
+    adversarial real batch, every check scores them, and r_mem + r_enc = r_v."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.critic_probe import _probe_checks, critic_holdout_rows, summarise
+    from garage.gan import _train
+
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 25)
+    conds = np.zeros(len(labels), dtype=int)
+    held = critic_holdout_rows(labels, conds, np.arange(len(labels)), 0.2, seed=0)
+    assert np.bincount(labels[held], minlength=3).tolist() == [2, 0, 5]
+
+    drawn = []
+    batch = _train.Trainer._balanced_batch
+
+    def spy(self, balance):
+        out = batch(self, balance)
+        drawn.append(out.clone())
+        return out
+
+    records: list = []
+    _train.Trainer._balanced_batch = spy  # under the probe's own patch: sees what the probe hands out
+    try:
+        orig, orig_batch = _probe_checks(records, held_fraction=0.3)
+        m = GarageGAN.setup(real_small, GANConfig(**{**TINY, "gan_steps": 12}, val_fraction=0.3, seed=6))
+        m.train(torch.device("cpu"))
+        t_labels = (m.data.labels if m.data.labels is not None else m.data.types).numpy()
+        want = critic_holdout_rows(t_labels, m.data.conds.numpy(), m.data.fit_rows, 0.3, 6)
+    finally:
+        _train.Trainer._gan_val, _train.Trainer._balanced_batch = orig, batch
+    # the probe's first call only sets up the weights over all fit rows (its draw is discarded)
+    assert len(want) > 0 and len(drawn) == 12 * GANConfig().n_critic + 1
+    assert np.isin(drawn[0].numpy(), want).any()  # the test can see a held cell when one is drawn
+    assert not np.isin(torch.cat(drawn[1:]).numpy(), want).any()
+    assert all("d_held" in r for r in records)
+    s = summarise(records)
+    if np.isfinite(s["r_v"]):
+        assert s["r_mem"] + s["r_enc"] == pytest.approx(s["r_v"])
