@@ -268,7 +268,7 @@ def report(paths: list[Path], tag: str) -> Path:
              "them) and r_v splits into r_mem = (D fit − D held) / (D fit − D fake), the critic's memory, and r_enc = "
              "(D held − D val) / (D fit − D fake), the encoder's shift between seen and unseen cells.", "",
              "| dataset | GAN options | seed | fit / val cells | encoder_shift | r_v middle third | r_v last third | "
-             "r_mem / r_enc (last third) | D fit / val / fake (end) | D fit − D fake (end) | json |",
+             "r_mem / r_enc (last third) | D fit / val / fake (last third) | D fit − D fake (last third) | json |",
              "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     out = RESULTS / f"critic_probe_{tag}.md"
     out.write_text("\n".join(lines))

@@ -113,8 +113,9 @@ def composition_options(f):
                    "(worse in the benchmarks: round 14 of bench/results/fidelity_notes.md).")
 @click.option("--instance-noise", type=click.FloatRange(0, 2), default=0.0, show_default=True,
               help="garage mode, latent space, experimental: Gaussian noise of this sd (standardised code units) "
-                   "added to real and generated codes wherever the critic sees them (0: off); not better than "
-                   "0 on realism, a privacy lever at 0.5 (round 15 of bench/results/fidelity_notes.md).")
+                   "added to real and generated codes wherever the critic sees them (0: off); realism unchanged "
+                   "in the benchmarks, a lower membership attack on one small dataset at 0.5 (round 15 of "
+                   "bench/results/fidelity_notes.md).")
 @click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--lr-ae", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",

@@ -279,10 +279,10 @@ class GANConfig:
         every step. Both distributions are blurred by the same kernel, so the
         generator's target is unchanged, while a critic that would memorise a
         small set of real codes sees overlapping inputs (instance noise:
-        Sønderby et al. 2017, Arjovsky & Bottou 2017; 0: off). It lowered the
-        critic's memory of the fit cells but not C2ST (round 15 of
-        ``bench/results/fidelity_notes.md``); 0.5 raised the DCR ratio and
-        lowered sc_mixology's membership attack at a realism cost on kang_ifnb.
+        Sønderby et al. 2017, Arjovsky & Bottou 2017; 0: off). It did not move
+        C2ST on paired validation runs at 0.2 or 0.5; at 0.5 it lowered the
+        membership attack on sc_mixology's three validation seeds and left the
+        other sets level (round 15 of ``bench/results/fidelity_notes.md``).
     lr_gan, lr_ae
         Adam learning rates (adversarial, autoencoder).
     label_smoothing
