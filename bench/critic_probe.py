@@ -223,8 +223,7 @@ def summarise(records: list) -> dict:
         out[f"distance{name}"] = m["d_fit"] - m["d_fake"]
         if "d_held" in m:
             out[f"r_mem{name}"] = r_v(m["d_fit"], m["d_held"], m["d_fake"])
-            den = out[f"distance{name}"]
-            out[f"r_enc{name}"] = (m["d_held"] - m["d_val"]) / den if den > 1e-8 else float("nan")
+            out[f"r_enc{name}"] = out[f"r_v{name}"] - out[f"r_mem{name}"]  # (D held - D val) / (D fit - D fake)
     return out
 
 

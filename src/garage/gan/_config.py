@@ -375,6 +375,11 @@ class GANConfig:
         object.__setattr__(self, "cells_per_group", parse_cells_per_group(self.cells_per_group))
 
     @property
+    def instance_noise_applies(self) -> bool:
+        """``--instance-noise`` acts on latent codes of the ``garage`` mode only (elsewhere it is ignored)."""
+        return self.mode == "garage" and self.effective_space == "latent"
+
+    @property
     def critic_path_on(self) -> bool:
         """Whether the critic takes the seeded flag (``auto`` not resolved by ``for_output``: off)."""
         return self.critic_path == "on"

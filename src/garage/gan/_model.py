@@ -552,7 +552,7 @@ class GarageGAN:
         if self.data is None:
             raise GarageError("this model was loaded for generation only", "train a new model with `garage gan`")
         device = torch.device(device)
-        if self.config.instance_noise and (self.config.effective_space != "latent" or self.config.mode != "garage"):
+        if self.config.instance_noise and not self.config.instance_noise_applies:
             logger.warning("--instance-noise applies to --space latent with --mode garage only: not applied")
         self.net.to(device)
         for name in ("seed_start", "seed_count", "lib_params"):

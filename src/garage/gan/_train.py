@@ -616,7 +616,7 @@ class Trainer:
         with fresh Gaussian noise of that sd in standardised code units; *x* itself when off (no draw,
         so a run without it keeps its random stream)."""
         s = self.cfg.instance_noise
-        if not s or self.cfg.mode != "garage" or self.cfg.effective_space != "latent":
+        if not s or not self.cfg.instance_noise_applies:
             return x
         return x + s * torch.randn(x.shape, generator=self.dgen, device=x.device, dtype=x.dtype)
 
