@@ -1359,6 +1359,49 @@ def test_gan_loss_option_picks_the_losses_it_names(real_small, monkeypatch, loss
         GANConfig(lr_decay="false").validate()
 
 
+@pytest.mark.parametrize("kw, want", [
+    ({}, 4e-4),  # the tuned default: garage mode, latent space, wgan-gp
+    ({"space": "gene"}, 2e-4),  # untuned settings keep WGAN-GP's published rate
+    ({"mode": "original"}, 2e-4),
+    ({"gan_loss": "ns-r1"}, 2e-4),
+    ({"lr_gan": 1e-3}, 1e-3),  # an explicit rate wins everywhere
+    ({"lr_gan": 1e-3, "mode": "original"}, 1e-3),
+])
+def test_default_adversarial_lr_is_resolved_per_game_and_reaches_both_optimisers(real_small, monkeypatch, kw, want):
+    """--lr-gan unset: 4e-4 for the game it was tuned on, 2e-4 elsewhere; the generator's and the
+    critic's Adam both start at it, and a checkpoint's options record the resolved rate."""
+    import torch
+
+    from garage.gan import _train
+
+    assert GANConfig(**kw).adversarial_lr == want
+    seen = {}
+    init = _train.Trainer.__init__
+
+    class Built(Exception):
+        pass
+
+    def keep(self, net, data, config, device, gen, ckpt_path, train_opts):
+        init(self, net, data, config, device, gen, ckpt_path, train_opts)
+        seen.update(g=self.opt_g.param_groups[0]["lr"], d=self.opt_d.param_groups[0]["lr"],
+                    opts=train_opts["lr_gan"])
+        raise Built  # the optimisers are all this test needs: no training
+
+    monkeypatch.setattr(_train.Trainer, "__init__", keep)
+    m = GarageGAN.setup(real_small, GANConfig(**{**TINY, **kw}, seed=0))
+    with pytest.raises(Built):
+        m.train(torch.device("cpu"))
+    assert seen == {"g": want, "d": want, "opts": want}
+
+
+def test_model_file_records_the_adversarial_lr_it_trained_with(trained_small):
+    import torch
+
+    assert trained_small["config"].lr_gan is None  # the test profile keeps the default
+    payload = torch.load(trained_small["model"], weights_only=True)
+    assert payload["config"]["lr_gan"] == trained_small["config"].adversarial_lr
+
+
 @pytest.mark.parametrize("decay", [False, True])
 def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monkeypatch, decay):
     """--lr-decay: generator step t of T runs both adversarial optimisers at lr_gan * (1 - t / T);

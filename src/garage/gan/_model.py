@@ -564,6 +564,7 @@ class GarageGAN:
         train_opts = {k: v for k, v in self.config.to_dict().items()
                       if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
                                    "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
+        train_opts["lr_gan"] = self.config.adversarial_lr  # as trained (None resolved): a resume compares rates
         trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
         if resume:
             trainer.load_checkpoint()
@@ -837,7 +838,9 @@ class GarageGAN:
             "garage_version": __version__,
             "versions": versions(),
             # critic_path as trained ("auto" is resolved by run_gan; a model built otherwise trained with it off)
-            "config": {**self.config.to_dict(), "critic_path": "on" if self.config.critic_path_on else "off"},
+            # and the adversarial learning rate as trained (None resolved: the default may change)
+            "config": {**self.config.to_dict(), "critic_path": "on" if self.config.critic_path_on else "off",
+                       "lr_gan": self.config.adversarial_lr},
             "state_dict": state,
             "shareable": bool(shareable),
             **meta,

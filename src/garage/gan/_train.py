@@ -226,8 +226,8 @@ class Trainer:
             self.opt_dec = torch.optim.Adam(
                 [*net.vae.decoder.parameters(), *net.vae.px.parameters(), net.vae.log_theta], lr=DECODER_LR)
         betas = (0.5, 0.9) if config.mode == "garage" else (0.5, 0.999)
-        self.opt_g = torch.optim.Adam(net.generator.parameters(), lr=config.lr_gan, betas=betas)
-        self.opt_d = torch.optim.Adam(net.critic.parameters(), lr=config.lr_gan, betas=betas)
+        self.opt_g = torch.optim.Adam(net.generator.parameters(), lr=config.adversarial_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(net.critic.parameters(), lr=config.adversarial_lr, betas=betas)
         self._perm: torch.Tensor | None = None
         self._pos = 0
         self._types = data.types.to(device)
@@ -567,7 +567,7 @@ class Trainer:
         net.critic.train()
         original = cfg.mode == "original"
         if cfg.lr_decay:  # linear to 0 over the phase, from the step count alone (a resume continues it)
-            lr = cfg.lr_gan * max(0.0, 1.0 - self.state.step / max(1, self.steps["gan"]))
+            lr = cfg.adversarial_lr * max(0.0, 1.0 - self.state.step / max(1, self.steps["gan"]))
             for opt in (self.opt_g, self.opt_d):
                 for group in opt.param_groups:
                     group["lr"] = lr
