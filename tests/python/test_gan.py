@@ -1400,6 +1400,10 @@ def test_model_file_records_the_adversarial_lr_it_trained_with(trained_small):
     assert trained_small["config"].lr_gan is None  # the test profile keeps the default
     payload = torch.load(trained_small["model"], weights_only=True)
     assert payload["config"]["lr_gan"] == trained_small["config"].adversarial_lr
+    # the synthetic cells' own record of the run names the same resolved rate (not None / "")
+    syn = ad.read_h5ad(trained_small["h5ad"], backed="r")
+    assert float(syn.uns["garage"]["gan"]["lr_gan"]) == trained_small["config"].adversarial_lr
+    assert GANConfig().for_output(False).lr_gan == GANConfig().adversarial_lr == 4e-4
 
 
 @pytest.mark.parametrize("decay", [False, True])

@@ -407,13 +407,15 @@ class GANConfig:
         return self.critic_path == "on"
 
     def for_output(self, shareable_model: bool) -> "GANConfig":
-        """The config with ``critic_path='auto'`` resolved for the model to write: ``on`` for a
-        shareable model (it generates unseeded cells only), ``off`` otherwise."""
-        if self.critic_path != "auto":
-            return self
+        """The config with ``critic_path='auto'`` resolved for the model to write (``on`` for a
+        shareable model: it generates unseeded cells only; ``off`` otherwise) and ``lr_gan=None``
+        resolved to :attr:`adversarial_lr`, so every output records the rate it trained with."""
         from dataclasses import replace
 
-        return replace(self, critic_path="on" if shareable_model else "off")
+        out = self if self.lr_gan is not None else replace(self, lr_gan=self.adversarial_lr)
+        if out.critic_path != "auto":
+            return out
+        return replace(out, critic_path="on" if shareable_model else "off")
 
     @property
     def effective_space(self) -> str:
