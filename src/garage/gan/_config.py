@@ -113,9 +113,10 @@ def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
 #: (kang_ifnb) against the earlier 600 passes clipped to [1,500, 5,000] steps.
 GAN_STEPS_DEFAULT = 6000
 #: the adversarial learning rate of garage mode's Wasserstein game in latent space (``lr_gan``
-#: None): twice WGAN-GP's, chosen on the development validation splits (round 16 of the notes)
+#: None): twice the earlier default, chosen on the development validation splits (round 16 of the notes)
 LR_GAN_TUNED = 4e-4
-#: the adversarial learning rate elsewhere: WGAN-GP's published setting (Gulrajani et al. 2017)
+#: the adversarial learning rate elsewhere: the earlier default (the DCGAN-style Adam rate; WGAN-GP's
+#: paper recommends 1e-4 with beta1 0, Gulrajani et al. 2017)
 LR_GAN_WGAN_GP = 2e-4
 #: most passes over the train cells the autoencoder makes by default (and a third of that for the
 #: decoder fine-tuning): chosen on the validation splits (bench/results/fidelity_notes.md, round 7)
@@ -293,8 +294,8 @@ class GANConfig:
         default): 4e-4 for ``garage`` mode's Wasserstein game in latent space
         (chosen on the development validation splits: C2ST gap -0.007 on
         average over 14 paired runs against 2e-4; round 16 of
-        ``bench/results/fidelity_notes.md``), 2e-4 elsewhere (WGAN-GP's
-        published setting; gene space, ``original`` mode and ``ns-r1`` were
+        ``bench/results/fidelity_notes.md``), 2e-4 elsewhere (the earlier
+        default; gene space, ``original`` mode and ``ns-r1`` were
         not tuned). See :attr:`adversarial_lr`.
     lr_ae
         Adam learning rate of the autoencoder phases.
