@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     syn = ad.read_h5ad(out["h5ad"])
     sl = syn.obs[C.OBS_CELL_TYPE].astype(str).to_numpy()
     res = {
-        "name": args.name, "seed_source": seed_source, "config": cfg.to_dict(),
+        "name": args.name, "seed_source": seed_source, "config": cfg.for_output(False).to_dict(),
         "wall_seconds_train_and_generate": round(wall, 1), "peak_rss_mb": round(peak_mb, 1),
         "threads": args.threads, "device": args.device,
         "n_synthetic": int(syn.n_obs),

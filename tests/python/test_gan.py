@@ -1214,11 +1214,12 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
 
     from garage.gan._train import Trainer
 
-    def trainer(cfg, m):
-        opts = {k: v for k, v in cfg.to_dict().items()
+    def trainer(cfg, m):  # as GarageGAN.train builds it, from the model's (resolved) config
+        assert m.config.lr_gan is not None
+        opts = {k: v for k, v in m.config.to_dict().items()
                 if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
                              "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
-        return Trainer(m.net, m.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(0),
+        return Trainer(m.net, m.data, m.config, torch.device("cpu"), torch.Generator().manual_seed(0),
                        tmp_path / "c.gan.ckpt.pt", opts)
 
     cfg = GANConfig(**{**TINY, "checkpoint_every": 10})
@@ -1230,11 +1231,19 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
     assert trainer(cfg, m).load_checkpoint()
     ns = GANConfig(**{**TINY, "checkpoint_every": 10, "gan_loss": "ns-r1"})
-    with pytest.raises(GarageError, match=r"different options .*\(gan_loss\)"):
+    # ns-r1 also resolves another default rate (2e-4): both are named
+    with pytest.raises(GarageError, match=r"different options .*\(gan_loss, lr_gan\)"):
         trainer(ns, GarageGAN.setup(real_small, ns)).load_checkpoint()
     blur = GANConfig(**{**TINY, "checkpoint_every": 10, "instance_noise": 0.2})
     with pytest.raises(GarageError, match=r"different options .*\(instance_noise\)"):
         trainer(blur, GarageGAN.setup(real_small, blur)).load_checkpoint()
+    # written before the default rate changed (2e-4 then, 4e-4 now): the error names the rate to pass
+    ck["config"]["lr_gan"] = 2e-4
+    torch.save(ck, tmp_path / "c.gan.ckpt.pt")
+    with pytest.raises(GarageError, match=r"\(lr_gan\).*--lr-gan 0.0002: pass that to resume"):
+        trainer(cfg, m).load_checkpoint()
+    old = GANConfig(**{**TINY, "checkpoint_every": 10, "lr_gan": 2e-4})
+    assert trainer(old, GarageGAN.setup(real_small, old)).load_checkpoint()
 
 
 def test_decoder_dropout_acts_in_training_only(real_small):
@@ -1407,13 +1416,14 @@ def test_model_file_records_the_adversarial_lr_it_trained_with(trained_small):
 
 
 @pytest.mark.parametrize("decay", [False, True])
-def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monkeypatch, decay):
+@pytest.mark.parametrize("lr_gan, lr", [(1e-3, 1e-3), (None, 4e-4)])  # explicit, and the default resolved
+def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monkeypatch, decay, lr_gan, lr):
     """--lr-decay: generator step t of T runs both adversarial optimisers at lr_gan * (1 - t / T);
     without it every step runs at lr_gan."""
     import torch
 
     seen = {"g": [], "d": []}
-    m = GarageGAN.setup(real_small, GANConfig(**TINY, lr_decay=decay, lr_gan=1e-3, seed=2))
+    m = GarageGAN.setup(real_small, GANConfig(**TINY, lr_decay=decay, lr_gan=lr_gan, seed=2))
     adam_step = torch.optim.Adam.step
 
     def spy(self, *args, **kwargs):  # the lr each optimiser step runs with, as it runs
@@ -1434,7 +1444,7 @@ def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monke
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     m.train(torch.device("cpu"))
     n, k = TINY["gan_steps"], GANConfig().n_critic
-    want = [1e-3 * (1 - t / n) if decay else 1e-3 for t in range(n)]
+    want = [lr * (1 - t / n) if decay else lr for t in range(n)]
     assert seen["g"] == pytest.approx(want)
     assert seen["d"] == pytest.approx([lr for lr in want for _ in range(k)])  # every critic step of step t
 

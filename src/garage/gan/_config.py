@@ -389,9 +389,14 @@ class GANConfig:
         object.__setattr__(self, "cells_per_group", parse_cells_per_group(self.cells_per_group))
 
     @property
+    def latent_garage(self) -> bool:
+        """``garage`` mode in latent space: the game the latent-only options were built and tuned for."""
+        return self.mode == "garage" and self.effective_space == "latent"
+
+    @property
     def instance_noise_applies(self) -> bool:
         """``--instance-noise`` acts on latent codes of the ``garage`` mode only (elsewhere it is ignored)."""
-        return self.mode == "garage" and self.effective_space == "latent"
+        return self.latent_garage
 
     @property
     def adversarial_lr(self) -> float:
@@ -399,7 +404,7 @@ class GANConfig:
         game (``garage`` mode, latent space, ``wgan-gp``) and 2e-4 elsewhere."""
         if self.lr_gan is not None:
             return float(self.lr_gan)
-        tuned = self.mode == "garage" and self.effective_space == "latent" and self.gan_loss == "wgan-gp"
+        tuned = self.latent_garage and self.gan_loss == "wgan-gp"
         return LR_GAN_TUNED if tuned else LR_GAN_WGAN_GP
 
     @property
@@ -435,15 +440,15 @@ class GANConfig:
     @property
     def effective_type_states(self) -> int:
         """States per type the networks are conditioned on (1 outside garage mode's latent space)."""
-        return int(self.type_states) if self.mode == "garage" and self.effective_space == "latent" else 1
+        return int(self.type_states) if self.latent_garage else 1
 
     @property
     def joint_library(self) -> bool:
-        return self.mode == "garage" and self.effective_space == "latent" and self.library == "joint"
+        return self.latent_garage and self.library == "joint"
 
     @property
     def conditional_library(self) -> bool:
-        return self.mode == "garage" and self.effective_space == "latent" and self.library == "conditional"
+        return self.latent_garage and self.library == "conditional"
 
     def schedule(self, n_train: int) -> dict[str, int]:
         """Optimiser steps per phase for *n_train* cells (explicit options win).

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +374,8 @@ class GarageGAN:
     """The AnnData-facing model: ``setup`` -> ``train`` -> ``generate`` / ``save`` / ``load``."""
 
     def __init__(self, config: GANConfig, net: GANNet, meta: dict, data: TrainData | None = None):
+        if config.lr_gan is None:  # resolved once: optimisers, checkpoints and model files see the rate used
+            config = replace(config, lr_gan=config.adversarial_lr)
         self.config, self.net, self.meta, self.data = config, net, meta, data
 
     # ---------------------------------------------------------------- setup
@@ -564,7 +566,6 @@ class GarageGAN:
         train_opts = {k: v for k, v in self.config.to_dict().items()
                       if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
                                    "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
-        train_opts["lr_gan"] = self.config.adversarial_lr  # as trained (None resolved): a resume compares rates
         trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
         if resume:
             trainer.load_checkpoint()
@@ -838,9 +839,7 @@ class GarageGAN:
             "garage_version": __version__,
             "versions": versions(),
             # critic_path as trained ("auto" is resolved by run_gan; a model built otherwise trained with it off)
-            # and the adversarial learning rate as trained (None resolved: the default may change)
-            "config": {**self.config.to_dict(), "critic_path": "on" if self.config.critic_path_on else "off",
-                       "lr_gan": self.config.adversarial_lr},
+            "config": {**self.config.to_dict(), "critic_path": "on" if self.config.critic_path_on else "off"},
             "state_dict": state,
             "shareable": bool(shareable),
             **meta,

@@ -292,6 +292,8 @@ class Trainer:
             differ = sorted(k for k in self.config_dict if ck_config.get(k) != self.config_dict[k])
             hint = (" (--critic-path auto is on with --shareable-model and off without it)"
                     if "critic_path" in differ else "")
+            if "lr_gan" in differ and ck_config.get("lr_gan") is not None:  # the default rate changed in 0.x
+                hint += f" (it trained with --lr-gan {ck_config['lr_gan']:g}: pass that to resume it)"
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written with different options or training schedule"
                 + (f" ({', '.join(differ)}){hint}" if differ else ""),
