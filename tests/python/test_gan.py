@@ -1214,13 +1214,9 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
 
     from garage.gan._train import Trainer
 
-    def trainer(cfg, m):  # as GarageGAN.train builds it, from the model's (resolved) config
-        assert m.config.lr_gan is not None
-        opts = {k: v for k, v in m.config.to_dict().items()
-                if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
-                             "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
+    def trainer(cfg, m):  # as GarageGAN.train builds it, from the model's config
         return Trainer(m.net, m.data, m.config, torch.device("cpu"), torch.Generator().manual_seed(0),
-                       tmp_path / "c.gan.ckpt.pt", opts)
+                       tmp_path / "c.gan.ckpt.pt", m.config.train_options())
 
     cfg = GANConfig(**{**TINY, "checkpoint_every": 10})
     m = GarageGAN.setup(real_small, cfg)
@@ -1231,18 +1227,17 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
     assert trainer(cfg, m).load_checkpoint()
     ns = GANConfig(**{**TINY, "checkpoint_every": 10, "gan_loss": "ns-r1"})
-    # ns-r1 also resolves another default rate (2e-4): both are named
-    with pytest.raises(GarageError, match=r"different options .*\(gan_loss, lr_gan\)"):
+    with pytest.raises(GarageError, match=r"different options .*\(gan_loss\)"):
         trainer(ns, GarageGAN.setup(real_small, ns)).load_checkpoint()
     blur = GANConfig(**{**TINY, "checkpoint_every": 10, "instance_noise": 0.2})
     with pytest.raises(GarageError, match=r"different options .*\(instance_noise\)"):
         trainer(blur, GarageGAN.setup(real_small, blur)).load_checkpoint()
-    # written before the default rate changed (2e-4 then, 4e-4 now): the error names the rate to pass
-    ck["config"]["lr_gan"] = 2e-4
+    # written while the default rate was 4e-4 (rounds 16-17): the error names the rate to pass
+    ck["config"]["lr_gan"] = 4e-4
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
-    with pytest.raises(GarageError, match=r"\(lr_gan\).*--lr-gan 0.0002: pass that to resume"):
+    with pytest.raises(GarageError, match=r"\(lr_gan\).*--lr-gan 0.0004: pass that to resume"):
         trainer(cfg, m).load_checkpoint()
-    old = GANConfig(**{**TINY, "checkpoint_every": 10, "lr_gan": 2e-4})
+    old = GANConfig(**{**TINY, "checkpoint_every": 10, "lr_gan": 4e-4})
     assert trainer(old, GarageGAN.setup(real_small, old)).load_checkpoint()
 
 
@@ -1369,21 +1364,22 @@ def test_gan_loss_option_picks_the_losses_it_names(real_small, monkeypatch, loss
 
 
 @pytest.mark.parametrize("kw, want", [
-    ({}, 4e-4),  # the tuned default: garage mode, latent space, wgan-gp
-    ({"space": "gene"}, 2e-4),  # untuned settings keep WGAN-GP's published rate
+    ({}, 2e-4),  # one default for every game (4e-4 in rounds 16-17 did not hold on fresh seeds)
+    ({"space": "gene"}, 2e-4),
     ({"mode": "original"}, 2e-4),
     ({"gan_loss": "ns-r1"}, 2e-4),
+    ({"lr_gan": None}, 2e-4),  # None, which meant "the game's default" in rounds 16-17, means the default
     ({"lr_gan": 1e-3}, 1e-3),  # an explicit rate wins everywhere
     ({"lr_gan": 1e-3, "mode": "original"}, 1e-3),
 ])
-def test_default_adversarial_lr_is_resolved_per_game_and_reaches_both_optimisers(real_small, monkeypatch, kw, want):
-    """--lr-gan unset: 4e-4 for the game it was tuned on, 2e-4 elsewhere; the generator's and the
-    critic's Adam both start at it, and a checkpoint's options record the resolved rate."""
+def test_adversarial_lr_reaches_both_optimisers_and_the_checkpoint_options(real_small, monkeypatch, kw, want):
+    """The generator's and the critic's Adam both start at --lr-gan (2e-4 unless given), and a
+    checkpoint's options record it."""
     import torch
 
     from garage.gan import _train
 
-    assert GANConfig(**kw).adversarial_lr == want
+    assert GANConfig(**kw).lr_gan == want
     seen = {}
     init = _train.Trainer.__init__
 
@@ -1406,17 +1402,16 @@ def test_default_adversarial_lr_is_resolved_per_game_and_reaches_both_optimisers
 def test_model_file_records_the_adversarial_lr_it_trained_with(trained_small):
     import torch
 
-    assert trained_small["config"].lr_gan is None  # the test profile keeps the default
+    assert trained_small["config"].lr_gan == 2e-4  # the test profile keeps the default
     payload = torch.load(trained_small["model"], weights_only=True)
-    assert payload["config"]["lr_gan"] == trained_small["config"].adversarial_lr
-    # the synthetic cells' own record of the run names the same resolved rate (not None / "")
+    assert payload["config"]["lr_gan"] == 2e-4
+    # the synthetic cells' own record of the run names the same rate (not None / "")
     syn = ad.read_h5ad(trained_small["h5ad"], backed="r")
-    assert float(syn.uns["garage"]["gan"]["lr_gan"]) == trained_small["config"].adversarial_lr
-    assert GANConfig().for_output(False).lr_gan == GANConfig().adversarial_lr == 4e-4
+    assert float(syn.uns["garage"]["gan"]["lr_gan"]) == 2e-4
 
 
 @pytest.mark.parametrize("decay", [False, True])
-@pytest.mark.parametrize("lr_gan, lr", [(1e-3, 1e-3), (None, 4e-4)])  # explicit, and the default resolved
+@pytest.mark.parametrize("lr_gan, lr", [(1e-3, 1e-3), (None, 2e-4)])  # explicit, and None as the default
 def test_lr_decay_is_linear_to_zero_over_the_adversarial_phase(real_small, monkeypatch, decay, lr_gan, lr):
     """--lr-decay: generator step t of T runs both adversarial optimisers at lr_gan * (1 - t / T);
     without it every step runs at lr_gan."""

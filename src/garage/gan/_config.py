@@ -112,12 +112,11 @@ def parse_cells_per_group(value) -> tuple[tuple[str, int], ...] | None:
 #: without early stopping brought C2ST from 0.622 to 0.563 (sc_mixology) and 0.621 to 0.587
 #: (kang_ifnb) against the earlier 600 passes clipped to [1,500, 5,000] steps.
 GAN_STEPS_DEFAULT = 6000
-#: the adversarial learning rate of garage mode's Wasserstein game in latent space (``lr_gan``
-#: None): twice the earlier default, chosen on the development validation splits (round 16 of the notes)
-LR_GAN_TUNED = 4e-4
-#: the adversarial learning rate elsewhere: the earlier default (the DCGAN-style Adam rate; WGAN-GP's
-#: paper recommends 1e-4 with beta1 0, Gulrajani et al. 2017)
-LR_GAN_WGAN_GP = 2e-4
+#: the adversarial learning rate of every game (``lr_gan``; ``None`` means this): the DCGAN-style Adam
+#: rate (WGAN-GP's paper recommends 1e-4 with beta1 0, Gulrajani et al. 2017). Twice this looked better
+#: on 14 paired validation runs (round 16 of bench/results/fidelity_notes.md) and did not hold on 12
+#: fresh ones (round 17: +0.002 C2ST gap on average, pbmc3k worse on every seed), so it stays.
+LR_GAN_DEFAULT = 2e-4
 #: most passes over the train cells the autoencoder makes by default (and a third of that for the
 #: decoder fine-tuning): chosen on the validation splits (bench/results/fidelity_notes.md, round 7)
 AE_MAX_PASSES = 100
@@ -290,13 +289,10 @@ class GANConfig:
         membership attack on sc_mixology's three validation seeds and left the
         other sets level (round 15 of ``bench/results/fidelity_notes.md``).
     lr_gan
-        Adam learning rate of the generator and the critic. ``None`` (the
-        default): 4e-4 for ``garage`` mode's Wasserstein game in latent space
-        (chosen on the development validation splits: C2ST gap -0.007 on
-        average over 14 paired runs against 2e-4; round 16 of
-        ``bench/results/fidelity_notes.md``), 2e-4 elsewhere (the earlier
-        default; gene space, ``original`` mode and ``ns-r1`` were
-        not tuned). See :attr:`adversarial_lr`.
+        Adam learning rate of the generator and the critic: 2e-4 for every game
+        (``None`` means the same). 4e-4 was the default of ``garage`` mode in latent
+        space for rounds 16-17 and did not hold on fresh validation seeds (round 17
+        of ``bench/results/fidelity_notes.md``).
     lr_ae
         Adam learning rate of the autoencoder phases.
     label_smoothing
@@ -369,7 +365,7 @@ class GANConfig:
     r1_weight: float = 1.0
     lr_decay: bool = False
     instance_noise: float = 0.0
-    lr_gan: float | None = None
+    lr_gan: float = LR_GAN_DEFAULT
     lr_ae: float = 1e-3
     label_smoothing: float = 0.9
     count_dist: CountDist = "auto"
@@ -385,6 +381,8 @@ class GANConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "critic_path", critic_path_value(self.critic_path))
+        if self.lr_gan is None:  # accepted for callers of rounds 16-17, where None meant "the game's default"
+            object.__setattr__(self, "lr_gan", LR_GAN_DEFAULT)
         object.__setattr__(self, "cells_per_type", parse_cells_per_type(self.cells_per_type))
         object.__setattr__(self, "cells_per_group", parse_cells_per_group(self.cells_per_group))
 
@@ -399,29 +397,26 @@ class GANConfig:
         return self.latent_garage
 
     @property
-    def adversarial_lr(self) -> float:
-        """The adversarial learning rate used: ``lr_gan``, or with ``None`` 4e-4 for the tuned
-        game (``garage`` mode, latent space, ``wgan-gp``) and 2e-4 elsewhere."""
-        if self.lr_gan is not None:
-            return float(self.lr_gan)
-        tuned = self.latent_garage and self.gan_loss == "wgan-gp"
-        return LR_GAN_TUNED if tuned else LR_GAN_WGAN_GP
-
-    @property
     def critic_path_on(self) -> bool:
         """Whether the critic takes the seeded flag (``auto`` not resolved by ``for_output``: off)."""
         return self.critic_path == "on"
 
+    #: options that do not change training: a run and its --resume may differ in these
+    NOT_TRAINING = ("n_cells", "composition", "cells_per_type", "cells_per_group", "allow_counterfactual",
+                    "checkpoint_every", "max_memory_gb", "calibrate")
+
+    def train_options(self) -> dict:
+        """The options a checkpoint records and a --resume must match (all but :attr:`NOT_TRAINING`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_TRAINING}
+
     def for_output(self, shareable_model: bool) -> "GANConfig":
         """The config with ``critic_path='auto'`` resolved for the model to write (``on`` for a
-        shareable model: it generates unseeded cells only; ``off`` otherwise) and ``lr_gan=None``
-        resolved to :attr:`adversarial_lr`, so every output records the rate it trained with."""
+        shareable model: it generates unseeded cells only; ``off`` otherwise)."""
         from dataclasses import replace
 
-        out = self if self.lr_gan is not None else replace(self, lr_gan=self.adversarial_lr)
-        if out.critic_path != "auto":
-            return out
-        return replace(out, critic_path="on" if shareable_model else "off")
+        if self.critic_path != "auto":
+            return self
+        return replace(self, critic_path="on" if shareable_model else "off")
 
     @property
     def effective_space(self) -> str:
@@ -559,7 +554,7 @@ class GANConfig:
             v = getattr(self, name)  # a params file's "false" (a string) would read as true
             need(isinstance(v, bool), f"{name} must be true or false, got {v!r}",
                  f"write {name}: true or {name}: false (no quotes) in the params file")
-        need((self.lr_gan is None or self.lr_gan > 0) and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
+        need(self.lr_gan > 0 and self.lr_ae > 0, "learning rates must be > 0", "pass e.g. 1e-4")
         need(0.5 < self.label_smoothing <= 1.0, "--label-smoothing must be in (0.5, 1]", "pass e.g. 0.9")
         need(self.n_cells is None or (isinstance(self.n_cells, int) and self.n_cells >= 1),
              f"--n-cells must be >= 1, got {self.n_cells!r}", "pass a positive number or omit it")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -374,8 +374,6 @@ class GarageGAN:
     """The AnnData-facing model: ``setup`` -> ``train`` -> ``generate`` / ``save`` / ``load``."""
 
     def __init__(self, config: GANConfig, net: GANNet, meta: dict, data: TrainData | None = None):
-        if config.lr_gan is None:  # resolved once: optimisers, checkpoints and model files see the rate used
-            config = replace(config, lr_gan=config.adversarial_lr)
         self.config, self.net, self.meta, self.data = config, net, meta, data
 
     # ---------------------------------------------------------------- setup
@@ -562,11 +560,7 @@ class GarageGAN:
         if self.data.seed_codes is not None:
             self.data.seed_codes = self.data.seed_codes.to(device)
         gen = torch.Generator().manual_seed(int(self.config.seed))
-        # options that do not change training may differ between a run and its --resume
-        train_opts = {k: v for k, v in self.config.to_dict().items()
-                      if k not in ("n_cells", "composition", "cells_per_type", "cells_per_group",
-                                   "allow_counterfactual", "checkpoint_every", "max_memory_gb", "calibrate")}
-        trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, train_opts)
+        trainer = Trainer(self.net, self.data, self.config, device, gen, ckpt_path, self.config.train_options())
         if resume:
             trainer.load_checkpoint()
         rows = trainer.fit()

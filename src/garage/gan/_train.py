@@ -226,8 +226,8 @@ class Trainer:
             self.opt_dec = torch.optim.Adam(
                 [*net.vae.decoder.parameters(), *net.vae.px.parameters(), net.vae.log_theta], lr=DECODER_LR)
         betas = (0.5, 0.9) if config.mode == "garage" else (0.5, 0.999)
-        self.opt_g = torch.optim.Adam(net.generator.parameters(), lr=config.adversarial_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(net.critic.parameters(), lr=config.adversarial_lr, betas=betas)
+        self.opt_g = torch.optim.Adam(net.generator.parameters(), lr=config.lr_gan, betas=betas)
+        self.opt_d = torch.optim.Adam(net.critic.parameters(), lr=config.lr_gan, betas=betas)
         self._perm: torch.Tensor | None = None
         self._pos = 0
         self._types = data.types.to(device)
@@ -292,7 +292,7 @@ class Trainer:
             differ = sorted(k for k in self.config_dict if ck_config.get(k) != self.config_dict[k])
             hint = (" (--critic-path auto is on with --shareable-model and off without it)"
                     if "critic_path" in differ else "")
-            if "lr_gan" in differ and ck_config.get("lr_gan") is not None:  # the default rate changed in 0.x
+            if "lr_gan" in differ and ck_config.get("lr_gan") is not None:  # the default was 4e-4 in rounds 16-17
                 hint += f" (it trained with --lr-gan {ck_config['lr_gan']:g}: pass that to resume it)"
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written with different options or training schedule"
@@ -569,7 +569,7 @@ class Trainer:
         net.critic.train()
         original = cfg.mode == "original"
         if cfg.lr_decay:  # linear to 0 over the phase, from the step count alone (a resume continues it)
-            lr = cfg.adversarial_lr * max(0.0, 1.0 - self.state.step / max(1, self.steps["gan"]))
+            lr = cfg.lr_gan * max(0.0, 1.0 - self.state.step / max(1, self.steps["gan"]))
             for opt in (self.opt_g, self.opt_d):
                 for group in opt.param_groups:
                     group["lr"] = lr
