@@ -154,6 +154,27 @@ def _gan_run_options(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return overrides, options
 
 
+def _numbers(cls, overrides: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A float option's value as a number. YAML 1.1 (PyYAML) reads ``2e-4`` (no dot) as a string,
+    which a user means as the number; a value that is no number at all is refused here by name."""
+    out = dict(overrides)
+    for f in dataclasses.fields(cls):
+        v = out.get(f.name)
+        if "float" not in str(f.type) or v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, str):
+            try:
+                out[f.name] = float(v)
+            except ValueError:
+                raise GarageError(f"{stage} option {f.name!r} in params must be a number (got {v!r})",
+                                  f"write e.g. {f.name}: {f.default!r}" if isinstance(f.default, (int, float))
+                                  else f"write a number or omit {f.name}") from None
+        elif not isinstance(v, (int, float)):
+            raise GarageError(f"{stage} option {f.name!r} in params must be a number (got {v!r})",
+                              f"write a number or omit {f.name}")
+    return out
+
+
 def _config(cls, overrides: dict[str, Any], stage: str, seed: int | None = None, also_valid=()):
     names = {f.name for f in dataclasses.fields(cls)}
     if seed is not None and "seed" in names:
@@ -161,7 +182,7 @@ def _config(cls, overrides: dict[str, Any], stage: str, seed: int | None = None,
     bad = sorted(set(overrides) - names)
     if bad:
         raise GarageError(f"unknown {stage} option(s) {bad} in params", f"valid: {sorted(names | set(also_valid))}")
-    cfg = cls(**overrides)
+    cfg = cls(**_numbers(cls, overrides, stage))
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg

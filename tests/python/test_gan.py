@@ -1235,7 +1235,7 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     # written while the default rate was 4e-4 (rounds 16-17): the error names the rate to pass
     ck["config"]["lr_gan"] = 4e-4
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
-    with pytest.raises(GarageError, match=r"\(lr_gan\).*--lr-gan 0.0004: pass that to resume"):
+    with pytest.raises(GarageError, match=r"\(lr_gan\).*--lr-gan 0.0004: pass that to resume it, or lr_gan: 0.0004 in the gan section"):
         trainer(cfg, m).load_checkpoint()
     old = GANConfig(**{**TINY, "checkpoint_every": 10, "lr_gan": 4e-4})
     assert trainer(old, GarageGAN.setup(real_small, old)).load_checkpoint()

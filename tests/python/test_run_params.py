@@ -128,3 +128,21 @@ def test_params_hint_uses_gan_steps(tmp_path):
     with pytest.raises(GarageError) as err:
         garage_run._load_params(_params(tmp_path, {"train": {}}))
     assert "gan_steps" in err.value.fix and "epochs" not in err.value.fix
+
+
+def test_yaml_exponent_without_a_dot_is_read_as_the_number(stand_ins, tmp_path):
+    """PyYAML reads ``2e-4`` (YAML 1.1: no dot) as a string; a float option takes it as the number,
+    and a value that is no number fails with one line naming the option (not a TypeError)."""
+    calls, samples = stand_ins
+    params = tmp_path / "params.yml"
+    params.write_text("gan:\n  lr_gan: 4e-4\n  kl_weight: 1e0\n")
+    import yaml
+
+    assert yaml.safe_load(params.read_text())["gan"]["lr_gan"] == "4e-4"  # the trap this guards against
+    results = garage_run.run_samples(samples, tmp_path / "out", params_file=params, report=False)
+    assert [r.status for r in results] == ["ok"], results[0].message
+    assert calls["gan"]["config"].lr_gan == 4e-4 and calls["gan"]["config"].kl_weight == 1.0
+    params.write_text("gan:\n  lr_gan: fast\n")
+    with pytest.raises(GarageError, match=r"gan option 'lr_gan' in params must be a number \(got 'fast'\)") as err:
+        garage_run.run_samples(samples, tmp_path / "out2", params_file=params, report=False)
+    assert "lr_gan: 0.0002" in err.value.fix

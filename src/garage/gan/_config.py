@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -365,7 +365,7 @@ class GANConfig:
     r1_weight: float = 1.0
     lr_decay: bool = False
     instance_noise: float = 0.0
-    lr_gan: float = LR_GAN_DEFAULT
+    lr_gan: float | None = LR_GAN_DEFAULT  # None is read as the default in __post_init__
     lr_ae: float = 1e-3
     label_smoothing: float = 0.9
     count_dist: CountDist = "auto"
@@ -402,7 +402,7 @@ class GANConfig:
         return self.critic_path == "on"
 
     #: options that do not change training: a run and its --resume may differ in these
-    NOT_TRAINING = ("n_cells", "composition", "cells_per_type", "cells_per_group", "allow_counterfactual",
+    NOT_TRAINING: ClassVar[tuple[str, ...]] = ("n_cells", "composition", "cells_per_type", "cells_per_group", "allow_counterfactual",
                     "checkpoint_every", "max_memory_gb", "calibrate")
 
     def train_options(self) -> dict:

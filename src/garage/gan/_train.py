@@ -293,7 +293,9 @@ class Trainer:
             hint = (" (--critic-path auto is on with --shareable-model and off without it)"
                     if "critic_path" in differ else "")
             if "lr_gan" in differ and ck_config.get("lr_gan") is not None:  # the default was 4e-4 in rounds 16-17
-                hint += f" (it trained with --lr-gan {ck_config['lr_gan']:g}: pass that to resume it)"
+                was = repr(float(ck_config["lr_gan"]))
+                hint += (f" (it trained with --lr-gan {was}: pass that to resume it, or lr_gan: {was} in the gan "
+                         "section of a garage run params file)")
             raise GarageError(
                 f"checkpoint {self.ckpt_path.name} was written with different options or training schedule"
                 + (f" ({', '.join(differ)}){hint}" if differ else ""),
