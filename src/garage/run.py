@@ -154,24 +154,47 @@ def _gan_run_options(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return overrides, options
 
 
+def _number(value: Any, integer: bool, stage: str, name: str, default: Any) -> int | float:
+    """One numeric option's value as a number (an int option's only if it is whole)."""
+    kind = "a whole number" if integer else "a number"
+    fix = (f"write e.g. {name}: {default!r}" if isinstance(default, (int, float)) and not isinstance(default, bool)
+           else f"write {kind} or omit {name}")
+    bad = GarageError(f"{stage} option {name!r} in params must be {kind} (got {value!r})", fix)
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad from None
+    if not isinstance(value, (int, float)):
+        raise bad
+    if integer:
+        if not float(value).is_integer():
+            raise bad
+        return int(value)
+    return value
+
+
+#: annotations (strings: the config modules use postponed evaluation) of the numeric options
+_SCALARS = {"float": False, "float | None": False, "int": True, "int | None": True}
+
+
 def _numbers(cls, overrides: dict[str, Any], stage: str) -> dict[str, Any]:
-    """A float option's value as a number. YAML 1.1 (PyYAML) reads ``2e-4`` (no dot) as a string,
-    which a user means as the number; a value that is no number at all is refused here by name."""
+    """Numeric options as numbers. YAML 1.1 (PyYAML) reads ``2e-4`` or ``2e3`` (no dot) as a string,
+    which a user means as the number; a value that is no number (or a true/false) is refused by name."""
     out = dict(overrides)
     for f in dataclasses.fields(cls):
-        v = out.get(f.name)
-        if "float" not in str(f.type) or v is None or isinstance(v, bool):
+        v, kind = out.get(f.name), str(f.type)
+        if f.name not in out or v is None:  # None: validate() decides whether the option may be unset
             continue
-        if isinstance(v, str):
-            try:
-                out[f.name] = float(v)
-            except ValueError:
-                raise GarageError(f"{stage} option {f.name!r} in params must be a number (got {v!r})",
-                                  f"write e.g. {f.name}: {f.default!r}" if isinstance(f.default, (int, float))
-                                  else f"write a number or omit {f.name}") from None
-        elif not isinstance(v, (int, float)):
-            raise GarageError(f"{stage} option {f.name!r} in params must be a number (got {v!r})",
-                              f"write a number or omit {f.name}")
+        if kind in _SCALARS:
+            out[f.name] = _number(v, _SCALARS[kind], stage, f.name, f.default)
+        elif kind == "tuple[float, ...]":
+            if not isinstance(v, (list, tuple)):
+                raise GarageError(f"{stage} option {f.name!r} in params must be a list of numbers (got {v!r})",
+                                  f"write e.g. {f.name}: {list(f.default)!r}")
+            out[f.name] = tuple(_number(x, False, stage, f.name, None) for x in v)
     return out
 
 

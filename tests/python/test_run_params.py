@@ -145,4 +145,26 @@ def test_yaml_exponent_without_a_dot_is_read_as_the_number(stand_ins, tmp_path):
     params.write_text("gan:\n  lr_gan: fast\n")
     with pytest.raises(GarageError, match=r"gan option 'lr_gan' in params must be a number \(got 'fast'\)") as err:
         garage_run.run_samples(samples, tmp_path / "out2", params_file=params, report=False)
-    assert "lr_gan: 0.0002" in err.value.fix
+    from garage.gan._config import LR_GAN_DEFAULT
+
+    assert f"lr_gan: {LR_GAN_DEFAULT!r}" in err.value.fix
+
+
+def test_params_numbers_for_every_numeric_kind():
+    """Whole-number strings for int options, lists of numbers for tuple options, and true/false
+    refused where a number is meant: each by one GarageError naming the option."""
+    from garage.evaluate import EvaluateConfig
+    from garage.gan import GANConfig
+
+    cfg = garage_run._config(EvaluateConfig, {"max_cells": "2e3", "mmd_factors": [0.5, "1e0", 2]}, "evaluate")
+    assert cfg.max_cells == 2000 and isinstance(cfg.max_cells, int)
+    assert cfg.mmd_factors == (0.5, 1.0, 2.0)
+    for over, what in (({"max_cells": "2.5e0"}, "max_cells.*whole number"),
+                       ({"max_cells": 2500.5}, "max_cells.*whole number"),
+                       ({"mmd_factors": 1.0}, "mmd_factors.*list of numbers"),
+                       ({"mmd_factors": [1.0, "wide"]}, "mmd_factors.*must be a number")):
+        with pytest.raises(GarageError, match=what):
+            garage_run._config(EvaluateConfig, over, "evaluate")
+    with pytest.raises(GarageError, match=r"gan option 'lr_gan' in params must be a number \(got True\)"):
+        garage_run._config(GANConfig, {"lr_gan": True}, "gan")
+    assert garage_run._config(GANConfig, {"gan_batch_size": None, "max_memory_gb": None}, "gan").gan_batch_size is None

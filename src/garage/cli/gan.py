@@ -118,8 +118,8 @@ def composition_options(f):
                    "bench/results/fidelity_notes.md).")
 @click.option("--lr-gan", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True,
               help="Adam learning rate of the generator and the critic, the same for every mode, space and loss "
-                   "(4e-4, the default of garage mode in latent space in rounds 16-17, was not confirmed on fresh "
-                   "validation seeds: round 17 of bench/results/fidelity_notes.md).")
+                   "(4e-4, the default of garage mode in latent space with wgan-gp in rounds 16-17, was not "
+                   "confirmed on fresh validation seeds: round 17 of bench/results/fidelity_notes.md).")
 @click.option("--lr-ae", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--count-dist", type=click.Choice(["auto", "nb", "poisson", "multinomial"]), default="auto",
               show_default=True, help="Count sampling; auto = nb in latent space, poisson otherwise.")
