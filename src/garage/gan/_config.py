@@ -402,8 +402,9 @@ class GANConfig:
         return self.critic_path == "on"
 
     #: options that do not change training: a run and its --resume may differ in these
-    NOT_TRAINING: ClassVar[tuple[str, ...]] = ("n_cells", "composition", "cells_per_type", "cells_per_group", "allow_counterfactual",
-                    "checkpoint_every", "max_memory_gb", "calibrate")
+    NOT_TRAINING: ClassVar[tuple[str, ...]] = ("n_cells", "composition", "cells_per_type", "cells_per_group",
+                                               "allow_counterfactual", "checkpoint_every", "max_memory_gb",
+                                               "calibrate")
 
     def train_options(self) -> dict:
         """The options a checkpoint records and a --resume must match (all but :attr:`NOT_TRAINING`)."""
