@@ -8,6 +8,9 @@ it), and reports the paired differences: per run, per dataset, and over all runs
 Run:  python -m bench.pair --runs 'bench/_work/fidelity/*/val/garage_ns1_s*' \\
           --reference 'bench/_work/fidelity/*/val/garage_calp_s*/uncalibrated' --tag ns1_val
 (``--reference`` may be given more than once.)
+A glob may also name bench.fidelity's one-seed tables (``bench/results/fidelity_val_TAG.csv``, each
+beside its ``.md``, whose command gives the split and the seed): the committed record of runs whose
+folders are gone.
 Writes bench/results/pair_TAG.{md,csv}.
 """
 
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import glob
+import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,9 +32,31 @@ from .calib_pair import KEYS, _metrics
 SHOW = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")
 
 
+def _table(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
+    """((dataset, split, seed), metrics, what ran) of a one-seed bench.fidelity table, or why it is
+    not one.  Its ``.md`` twin names the split and the seed (the CSV has neither)."""
+    md = path.with_suffix(".md")
+    command = next((ln for ln in md.read_text().splitlines() if ln.startswith("Command:")), "") if md.exists() else ""
+    split, seeds = re.search(r"--split (\w+)", command), re.search(r"--seeds ([\d,]+)", command)
+    if not (split and seeds) or "," in seeds.group(1):
+        return f"{path}: not a one-seed bench.fidelity table (its .md names no single --split/--seeds)"
+    rows = [r for r in csv.DictReader(path.open()) if r.get("method") != "real (control)"]
+    if len(rows) != 1 or rows[0].get("n_seeds") != "1":
+        return f"{path}: expected one method row over one seed, found {len(rows)}"
+    r = rows[0]
+
+    def num(k):
+        return float(r[k]) if r.get(k) not in (None, "") else None
+
+    metrics = {k: num(k) for k in KEYS}
+    return (r["dataset"], split.group(1), int(seeds.group(1))), metrics, f"{r['method']} (one-seed tables, no row key)"
+
+
 def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
     """((dataset, split, seed), metrics, what ran) of a finished run folder (its row.json may be
-    one level up), or why it is not one."""
+    one level up) or of a one-seed table (``_table``), or why it is not one."""
+    if path.suffix == ".csv":
+        return _table(path)
     row_file = next((p / "row.json" for p in (path, path.parent) if (p / "row.json").exists()), None)
     done = path / "evaluate" / "eval.garage_metrics.json"
     if row_file is None:

@@ -261,6 +261,19 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     assert df["c2st_gap_var"].round(3).tolist() == [0.05, 0.22]
     md = (tmp_path / "results" / "pair_t.md").read_text()
     assert "b val s0" in md and "c_s0: no row.json" in md and "C2ST gap lower with the variant in 1" in md and "mean difference -0.0150" in md and "0.150 / 0.135 (-0.015, -0.050 to +0.020)" in md
+    # bench.fidelity's one-seed tables stand in for run folders that are gone; the .md gives split and seed
+    header = "dataset,method,n_seeds,c2st_gap,mia_auc,rare_agreement\n"
+    for name, seed, gap in (("ref_s0", 0, 0.10), ("var_s0", 0, 0.04), ("var_s1", 1, 0.2), ("two", 0, 0.3)):
+        (tmp_path / "tab").mkdir(exist_ok=True)
+        (tmp_path / "tab" / f"{name}.csv").write_text(header + f"a,garage@x,1,{gap},0.5,\na,real (control),1,0.0,0.5,0.9\n")
+        seeds = "0,1" if name == "two" else str(seed)
+        (tmp_path / "tab" / f"{name}.md").write_text(f"# t\n\nCommand: `python -m bench.fidelity --split val --seeds {seeds}`\n")
+    assert pair.main(["--runs", str(tmp_path / "tab/[vt]*.csv"), "--reference", str(tmp_path / "tab/ref_*.csv"),
+                      "--tag", "tab"]) == 0
+    df = pd.read_csv(tmp_path / "results" / "pair_tab.csv")
+    assert df["c2st_gap_var"].round(3).tolist() == [0.04] and df["c2st_gap_ref"].round(3).tolist() == [0.1]
+    md = (tmp_path / "results" / "pair_tab.md").read_text()
+    assert "two.csv: not a one-seed" in md and "a val s1" in md and "0.100 / 0.040 (-0.060)" in md
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
     with pytest.raises(SystemExit, match="match two runs"):
