@@ -279,3 +279,14 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="match two runs"):
         pair.main(["--runs", str(tmp_path / "dup/*"), "--reference", str(tmp_path / "ref/*/uncalibrated"),
                    "--tag", "t"])
+
+
+def test_machine_records_the_thread_setting(monkeypatch):
+    """Every bench table's Machine line names OMP_NUM_THREADS: the thread count changes a run's
+    float summation order (and, oversubscribed, its speed), so a table must say which it ran at."""
+    from bench._common import machine
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert machine()["omp_num_threads"] == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert machine()["omp_num_threads"] == "unset"
