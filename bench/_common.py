@@ -228,9 +228,9 @@ def machine() -> dict:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        # torch's intra-op threads in the training subprocesses: two runs sharing the machine at the
-        # default (one per core each) trained 4x slower than at 1 (notes, round 19), and the thread
-        # count changes float summation order, so a rerun at another setting is a different run
+        # torch's intra-op threads in the training subprocesses (unset: torch uses one per core in
+        # each run). Two runs sharing a 2-core machine trained 1.5x to over 4x slower unset than at
+        # 1 (notes, round 19), and a rerun at another setting is not the same run, seed or not
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -36,20 +36,25 @@ def _table(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
     """((dataset, split, seed), metrics, what ran) of a one-seed bench.fidelity table, or why it is
     not one.  Its ``.md`` twin names the split and the seed (the CSV has neither)."""
     md = path.with_suffix(".md")
-    command = next((ln for ln in md.read_text().splitlines() if ln.startswith("Command:")), "") if md.exists() else ""
-    split, seeds = re.search(r"--split (\w+)", command), re.search(r"--seeds ([\d,]+)", command)
-    if not (split and seeds) or "," in seeds.group(1):
-        return f"{path}: not a one-seed bench.fidelity table (its .md names no single --split/--seeds)"
-    rows = [r for r in csv.DictReader(path.open()) if r.get("method") != "real (control)"]
+    if not md.exists():
+        return f"{path}: no {md.name} beside it (it names the split and the seed)"
+    command = next((ln for ln in md.read_text().splitlines() if ln.startswith("Command:")), "")
+    # bench.fidelity's own default split is val; a command that names none ran on it
+    split, seeds = re.search(r"--split[ =](\w+)", command), re.search(r"--seeds[ =]([\d,]+)", command)
+    if not seeds or "," in seeds.group(1):
+        return f"{path}: not a one-seed bench.fidelity table (its .md's command names no single --seeds)"
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("method") != "real (control)"]
     if len(rows) != 1 or rows[0].get("n_seeds") != "1":
-        return f"{path}: expected one method row over one seed, found {len(rows)}"
+        n = rows[0].get("n_seeds") if len(rows) == 1 else "-"
+        return f"{path}: expected one method row over one seed, found {len(rows)} row(s) (n_seeds {n})"
     r = rows[0]
 
     def num(k):
         return float(r[k]) if r.get(k) not in (None, "") else None
 
     metrics = {k: num(k) for k in KEYS}
-    return (r["dataset"], split.group(1), int(seeds.group(1))), metrics, f"{r['method']} (one-seed tables, no row key)"
+    return (r["dataset"], split.group(1) if split else "val", int(seeds.group(1))), metrics, f"{r['method']} (one-seed tables, no row key)"
 
 
 def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:

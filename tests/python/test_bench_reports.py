@@ -274,6 +274,14 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     assert df["c2st_gap_var"].round(3).tolist() == [0.04] and df["c2st_gap_ref"].round(3).tolist() == [0.1]
     md = (tmp_path / "results" / "pair_tab.md").read_text()
     assert "two.csv: not a one-seed" in md and "a val s1" in md and "0.100 / 0.040 (-0.060)" in md
+    assert "| a | val | 0 | 0.100 / 0.040 (-0.060) | 0.500 / 0.500 (+0.000) | – |" in md  # blank: a dash
+    (tmp_path / "tab" / "lost.csv").write_text(header + "a,garage@x,1,0.1,0.5,\n")  # no .md beside it
+    (tmp_path / "tab" / "mean.csv").write_text(header + "a,garage@x,3,0.1,0.5,\n")  # a mean over 3 seeds
+    (tmp_path / "tab" / "mean.md").write_text("Command: `python -m bench.fidelity --split val --seeds 0`\n")
+    assert pair.main(["--runs", str(tmp_path / "tab/[lmv]*.csv"), "--reference", str(tmp_path / "tab/ref_*.csv"),
+                      "--tag", "tab"]) == 0
+    md = (tmp_path / "results" / "pair_tab.md").read_text()
+    assert "lost.csv: no lost.md beside it" in md and "mean.csv: expected one method row over one seed" in md
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
     with pytest.raises(SystemExit, match="match two runs"):
