@@ -17,8 +17,8 @@ Writes bench/results/pair_TAG.{md,csv}.
 from __future__ import annotations
 
 import argparse
-import glob
 import csv
+import glob
 import json
 import re
 import sys
@@ -53,8 +53,8 @@ def _table(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
     def num(k):
         return float(r[k]) if r.get(k) not in (None, "") else None
 
-    metrics = {k: num(k) for k in KEYS}
-    return (r["dataset"], split.group(1) if split else "val", int(seeds.group(1))), metrics, f"{r['method']} (one-seed tables, no row key)"
+    key = (r["dataset"], split.group(1) if split else "val", int(seeds.group(1)))
+    return key, {k: num(k) for k in KEYS}, f"{r['method']} (one-seed tables, no row key)"
 
 
 def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
