@@ -82,6 +82,32 @@ def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0)
     return sample, r2
 
 
+def gmm_codes(mu, groups, k_max: int, seed: int, min_per_component: int = 30):
+    """One fresh code per train cell from a Gaussian mixture fit to its group's posterior means.
+
+    A density-model reference for the latent GAN (same composition, same decoder): per type x
+    condition group, sklearn's full-covariance mixture with at most *k_max* components and at
+    least *min_per_component* cells each; groups under 2 x latent-size cells use a diagonal one.
+    """
+    import torch
+    from sklearn.mixture import GaussianMixture
+
+    x = mu.double().numpy()
+    g = groups.numpy()
+    out = np.empty_like(x)
+    for grp in np.unique(g):
+        idx = np.flatnonzero(g == grp)
+        k = int(max(1, min(k_max, len(idx) // min_per_component)))
+        cov = "full" if len(idx) >= 2 * x.shape[1] else "diag"
+        if len(idx) < 2:
+            out[idx] = x[idx]
+            continue
+        gm = GaussianMixture(k, covariance_type=cov, reg_covar=1e-3, random_state=seed).fit(x[idx])
+        smp, _ = gm.sample(len(idx))
+        out[idx] = smp[np.random.default_rng(seed).permutation(len(idx))]
+    return torch.from_numpy(out).float()
+
+
 def main(argv=None):
     import anndata as ad
     import pandas as pd
@@ -202,8 +228,11 @@ def main(argv=None):
         groups_t = data.group(data.types, data.conds)
         cond_lib, r2 = fit_cond_library(mu, own_lib.log(), groups_t)
         ev["cond_library_within_group_r2"] = round(r2, 4)
+        gmm_z = {k: gmm_codes(mu, groups_t, k, args.seed) for k in (1, 4)}
         variants = {
             "decoded_train_means_condlib": (mu, cond_lib(mu, groups_t, gen)),
+            "gauss_codes_condlib": (gmm_z[1], cond_lib(gmm_z[1], groups_t, gen)),
+            "gmm4_codes_condlib": (gmm_z[4], cond_lib(gmm_z[4], groups_t, gen)),
             "garage_codes_condlib": (gz_t, cond_lib(gz_t, groups_t, gen)),
             "decoded_train_sampled_ownlib": (mu + torch.randn(mu.shape, generator=gen) * sd, own_lib),
             "decoded_train_means_ownlib": (mu, own_lib),

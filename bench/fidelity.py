@@ -232,7 +232,10 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     old = method.startswith("garage#")  # an earlier commit's GAT + GAN with that commit's defaults
     if old:
         code = _old_commit(method.split("#", 1)[1])
-    key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code], sort_keys=True).encode()).hexdigest()[:8]
+    # every row's key also names the evaluation code: a row scored by another evaluation (e.g. before
+    # the C2ST's 20 value draws of round 20) is not reused as if it were comparable
+    key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code, _eval_version()],
+                                  sort_keys=True).encode()).hexdigest()[:8]
     label = method.replace("@", "_").replace("#", "_rev_").replace("/", "_")
     out = FID / name / split / f"{label}_s{seed}"
     done = out / "row.json"
@@ -296,6 +299,19 @@ def evaluate_args(pp: Path, syn: Path, outdir: Path, seeds: Path | None, prov: P
         if prov is not None and _evaluate_takes("--provenance"):
             ev += ["--provenance", prov]
     return ev
+
+
+def _eval_version() -> str:
+    """Git tree id of the evaluation code (``src/garage/evaluate``), ``:dirty`` when it has changes."""
+    import subprocess
+
+    rev = CODE_REV or "HEAD"
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", f"{rev}:src/garage/evaluate"],
+                         capture_output=True, text=True)
+    dirty = "" if CODE_REV else subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "src/garage/evaluate"],
+        capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + (":dirty" if dirty else "")
 
 
 def _code_version() -> str:

@@ -231,6 +231,20 @@ def test_old_commit_method_runs_that_commits_stages(tmp_path, monkeypatch):
         fidelity.run_one("d", "test", "garage#no-such-rev", 0, {}, None)
 
 
+def test_row_key_names_the_evaluation_code(tmp_path, monkeypatch):
+    """A cached row is reused only when the evaluation code is the same: a GARAGE row and a peer's
+    (scVI: no GARAGE code in its key) both get a new key when src/garage/evaluate changes."""
+    monkeypatch.setattr(fidelity, "WORK", tmp_path / "work")
+    monkeypatch.setattr(fidelity, "FID", tmp_path / "fid")
+    monkeypatch.setattr(fidelity, "prepare", lambda name, split: tmp_path / "pp.h5ad")
+    monkeypatch.setattr(fidelity, "measure", lambda cmd, env=None, **kw: {"rc": 1, "wall_s": 0.0, "peak_mb": 0})
+    assert fidelity._eval_version().split(":")[0]  # a tree id of src/garage/evaluate
+    keys = {m: fidelity.run_one("d", "val", m, 0, {}, None)["key"] for m in ("garage", "scvi")}
+    monkeypatch.setattr(fidelity, "_eval_version", lambda: "another-evaluation")
+    for m, k in keys.items():
+        assert fidelity.run_one("d", "val", m, 0, {}, None, force=True)["key"] != k, m
+
+
 def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
     """bench.pair: each variant run is compared with the reference run of the same dataset, split and
     seed (its row.json may sit one folder up), never with another seed's; a variant run without a

@@ -793,3 +793,55 @@ def test_mismatched_genes_are_bad_input_even_under_a_tiny_budget(real, preproces
         "--prefix", "bad", "--outdir", str(tmp_path / "ev"), "--max-memory-gb", "0.01",
     ])
     assert res.exit_code == 2 and "genes" in res.stderr, res.output
+
+
+# --- the C2ST value's own draws (round 20 of bench/results/fidelity_notes.md) ----------------
+
+
+def test_c2st_value_is_the_mean_of_its_own_draws_and_moves_no_other_metric(real, monkeypatch):
+    """The C2ST value (and its control) is the mean over ``c2st_draws`` full-size draws of its
+    own stream; the interval still comes from the n_repeats half-holdout draws, and changing the
+    number of value draws changes no other metric."""
+    import garage.evaluate._core as core
+
+    syn = _syn(real, 300)
+    base = dict(n_repeats=2, max_cells=200, plots=False, per_type_max_cells=100, seed=1)
+    calls = []
+    orig = core.c2st_auc
+
+    def spy(a, b, **kw):
+        v = orig(a, b, **kw)
+        calls.append((len(a), len(b), v))
+        return v
+
+    monkeypatch.setattr(core, "c2st_auc", spy)
+    doc5 = evaluate_adata(real, syn, EvaluateConfig(**base, c2st_draws=5))
+    pooled = [c for c in calls]
+    calls.clear()
+    monkeypatch.setattr(core, "c2st_auc", orig)
+    doc1 = evaluate_adata(real, syn, EvaluateConfig(**base, c2st_draws=1))
+    # pooled C2ST: 2 half draws then 5 value draws, each a (synthetic, control) pair of calls;
+    # per-condition or per-type C2STs (other functions) do not call this one
+    assert len(pooled) >= 2 * (2 + 5)
+    value_calls = pooled[2 * 2: 2 * (2 + 5)]
+    m = doc5["metrics"]["c2st_auc"]
+    assert math.isclose(m["value"], np.mean([v for _, _, v in value_calls[0::2]]), abs_tol=1e-12)
+    assert math.isclose(m["control"], np.mean([v for _, _, v in value_calls[1::2]]), abs_tol=1e-12)
+    # the draws differ from each other (fresh subsamples and folds), so averaging them does something
+    assert len({round(v, 12) for _, _, v in value_calls[0::2]}) > 1
+    # the half draws (the interval) and every other metric are the same at 1 and at 5 value draws
+    assert doc1["metrics"]["c2st_auc"]["std"] == m["std"]
+    for name, entry in doc5["metrics"].items():
+        if name != "c2st_auc":
+            assert doc1["metrics"][name] == entry, name
+
+
+def test_c2st_draws_below_one_is_refused(real, preprocessed_small, tmp_path):
+    with pytest.raises(GarageError, match="c2st-draws"):
+        evaluate_adata(real, _syn(real), EvaluateConfig(c2st_draws=0))
+    syn = tmp_path / "s.synthetic.h5ad"
+    _syn(real).write_h5ad(syn)
+    res = CliRunner().invoke(main, ["evaluate", "--real", str(preprocessed_small), "--synthetic", str(syn),
+                                    "--outdir", str(tmp_path / "o"), "--c2st-draws", "0"])
+    assert res.exit_code != 0 and "c2st-draws" in res.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

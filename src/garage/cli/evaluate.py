@@ -49,6 +49,9 @@ from ._options import existing_file, outdir_option, prefix_option, seed_option
               help="Cells per side (real, synthetic) in the UMAP picture.")
 @click.option("--c2st-classifier", type=click.Choice(["knn", "rf"]), default="knn",
               show_default=True, help="Classifier of the two-sample test.")
+@click.option("--c2st-draws", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Full-size draws (synthetic subsample and CV folds) the C2ST value averages; "
+                   "fewer are faster and noisier.")
 @click.option("--rare-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=RARE_THRESHOLD, show_default=True,
               help="Fallback only, for real files without uns['garage']['rare_types'] (written "

@@ -37,6 +37,12 @@ class EvaluateConfig:
         k of the kNN C2ST.
     cv_folds
         Cross-validation folds of the C2ST.
+    c2st_draws
+        Full-size draws (a fresh subsample of the synthetic and train cells and fresh CV folds
+        each) whose mean is the C2ST value and its control's.  One file's C2ST moved by 0.018
+        (sd) between evaluation seeds at 3 draws and by 0.006 at 20, more than a paired training
+        change moves it (``bench/results/fidelity_notes.md``, round 20); the interval still
+        comes from the *n_repeats* half-holdout draws.
     mmd_factors
         Multipliers of the median squared distance of real cells; one RBF bandwidth each.
     wasserstein_max_cells
@@ -87,6 +93,7 @@ class EvaluateConfig:
     c2st_classifier: Literal["knn", "rf"] = "knn"
     c2st_neighbors: int = 15
     cv_folds: int = 5
+    c2st_draws: int = 20
     mmd_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     wasserstein_max_cells: int = 1000
     wasserstein_n_pcs: int = 20
@@ -122,6 +129,8 @@ class EvaluateConfig:
             )
         if self.c2st_neighbors < 1 or self.leiden_neighbors < 2:
             raise GarageError("neighbour counts must be >= 1 (Leiden: >= 2)", "pass e.g. 15")
+        if self.c2st_draws < 1:
+            raise GarageError(f"--c2st-draws must be >= 1, got {self.c2st_draws}", "pass e.g. 20")
         if self.cv_folds < 2:
             raise GarageError(f"cv_folds must be >= 2, got {self.cv_folds}", "pass e.g. 5")
         if not self.mmd_factors or any(f <= 0 for f in self.mmd_factors):
