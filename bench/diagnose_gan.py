@@ -12,6 +12,10 @@ Trains one GARAGE model in-process on the train cells of a preprocessed file
   ceiling the decoder and noise model allow, scored by ``garage evaluate``.
 - ``decoded_train_ownlib``: the same at each train cell's own library size
   (isolates the library-size model).
+- density references (3 draws each): codes drawn, with the train composition, from a Gaussian
+  (``gauss_codes_condlib``) or a mixture of at most 4 Gaussians (``gmm4_codes_condlib``) fit per type
+  x condition group to the train cells' posterior means, decoded like the GAN's codes: is the GAN
+  better than a plain density model of the same codes?
 - ``garage``: the model's own synthetic cells, scored by ``garage evaluate``.
 - posterior spread (3 draws each): the train cells decoded from posterior *samples* vs
   posterior *means* (own library sizes), and the generated codes decoded as generation does
@@ -86,8 +90,10 @@ def gmm_codes(mu, groups, k_max: int, seed: int, min_per_component: int = 30):
     """One fresh code per train cell from a Gaussian mixture fit to its group's posterior means.
 
     A density-model reference for the latent GAN (same composition, same decoder): per type x
-    condition group, sklearn's full-covariance mixture with at most *k_max* components and at
-    least *min_per_component* cells each; groups under 2 x latent-size cells use a diagonal one.
+    condition group, sklearn's mixture with at most *k_max* components and one component per
+    *min_per_component* cells of the group (at least one); full covariances for groups of at least
+    2 x latent-size cells, diagonal below; a group of one cell draws from a Gaussian fit to all
+    codes (never its own code).
     """
     import torch
     from sklearn.mixture import GaussianMixture
@@ -100,7 +106,8 @@ def gmm_codes(mu, groups, k_max: int, seed: int, min_per_component: int = 30):
         k = int(max(1, min(k_max, len(idx) // min_per_component)))
         cov = "full" if len(idx) >= 2 * x.shape[1] else "diag"
         if len(idx) < 2:
-            out[idx] = x[idx]
+            rng = np.random.default_rng([seed, int(grp)])
+            out[idx] = rng.multivariate_normal(x.mean(0), np.cov(x.T), size=len(idx))
             continue
         gm = GaussianMixture(k, covariance_type=cov, reg_covar=1e-3, random_state=seed).fit(x[idx])
         smp, _ = gm.sample(len(idx))

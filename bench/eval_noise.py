@@ -8,7 +8,8 @@ under several evaluation seeds and with several numbers of C2ST draws (``garage 
 - per run and draw count: the sd over evaluation seeds of the C2ST AUC, of its control and of
   the gap (what one evaluation adds to a run's figure);
 - per pair of runs of the same dataset, split and training seed (two trainings of one setting, or
-  a variant and its reference; ``--pair A,B`` names the two run-folder prefixes): the gap
+  a variant and its reference; ``--pair A,B`` names the two runs' folder names without the
+  ``_sSEED``): the gap
   difference B - A under each evaluation seed, its mean (the training difference, with the
   evaluation averaged out) and its sd over evaluation seeds (what the evaluation adds to a
   paired difference).
@@ -37,6 +38,8 @@ def score(real, syn, eval_seed: int, draws: int) -> tuple[float, float]:
     # n_repeats only sets the intervals' draws, which this does not read; the value has its own
     doc = evaluate_adata(real, syn, EvaluateConfig(plots=False, n_repeats=2, seed=eval_seed, c2st_draws=draws))
     m = doc["metrics"]["c2st_auc"]
+    if m["value"] is None or m["control"] is None:
+        raise SystemExit("bench.eval_noise: the holdout is too small for a C2ST")
     return float(m["value"]), float(m["control"])
 
 
@@ -60,7 +63,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"bench.eval_noise: no run folder matches {args.runs}")
     rows = []
     for f in folders:
-        row = json.loads((f / "row.json").read_text())
+        row = json.loads((f / "row.json").read_text()) if (f / "row.json").exists() else {}
         syn_path = next(f.glob("*.synthetic.h5ad"), None)
         if row.get("status") != "ok" or syn_path is None:
             print(f"skip {f}: no finished synthetic file", flush=True)
@@ -78,13 +81,15 @@ def main(argv=None) -> None:
                          "evaluation seeds", argv)
     md += ["Per run and draw count: sd over the evaluation seeds (the file and the real cells never "
            "change; only the evaluation's subsamples, CV folds and shared PCA do).", "",
-           "| dataset | run | seed | draws | C2ST mean | sd C2ST | sd control | sd gap |",
-           "|---|---|---|---|---|---|---|---|"]
-    for (ds, run, seed, d), g in df.groupby(["dataset", "run", "seed", "draws"], sort=True):
-        md.append(f"| {ds} | {run} | {seed} | {d} | {g.c2st_auc.mean():.3f} | {g.c2st_auc.std(ddof=1):.4f} | "
+           "| dataset | split | run | seed | draws | C2ST mean | sd C2ST | sd control | sd gap |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    if len(eval_seeds) < 2:
+        md.append("(one evaluation seed: no sd)")
+    for (ds, sp, run, seed, d), g in df.groupby(["dataset", "split", "run", "seed", "draws"], sort=True):
+        md.append(f"| {ds} | {sp} | {run} | {seed} | {d} | {g.c2st_auc.mean():.3f} | {g.c2st_auc.std(ddof=1):.4f} | "
                   f"{g.control.std(ddof=1):.4f} | {g.gap.std(ddof=1):.4f} |")
     for d, g in df.groupby("draws"):
-        sd = g.groupby(["dataset", "run", "seed"]).c2st_auc.std(ddof=1)
+        sd = g.groupby(["dataset", "split", "run", "seed"]).c2st_auc.std(ddof=1)
         md.append("")
         md.append(f"{d} draws: root-mean-square sd of the C2ST AUC over {len(sd)} runs "
                   f"{float(np.sqrt((sd ** 2).mean())):.4f}.")
@@ -107,9 +112,10 @@ def main(argv=None) -> None:
             md.append(f"(no dataset, split and seed has runs of both {a} and {b})")
         for d, g in (pd.DataFrame(pairs).groupby("draws") if pairs else ()):
             md.append("")
+            spread = f"{g['mean'].std(ddof=1):.4f}" if len(g) > 1 else "– (one pair)"
             md.append(f"{d} draws, {len(g)} pairs: sd of a paired difference over evaluation seeds (rms) "
-                      f"{float(np.sqrt((g['sd'] ** 2).mean())):.4f}; sd of the pairs' means (training, "
-                      f"evaluation averaged) {g['mean'].std(ddof=1):.4f}.")
+                      f"{float(np.sqrt((g['sd'] ** 2).mean())):.4f}; sd of the pairs' means across datasets "
+                      f"and seeds (the paired effect as it varies between runs, evaluation averaged) {spread}.")
     out = Path(__file__).resolve().parent / "results" / f"eval_noise_{args.tag}.md"
     out.write_text("\n".join(md) + "\n")
     print(out)

@@ -232,17 +232,28 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     old = method.startswith("garage#")  # an earlier commit's GAT + GAN with that commit's defaults
     if old:
         code = _old_commit(method.split("#", 1)[1])
-    # every row's key also names the evaluation code: a row scored by another evaluation (e.g. before
-    # the C2ST's 20 value draws of round 20) is not reused as if it were comparable
-    key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code, _eval_version()],
-                                  sort_keys=True).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps([method, opts, scvi_epochs, code], sort_keys=True).encode()).hexdigest()[:8]
+    # the key names what was trained; the row's "eval" names the evaluation code that scored it. A
+    # row of this training scored by another evaluation (rows from before round 20 name none) is
+    # scored again from its own synthetic file, never reused beside rows of this evaluation
+    ev_code = _eval_version()
     label = method.replace("@", "_").replace("#", "_rev_").replace("/", "_")
     out = FID / name / split / f"{label}_s{seed}"
     done = out / "row.json"
+    seeds = out / f"{name}.seeds.h5ad" if method.startswith("garage") else None
     if done.exists() and not force:
         row = json.loads(done.read_text())
-        if row.get("key") == key or (report_only and ANY_CODE):
+        if report_only and ANY_CODE:
             return row
+        if row.get("key") == key:
+            # --code-rev reports that commit's rows as they were scored
+            if row.get("status") != "ok" or row.get("eval") == ev_code or (report_only and CODE_REV):
+                return row
+            syn = next(out.glob("*.synthetic.h5ad"), None)
+            if not report_only and syn is not None:
+                print(f"  {out.name}: scored again (the evaluation code changed; the training is reused)",
+                      flush=True)
+                return _score(row, out, prepare(name, split), seeds, done, ev_code)
     if report_only:
         return None
     if old:
@@ -252,7 +263,6 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
     t_gat = 0.0
     if method.startswith("garage"):
         gat_opts = opts.get("gat", {})
-        seeds = out / f"{name}.seeds.h5ad"
         m = measure(_garage("gat", "--input", pp, "--prefix", name, "--outdir", out, "--seed", seed,
                             *_opt_args(gat_opts)), env)
         if m["rc"] != 0:
@@ -262,7 +272,6 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
         m = measure(_garage("gan", "--input", seeds, "--prefix", prefix, "--outdir", out,
                             "--seed", seed, "--checkpoint-every", 0, *_opt_args(opts.get("gan", {}))), env)
     else:
-        seeds = None
         cmd = [sys.executable, "-m", "bench", "--_train", method, "--_seeds", pp, "--_out", out,
                "--seed", seed]
         if scvi_epochs:
@@ -270,17 +279,23 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
         m = measure(cmd)
     if m["rc"] != 0:
         return _fail(done, key, "train failed")
+    row = {"dataset": name, "split": split, "method": method, "seed": seed, "key": key, "status": "ok",
+           "train_s": round(m["wall_s"] + t_gat, 1), "gan_s": round(m["wall_s"], 1),
+           "peak_mb": round(m["peak_mb"])}
+    return _score(row, out, pp, seeds, done, ev_code)
+
+
+def _score(row: dict, out: Path, pp: Path, seeds: Path | None, done: Path, ev_code: str) -> dict:
+    """`garage evaluate` of a run folder's synthetic file into *row* (saved as *done*)."""
     syn = next(out.glob("*.synthetic.h5ad"))
     prov = next(out.glob("*.provenance.tsv"), None)
     e = measure(_garage(*evaluate_args(pp, syn, out / "evaluate", seeds, prov)))
     if e["rc"] != 0:
-        return _fail(done, key, "evaluate failed")
+        return _fail(done, row["key"], "evaluate failed")
     doc = json.loads((out / "evaluate" / "eval.garage_metrics.json").read_text())
-    row = {"dataset": name, "split": split, "method": method, "seed": seed, "key": key, "status": "ok",
-           "train_s": round(m["wall_s"] + t_gat, 1), "gan_s": round(m["wall_s"], 1),
-           "peak_mb": round(m["peak_mb"]), "metrics": doc["metrics"],
-           "per_type": str(out / "evaluate" / "eval.per_type.tsv"),
-           "rare_types": doc.get("rare_types", []), "n_cells": doc.get("n_cells", {})}
+    row.update({"metrics": doc["metrics"], "per_type": str(out / "evaluate" / "eval.per_type.tsv"),
+                "rare_types": doc.get("rare_types", []), "n_cells": doc.get("n_cells", {}), "eval": ev_code})
+    row.pop("cond", None)
     if doc.get("conditions"):
         row["cond"] = _condition_summary(doc["conditions"])
     done.write_text(json.dumps(row, indent=1, default=float))
@@ -400,13 +415,14 @@ def summarise(rows: list[dict], control_from: str = "garage") -> "pd.DataFrame":
     for r in rows:
         if r.get("status") != "ok":
             continue
-        rec = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"]}
+        rec = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"], "eval": r.get("eval") or "none"}
         rec.update({k: _value(r, k) for k in TABLE + COND_TABLE + SEED_TABLE})
         recs.append(rec)
     # the real-vs-real control: each metric's own control value (train vs holdout) in control_from's runs
     for r in rows:
         if r.get("status") == "ok" and r["method"] == control_from:
-            rec = {"dataset": r["dataset"], "method": "real (control)", "seed": r["seed"]}
+            rec = {"dataset": r["dataset"], "method": "real (control)", "seed": r["seed"],
+                   "eval": r.get("eval") or "none"}
             m = r["metrics"]
             rec.update({k: m.get(k, {}).get("control") for k in TABLE + SEED_TABLE if k in m})
             rec["rare_c2st"] = _rare_per_type(r, "c2st", control=True)
@@ -419,7 +435,9 @@ def summarise(rows: list[dict], control_from: str = "garage") -> "pd.DataFrame":
     df = pd.DataFrame(recs)
     out = []
     for (ds, meth), g in df.groupby(["dataset", "method"], sort=False):
-        rec = {"dataset": ds, "method": meth, "n_seeds": len(g)}
+        evals = sorted(set(g["eval"]))
+        # the evaluation code that scored these rows ("none": before round 20 rows did not say)
+        rec = {"dataset": ds, "method": meth, "n_seeds": len(g), "eval": evals[0] if len(evals) == 1 else "mixed"}
         for k in dict.fromkeys(TABLE + COND_TABLE + SEED_TABLE):
             if k not in g.columns:
                 rec[k], rec[k + "_hw"] = np.nan, np.nan
@@ -540,6 +558,13 @@ def join_rows(summary, spec: str, split: str):
     gaps = [f"{m} on {d}" for d in order for m in want
             if not ((extra["dataset"] == d) & (extra["method"] == m)).any()]
     note = f"rows of {', '.join(want)}: from `{path}`" + (f" (none there for {', '.join(gaps)})" if gaps else "")
+    here = set(summary["eval"]) if "eval" in summary.columns else set()
+    there = set(extra["eval"].fillna("none")) if "eval" in extra.columns else {"none"}
+    if there != here or len(here) != 1 or here & {"none", "mixed"}:
+        # e.g. rows scored before round 20's C2ST draws beside rows scored after: say so in the report
+        note += (f"; **not shown to be scored by the same evaluation** (evaluation code there: "
+                 f"{', '.join(sorted(there))}; here: {', '.join(sorted(here)) or 'none'}; 'none': the rows "
+                 f"do not say), so their C2ST may not be like for like")
     return both.reset_index(drop=True), note
 
 

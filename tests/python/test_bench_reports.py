@@ -112,6 +112,14 @@ def test_join_adds_only_the_named_methods_in_the_tables_dataset_order(tmp_path, 
     monkeypatch.setattr(fidelity, "RESULTS", tmp_path)
     text = fidelity.write_report(joined, "test", "cmd", "t", "garage", [note]).read_text()
     assert f"rows of scvi: from `{csv}`" in text and "| scvi |" in text
+    # rows scored by another evaluation (or by one the CSV does not name) are marked in the note;
+    # rows of the same evaluation are not
+    assert "not shown to be scored by the same evaluation" in note and "there: none" in note
+    summary["eval"] = "tree1"
+    for other, flagged in (("tree1", False), ("tree0", True)):
+        pd.DataFrame({"dataset": ["d"], "method": ["scvi"], "n_seeds": [3], "c2st_gap": [0.07],
+                      "eval": [other]}).to_csv(csv, index=False)
+        assert ("same evaluation" in fidelity.join_rows(summary, f"{csv}=scvi", "test")[1]) == flagged
 
 
 def test_variant_options_become_cli_flags():
@@ -231,18 +239,45 @@ def test_old_commit_method_runs_that_commits_stages(tmp_path, monkeypatch):
         fidelity.run_one("d", "test", "garage#no-such-rev", 0, {}, None)
 
 
-def test_row_key_names_the_evaluation_code(tmp_path, monkeypatch):
-    """A cached row is reused only when the evaluation code is the same: a GARAGE row and a peer's
-    (scVI: no GARAGE code in its key) both get a new key when src/garage/evaluate changes."""
+def test_a_row_scored_by_another_evaluation_is_scored_again_not_retrained(tmp_path, monkeypatch):
+    """The row key names the training; the row's "eval" the evaluation code. A cached row of the same
+    training scored by another evaluation (or by none recorded: rows from before round 20) is scored
+    again from its own synthetic file without training; --report-only never returns it as current;
+    --code-rev reports that commit's rows as they were scored."""
     monkeypatch.setattr(fidelity, "WORK", tmp_path / "work")
     monkeypatch.setattr(fidelity, "FID", tmp_path / "fid")
     monkeypatch.setattr(fidelity, "prepare", lambda name, split: tmp_path / "pp.h5ad")
-    monkeypatch.setattr(fidelity, "measure", lambda cmd, env=None, **kw: {"rc": 1, "wall_s": 0.0, "peak_mb": 0})
     assert fidelity._eval_version().split(":")[0]  # a tree id of src/garage/evaluate
-    keys = {m: fidelity.run_one("d", "val", m, 0, {}, None)["key"] for m in ("garage", "scvi")}
-    monkeypatch.setattr(fidelity, "_eval_version", lambda: "another-evaluation")
-    for m, k in keys.items():
-        assert fidelity.run_one("d", "val", m, 0, {}, None, force=True)["key"] != k, m
+    calls = []
+
+    def fake_measure(cmd, env=None, **kw):
+        cmd = [str(c) for c in cmd]
+        calls.append(cmd)
+        if "evaluate" in cmd:
+            outdir = Path(cmd[cmd.index("--outdir") + 1])
+            outdir.mkdir(parents=True, exist_ok=True)
+            (outdir / "eval.garage_metrics.json").write_text(json.dumps(
+                {"metrics": {"c2st_auc": {"value": 0.6 if "scored-again" in fidelity._eval_version() else 0.7}}}))
+        else:  # training: a synthetic file appears
+            out = Path(cmd[cmd.index("--_out") + 1])
+            (out / "x.synthetic.h5ad").write_text("")
+        return {"rc": 0, "wall_s": 1.0, "peak_mb": 1}
+
+    monkeypatch.setattr(fidelity, "measure", fake_measure)
+    row = fidelity.run_one("d", "val", "scvi", 0, {}, None)
+    assert row["eval"] == fidelity._eval_version() and row["metrics"]["c2st_auc"]["value"] == 0.7
+    assert len(calls) == 2 and "evaluate" in calls[1]
+    calls.clear()
+    assert fidelity.run_one("d", "val", "scvi", 0, {}, None) == row and not calls  # cached as is
+    monkeypatch.setattr(fidelity, "_eval_version", lambda: "scored-again")
+    assert fidelity.run_one("d", "val", "scvi", 0, {}, None, report_only=True) is None
+    monkeypatch.setattr(fidelity, "CODE_REV", "HEAD")
+    assert fidelity.run_one("d", "val", "scvi", 0, {}, None, report_only=True)["eval"] == row["eval"]
+    monkeypatch.setattr(fidelity, "CODE_REV", None)
+    again = fidelity.run_one("d", "val", "scvi", 0, {}, None)
+    assert len(calls) == 1 and "evaluate" in calls[0]  # no training
+    assert again["key"] == row["key"] and again["eval"] == "scored-again"
+    assert again["metrics"]["c2st_auc"]["value"] == 0.6 and again["train_s"] == row["train_s"]
 
 
 def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):

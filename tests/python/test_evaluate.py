@@ -811,7 +811,7 @@ def test_c2st_value_is_the_mean_of_its_own_draws_and_moves_no_other_metric(real,
 
     def spy(a, b, **kw):
         v = orig(a, b, **kw)
-        calls.append((len(a), len(b), v))
+        calls.append((len(a), len(b), v, hash(np.ascontiguousarray(b).tobytes())))
         return v
 
     monkeypatch.setattr(core, "c2st_auc", spy)
@@ -823,17 +823,33 @@ def test_c2st_value_is_the_mean_of_its_own_draws_and_moves_no_other_metric(real,
     # pooled C2ST: 2 half draws then 5 value draws, each a (synthetic, control) pair of calls;
     # per-condition or per-type C2STs (other functions) do not call this one
     assert len(pooled) >= 2 * (2 + 5)
-    value_calls = pooled[2 * 2: 2 * (2 + 5)]
+    half_calls, value_calls = pooled[:2 * 2], pooled[2 * 2: 2 * (2 + 5)]
+    sub = doc5["params"]["subsample"]
+    # value draws are full-size (n per side), interval draws half-size
+    assert {(a, b) for a, b, _, _ in value_calls} == {(sub["two_sample"], sub["two_sample"])}
+    assert {(a, b) for a, b, _, _ in half_calls} == {(sub["two_sample_half"], sub["two_sample_half"])}
+    assert sub["two_sample"] > sub["two_sample_half"]
     m = doc5["metrics"]["c2st_auc"]
-    assert math.isclose(m["value"], np.mean([v for _, _, v in value_calls[0::2]]), abs_tol=1e-12)
-    assert math.isclose(m["control"], np.mean([v for _, _, v in value_calls[1::2]]), abs_tol=1e-12)
-    # the draws differ from each other (fresh subsamples and folds), so averaging them does something
-    assert len({round(v, 12) for _, _, v in value_calls[0::2]}) > 1
+    assert math.isclose(m["value"], np.mean([v for _, _, v, _ in value_calls[0::2]]), abs_tol=1e-12)
+    assert math.isclose(m["control"], np.mean([v for _, _, v, _ in value_calls[1::2]]), abs_tol=1e-12)
+    # each draw takes other synthetic cells and other train cells (not only other folds)
+    assert len({h for _, _, _, h in value_calls[0::2]}) == 5
+    assert len({h for _, _, _, h in value_calls[1::2]}) == 5
     # the half draws (the interval) and every other metric are the same at 1 and at 5 value draws
     assert doc1["metrics"]["c2st_auc"]["std"] == m["std"]
     for name, entry in doc5["metrics"].items():
         if name != "c2st_auc":
             assert doc1["metrics"][name] == entry, name
+
+
+def test_c2st_control_does_not_depend_on_the_synthetic_file(real):
+    """Two synthetic files of different sizes, one evaluation seed: the same C2ST control (the
+    holdout and train draws do not share a stream with the synthetic side), so methods compare on
+    one control."""
+    cfg = EvaluateConfig(n_repeats=2, max_cells=150, plots=False, per_type_max_cells=100, seed=2, c2st_draws=4)
+    a = evaluate_adata(real, _syn(real, 300), cfg)["metrics"]["c2st_auc"]
+    b = evaluate_adata(real, _syn(real, 420), cfg)["metrics"]["c2st_auc"]
+    assert a["control"] == b["control"]
 
 
 def test_c2st_draws_below_one_is_refused(real, preprocessed_small, tmp_path):
