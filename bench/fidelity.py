@@ -316,30 +316,27 @@ def evaluate_args(pp: Path, syn: Path, outdir: Path, seeds: Path | None, prov: P
     return ev
 
 
-def _eval_version() -> str:
-    """Git tree id of the evaluation code (``src/garage/evaluate``), ``:dirty`` when it has changes."""
+def _tree_version(*paths: str) -> str:
+    """Git tree ids of *paths* at CODE_REV (default HEAD) joined by ``:``, plus ``:dirty`` when
+    HEAD's working tree has changes under them."""
     import subprocess
 
     rev = CODE_REV or "HEAD"
-    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", f"{rev}:src/garage/evaluate"],
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", *(f"{rev}:{p}" for p in paths)],
                          capture_output=True, text=True)
     dirty = "" if CODE_REV else subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "src/garage/evaluate"],
-        capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + (":dirty" if dirty else "")
+        ["git", "-C", str(REPO), "status", "--porcelain", *paths], capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip().replace("\n", ":") + (":dirty" if dirty else "")
+
+
+def _eval_version() -> str:
+    """Git tree id of the evaluation code (``src/garage/evaluate``), ``:dirty`` when it has changes."""
+    return _tree_version("src/garage/evaluate")
 
 
 def _code_version() -> str:
     """Git tree ids of the GAT and GAN code: a cached GARAGE row is reused only for the same code."""
-    import subprocess
-
-    rev = CODE_REV or "HEAD"
-    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", f"{rev}:src/garage/gan", f"{rev}:src/garage/gat"],
-                         capture_output=True, text=True)
-    dirty = "" if CODE_REV else subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "src/garage/gan", "src/garage/gat"],
-        capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip().replace("\n", ":") + (":dirty" if dirty else "")
+    return _tree_version("src/garage/gan", "src/garage/gat")
 
 
 def _evaluate_takes(flag: str) -> bool:
