@@ -29,8 +29,14 @@ demo: install
 	@echo "  metrics         : $(OUT)/evaluate/*.garage_metrics.json (+ per_type.tsv, UMAP and per-type PNGs)"
 	@echo "  report          : $(OUT)/multiqc/multiqc_report.html"
 
+# two workers by default (CI and this project's reference machine have 2 cores); each test file
+# runs whole on one worker, so module fixtures are built once, and files are handed out in
+# collection order (tests/python/conftest.py puts the longest first; xdist's own reorder is by
+# test count). TEST_WORKERS=0 (or empty) runs serially.
+TEST_WORKERS ?= 2
+
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow

