@@ -62,6 +62,11 @@ def preprocessed_68k(tmp_path_factory, pbmc68k_counts_path) -> Path:
     )["h5ad"]
 
 
+#: GAN step counts for tests of bookkeeping, bad input and file handling, where the generator's
+#: quality is not what is asserted (the test profile's full length is trained elsewhere)
+SHORT_GAN = {"gan_steps": 60, "ae_steps": 60, "decoder_steps": 20}
+
+
 #: test files that take longest (their module fixtures train models), collected first: `make test`
 #: runs `--dist loadfile --no-loadscope-reorder`, so xdist hands out whole files in collection order
 #: (its default reorder is by number of tests, which put test_run.py, 18 tests but the longest

@@ -36,8 +36,9 @@ def stage_files(tmp_path_factory, preprocessed_small):
     out = tmp_path_factory.mktemp("rel")
     g = gat.run_gat(preprocessed_small, out, "s", gat.GATConfig(**gat.TEST_OVERRIDES))
     # the bad-input cases need real files of every kind, not a good generator: a short GAN run
-    short = {**gan.TEST_OVERRIDES, "gan_steps": 60, "ae_steps": 60, "decoder_steps": 20}
-    n = gan.run_gan(g["h5ad"], out, "s", gan.GANConfig(**short))
+    from conftest import SHORT_GAN
+
+    n = gan.run_gan(g["h5ad"], out, "s", gan.GANConfig(**{**gan.TEST_OVERRIDES, **SHORT_GAN}))
     pp = ad.read_h5ad(preprocessed_small)
     # a synthetic file on a different gene set
     other = ad.read_h5ad(n["h5ad"])

@@ -148,7 +148,9 @@ def test_bad_sample_fails_alone(tmp_path, pbmc68k_counts_path):
     # what is tested is the batch's bookkeeping and the covariate, not the synthetic cells'
     # quality (test_profile_test_runs_every_stage trains at the test profile's full length)
     short = tmp_path / "short.json"
-    short.write_text(json.dumps({"gan": {"gan_steps": 60, "ae_steps": 60, "decoder_steps": 20}}))
+    from conftest import SHORT_GAN
+
+    short.write_text(json.dumps({"gan": SHORT_GAN}))
     proc = subprocess.run(
         [*GARAGE, "run", "--input", str(sheet), "--outdir", str(out), "--profile", "test", "--no-report",
          "--params", str(short)],
