@@ -6,8 +6,10 @@ per-type statistic of the codes could tell beforehand which types have states wo
 For each run folder of ``bench.fidelity`` (its saved ``garage.generator.pt`` and GAT seeds file)
 this takes the fit cells' standardised posterior means from the run's autoencoder (the space
 where ``--type-states`` clusters) and reports per type with at least 100 fit cells the silhouette of
-k-means with k = 2, 3, 4 (scikit-learn's; only k whose every cluster keeps 50 cells, the default
-``--state-min-cells``).
+k-means with k = 2, 3, 4 (scikit-learn's, seeded with the run's seed; only k whose every cluster
+keeps 50 cells, the default ``--state-min-cells``), beside the same for cells drawn from one
+Gaussian fitted to the type (a type without sub-states).  Default library model only: with
+``--library joint`` the states also cluster on the log library size, which this leaves out.
 
     python -m bench.state_silhouette --runs 'bench/_work/fidelity/*/val/garage_s16' --out FILE.json
 """
@@ -40,21 +42,30 @@ def run_codes(folder: Path, seed: int):
 
 
 def silhouettes(z, labels, min_type: int = 100, min_state: int = 50, seed: int = 0) -> list[dict]:
+    """Per type: the k-means silhouette at each k in 2-4 whose every cluster keeps *min_state*
+    cells (the rule of ``--type-states``' own k-means), and the same for a reference of as many
+    cells drawn from one Gaussian with the type's mean and covariance (what an unclustered type
+    of that shape scores; silhouettes of 0.1-0.3 mean little without it)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
+    rng = np.random.default_rng(seed)
     rows = []
     for t in sorted(set(labels), key=lambda t: -(labels == t).sum()):
         zt = z[labels == t]
         if len(zt) < min_type:
             continue
-        row = {"type": t, "n_train": int(len(zt))}
+        ref = rng.multivariate_normal(zt.mean(0), np.cov(zt, rowvar=False), size=len(zt))
+        row = {"type": t, "n_fit": int(len(zt))}
         for k in (2, 3, 4):
             if len(zt) // k < min_state:
                 break
             lab = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(zt)
+            if np.bincount(lab, minlength=k).min() < min_state:
+                continue
+            ref_lab = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(ref)
             row[f"k{k}"] = round(float(silhouette_score(zt, lab)), 4)
-            row[f"k{k}_smallest"] = int(np.bincount(lab).min())
+            row[f"k{k}_gaussian"] = round(float(silhouette_score(ref, ref_lab)), 4)
         rows.append(row)
     return rows
 
@@ -71,10 +82,11 @@ def main(argv=None):
     for f in sorted(glob.glob(args.runs)):
         seed = int(Path(f).name.rsplit("_s", 1)[1])
         z, labels = run_codes(Path(f), seed)
-        out[f] = silhouettes(z, labels)
+        out[f] = silhouettes(z, labels, seed=seed)
         for r in out[f]:
-            ks = "  ".join(f"k={k} {r[f'k{k}']:.3f}" for k in (2, 3, 4) if f"k{k}" in r)
-            print(f"{Path(f).parent.parent.name:12s} {r['type']:22s} n={r['n_train']:5d}  {ks}", flush=True)
+            ks = "  ".join(f"k={k} {r[f'k{k}']:.3f} (Gaussian {r[f'k{k}_gaussian']:.3f})"
+                           for k in (2, 3, 4) if f"k{k}" in r)
+            print(f"{Path(f).parent.parent.name:12s} {r['type']:22s} n={r['n_fit']:5d}  {ks}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
 
