@@ -3,8 +3,8 @@
 ``--type-states K`` splits every big type into k-means states of its train cells' codes.  It
 helped one development set (baron_mouse) and not the others, so the question is whether a
 per-type statistic of the codes could tell beforehand which types have states worth splitting.
-For each run folder of ``bench.fidelity`` (its saved ``garage.generator.pt`` and GAT seeds file)
-this takes the fit cells' standardised posterior means from the run's autoencoder (the space
+For each run folder of ``bench.fidelity`` (its GAT seeds file; the saved model holds no encoder,
+so the run's default autoencoder is trained again with the run's seed) this takes the fit cells' standardised posterior means from the run's autoencoder (the space
 where ``--type-states`` clusters) and reports per type with at least 100 fit cells the silhouette of
 k-means with k = 2, 3, 4 (scikit-learn's, seeded with the run's seed; only k whose every cluster
 keeps 50 cells, the default ``--state-min-cells``), beside the same for cells drawn from one
