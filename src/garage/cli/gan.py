@@ -102,6 +102,9 @@ def composition_options(f):
 @click.option("--type-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Adversarial batches draw type t with weight n_t^-x (0 uniform, 1 balanced).")
 @click.option("--gp-weight", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@click.option("--critic-pack", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="garage mode, latent space, experimental: the critic judges packs of this many cells of one type "
+                   "(and condition) at once (PacGAN), so too-alike cells of a type are seen (1: off).")
 @click.option("--gan-loss", type=click.Choice(["wgan-gp", "ns-r1"]), default="wgan-gp", show_default=True,
               help="garage mode only, experimental: Wasserstein critic with gradient penalty, or the non-saturating "
                    "logistic loss with an R1 penalty on real cells (--r1-weight); not better than wgan-gp in the "

@@ -23,10 +23,11 @@ CriticPath = Literal["auto", "on", "off"]
 CRITIC_PATHS = ("auto", "on", "off")
 GanLoss = Literal["wgan-gp", "ns-r1"]
 GAN_LOSSES = ("wgan-gp", "ns-r1")
-#: how everything saved before --gan-loss, --r1-weight, --lr-decay and --instance-noise existed was
+#: how everything saved before --gan-loss, --r1-weight, --lr-decay, --instance-noise and --critic-pack existed was
 #: trained: a model or checkpoint without these keys reads as these values (so it loads, and a
 #: matching run resumes)
-PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False, "instance_noise": 0.0}
+PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False, "instance_noise": 0.0,
+                   "critic_pack": 1}
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
@@ -261,6 +262,14 @@ class GANConfig:
         ``n_t ** -type_balance`` (0: uniform; 1: every type equally often).
     gp_weight
         WGAN-GP gradient-penalty weight.
+    critic_pack
+        ``garage`` mode, latent space, experimental: the critic judges packs of
+        this many cells of one label (type, or type x state) and condition at
+        once, real packs against generated packs, so a generator whose cells of
+        a type are too alike (too little spread, or missing sub-states) is seen
+        in the pack where each cell alone passes (PacGAN: Lin, Khetan, Fanti &
+        Oh, NeurIPS 2018). The adversarial minibatch keeps its number of cells
+        (batch / pack packs). 1: off.
     gan_loss
         ``garage`` mode: the adversarial loss. ``wgan-gp`` (default): Wasserstein
         critic with a gradient penalty on interpolates. ``ns-r1``: the
@@ -361,6 +370,7 @@ class GANConfig:
     n_critic: int = 5
     type_balance: float = 0.5
     gp_weight: float = 10.0
+    critic_pack: int = 1
     gan_loss: GanLoss = "wgan-gp"
     r1_weight: float = 1.0
     lr_decay: bool = False
@@ -395,6 +405,11 @@ class GANConfig:
     def instance_noise_applies(self) -> bool:
         """``--instance-noise`` acts on latent codes of the ``garage`` mode only (elsewhere it is ignored)."""
         return self.latent_garage
+
+    @property
+    def effective_critic_pack(self) -> int:
+        """Cells per critic input (``--critic-pack``; 1 outside garage mode's latent space)."""
+        return int(self.critic_pack) if self.latent_garage else 1
 
     @property
     def critic_path_on(self) -> bool:
@@ -546,6 +561,12 @@ class GANConfig:
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")
         need(self.gp_weight >= 0, "--gp-weight must be >= 0", "pass e.g. 10")
+        need(isinstance(self.critic_pack, int) and not isinstance(self.critic_pack, bool)
+             and 1 <= self.critic_pack <= 8, f"--critic-pack must be an integer in [1, 8], got {self.critic_pack!r}",
+             "pass e.g. 2 (1: off)")
+        need(self.critic_pack <= self.adversarial_batch_size,
+             f"--critic-pack {self.critic_pack} is larger than the adversarial batch ({self.adversarial_batch_size})",
+             "pass a smaller --critic-pack or a larger --gan-batch-size")
         need(self.gan_loss in GAN_LOSSES, f"unknown --gan-loss {self.gan_loss!r}", f"use one of {', '.join(GAN_LOSSES)}")
         need(self.r1_weight >= 0, "--r1-weight must be >= 0", "pass e.g. 1.0")
         need(isinstance(self.instance_noise, (int, float)) and not isinstance(self.instance_noise, bool)

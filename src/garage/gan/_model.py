@@ -286,7 +286,7 @@ class GANNet(nn.Module):
                 residual=cfg.seed_residual, n_conds=n_conds,
             )
             self.critic = ConditionalCritic(self.code_dim, n_types, cfg.type_emb_dim, cfg.hidden, n_conds=n_conds,
-                                            path_input=cfg.critic_path_on)
+                                            path_input=cfg.critic_path_on, pack=cfg.effective_critic_pack)
         else:
             self.generator = ConditionalGenerator(
                 cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, n_genes, n_conds=n_conds
@@ -554,6 +554,8 @@ class GarageGAN:
         device = torch.device(device)
         if self.config.instance_noise and not self.config.instance_noise_applies:
             logger.warning("--instance-noise applies to --space latent with --mode garage only: not applied")
+        if self.config.critic_pack > 1 and self.config.effective_critic_pack == 1:
+            logger.warning("--critic-pack applies to --space latent with --mode garage only: not applied")
         self.net.to(device)
         for name in ("seed_start", "seed_count", "lib_params"):
             setattr(self.data, name, getattr(self.data, name).to(device))

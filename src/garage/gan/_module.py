@@ -134,34 +134,57 @@ class ConditionalGenerator(nn.Module):
 
 
 class ConditionalCritic(nn.Module):
-    """WGAN critic on (representation, type[, condition]); no normalisation layers that mix samples."""
+    """WGAN critic on (representation, type[, condition]); no normalisation layers that mix samples.
+
+    ``pack`` > 1 (PacGAN): rows ``pack * i`` to ``pack * i + pack - 1`` of a batch are one input,
+    their representations side by side, judged under the label (and condition) of the pack's first
+    row, so every pack must hold one label; the output has one score per pack."""
 
     def __init__(self, in_dim: int, n_types: int, emb_dim: int, hidden: int, n_layers: int = 2,
-                 n_conds: int = 1, path_input: bool = False):
+                 n_conds: int = 1, path_input: bool = False, pack: int = 1):
         super().__init__()
+        self.pack = int(pack)
         self.type_emb = nn.Embedding(n_types, emb_dim)
         self.cond_emb = nn.Embedding(n_conds, emb_dim) if n_conds > 1 else None
-        # path_input: one more input, 1 for a seeded fake (and the real cell it is paired with), else 0
+        # path_input: one more input per packed cell, 1 for a seeded fake (and the real cell it is paired with), else 0
         self.path_input = bool(path_input)
         k = 2 if self.cond_emb is not None else 1
-        self.net = mlp([in_dim + k * emb_dim + int(self.path_input)] + [hidden] * n_layers + [1], norm=False)
+        self.net = mlp([self.pack * (in_dim + int(self.path_input)) + k * emb_dim] + [hidden] * n_layers + [1],
+                       norm=False)
+
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d) -> (batch / pack, pack * d): each pack's rows side by side."""
+        if x.shape[0] % self.pack:
+            raise ValueError(f"a packed critic needs a multiple of {self.pack} rows, got {x.shape[0]}")
+        return x.reshape(x.shape[0] // self.pack, -1)
 
     def forward(self, x, types, conds=None, path=None):
-        parts = [x, self.type_emb(types)]
+        p = self.pack
+        parts = [self.packed(x), self.type_emb(types[::p])]
         if self.cond_emb is not None:
-            parts.append(self.cond_emb(conds))
+            parts.append(self.cond_emb(conds[::p]))
         if self.path_input:
-            parts.append(x.new_zeros(x.shape[0], 1) if path is None else path.view(-1, 1).to(x.dtype))
+            flag = x.new_zeros(x.shape[0], 1) if path is None else path.view(-1, 1).to(x.dtype)
+            parts.append(self.packed(flag))
         return self.net(torch.cat(parts, dim=1)).squeeze(1)
 
 
+def _pack_norm(critic, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient norm per critic input (per pack when the critic packs rows)."""
+    return (critic.packed(grad) if getattr(critic, "pack", 1) > 1 else grad).norm(2, dim=1)
+
+
 def gradient_penalty(critic: ConditionalCritic, real, fake, types, conds=None, path=None) -> torch.Tensor:
-    """WGAN-GP penalty ``(||grad_x D(x_hat)|| - 1)^2`` on random interpolates."""
-    eps = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    """WGAN-GP penalty ``(||grad_x D(x_hat)|| - 1)^2`` on random interpolates (one mixing weight and one
+    norm per critic input: per pack when the critic packs rows)."""
+    pack = getattr(critic, "pack", 1)
+    eps = torch.rand(real.shape[0] // pack, 1, device=real.device, dtype=real.dtype)
+    if pack > 1:
+        eps = eps.repeat_interleave(pack, 0)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     out = critic(x_hat, types, conds, path)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+    return ((_pack_norm(critic, grad) - 1) ** 2).mean()
 
 
 def wgan_critic_loss(critic, real, fake, types, gp_weight: float, conds=None, path=None) -> CriticLoss:
@@ -181,7 +204,8 @@ def r1_penalty(critic: ConditionalCritic, real, types, conds=None, path=None) ->
     """R1: ``E ||grad_x D(x)||^2`` on real samples (Mescheder et al., ICML 2018)."""
     x = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x, types, conds, path).sum(), x, create_graph=True)
-    return grad.pow(2).sum(1).mean()
+    g = critic.packed(grad) if getattr(critic, "pack", 1) > 1 else grad
+    return g.pow(2).sum(1).mean()
 
 
 def ns_critic_loss(critic, real, fake, types, r1_weight: float, conds=None, path=None) -> CriticLoss:

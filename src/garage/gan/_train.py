@@ -346,6 +346,33 @@ class Trainer:
         bs = min(self.cfg.adversarial_batch_size, len(self._rows))
         return self._rows[torch.multinomial(self._w, bs, replacement=True, generator=self.gen)]
 
+    def _packed_rows(self, idx: torch.Tensor, pack: int) -> torch.Tensor:
+        """``--critic-pack``: the first ``len(idx) // pack`` rows of a drawn batch, each followed by
+        ``pack - 1`` other fit rows of its own label and condition drawn uniformly (never the row itself
+        unless it is its group's only fit cell), so the batch keeps its size and every pack one group."""
+        if not hasattr(self, "_pack_rows"):
+            rows = torch.from_numpy(self.data.fit_rows)
+            key = self._labels.cpu()[rows] * self.data.n_conds + self.data.conds[rows]
+            order = torch.argsort(key, stable=True)
+            self._pack_rows = rows[order]  # fit rows grouped by key
+            counts = torch.bincount(key, minlength=int(key.max()) + 1 if len(key) else 0)
+            self._pack_start = torch.cumsum(counts, 0) - counts
+            self._pack_count = counts
+            pos = torch.empty(len(rows), dtype=torch.long)
+            pos[order] = torch.arange(len(rows))
+            self._pack_pos = torch.full((self.data.n,), -1, dtype=torch.long)
+            self._pack_pos[rows] = pos  # position of a fit row in the grouped order
+        anchor = idx[: max(1, len(idx) // pack)]
+        key = self._labels.cpu()[anchor] * self.data.n_conds + self.data.conds[anchor]
+        start, count = self._pack_start[key], self._pack_count[key]
+        own = self._pack_pos[anchor] - start
+        out = [anchor]
+        for _ in range(pack - 1):
+            r = (torch.rand(len(anchor), generator=self.gen) * (count - 1).clamp_min(1)).long()
+            r = torch.where(count > 1, r + (r >= own).long(), own)  # skip the anchor itself
+            out.append(self._pack_rows[start + r])
+        return torch.stack(out, dim=1).reshape(-1)
+
     # ------------------------------------------------------------------ phases
     def fit(self) -> list:
         cfg, steps = self.cfg, self.steps
@@ -579,6 +606,8 @@ class Trainer:
         d_sum = np.zeros(3)
         for _ in range(cfg.n_critic):
             idx = self._balanced_batch(0.0 if original else cfg.type_balance)
+            if not original and cfg.effective_critic_pack > 1:
+                idx = self._packed_rows(idx, cfg.effective_critic_pack)
             didx = idx.to(self.device)
             # the networks' labels: the types, or type x within-type state (type_states > 1)
             types, conds = self._labels[didx], self._conds[didx]
