@@ -1222,7 +1222,7 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     m = GarageGAN.setup(real_small, cfg)
     trainer(cfg, m).save_checkpoint()
     ck = torch.load(tmp_path / "c.gan.ckpt.pt", weights_only=False)
-    for key in ("gan_loss", "r1_weight", "lr_decay", "instance_noise"):
+    for key in ("gan_loss", "r1_weight", "lr_decay", "instance_noise", "critic_pack"):
         del ck["config"][key]
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
     assert trainer(cfg, m).load_checkpoint()
@@ -1232,6 +1232,9 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     blur = GANConfig(**{**TINY, "checkpoint_every": 10, "instance_noise": 0.2})
     with pytest.raises(GarageError, match=r"different options .*\(instance_noise\)"):
         trainer(blur, GarageGAN.setup(real_small, blur)).load_checkpoint()
+    packed = GANConfig(**{**TINY, "checkpoint_every": 10, "critic_pack": 2})
+    with pytest.raises(GarageError, match=r"different options .*\(critic_pack\)"):
+        trainer(packed, GarageGAN.setup(real_small, packed)).load_checkpoint()
     # written while the default rate was 4e-4 (rounds 16-17): the error names the rate to pass
     ck["config"]["lr_gan"] = 4e-4
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
@@ -1633,3 +1636,127 @@ def test_critic_probe_holdout_keeps_cells_from_the_critic_and_splits_r_v(real_sm
     s = summarise(records)
     if np.isfinite(s["r_v"]):
         assert s["r_mem"] + s["r_enc"] == pytest.approx(s["r_v"])
+
+
+# --------------------------------------------------------------------------- --critic-pack
+def test_packed_batches_keep_their_size_and_hold_one_label_and_condition_per_pack(real_small):
+    """--critic-pack P: a drawn adversarial batch becomes len // P anchors, each followed by P - 1
+    other fit cells of its own label and condition (never the anchor itself when its group has another
+    fit cell), so the batch keeps its size and the critic can read each pack under one label."""
+    import torch
+
+    from garage.gan._train import Trainer
+
+    cfg = GANConfig(**TINY, critic_pack=3)
+    model = GarageGAN.setup(real_small, cfg)
+    t = Trainer(model.net, model.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(1), None, {})
+    fit = set(model.data.fit_rows.tolist())
+    key = (t._labels.cpu() * model.data.n_conds + model.data.conds).numpy()
+    sizes = np.bincount(key[model.data.fit_rows])
+    n_self = 0
+    for _ in range(20):
+        idx = t._balanced_batch(cfg.type_balance)
+        out = t._packed_rows(idx, 3)
+        assert len(out) == 3 * (len(idx) // 3) and len(out) >= len(idx) - 2
+        packs = out.view(-1, 3).numpy()
+        assert (packs[:, 0] == idx[: len(packs)].numpy()).all()  # the anchors, in their drawn order
+        assert set(out.tolist()) <= fit
+        assert (key[packs] == key[packs[:, :1]]).all()  # one label and condition per pack
+        for p in packs:
+            if sizes[key[p[0]]] > 1:
+                assert p[0] not in p[1:]
+            else:
+                n_self += 1
+    assert len(set(key[model.data.fit_rows])) > 2  # the check above covered several groups
+
+
+def test_a_packed_critic_scores_packs_and_penalises_the_pack_gradient():
+    """One score per pack, its label read from the pack's first row; the gradient penalty draws one
+    mixing weight per pack and takes the norm over the whole pack (a linear critic with weight w on
+    each of P cells has gradient norm sqrt(P) * |w|), and the R1 penalty likewise."""
+    import torch
+
+    from garage.gan._module import ConditionalCritic, gradient_penalty, r1_penalty
+
+    torch.manual_seed(0)
+    c = ConditionalCritic(4, 3, 8, 16, n_conds=2, pack=2, path_input=True)
+    x = torch.randn(10, 4)
+    types = torch.tensor([0, 0, 1, 1, 2, 2, 0, 0, 1, 1])
+    conds = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1, 0, 0])
+    assert c(x, types, conds).shape == (5,)
+    assert c.net[0].in_features == 2 * (4 + 1) + 2 * 8
+    with pytest.raises(ValueError, match="multiple of 2 rows"):
+        c(x[:9], types[:9], conds[:9])
+    # swapping the two cells of a pack changes the input (the critic sees them side by side)
+    swapped = x.view(5, 2, 4).flip(1).reshape(10, 4)
+    assert not torch.allclose(c(x, types, conds), c(swapped, types, conds))
+
+    class Linear(torch.nn.Module):  # f(pack) = sum of w . x over its cells
+        pack = 2
+
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def packed(self, g):
+            return g.reshape(g.shape[0] // 2, -1)
+
+        def forward(self, x, types, conds=None, path=None):
+            return self.packed(x @ self.w.view(-1, 1)).sum(1)
+
+    w = torch.tensor([0.6, 0.8, 0.0, 0.0])  # |w| = 1: one cell's norm 1, a pack's sqrt(2)
+    lin = Linear(w)
+    gp = gradient_penalty(lin, x, torch.randn(10, 4), types)
+    assert gp.item() == pytest.approx((2 ** 0.5 - 1) ** 2, rel=1e-5)
+    assert r1_penalty(lin, x, types).item() == pytest.approx(2.0, rel=1e-5)
+
+
+def test_critic_pack_is_checked_and_applies_to_the_latent_garage_game_only(real_small, caplog):
+    import torch
+
+    for bad in (0, 9, True, 2.0):
+        with pytest.raises(GarageError, match="--critic-pack must be an integer in"):
+            GANConfig(**TINY, critic_pack=bad).validate()
+    with pytest.raises(GarageError, match="larger than the adversarial batch"):
+        GANConfig(**TINY, critic_pack=8, gan_batch_size=4).validate()
+    cfg = GANConfig(**TINY, critic_pack=2, space="gene", count_dist="poisson")
+    model = GarageGAN.setup(real_small, cfg)
+    assert model.net.critic.pack == 1
+    with caplog.at_level("WARNING"):
+        model.train(torch.device("cpu"))
+    assert "--critic-pack applies to --space latent" in caplog.text
+
+
+def test_critic_pack_trains_on_packs_of_one_label(real_small, monkeypatch):
+    """A latent garage run with --critic-pack 2: every critic and generator loss is computed on batches
+    whose consecutive pairs share type and condition, the critic takes two codes per input, and the run
+    generates cells of the requested types."""
+    import torch
+
+    from garage.gan import _train
+
+    seen = []
+    critic_fn, gen_fn = _train.wgan_critic_loss, _train.wgan_generator_loss
+
+    def critic_spy(critic, real, fake, types, *args, **kwargs):
+        seen.append(("critic", types.clone(), real.shape[0]))
+        return critic_fn(critic, real, fake, types, *args, **kwargs)
+
+    def gen_spy(critic, fake, types, *args, **kwargs):
+        seen.append(("gen", types.clone(), fake.shape[0]))
+        return gen_fn(critic, fake, types, *args, **kwargs)
+
+    monkeypatch.setattr(_train, "wgan_critic_loss", critic_spy)
+    monkeypatch.setattr(_train, "wgan_generator_loss", gen_spy)
+    cfg = GANConfig(**TINY, critic_pack=2)
+    model = GarageGAN.setup(real_small, cfg)
+    model.train(torch.device("cpu"))
+    assert model.net.critic.net[0].in_features == 2 * model.net.code_dim + cfg.type_emb_dim
+    assert {k for k, *_ in seen} == {"critic", "gen"}
+    assert len(seen) == TINY["gan_steps"] * (cfg.n_critic + 1)
+    for _, types, n in seen:
+        assert n == 2 * (cfg.adversarial_batch_size // 2) or n == 2 * (real_small.n_obs // 2)
+        assert (types.view(-1, 2)[:, 0] == types.view(-1, 2)[:, 1]).all()
+        assert len(set(types.tolist())) > 1
+    syn = model.generate(200, seed=0)
+    assert syn.n_obs == 200 and np.isfinite(syn.X.sum())
