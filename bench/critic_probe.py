@@ -110,6 +110,9 @@ def critic_means(trainer, draws: int = BLUR_DRAWS, held=None) -> dict:
     import torch
 
     data, net = trainer.data, trainer.net
+    if getattr(net.critic, "pack", 1) > 1:  # it scores packs of one label, not single cells
+        raise SystemExit("bench.critic_probe: the critic judges packs (--critic-pack > 1), not single cells; "
+                         "probe a run without --critic-pack")
     labels = trainer._labels.cpu().numpy()
     conds = trainer._conds.cpu().numpy()
     fit_rows = np.asarray(data.fit_rows)

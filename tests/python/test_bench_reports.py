@@ -347,3 +347,31 @@ def test_machine_records_the_thread_setting(monkeypatch):
     assert machine()["omp_num_threads"] == "1"
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert machine()["omp_num_threads"] == "unset"
+
+
+def test_per_type_read_averages_seeds_and_keeps_types_with_enough_holdout_cells(tmp_path):
+    """bench.per_type_read: per type, the mean over the seeds' C2ST and spread ÷ control of each method,
+    types with < 20 holdout cells left out, and a clear stop when the GARAGE or scVI runs are missing."""
+    from bench import per_type_read
+
+    def write(method, seed, c2st, spread):
+        d = tmp_path / "ds" / "val" / f"{method}_s{seed}" / "evaluate"
+        d.mkdir(parents=True)
+        pd.DataFrame({"cell_type": ["big", "mid", "tiny"], "n_real_holdout": [100, 40, 5],
+                      "c2st_control": [0.5, 0.5, 0.5], "c2st": c2st, "spread_ratio": spread,
+                      "spread_ratio_control": [1.0, 1.0, 0.5]}).to_csv(d / "eval.per_type.tsv", sep="\t", index=False)
+
+    write("garage", 1, [0.60, 0.70, 0.9], [0.9, 1.0, 1.0])
+    write("garage", 2, [0.64, 0.50, 0.9], [1.1, 0.8, 1.0])
+    write("scvi", 1, [0.55, 0.52, 0.5], [1.0, 1.2, 1.0])
+    table = per_type_read.parse_table("ds:val:1,2:garage")
+    assert table == ("ds", "val", [1, 2], "garage", [])
+    k, n, _, c2st, spread = per_type_read.per_type("ds", "val", "garage", [1, 2], tmp_path)
+    assert k == 2 and c2st["big"] == pytest.approx(0.62) and spread["mid"] == pytest.approx(0.9)
+    text = "\n".join(per_type_read.report([table], tmp_path))
+    assert "big" in text and "mid" in text and "tiny" not in text
+    assert "garage (2)" in text and "scvi (1)" in text
+    with pytest.raises(SystemExit, match="no garage_pk2 or no scvi"):
+        per_type_read.report([("ds", "val", [1, 2], "garage_pk2", [])], tmp_path)
+    with pytest.raises(SystemExit, match="is not DATASET:SPLIT:SEEDS:GARAGE"):
+        per_type_read.parse_table("ds:val")
