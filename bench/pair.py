@@ -10,7 +10,9 @@ Run:  python -m bench.pair --runs 'bench/_work/fidelity/*/val/garage_ns1_s*' \\
 (``--reference`` may be given more than once.)
 A glob may also name bench.fidelity's one-seed tables (``bench/results/fidelity_val_TAG.csv``, each
 beside its ``.md``, whose command gives the split and the seed): the committed record of runs whose
-folders are gone.
+folders are gone.  A table that holds several methods needs ``GLOB::METHOD`` to pick one row, e.g.
+``--runs 'bench/results/round23/fidelity_val_r23_scvi_*.csv::garage'`` and
+``--reference 'bench/results/round23/fidelity_val_r23_scvi_*.csv::scvi'``.
 Writes bench/results/pair_TAG.{md,csv}.
 """
 
@@ -32,9 +34,10 @@ from .calib_pair import KEYS, _metrics
 SHOW = ("c2st_gap", "mia_auc", "seed_mia_auc", "dcr_ratio", "rare_agreement", "tstr_rare_f1")
 
 
-def _table(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
-    """((dataset, split, seed), metrics, what ran) of a one-seed bench.fidelity table, or why it is
-    not one.  Its ``.md`` twin names the split and the seed (the CSV has neither)."""
+def _table(path: Path, method: str | None = None) -> tuple[tuple[str, str, int], dict, str] | str:
+    """((dataset, split, seed), metrics, what ran) of a one-seed bench.fidelity table (its row of
+    ``method`` when one is named), or why it is not one.  Its ``.md`` twin names the split and the
+    seed (the CSV has neither)."""
     md = path.with_suffix(".md")
     if not md.exists():
         return f"{path}: no {md.name} beside it (it names the split and the seed)"
@@ -44,10 +47,12 @@ def _table(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
     if not seeds or "," in seeds.group(1):
         return f"{path}: not a one-seed bench.fidelity table (its .md's command names no single --seeds)"
     with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("method") != "real (control)"]
+        rows = [r for r in csv.DictReader(fh) if r.get("method") != "real (control)"
+                and (method is None or r.get("method") == method)]
     if len(rows) != 1 or rows[0].get("n_seeds") != "1":
         n = rows[0].get("n_seeds") if len(rows) == 1 else "-"
-        return f"{path}: expected one method row over one seed, found {len(rows)} row(s) (n_seeds {n})"
+        which = f" of method {method!r}" if method else " (name one with GLOB::METHOD)" if len(rows) > 1 else ""
+        return f"{path}: expected one method row{which} over one seed, found {len(rows)} row(s) (n_seeds {n})"
     r = rows[0]
 
     def num(k):
@@ -57,11 +62,13 @@ def _table(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
     return key, {k: num(k) for k in KEYS}, f"{r['method']} (one-seed tables, no row key)"
 
 
-def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
+def _run(path: Path, method: str | None = None) -> tuple[tuple[str, str, int], dict, str] | str:
     """((dataset, split, seed), metrics, what ran) of a finished run folder (its row.json may be
-    one level up) or of a one-seed table (``_table``), or why it is not one."""
+    one level up) or of a one-seed table (``_table``, its row of ``method``), or why it is not one."""
     if path.suffix == ".csv":
-        return _table(path)
+        return _table(path, method)
+    if method is not None:
+        return f"{path}: ::{method} picks a row of a table; a run folder holds one method"
     row_file = next((p / "row.json" for p in (path, path.parent) if (p / "row.json").exists()), None)
     done = path / "evaluate" / "eval.garage_metrics.json"
     if row_file is None:
@@ -80,8 +87,9 @@ def _run(path: Path) -> tuple[tuple[str, str, int], dict, str] | str:
 def _collect(*patterns: str) -> tuple[dict, list[str], set[str]]:
     """{key: metrics}, the folders skipped (and why), and what ran (method and code) in the rest."""
     out, skipped, what = {}, [], set()
-    for p in sorted({p for pattern in patterns for p in glob.glob(pattern)}):
-        got = _run(Path(p))
+    picks = [pattern.rsplit("::", 1) if "::" in pattern else (pattern, None) for pattern in patterns]
+    for p, method in sorted({(p, m) for pattern, m in picks for p in glob.glob(pattern)}, key=str):
+        got = _run(Path(p), method)
         if isinstance(got, str):
             skipped.append(got)
             continue
@@ -103,7 +111,9 @@ def main(argv=None) -> int:
     (var, skip_var, what_var), (ref, skip_ref, what_ref) = _collect(args.runs), _collect(*args.reference)
     keys = sorted(set(var) & set(ref))
     if not keys:
-        print("no run of the variant has a reference run of the same dataset, split and seed", file=sys.stderr)
+        why = "; ".join(skip_var + skip_ref)
+        print("no run of the variant has a reference run of the same dataset, split and seed"
+              + (f" (left out: {why})" if why else ""), file=sys.stderr)
         return 1
     rows = []
     for k in keys:

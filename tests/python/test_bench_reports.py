@@ -280,7 +280,7 @@ def test_a_row_scored_by_another_evaluation_is_scored_again_not_retrained(tmp_pa
     assert again["metrics"]["c2st_auc"]["value"] == 0.6 and again["train_s"] == row["train_s"]
 
 
-def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
+def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch, capsys):
     """bench.pair: each variant run is compared with the reference run of the same dataset, split and
     seed (its row.json may sit one folder up), never with another seed's; a variant run without a
     reference is named and left out; a glob that matches one run twice is refused."""
@@ -331,6 +331,20 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch):
                       "--tag", "tab"]) == 0
     md = (tmp_path / "results" / "pair_tab.md").read_text()
     assert "lost.csv: no lost.md beside it" in md and "mean.csv: expected one method row over one seed" in md
+    # a table of two methods (bench.fidelity --methods garage,scvi): GLOB::METHOD picks each side's row
+    (tmp_path / "both").mkdir()
+    for seed, g, v in ((0, 0.05, 0.08), (1, 0.09, 0.07)):
+        (tmp_path / "both" / f"s{seed}.csv").write_text(header + f"a,garage,1,{g},0.5,\na,scvi,1,{v},0.6,\n"
+                                                          "a,real (control),1,0.0,0.5,0.9\n")
+        (tmp_path / "both" / f"s{seed}.md").write_text(f"Command: `python -m bench.fidelity --seeds {seed}`\n")
+    both = str(tmp_path / "both/*.csv")
+    assert pair.main(["--runs", both + "::garage", "--reference", both + "::scvi", "--tag", "both"]) == 0
+    df = pd.read_csv(tmp_path / "results" / "pair_both.csv").sort_values("seed")
+    assert df["c2st_gap_var"].round(3).tolist() == [0.05, 0.09] and df["c2st_gap_ref"].round(3).tolist() == [0.08, 0.07]
+    assert df["mia_auc_ref"].round(3).tolist() == [0.6, 0.6]
+    assert pair.main(["--runs", both, "--reference", both + "::scvi", "--tag", "both"]) == 1  # no row named: none pair
+    assert "s0.csv: expected one method row (name one with GLOB::METHOD)" in capsys.readouterr().err
+    assert pair.main(["--runs", both + "::scvi", "--reference", both + "::nope", "--tag", "both"]) == 1
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
     with pytest.raises(SystemExit, match="match two runs"):
@@ -375,3 +389,26 @@ def test_per_type_read_averages_seeds_and_keeps_types_with_enough_holdout_cells(
         per_type_read.report([("ds", "val", [1, 2], "garage_pk2", [])], tmp_path)
     with pytest.raises(SystemExit, match="is not DATASET:SPLIT:SEEDS:GARAGE"):
         per_type_read.parse_table("ds:val")
+
+
+def test_pair_interval_pools_pair_tables_and_refuses_overlap(tmp_path, capsys):
+    """bench.pair_interval: the mean paired difference (variant − reference) with its 95 % Student-t
+    interval, pooled over tables; a run that two tables both hold is refused, not counted twice."""
+    from bench import pair_interval
+
+    def table(name, seeds, ref, var):
+        pd.DataFrame({"dataset": "a", "split": "val", "seed": seeds, "c2st_gap_ref": ref,
+                      "c2st_gap_var": var}).to_csv(tmp_path / name, index=False)
+
+    table("one.csv", [1, 2], [0.10, 0.10], [0.08, 0.11])
+    table("two.csv", [3], [0.10], [0.07])
+    assert pair_interval.main([str(tmp_path / "one.csv"), str(tmp_path / "two.csv")]) == 0
+    out = capsys.readouterr().out
+    # differences -0.02, +0.01, -0.03: mean -0.0133, sd 0.02082, t(0.975, 2) = 4.3027 -> half-width 0.0517
+    assert "3 paired runs from 2 table(s)" in out
+    assert "c2st_gap: 3 runs, mean -0.0133 [95 % t -0.0650, +0.0384], lower with the variant in 2" in out
+    m, lo, hi = pair_interval.interval(np.array([0.5]))
+    assert m == 0.5 and np.isnan(lo) and np.isnan(hi)
+    table("dup.csv", [2], [0.1], [0.1])
+    assert pair_interval.main([str(tmp_path / "one.csv"), str(tmp_path / "dup.csv")]) == 2
+    assert "a val s2 appears twice" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""Paired 95 % t-intervals over bench.pair's runs: is a variant's difference from its reference resolved?
+
+``bench.pair`` reports the mean, median and range of the paired differences; this adds the interval
+(Student t over runs, each run one pair) and how many runs moved each way, for one pair table or for
+several pooled (e.g. two rounds' pairs of the same two methods, scored by the same evaluation).
+
+Run:  python -m bench.pair_interval bench/results/round23/pair_r23_garage_vs_scvi_val.csv \\
+          bench/results/round21/pair_r21_garage_vs_scvi_val.csv
+Prints one line per metric: runs, mean difference (variant − reference) [95 % interval], lower in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .pair import SHOW
+
+
+def interval(d: np.ndarray) -> tuple[float, float, float]:
+    """Mean of the paired differences and its 95 % Student-t interval (nan half-width under 2 runs)."""
+    d = np.asarray(d, dtype=float)
+    m = float(d.mean())
+    if d.size < 2:
+        return m, float("nan"), float("nan")
+    hw = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    return m, m - hw, m + hw
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pairs", nargs="+", help="bench.pair CSV tables (pooled when more than one)")
+    args = ap.parse_args(argv)
+    frames = []
+    for p in args.pairs:
+        try:
+            frames.append(pd.read_csv(p))
+        except (OSError, pd.errors.ParserError) as e:
+            print(f"{p}: cannot read a bench.pair table ({e})", file=sys.stderr)
+            return 2
+    df = pd.concat(frames, ignore_index=True)
+    dup = df.duplicated(["dataset", "split", "seed"])
+    if dup.any():
+        r = df[dup].iloc[0]
+        print(f"{r['dataset']} {r['split']} s{r['seed']} appears twice: the tables overlap", file=sys.stderr)
+        return 2
+    print(f"{len(df)} paired runs from {len(args.pairs)} table(s); difference = variant − reference")
+    for k in SHOW:
+        if f"{k}_var" not in df or f"{k}_ref" not in df:
+            continue
+        d = (df[f"{k}_var"] - df[f"{k}_ref"]).dropna().to_numpy(dtype=float)
+        if d.size == 0:
+            continue
+        m, lo, hi = interval(d)
+        print(f"{k}: {d.size} runs, mean {m:+.4f} [95 % t {lo:+.4f}, {hi:+.4f}], "
+              f"lower with the variant in {int((d < 0).sum())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
