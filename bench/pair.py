@@ -88,6 +88,9 @@ def _collect(*patterns: str) -> tuple[dict, list[str], set[str]]:
     """{key: metrics}, the folders skipped (and why), and what ran (method and code) in the rest."""
     out, skipped, what = {}, [], set()
     picks = [pattern.rsplit("::", 1) if "::" in pattern else (pattern, None) for pattern in patterns]
+    for pattern, m in picks:
+        if m is not None and not m.strip():
+            raise SystemExit(f"{pattern}:: names no method: write GLOB::METHOD, e.g. '...csv::garage'")
     for p, method in sorted({(p, m) for pattern, m in picks for p in glob.glob(pattern)}, key=str):
         got = _run(Path(p), method)
         if isinstance(got, str):
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
               "(bench.fidelity's method name and its row key: a hash of the method, its options and the "
               "GAN and GAT code that trained it).", ""]
     if skip_var or skip_ref:
-        lines += ["Folders matched but not finished (left out): " + "; ".join(skip_var + skip_ref) + ".", ""]
+        lines += ["Matched but left out (unfinished, or no row of the named method): " + "; ".join(skip_var + skip_ref) + ".", ""]
     lines += ["Each row: the reference run / the variant's run of the same dataset, split and training seed "
               "(`c2st_gap` = C2ST AUC minus its real-vs-real control; 0 is perfect). Per dataset: mean "
               "reference / mean variant (mean paired difference).", ""]

@@ -6,13 +6,16 @@ several pooled (e.g. two rounds' pairs of the same two methods, scored by the sa
 
 Run:  python -m bench.pair_interval bench/results/round23/pair_r23_garage_vs_scvi_val.csv \\
           bench/results/round21/pair_r21_garage_vs_scvi_val.csv
-Prints one line per metric: runs, mean difference (variant − reference) [95 % interval], lower in.
+Prints what each table compared (its .md's Reference / Variant line: pool only tables of the same
+comparison), then one line per metric: runs, mean difference (variant − reference) [95 % interval],
+and how many runs were lower, equal and higher with the variant.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,13 +38,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", nargs="+", help="bench.pair CSV tables (pooled when more than one)")
     args = ap.parse_args(argv)
-    frames = []
+    frames, what = [], []
     for p in args.pairs:
         try:
-            frames.append(pd.read_csv(p))
-        except (OSError, pd.errors.ParserError) as e:
-            print(f"{p}: cannot read a bench.pair table ({e})", file=sys.stderr)
+            t = pd.read_csv(p)
+        except (OSError, ValueError, pd.errors.EmptyDataError) as e:  # ParserError is a ValueError
+            print(f"{p}: cannot read a bench.pair table ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                  file=sys.stderr)
             return 2
+        missing = [c for c in ("dataset", "split", "seed") if c not in t.columns]
+        if missing or not any(c.endswith("_var") for c in t.columns):
+            print(f"{p}: not a bench.pair table (no {', '.join(missing) or '*_ref / *_var'} column)", file=sys.stderr)
+            return 2
+        frames.append(t)
+        md = Path(p).with_suffix(".md")
+        line = next((ln for ln in md.read_text().splitlines() if ln.startswith("Reference:")), None) \
+            if md.exists() else None
+        # pooling two different comparisons would be meaningless: show what each table compared
+        what.append(f"{p}: {line.split(' (bench.fidelity')[0] if line else 'no .md beside it: methods not named'}")
     df = pd.concat(frames, ignore_index=True)
     dup = df.duplicated(["dataset", "split", "seed"])
     if dup.any():
@@ -49,6 +63,7 @@ def main(argv=None) -> int:
         print(f"{r['dataset']} {r['split']} s{r['seed']} appears twice: the tables overlap", file=sys.stderr)
         return 2
     print(f"{len(df)} paired runs from {len(args.pairs)} table(s); difference = variant − reference")
+    print("\n".join(what))
     for k in SHOW:
         if f"{k}_var" not in df or f"{k}_ref" not in df:
             continue
@@ -56,8 +71,8 @@ def main(argv=None) -> int:
         if d.size == 0:
             continue
         m, lo, hi = interval(d)
-        print(f"{k}: {d.size} runs, mean {m:+.4f} [95 % t {lo:+.4f}, {hi:+.4f}], "
-              f"lower with the variant in {int((d < 0).sum())}")
+        print(f"{k}: {d.size} runs, mean {m:+.4f} [95 % t {lo:+.4f}, {hi:+.4f}], with the variant "
+              f"lower in {int((d < 0).sum())}, equal in {int((d == 0).sum())}, higher in {int((d > 0).sum())}")
     return 0
 
 

@@ -345,6 +345,9 @@ def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch, caps
     assert pair.main(["--runs", both, "--reference", both + "::scvi", "--tag", "both"]) == 1  # no row named: none pair
     assert "s0.csv: expected one method row (name one with GLOB::METHOD)" in capsys.readouterr().err
     assert pair.main(["--runs", both + "::scvi", "--reference", both + "::nope", "--tag", "both"]) == 1
+    assert "of method 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="names no method"):
+        pair.main(["--runs", both + "::", "--reference", both + "::scvi", "--tag", "both"])
     run("dup/x", "a", 0, 0.6, 0.5)
     run("dup/y", "a", 0, 0.6, 0.5)
     with pytest.raises(SystemExit, match="match two runs"):
@@ -406,9 +409,19 @@ def test_pair_interval_pools_pair_tables_and_refuses_overlap(tmp_path, capsys):
     out = capsys.readouterr().out
     # differences -0.02, +0.01, -0.03: mean -0.0133, sd 0.02082, t(0.975, 2) = 4.3027 -> half-width 0.0517
     assert "3 paired runs from 2 table(s)" in out
-    assert "c2st_gap: 3 runs, mean -0.0133 [95 % t -0.0650, +0.0384], lower with the variant in 2" in out
+    assert ("c2st_gap: 3 runs, mean -0.0133 [95 % t -0.0650, +0.0384], with the variant lower in 2, equal in 0, "
+            "higher in 1") in out
+    assert "one.csv: no .md beside it: methods not named" in out
     m, lo, hi = pair_interval.interval(np.array([0.5]))
     assert m == 0.5 and np.isnan(lo) and np.isnan(hi)
     table("dup.csv", [2], [0.1], [0.1])
     assert pair_interval.main([str(tmp_path / "one.csv"), str(tmp_path / "dup.csv")]) == 2
     assert "a val s2 appears twice" in capsys.readouterr().err
+    # not a pair table, empty, missing: one line each, exit 2
+    pd.DataFrame({"dataset": ["a"], "method": ["garage"], "c2st_gap": [0.1]}).to_csv(tmp_path / "fid.csv", index=False)
+    (tmp_path / "empty.csv").write_text("")
+    for bad, why in (("fid.csv", "not a bench.pair table (no split, seed column)"),
+                     ("empty.csv", "cannot read a bench.pair table"), ("nope.csv", "cannot read a bench.pair table")):
+        assert pair_interval.main([str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1

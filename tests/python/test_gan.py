@@ -1639,35 +1639,77 @@ def test_critic_probe_holdout_keeps_cells_from_the_critic_and_splits_r_v(real_sm
 
 
 # --------------------------------------------------------------------------- --critic-pack
-def test_packed_batches_keep_their_size_and_hold_one_label_and_condition_per_pack(real_small):
-    """--critic-pack P: a drawn adversarial batch becomes len // P anchors, each followed by P - 1
-    other fit cells of its own label and condition (never the anchor itself when its group has another
-    fit cell), so the batch keeps its size and the critic can read each pack under one label."""
+@pytest.mark.parametrize("fixture", ["seeds_small", "mix_seeds"])
+def test_packed_batches_hold_one_label_and_condition_per_pack(fixture, request, caplog):
+    """--critic-pack P: a drawn adversarial batch of B cells becomes B // P anchors, each followed by
+    P - 1 other fit cells of its own label and condition (never the anchor itself when its group has
+    another fit cell; a one-cell group repeats its cell), so the critic can read each pack under one
+    label. On sc_mixology's subset (two protocols) a label's cells span both conditions, so grouping
+    by label alone would mix them; groups with fewer than P fit cells are warned about."""
     import torch
 
     from garage.gan._train import Trainer
 
+    data = ad.read_h5ad(request.getfixturevalue(fixture))
     cfg = GANConfig(**TINY, critic_pack=3)
-    model = GarageGAN.setup(real_small, cfg)
+    model = GarageGAN.setup(data, cfg)
     t = Trainer(model.net, model.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(1), None, {})
     fit = set(model.data.fit_rows.tolist())
-    key = (t._labels.cpu() * model.data.n_conds + model.data.conds).numpy()
+    labels, conds = t._labels.cpu().numpy(), model.data.conds.numpy()
+    key = labels * model.data.n_conds + conds
     sizes = np.bincount(key[model.data.fit_rows])
-    n_self = 0
-    for _ in range(20):
-        idx = t._balanced_batch(cfg.type_balance)
-        out = t._packed_rows(idx, 3)
-        assert len(out) == 3 * (len(idx) // 3) and len(out) >= len(idx) - 2
-        packs = out.view(-1, 3).numpy()
-        assert (packs[:, 0] == idx[: len(packs)].numpy()).all()  # the anchors, in their drawn order
-        assert set(out.tolist()) <= fit
-        assert (key[packs] == key[packs[:, :1]]).all()  # one label and condition per pack
-        for p in packs:
-            if sizes[key[p[0]]] > 1:
-                assert p[0] not in p[1:]
-            else:
-                n_self += 1
-    assert len(set(key[model.data.fit_rows])) > 2  # the check above covered several groups
+    if fixture == "mix_seeds":  # the condition half of the key is exercised
+        fr = model.data.fit_rows
+        assert model.data.n_conds > 1
+        assert any(len(set(conds[fr][labels[fr] == lab])) > 1 for lab in set(labels[fr]))
+    n_small = int(((sizes > 0) & (sizes < 3)).sum())
+    n_other = 0
+    with caplog.at_level("WARNING"):
+        for _ in range(20):
+            idx = t._balanced_batch(cfg.type_balance)
+            out = t._packed_rows(idx, 3)
+            assert len(out) == 3 * (len(idx) // 3) and len(out) >= len(idx) - 2
+            packs = out.view(-1, 3).numpy()
+            assert (packs[:, 0] == idx[: len(packs)].numpy()).all()  # the anchors, in their drawn order
+            assert set(out.tolist()) <= fit
+            assert (key[packs] == key[packs[:, :1]]).all()  # one label and condition per pack
+            for pk in packs:
+                if sizes[key[pk[0]]] > 1:
+                    assert pk[0] not in pk[1:]
+                    n_other += 1
+                else:
+                    assert (pk == pk[0]).all()  # a one-cell group: its cell, repeated
+    assert n_other > 0 and len(set(key[model.data.fit_rows])) > 2  # the checks above covered several groups
+    assert ("fewer than 3 fit cells" in caplog.text) == (n_small > 0)
+    if n_small:
+        assert f"{n_small} label x condition group(s)" in caplog.text
+
+
+def test_the_gradient_penalty_mixes_each_pack_with_one_weight():
+    """Each interpolate x_hat = eps * real + (1 - eps) * fake takes one eps per pack (the same for
+    both cells and every dimension of a pack), and different packs draw different eps."""
+    import torch
+
+    from garage.gan._module import gradient_penalty
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        pack = 2
+
+        def packed(self, g):
+            return g.reshape(g.shape[0] // 2, -1)
+
+        def forward(self, x, types, conds=None, path=None):
+            seen.append(x.detach().clone())
+            return self.packed(x).sum(1)
+
+    torch.manual_seed(3)
+    real, fake = torch.randn(12, 5), torch.randn(12, 5)
+    gradient_penalty(Spy(), real, fake, torch.zeros(12, dtype=torch.long))
+    eps = ((seen[0] - fake) / (real - fake)).view(6, 2 * 5)
+    assert torch.allclose(eps, eps[:, :1].expand_as(eps), atol=1e-5)
+    assert eps[:, 0].unique().numel() == 6
 
 
 def test_a_packed_critic_scores_packs_and_penalises_the_pack_gradient():
@@ -1755,8 +1797,24 @@ def test_critic_pack_trains_on_packs_of_one_label(real_small, monkeypatch):
     assert {k for k, *_ in seen} == {"critic", "gen"}
     assert len(seen) == TINY["gan_steps"] * (cfg.n_critic + 1)
     for _, types, n in seen:
-        assert n == 2 * (cfg.adversarial_batch_size // 2) or n == 2 * (real_small.n_obs // 2)
+        assert n == 2 * (min(cfg.adversarial_batch_size, len(model.data.fit_rows)) // 2)
         assert (types.view(-1, 2)[:, 0] == types.view(-1, 2)[:, 1]).all()
         assert len(set(types.tolist())) > 1
     syn = model.generate(200, seed=0)
     assert syn.n_obs == 200 and np.isfinite(syn.X.sum())
+
+
+def test_critic_probe_refuses_a_packed_critic_before_training(tmp_path, monkeypatch):
+    """bench.critic_probe scores single cells; with --critic-pack > 1 it stops before any training."""
+    from argparse import Namespace
+
+    from bench import critic_probe
+
+    def never(*a, **k):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(critic_probe, "train_in_process", never)
+    args = Namespace(gan='{"critic_pack": 2}', seeds_from=str(tmp_path / "x.seeds.h5ad"), seed=0, threads=1,
+                     critic_holdout=0.0)
+    with pytest.raises(SystemExit, match="judges packs"):
+        critic_probe.run(args)

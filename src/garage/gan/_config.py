@@ -268,8 +268,10 @@ class GANConfig:
         once, real packs against generated packs, so a generator whose cells of
         a type are too alike (too little spread, or missing sub-states) is seen
         in the pack where each cell alone passes (PacGAN: Lin, Khetan, Fanti &
-        Oh, NeurIPS 2018). The adversarial minibatch keeps its number of cells
-        (batch / pack packs). 1: off.
+        Oh, NeurIPS 2018). The adversarial minibatch of B cells becomes
+        ``B // pack`` packs (``pack * (B // pack)`` cells: the same number when
+        *pack* divides B). A group with fewer than *pack* fit cells repeats
+        cells in its real packs (warned). 1: off.
     gan_loss
         ``garage`` mode: the adversarial loss. ``wgan-gp`` (default): Wasserstein
         critic with a gradient penalty on interpolates. ``ns-r1``: the
@@ -564,7 +566,7 @@ class GANConfig:
         need(isinstance(self.critic_pack, int) and not isinstance(self.critic_pack, bool)
              and 1 <= self.critic_pack <= 8, f"--critic-pack must be an integer in [1, 8], got {self.critic_pack!r}",
              "pass e.g. 2 (1: off)")
-        need(self.critic_pack <= self.adversarial_batch_size,
+        need(self.effective_critic_pack <= self.adversarial_batch_size,
              f"--critic-pack {self.critic_pack} is larger than the adversarial batch ({self.adversarial_batch_size})",
              "pass a smaller --critic-pack or a larger --gan-batch-size")
         need(self.gan_loss in GAN_LOSSES, f"unknown --gan-loss {self.gan_loss!r}", f"use one of {', '.join(GAN_LOSSES)}")

@@ -349,10 +349,14 @@ class Trainer:
     def _packed_rows(self, idx: torch.Tensor, pack: int) -> torch.Tensor:
         """``--critic-pack``: the first ``len(idx) // pack`` rows of a drawn batch, each followed by
         ``pack - 1`` other fit rows of its own label and condition drawn uniformly (never the row itself
-        unless it is its group's only fit cell), so the batch keeps its size and every pack one group."""
+        unless it is its group's only fit cell), so a batch of B cells becomes ``B // pack`` packs
+        (``pack * (B // pack)`` cells) and every pack holds one group.  A group with fewer than
+        *pack* fit cells repeats cells inside its real packs (a one-cell group: one cell *pack*
+        times), which the critic can tell from independent fakes: warned once, with the count."""
         if not hasattr(self, "_pack_rows"):
             rows = torch.from_numpy(self.data.fit_rows)
-            key = self._labels.cpu()[rows] * self.data.n_conds + self.data.conds[rows]
+            self._labels_cpu = self._labels.cpu()
+            key = self._labels_cpu[rows] * self.data.n_conds + self.data.conds[rows]
             order = torch.argsort(key, stable=True)
             self._pack_rows = rows[order]  # fit rows grouped by key
             counts = torch.bincount(key, minlength=int(key.max()) + 1 if len(key) else 0)
@@ -362,8 +366,13 @@ class Trainer:
             pos[order] = torch.arange(len(rows))
             self._pack_pos = torch.full((self.data.n,), -1, dtype=torch.long)
             self._pack_pos[rows] = pos  # position of a fit row in the grouped order
+            small = (counts > 0) & (counts < pack)
+            if bool(small.any()):
+                logger.warning("--critic-pack %d: %d label x condition group(s) with %d fit cell(s) in all have "
+                               "fewer than %d fit cells, so their real packs repeat cells", pack,
+                               int(small.sum()), int(counts[small].sum()), pack)
         anchor = idx[: max(1, len(idx) // pack)]
-        key = self._labels.cpu()[anchor] * self.data.n_conds + self.data.conds[anchor]
+        key = self._labels_cpu[anchor] * self.data.n_conds + self.data.conds[anchor]
         start, count = self._pack_start[key], self._pack_count[key]
         own = self._pack_pos[anchor] - start
         out = [anchor]
