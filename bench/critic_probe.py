@@ -233,7 +233,7 @@ def summarise(records: list) -> dict:
 def run(args) -> dict:
     records: list = []
     gan = json.loads(args.gan)
-    if int(gan.get("critic_pack", 1)) > 1:  # refused before any training (critic_means refuses it too)
+    if int(gan.get("critic_pack") or 1) > 1:  # refused before any training (critic_means refuses it too)
         raise SystemExit("bench.critic_probe: the critic judges packs (--critic-pack > 1), not single cells; "
                          "probe a run without --critic-pack")
     from garage.gan import _train

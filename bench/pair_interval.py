@@ -51,11 +51,13 @@ def main(argv=None) -> int:
             print(f"{p}: not a bench.pair table (no {', '.join(missing) or '*_ref / *_var'} column)", file=sys.stderr)
             return 2
         frames.append(t)
-        md = Path(p).with_suffix(".md")
-        line = next((ln for ln in md.read_text().splitlines() if ln.startswith("Reference:")), None) \
-            if md.exists() else None
+        try:
+            text = Path(p).with_suffix(".md").read_text()
+        except (OSError, UnicodeDecodeError):  # no readable .md: the methods stay unnamed
+            text = ""
+        line = next((ln for ln in text.splitlines() if ln.startswith("Reference:")), None)
         # pooling two different comparisons would be meaningless: show what each table compared
-        what.append(f"{p}: {line.split(' (bench.fidelity')[0] if line else 'no .md beside it: methods not named'}")
+        what.append(f"{p}: {line.split(' (bench.fidelity')[0] if line else 'no readable .md beside it: methods not named'}")
     df = pd.concat(frames, ignore_index=True)
     dup = df.duplicated(["dataset", "split", "seed"])
     if dup.any():

@@ -411,7 +411,7 @@ def test_pair_interval_pools_pair_tables_and_refuses_overlap(tmp_path, capsys):
     assert "3 paired runs from 2 table(s)" in out
     assert ("c2st_gap: 3 runs, mean -0.0133 [95 % t -0.0650, +0.0384], with the variant lower in 2, equal in 0, "
             "higher in 1") in out
-    assert "one.csv: no .md beside it: methods not named" in out
+    assert "one.csv: no readable .md beside it: methods not named" in out
     m, lo, hi = pair_interval.interval(np.array([0.5]))
     assert m == 0.5 and np.isnan(lo) and np.isnan(hi)
     table("dup.csv", [2], [0.1], [0.1])

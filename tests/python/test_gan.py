@@ -1674,15 +1674,30 @@ def test_packed_batches_hold_one_label_and_condition_per_pack(fixture, request, 
             assert set(out.tolist()) <= fit
             assert (key[packs] == key[packs[:, :1]]).all()  # one label and condition per pack
             for pk in packs:
-                if sizes[key[pk[0]]] > 1:
-                    assert pk[0] not in pk[1:]
+                if sizes[key[pk[0]]] >= 3:
+                    assert len(set(pk)) == 3  # drawn without replacement
                     n_other += 1
+                elif sizes[key[pk[0]]] == 2:
+                    assert pk[0] not in pk[1:]
                 else:
                     assert (pk == pk[0]).all()  # a one-cell group: its cell, repeated
     assert n_other > 0 and len(set(key[model.data.fit_rows])) > 2  # the checks above covered several groups
     assert ("fewer than 3 fit cells" in caplog.text) == (n_small > 0)
-    if n_small:
-        assert f"{n_small} label x condition group(s)" in caplog.text
+    # groups too small for a pack (neither fixture has one): relabel one fit cell alone and two together
+    caplog.clear()
+    fr = model.data.fit_rows
+    t2 = Trainer(model.net, model.data, cfg, torch.device("cpu"), torch.Generator().manual_seed(2), None, {})
+    t2._labels = t._labels.clone()
+    lone, a, b = (int(r) for r in fr[:3])
+    top = int(t2._labels.max())
+    t2._labels[lone], t2._labels[a], t2._labels[b] = top + 1, top + 2, top + 2
+    with caplog.at_level("WARNING"):
+        for _ in range(5):
+            out = t2._packed_rows(torch.tensor([lone, a, *(int(r) for r in fr[3:7])]), 3).view(-1, 3).tolist()
+            assert out[0] == [lone] * 3  # one cell, three times
+            assert out[1][0] == a and out[1][1:] == [b, b]  # the only other cell, twice
+    assert "--critic-pack 3: 2 label x condition group(s) with 3 fit cell(s) in all" in caplog.text
+    assert caplog.text.count("--critic-pack 3:") == 1  # warned once
 
 
 def test_the_gradient_penalty_mixes_each_pack_with_one_weight():
@@ -1761,6 +1776,8 @@ def test_critic_pack_is_checked_and_applies_to_the_latent_garage_game_only(real_
             GANConfig(**TINY, critic_pack=bad).validate()
     with pytest.raises(GarageError, match="larger than the adversarial batch"):
         GANConfig(**TINY, critic_pack=8, gan_batch_size=4).validate()
+    # where the option is ignored (gene space), so is its size against the batch
+    GANConfig(**TINY, critic_pack=8, gan_batch_size=4, space="gene", count_dist="poisson").validate()
     cfg = GANConfig(**TINY, critic_pack=2, space="gene", count_dist="poisson")
     model = GarageGAN.setup(real_small, cfg)
     assert model.net.critic.pack == 1

@@ -270,8 +270,8 @@ class GANConfig:
         in the pack where each cell alone passes (PacGAN: Lin, Khetan, Fanti &
         Oh, NeurIPS 2018). The adversarial minibatch of B cells becomes
         ``B // pack`` packs (``pack * (B // pack)`` cells: the same number when
-        *pack* divides B). A group with fewer than *pack* fit cells repeats
-        cells in its real packs (warned). 1: off.
+        *pack* divides B). A real pack holds distinct cells, except in a group
+        with fewer than *pack* fit cells, which must repeat some (warned). 1: off.
     gan_loss
         ``garage`` mode: the adversarial loss. ``wgan-gp`` (default): Wasserstein
         critic with a gradient penalty on interpolates. ``ns-r1``: the

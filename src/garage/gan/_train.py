@@ -348,11 +348,11 @@ class Trainer:
 
     def _packed_rows(self, idx: torch.Tensor, pack: int) -> torch.Tensor:
         """``--critic-pack``: the first ``len(idx) // pack`` rows of a drawn batch, each followed by
-        ``pack - 1`` other fit rows of its own label and condition drawn uniformly (never the row itself
-        unless it is its group's only fit cell), so a batch of B cells becomes ``B // pack`` packs
-        (``pack * (B // pack)`` cells) and every pack holds one group.  A group with fewer than
-        *pack* fit cells repeats cells inside its real packs (a one-cell group: one cell *pack*
-        times), which the critic can tell from independent fakes: warned once, with the count."""
+        ``pack - 1`` other fit rows of its own label and condition drawn uniformly without replacement,
+        so a batch of B cells becomes ``B // pack`` packs (``pack * (B // pack)`` cells), every pack
+        holds one group and no cell twice.  A group with fewer than *pack* fit cells must repeat
+        cells inside its real packs (a one-cell group: one cell *pack* times), which the critic can
+        tell from independent fakes: warned once, with the count."""
         if not hasattr(self, "_pack_rows"):
             rows = torch.from_numpy(self.data.fit_rows)
             self._labels_cpu = self._labels.cpu()
@@ -375,10 +375,19 @@ class Trainer:
         key = self._labels_cpu[anchor] * self.data.n_conds + self.data.conds[anchor]
         start, count = self._pack_start[key], self._pack_count[key]
         own = self._pack_pos[anchor] - start
-        out = [anchor]
-        for _ in range(pack - 1):
-            r = (torch.rand(len(anchor), generator=self.gen) * (count - 1).clamp_min(1)).long()
-            r = torch.where(count > 1, r + (r >= own).long(), own)  # skip the anchor itself
+        out, taken = [anchor], own.view(-1, 1)  # group positions already in each pack
+        for j in range(pack - 1):
+            u = torch.rand(len(anchor), generator=self.gen)
+            # without replacement while the group has cells left: a uniform rank among the positions
+            # not taken, mapped past the taken ones in ascending order (with P = 2: past the anchor)
+            r = (u * (count - taken.shape[1]).clamp_min(1)).long()
+            for e in torch.sort(taken, dim=1).values.T:
+                r = r + (r >= e).long()
+            # a group of fewer than P cells: any cell but the anchor (a one-cell group: the anchor)
+            again = (u * (count - 1).clamp_min(1)).long()
+            again = torch.where(count > 1, again + (again >= own).long(), own)
+            r = torch.where(count > j + 1, r, again)
+            taken = torch.cat([taken, r.view(-1, 1)], dim=1)
             out.append(self._pack_rows[start + r])
         return torch.stack(out, dim=1).reshape(-1)
 
