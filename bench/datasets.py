@@ -399,6 +399,8 @@ def build(name: str, workdir: Path | str = DEFAULT_WORKDIR, verify_sha: bool = T
     Shape must match ``expected``; a sha256 differing from the spec's warns (HDF5/anndata
     versions can change bytes without changing content) unless the spec has none yet.
     """
+    from garage._utils import atomic_path
+
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     spec = DATASETS[name]
@@ -411,15 +413,17 @@ def build(name: str, workdir: Path | str = DEFAULT_WORKDIR, verify_sha: bool = T
         src = base / spec["source"]["path"]
         if not src.is_file():
             raise FileNotFoundError(f"{src} is missing (expected in {base})")
-        shutil.copyfile(src, out)
-        _check_layout(out, spec)
+        # a temporary name of its own, renamed into place: two benchmark runs started at once both
+        # build the file, and neither may read (or write into) the other's half-written copy
+        with atomic_path(out) as tmp:
+            shutil.copyfile(src, tmp)
+            _check_layout(tmp, spec)
     else:
         adata = _finalize(_BUILDERS[name](spec), name, spec)
         if adata.shape != tuple(spec["expected"]):
             raise ValueError(f"{name}: built {adata.shape}, expected {spec['expected']}")
-        tmp = out.with_suffix(".tmp.h5ad")
-        adata.write_h5ad(tmp)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            adata.write_h5ad(tmp)
     digest = sha256(out)
     if verify_sha and spec.get("sha256") and digest != spec["sha256"]:
         warnings.warn(f"{name}: sha256 {digest} differs from the registry's {spec['sha256']}")

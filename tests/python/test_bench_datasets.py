@@ -35,6 +35,33 @@ def test_package_dataset_builds_and_matches_registry(tmp_path):
                                "CD4+/CD45RA+/CD25- Naive T": 8}
 
 
+def test_a_build_appears_under_its_name_only_when_complete(tmp_path, monkeypatch):
+    """Two benchmark runs started at once both build the dataset: each writes and checks a temporary
+    copy of its own and renames it into place, so the final name never holds a partial file, and a
+    build that fails its check leaves nothing (an earlier copy under the final name stays intact)."""
+    out = tmp_path / "pbmc68k_reduced.h5ad"
+    check = ds._check_layout
+    seen = []
+
+    def spy(path, spec):
+        seen.append((Path(path), out.exists()))
+        check(path, spec)
+
+    monkeypatch.setattr(ds, "_check_layout", spy)
+    assert ds.build("pbmc68k_reduced", tmp_path) == out
+    assert seen[0][0] != out and seen[0][1] is False  # checked as a temporary copy, before the rename
+    good = out.read_bytes()
+
+    def broken(path, spec):
+        Path(path).write_bytes(b"half")
+        raise ValueError("layout")
+
+    monkeypatch.setattr(ds, "_check_layout", broken)
+    with pytest.raises(ValueError, match="layout"):
+        ds.build("pbmc68k_reduced", tmp_path)
+    assert out.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
 def test_missing_snapshot_names_the_fetch_source(tmp_path, monkeypatch):
     monkeypatch.setenv("GARAGE_MIRROR_DIR", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="fetch github:zhiyhu/CIDER"):
