@@ -14,7 +14,8 @@ Every method trains on the same cells and is scored by the same ``garage
 evaluate`` against the same holdout, for several training seeds (GAT, GAN and
 scVI seeds change; the split does not).  Each (dataset, split, method, seed)
 runs in a child process, so its wall time and peak memory are its own, and its
-metrics JSON is cached: rerunning the command only computes what is missing.
+metrics JSON is cached: rerunning the command only computes what is missing (a run
+that failed counts as missing: it is trained again).
 
 Methods
 -------
@@ -245,9 +246,15 @@ def run_one(name: str, split: str, method: str, seed: int, variants: dict, scvi_
         row = json.loads(done.read_text())
         if report_only and ANY_CODE:
             return row
-        if row.get("key") == key:
+        if row.get("key") == key and row.get("status") != "ok":
+            # a failure is not a result: report it, but train again (the cause, e.g. a package missing
+            # from the environment, may have been fixed since)
+            if report_only:
+                return row
+            print(f"  {out.name}: trained again (its last run: {row.get('status')})", flush=True)
+        elif row.get("key") == key:
             # --code-rev reports that commit's rows as they were scored
-            if row.get("status") != "ok" or row.get("eval") == ev_code or (report_only and CODE_REV):
+            if row.get("eval") == ev_code or (report_only and CODE_REV):
                 return row
             syn = next(out.glob("*.synthetic.h5ad"), None)
             if not report_only and syn is not None:

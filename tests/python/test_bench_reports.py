@@ -239,7 +239,7 @@ def test_old_commit_method_runs_that_commits_stages(tmp_path, monkeypatch):
         fidelity.run_one("d", "test", "garage#no-such-rev", 0, {}, None)
 
 
-def test_a_row_scored_by_another_evaluation_is_scored_again_not_retrained(tmp_path, monkeypatch):
+def test_a_row_scored_by_another_evaluation_is_scored_again_not_retrained(tmp_path, monkeypatch, capsys):
     """The row key names the training; the row's "eval" the evaluation code. A cached row of the same
     training scored by another evaluation (or by none recorded: rows from before round 20) is scored
     again from its own synthetic file without training; --report-only never returns it as current;
@@ -278,6 +278,23 @@ def test_a_row_scored_by_another_evaluation_is_scored_again_not_retrained(tmp_pa
     assert len(calls) == 1 and "evaluate" in calls[0]  # no training
     assert again["key"] == row["key"] and again["eval"] == "scored-again"
     assert again["metrics"]["c2st_auc"]["value"] == 0.6 and again["train_s"] == row["train_s"]
+    # a failed run is reported as failed, and trained again on the next run (not reused)
+    rc = {"train": 1}
+
+    def flaky_measure(cmd, env=None, **kw):
+        if "--_train" in [str(c) for c in cmd] and rc["train"]:
+            calls.append(["train failed"])
+            return {"rc": rc["train"], "wall_s": 1.0, "peak_mb": 1}
+        return fake_measure(cmd, env, **kw)
+
+    monkeypatch.setattr(fidelity, "measure", flaky_measure)
+    calls.clear()
+    assert fidelity.run_one("d", "val", "scvi", 1, {}, None)["status"] == "train failed"
+    assert fidelity.run_one("d", "val", "scvi", 1, {}, None, report_only=True)["status"] == "train failed"
+    rc["train"] = 0
+    fixed = fidelity.run_one("d", "val", "scvi", 1, {}, None)
+    assert fixed["status"] == "ok" and fixed["metrics"]["c2st_auc"]["value"] == 0.6
+    assert "trained again (its last run: train failed)" in capsys.readouterr().out
 
 
 def test_pair_matches_runs_by_dataset_split_and_seed(tmp_path, monkeypatch, capsys):
