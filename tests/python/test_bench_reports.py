@@ -442,3 +442,23 @@ def test_pair_interval_pools_pair_tables_and_refuses_overlap(tmp_path, capsys):
         assert pair_interval.main([str(tmp_path / bad)]) == 2
         err = capsys.readouterr().err
         assert why in err and len(err.strip().splitlines()) == 1
+
+
+def test_holdout_size_cuts_only_the_holdout():
+    """bench.holdout_size: a cut keeps every train cell and exactly N holdout cells, drawn by the cut's
+    seed (another seed, another draw); N above the holdout's size is refused."""
+    import anndata as ad
+
+    from bench.holdout_size import cut_holdout
+    from garage import constants as C
+
+    split = np.array([C.SPLIT_TRAIN] * 30 + [C.SPLIT_HOLDOUT] * 20)
+    real = ad.AnnData(np.zeros((50, 3), dtype=np.float32))
+    real.obs[C.OBS_SPLIT] = pd.Categorical(split)
+    a, b, again = cut_holdout(real, 7, 100), cut_holdout(real, 7, 101), cut_holdout(real, 7, 100)
+    for cut in (a, b):
+        s = cut.obs[C.OBS_SPLIT].astype(str)
+        assert (s == C.SPLIT_TRAIN).sum() == 30 and (s == C.SPLIT_HOLDOUT).sum() == 7
+    assert list(a.obs_names) == list(again.obs_names) and list(a.obs_names) != list(b.obs_names)
+    with pytest.raises(SystemExit, match="must be in 1..20"):
+        cut_holdout(real, 21, 100)
