@@ -417,7 +417,7 @@ def build(name: str, workdir: Path | str = DEFAULT_WORKDIR, verify_sha: bool = T
         # build the file, and neither may read (or write into) the other's half-written copy
         with atomic_path(out) as tmp:
             shutil.copyfile(src, tmp)
-            _check_layout(tmp, spec)
+            _check_layout(tmp, spec, name=src)  # the error names the source, not the temporary copy
     else:
         adata = _finalize(_BUILDERS[name](spec), name, spec)
         if adata.shape != tuple(spec["expected"]):
@@ -430,17 +430,20 @@ def build(name: str, workdir: Path | str = DEFAULT_WORKDIR, verify_sha: bool = T
     return out
 
 
-def _check_layout(path: Path, spec: dict) -> None:
+def _check_layout(path: Path, spec: dict, name: Path | str | None = None) -> None:
+    """Shape, CSR float32 counts and the label / condition columns of the file at *path*; an error
+    names *name* (default *path*)."""
     import anndata as ad
     import scipy.sparse as sp
     a = ad.read_h5ad(path)
+    name = path if name is None else name
     if a.shape != tuple(spec["expected"]):
-        raise ValueError(f"{path}: shape {a.shape}, expected {spec['expected']}")
+        raise ValueError(f"{name}: shape {a.shape}, expected {spec['expected']}")
     if not (sp.issparse(a.X) and a.X.format == "csr" and a.X.dtype == np.float32):
-        raise ValueError(f"{path}: X is not CSR float32")
+        raise ValueError(f"{name}: X is not CSR float32")
     for col in [spec["label_key"], *spec["condition_keys"]]:
         if col not in a.obs:
-            raise ValueError(f"{path}: obs has no {col!r}")
+            raise ValueError(f"{name}: obs has no {col!r}")
 
 
 # ----------------------------------------------------------------------------- summaries

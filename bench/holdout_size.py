@@ -4,12 +4,13 @@ GARAGE ties scVI on mouse_bladder's validation split but trails it on the test s
 is 1.26x larger (422 against 334 cells). A larger holdout gives the classifier more cells, so it
 can find finer differences. This scores finished bench.fidelity run folders' synthetic files,
 unchanged, against the same preprocessed file with its holdout cut to N cells at random (the train
-cells kept), several times, and reports the C2ST AUC, its control and the gap per cut. Nothing is
-trained again.
+cells kept; the cut is uniform over the holdout, not stratified by type), several times, and
+reports the C2ST AUC, its control and the gap per cut. Nothing is trained again. With N = the
+holdout's size (and one cut) it reproduces the run's own C2ST: the check that this path scores as
+bench.fidelity did.
 
 Run:  python -m bench.holdout_size --runs 'bench/_work/fidelity/mouse_bladder/test/garage_s[01]' \\
-          --runs 'bench/_work/fidelity/mouse_bladder/test/scvi_s[01]' --n-holdout 334 --cuts 3 \\
-          --out bench/results/round23/holdout_size_mouse_bladder_test.json
+          --n-holdout 334 --cuts 3 --out bench/results/round23/holdout_size_mouse_bladder_test_garage.json
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -50,6 +52,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cuts", type=int, default=3, help="random cuts per run (seeds 100, 101, ...)")
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
+    if args.cuts < 1:
+        ap.error("--cuts must be >= 1")
+    from garage._utils import check_writable_dir, write_text_atomic
+    from garage.errors import GarageError
+
+    try:  # before minutes of scoring, not after
+        check_writable_dir(args.out.parent)
+    except GarageError as e:
+        raise SystemExit(f"bench.holdout_size: {e}") from None
     folders = sorted({Path(p) for g in args.runs for p in glob.glob(g)})
     rows = []
     for f in folders:
@@ -70,9 +81,9 @@ def main(argv=None) -> int:
     if not rows:
         print("bench.holdout_size: no finished run matched", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python -m bench.holdout_size " + " ".join(argv or sys.argv[1:]),
-                                    "machine": machine(), "rows": rows}, indent=1) + "\n")
+    command = "python -m bench.holdout_size " + shlex.join(argv if argv is not None else sys.argv[1:])
+    write_text_atomic(json.dumps({"command": command, "machine": machine(), "rows": rows}, indent=1) + "\n",
+                      args.out)
     print(args.out)
     return 0
 

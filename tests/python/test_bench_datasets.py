@@ -43,16 +43,17 @@ def test_a_build_appears_under_its_name_only_when_complete(tmp_path, monkeypatch
     check = ds._check_layout
     seen = []
 
-    def spy(path, spec):
-        seen.append((Path(path), out.exists()))
-        check(path, spec)
+    def spy(path, spec, name=None):
+        seen.append((Path(path), out.exists(), name))
+        check(path, spec, name)
 
     monkeypatch.setattr(ds, "_check_layout", spy)
     assert ds.build("pbmc68k_reduced", tmp_path) == out
     assert seen[0][0] != out and seen[0][1] is False  # checked as a temporary copy, before the rename
+    assert Path(seen[0][2]).name == "pbmc68k_reduced_counts.h5ad"  # its errors name the source file
     good = out.read_bytes()
 
-    def broken(path, spec):
+    def broken(path, spec, name=None):
         Path(path).write_bytes(b"half")
         raise ValueError("layout")
 

@@ -462,3 +462,16 @@ def test_holdout_size_cuts_only_the_holdout():
     assert list(a.obs_names) == list(again.obs_names) and list(a.obs_names) != list(b.obs_names)
     with pytest.raises(SystemExit, match="must be in 1..20"):
         cut_holdout(real, 21, 100)
+
+
+def test_holdout_size_refuses_bad_options_before_scoring(tmp_path, monkeypatch):
+    """--cuts 0 and an --out that cannot be written stop at once, before any run is read or scored."""
+    from bench import holdout_size
+
+    monkeypatch.setattr(holdout_size.glob, "glob", lambda g: (_ for _ in ()).throw(AssertionError("read runs")))
+    with pytest.raises(SystemExit) as e:
+        holdout_size.main(["--runs", "x", "--n-holdout", "3", "--cuts", "0", "--out", str(tmp_path / "o.json")])
+    assert e.value.code == 2
+    (tmp_path / "a_file").write_text("")  # a folder that cannot be made, whoever runs the test
+    with pytest.raises(SystemExit, match="bench.holdout_size: cannot create output directory"):
+        holdout_size.main(["--runs", "x", "--n-holdout", "3", "--out", str(tmp_path / "a_file" / "o.json")])
