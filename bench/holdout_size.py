@@ -9,8 +9,23 @@ reports the C2ST AUC, its control and the gap per cut. Nothing is trained again.
 holdout's size (and one cut) it reproduces the run's own C2ST: the check that this path scores as
 bench.fidelity did.
 
+``--holdout test`` asks the other question, for validation-split runs: do the same models, trained
+on the validation split's train cells, also tie on the *test* holdout? Their synthetic files are
+scored against the test split's preprocessed file with the validation holdout's cells removed, so
+the train cells are exactly the ones the models saw and the holdout is the test one (the control,
+train cells against holdout, changes with it). If the tie holds there, the validation/test contrast
+comes from how many cells the test-split models train on; if it breaks, from the test holdout cells.
+``--holdout unseen`` draws, for each cut, a new holdout for validation-split runs: a stratified
+draw (per type, the validation holdout's size in all) from every cell those models never saw (the
+validation and the test holdouts together), the rest of those cells left out. Over many cuts it
+shows how far the methods' difference moves with the draw of holdout cells alone, which the
+training-seed intervals of one split cannot show (every seed shares the split's one holdout).
+Diagnosis only: nothing is tuned on it.
+
 Run:  python -m bench.holdout_size --runs 'bench/_work/fidelity/mouse_bladder/test/garage_s[01]' \\
           --n-holdout 334 --cuts 3 --out bench/results/round23/holdout_size_mouse_bladder_test_garage.json
+      python -m bench.holdout_size --runs 'bench/_work/fidelity/mouse_bladder/val/*_s[0-3]' --holdout test \
+          --out bench/results/round24/val_models_on_test_holdout_mouse_bladder.json
 """
 
 from __future__ import annotations
@@ -27,6 +42,10 @@ import numpy as np
 from ._common import machine
 
 
+#: other figures kept per row when the evaluation has them
+EXTRA = ("rare_agreement", "tstr_rare_f1", "mia_auc")
+
+
 def cut_holdout(real, n_keep: int, seed: int):
     """*real* with its holdout cut to *n_keep* cells drawn at random (train cells all kept)."""
     from garage import constants as C
@@ -39,21 +58,71 @@ def cut_holdout(real, n_keep: int, seed: int):
     return real[keep].copy()
 
 
+def test_holdout_with_val_train(test, val):
+    """The test split's file *test* with the validation holdout's cells (of *val*) removed: train
+    cells = the validation split's train cells, holdout = the test holdout."""
+    from garage import constants as C
+
+    v_split = val.obs[C.OBS_SPLIT].astype(str)
+    v_train = set(val.obs_names[v_split.to_numpy() == C.SPLIT_TRAIN])
+    v_hold = set(val.obs_names[v_split.to_numpy() == C.SPLIT_HOLDOUT])
+    t_split = test.obs[C.OBS_SPLIT].astype(str).to_numpy()
+    t_train = set(test.obs_names[t_split == C.SPLIT_TRAIN])
+    if v_train | v_hold != t_train or list(test.var_names) != list(val.var_names):
+        raise SystemExit("bench.holdout_size: the validation file is not a re-split of the test "
+                         "file's train cells (cells or genes differ)")
+    keep = ~test.obs_names.isin(list(v_hold))
+    return test[keep].copy()
+
+
+def unseen_holdout(test, val, seed: int):
+    """The validation split's train cells plus a fresh holdout: a stratified draw (per type) of as
+    many cells as the validation holdout has, from every cell those train cells leave out."""
+    import pandas as pd
+
+    from garage import constants as C
+    from garage.preprocess import stratified_split
+
+    test_holdout_with_val_train(test, val)  # the same checks: val must re-split test's train cells
+    v_split = val.obs[C.OBS_SPLIT].astype(str).to_numpy()
+    unseen = ~test.obs_names.isin(list(val.obs_names[v_split == C.SPLIT_TRAIN]))
+    n_hold = int((v_split == C.SPLIT_HOLDOUT).sum())
+    lab = test.obs[C.OBS_LABEL].astype(str)[unseen]
+    strata = lab + ("\x1f" + test.obs[C.OBS_CONDITION].astype(str)[unseen] if C.OBS_CONDITION in test.obs else "")
+    drawn = stratified_split(strata, n_hold / int(unseen.sum()), seed) == C.SPLIT_HOLDOUT
+    keep = ~unseen
+    keep[np.flatnonzero(unseen)[drawn]] = True
+    out = test[keep].copy()
+    split = np.where(unseen[keep], C.SPLIT_HOLDOUT, C.SPLIT_TRAIN)
+    out.obs[C.OBS_SPLIT] = pd.Categorical(split, categories=[C.SPLIT_TRAIN, C.SPLIT_HOLDOUT])
+    return out
+
+
 def main(argv=None) -> int:
     import anndata as ad
 
+    from garage import constants as C
     from garage.evaluate import EvaluateConfig, evaluate_adata
 
     from .fidelity import prepare
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", action="append", required=True, help="glob of bench.fidelity run folders")
-    ap.add_argument("--n-holdout", type=int, required=True, help="holdout cells to keep in each cut")
+    ap.add_argument("--n-holdout", type=int, default=None,
+                    help="holdout cells to keep in each cut (default: all, one cut)")
+    ap.add_argument("--holdout", choices=["own", "test", "unseen"], default="own",
+                    help="own: the run's own holdout; test: validation-split runs scored on the test "
+                         "holdout, trained cells unchanged; unseen: validation-split runs scored on "
+                         "--cuts fresh draws from all cells they never saw")
     ap.add_argument("--cuts", type=int, default=3, help="random cuts per run (seeds 100, 101, ...)")
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
     if args.cuts < 1:
         ap.error("--cuts must be >= 1")
+    if args.holdout == "unseen" and args.n_holdout is not None:
+        ap.error("--holdout unseen draws the validation holdout's size; leave out --n-holdout")
+    if args.n_holdout is None and args.holdout != "unseen":
+        args.cuts = 1
     from garage._utils import check_writable_dir, write_text_atomic
     from garage.errors import GarageError
 
@@ -69,14 +138,28 @@ def main(argv=None) -> int:
         if row.get("status") != "ok" or syn is None:
             print(f"skip {f}: no finished synthetic file", file=sys.stderr)
             continue
-        real, cells = ad.read_h5ad(prepare(row["dataset"], row["split"])), ad.read_h5ad(syn)
+        if args.holdout != "own" and row["split"] != "val":
+            print(f"skip {f}: --holdout {args.holdout} scores validation-split runs only", file=sys.stderr)
+            continue
+        real = ad.read_h5ad(prepare(row["dataset"], row["split"]))
+        test = ad.read_h5ad(prepare(row["dataset"], "test")) if args.holdout != "own" else None
+        if args.holdout == "test":
+            real = test_holdout_with_val_train(test, real)
+        cells = ad.read_h5ad(syn)
         for c in range(args.cuts):
-            doc = evaluate_adata(cut_holdout(real, args.n_holdout, 100 + c), cells,
+            if args.holdout == "unseen":
+                cut = unseen_holdout(test, real, 100 + c)
+            else:
+                cut = real if args.n_holdout is None else cut_holdout(real, args.n_holdout, 100 + c)
+            n_hold = int((cut.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT).sum())
+            doc = evaluate_adata(cut, cells,
                                  EvaluateConfig(plots=False, n_repeats=2, seed=0, c2st_draws=20))
             m = doc["metrics"]["c2st_auc"]
             rows.append({"dataset": row["dataset"], "split": row["split"], "seed": int(row["seed"]),
-                         "method": row["method"], "cut": c, "n_holdout": args.n_holdout,
-                         "c2st_auc": m["value"], "control": m["control"], "gap": m["value"] - m["control"]})
+                         "method": row["method"], "holdout": args.holdout, "cut": c,
+                         "n_holdout": n_hold,
+                         "c2st_auc": m["value"], "control": m["control"], "gap": m["value"] - m["control"],
+                         **{k: doc["metrics"][k]["value"] for k in EXTRA if k in doc["metrics"]}})
             print(json.dumps(rows[-1]), flush=True)
     if not rows:
         print("bench.holdout_size: no finished run matched", file=sys.stderr)

@@ -475,3 +475,55 @@ def test_holdout_size_refuses_bad_options_before_scoring(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")  # a folder that cannot be made, whoever runs the test
     with pytest.raises(SystemExit, match="bench.holdout_size: cannot create output directory"):
         holdout_size.main(["--runs", "x", "--n-holdout", "3", "--out", str(tmp_path / "a_file" / "o.json")])
+
+
+def _test_and_val_files():
+    """A test-split file (60 train, 20 holdout cells, two types) and its validation re-split (the
+    train cells only, 12 of them moved to a validation holdout), as bench.fidelity writes them."""
+    import anndata as ad
+
+    from garage import constants as C
+
+    n = 80
+    test = ad.AnnData(np.arange(n * 3, dtype=np.float32).reshape(n, 3))
+    test.obs_names = [f"c{i}" for i in range(n)]
+    test.obs[C.OBS_LABEL] = pd.Categorical(np.where(np.arange(n) % 4 == 0, "rare", "big"))
+    test.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 60 + [C.SPLIT_HOLDOUT] * 20)
+    val = test[:60].copy()
+    val.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 48 + [C.SPLIT_HOLDOUT] * 12)
+    return test, val
+
+
+def test_holdout_test_mode_keeps_the_validation_train_cells():
+    """--holdout test: the validation split's train cells (exactly) against the test holdout (exactly);
+    a validation file that is not a re-split of the test file's train cells is refused."""
+    from bench.holdout_size import test_holdout_with_val_train
+    from garage import constants as C
+
+    test, val = _test_and_val_files()
+    out = test_holdout_with_val_train(test, val)
+    s = out.obs[C.OBS_SPLIT].astype(str)
+    assert list(out.obs_names[s == C.SPLIT_TRAIN]) == [f"c{i}" for i in range(48)]
+    assert list(out.obs_names[s == C.SPLIT_HOLDOUT]) == [f"c{i}" for i in range(60, 80)]
+    with pytest.raises(SystemExit, match="not a re-split"):
+        test_holdout_with_val_train(test, val[:50].copy())
+
+
+def test_holdout_unseen_mode_draws_only_unseen_cells_per_type():
+    """--holdout unseen: the validation train cells kept as train; a holdout of the validation
+    holdout's size drawn per type from the cells those train cells leave out (validation and test
+    holdouts), never from them; another cut seed, another draw."""
+    from bench.holdout_size import unseen_holdout
+    from garage import constants as C
+
+    test, val = _test_and_val_files()
+    a, b, again = unseen_holdout(test, val, 100), unseen_holdout(test, val, 101), unseen_holdout(test, val, 100)
+    train = {f"c{i}" for i in range(48)}
+    for cut in (a, b):
+        s = cut.obs[C.OBS_SPLIT].astype(str)
+        assert set(cut.obs_names[s == C.SPLIT_TRAIN]) == train
+        hold = cut.obs_names[s == C.SPLIT_HOLDOUT]
+        assert len(hold) == 12 and not set(hold) & train
+        lab = cut.obs.loc[hold, C.OBS_LABEL].astype(str)
+        assert (lab == "rare").sum() == 3  # per type: 8 of the 32 unseen cells are rare, 12/32 of them
+    assert list(a.obs_names) == list(again.obs_names) and list(a.obs_names) != list(b.obs_names)
