@@ -6,7 +6,13 @@ The protocol that keeps defaults honest:
    holdout, stratified by type.  Nothing is ever tuned on the test holdout.
 2. ``--split val`` drops the test cells and re-splits the train cells the same
    way (20 % per type, another seed) into train' and a *validation* holdout.
-   Defaults are chosen on these validation runs.
+   Defaults are chosen on these validation runs.  ``--split val2`` .. ``val9`` are
+   more validation folds: the same re-split with seeds of their own, so another
+   draw of validation cells.  Every training seed of one fold shares that fold's
+   holdout, so a seed interval does not cover the draw of holdout cells (round 24
+   of bench/results/fidelity_notes.md: on mouse_bladder it moved GARAGE - scVI
+   by as much as the seeds did); comparisons that must hold beyond one draw pool
+   runs over folds (``bench.pair_interval`` takes several tables).
 3. ``--split test`` trains on the full train split and reports the test holdout:
    the table the README shows.
 
@@ -62,7 +68,8 @@ HELDOUT_DATASETS = ("pbmc68k_reduced", "worm_neuron", "mouse_bladder")
 DEFAULT_DATASETS = DEV_DATASETS
 METHODS = ("garage", "garage_noseed", "garage_random", "scvi", "knn_interp")
 VAL_FRACTION = 0.2
-VAL_SEED = 1009  # the validation re-split's own seed (not the preprocess seed)
+VAL_SEED = 1009  # the validation re-split's own seed (not the preprocess seed); fold K uses VAL_SEED + K - 1
+SPLITS = ("test", "val", *(f"val{k}" for k in range(2, 10)))
 #: metrics in the summary table: name -> how to read it
 TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "rare_spread_ratio",
          "tstr_macro_f1", "tstr_rare_f1", "dcr_ratio", "mia_auc", "seed_mia_auc", "train_s")
@@ -134,14 +141,21 @@ def prepare(name: str, split: str) -> Path:
             raise SystemExit(f"{name}: preprocess failed")
     if split == "test":
         return test
-    val = d / f"{name}.val.preprocessed.h5ad"
+    val = d / f"{name}.{split}.preprocessed.h5ad"
     if not val.exists():
-        _write_val(test, val)
+        _write_val(test, val, val_seed(split))
     return val
 
 
-def _write_val(test: Path, out: Path) -> None:
-    """Drop the test cells and re-split the train cells into train' / validation."""
+def val_seed(split: str) -> int:
+    """The re-split seed of a validation fold: ``val`` is fold 1, ``valK`` fold K."""
+    if split not in SPLITS or split == "test":
+        raise SystemExit(f"bench.fidelity: {split!r} is not a validation split ({', '.join(SPLITS[1:])})")
+    return VAL_SEED + (int(split[3:]) - 1 if split[3:] else 0)
+
+
+def _write_val(test: Path, out: Path, seed: int = VAL_SEED) -> None:
+    """Drop the test cells and re-split the train cells into train' / validation (seed *seed*)."""
     import anndata as ad
     import pandas as pd
 
@@ -153,9 +167,9 @@ def _write_val(test: Path, out: Path) -> None:
     strata = a.obs[C.OBS_LABEL].astype(str)
     if C.OBS_CONDITION in a.obs:
         strata = strata + "\x1f" + a.obs[C.OBS_CONDITION].astype(str)
-    a.obs[C.OBS_SPLIT] = pd.Categorical(stratified_split(strata, VAL_FRACTION, VAL_SEED),
+    a.obs[C.OBS_SPLIT] = pd.Categorical(stratified_split(strata, VAL_FRACTION, seed),
                                         categories=[C.SPLIT_TRAIN, C.SPLIT_HOLDOUT])
-    a.uns[C.UNS_KEY]["split"] = f"validation: {VAL_FRACTION:.0%} of the train cells per type, seed {VAL_SEED}"
+    a.uns[C.UNS_KEY]["split"] = f"validation: {VAL_FRACTION:.0%} of the train cells per type, seed {seed}"
     from garage._utils import atomic_path
 
     with atomic_path(out) as tmp:  # two runs started at once must never read a half-written split
@@ -544,7 +558,8 @@ def join_rows(summary, spec: str, split: str):
     want = [m for m in methods.split(",") if m]
     if not path or not want:
         raise SystemExit(f"--join {spec!r}: write CSV=METHOD[,METHOD]")
-    if not Path(path).name.startswith(f"fidelity_{split}"):
+    fname = Path(path).name  # fidelity_val_x.csv is fold 1's; fidelity_val2_x.csv is not
+    if not (fname.startswith(f"fidelity_{split}_") or fname == f"fidelity_{split}.csv"):
         raise SystemExit(f"--join {spec!r}: {Path(path).name} is not a table of the {split} split "
                          f"(fidelity_{split}*.csv)")
     clash = sorted(set(want) & set(summary["method"]))
@@ -585,7 +600,9 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
         f = "{:.0f}" if k == "train_s" else "{:.3f}"
         return f.format(v) + (f" ± {f.format(hw)}" if np.isfinite(hw) else "")
 
-    lines = [f"# Fidelity on the {'test' if split == 'test' else 'validation'} split", "",
+    what = "test split" if split == "test" else (
+        f"validation split (fold {split[3:] or 1}, re-split seed {val_seed(split)})")
+    lines = [f"# Fidelity on the {what}", "",
              f"Command: `{cmd}`", "", f"Machine: {machine()}", "",
              "Mean over training seeds ± the half-width of a 95 % t-interval over seeds. "
              "`c2st_gap` = C2ST AUC minus its real-vs-real control in the same evaluation "
@@ -621,7 +638,9 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.fidelity", description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
-    ap.add_argument("--split", choices=["val", "test"], default="val")
+    ap.add_argument("--split", choices=SPLITS, default="val",
+                    help="test: the reported table; val: validation fold 1, where defaults are chosen; "
+                         "val2..val9: more validation folds (other draws of validation cells)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",

@@ -527,3 +527,42 @@ def test_holdout_unseen_mode_draws_only_unseen_cells_per_type():
         lab = cut.obs.loc[hold, C.OBS_LABEL].astype(str)
         assert (lab == "rare").sum() == 3  # per type: 8 of the 32 unseen cells are rare, 12/32 of them
     assert list(a.obs_names) == list(again.obs_names) and list(a.obs_names) != list(b.obs_names)
+
+
+def test_validation_folds_redraw_the_holdout_from_train_cells_only(tmp_path, monkeypatch):
+    """--split valK: every fold re-splits the test file's train cells only (no test cell, 20 % per
+    type held out), each fold with its own seed and so its own holdout; the same fold twice is the
+    same split; a name outside the folds is refused; a join never takes another fold's table."""
+    import anndata as ad
+
+    from bench import fidelity
+    from garage import constants as C
+
+    n = 100
+    a = ad.AnnData(np.ones((n, 3), dtype=np.float32))
+    a.obs_names = [f"c{i}" for i in range(n)]
+    a.obs[C.OBS_LABEL] = pd.Categorical(np.where(np.arange(n) % 5 == 0, "rare", "big"))
+    a.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 80 + [C.SPLIT_HOLDOUT] * 20)
+    a.uns[C.UNS_KEY] = {}
+    monkeypatch.setattr(fidelity, "FID", tmp_path)
+    (tmp_path / "toy").mkdir()
+    a.write_h5ad(tmp_path / "toy" / "toy.preprocessed.h5ad")
+    held = {}
+    for split in ("val", "val2", "val3"):
+        v = ad.read_h5ad(fidelity.prepare("toy", split))
+        s = v.obs[C.OBS_SPLIT].astype(str)
+        assert set(v.obs_names) == {f"c{i}" for i in range(80)}  # the test holdout never enters
+        assert (s == C.SPLIT_HOLDOUT).sum() == 16
+        assert (v.obs.loc[s == C.SPLIT_HOLDOUT, C.OBS_LABEL].astype(str) == "rare").sum() == 3  # 20 % of 16
+        held[split] = frozenset(v.obs_names[s == C.SPLIT_HOLDOUT])
+    assert len(set(held.values())) == 3
+    again = ad.read_h5ad(tmp_path / "toy" / "toy.val2.preprocessed.h5ad")
+    (tmp_path / "toy" / "toy.val2.preprocessed.h5ad").unlink()
+    redo = ad.read_h5ad(fidelity.prepare("toy", "val2"))
+    assert list(redo.obs[C.OBS_SPLIT]) == list(again.obs[C.OBS_SPLIT])
+    assert fidelity.val_seed("val") == fidelity.VAL_SEED and fidelity.val_seed("val3") == fidelity.VAL_SEED + 2
+    for bad in ("val1", "val10", "test"):
+        with pytest.raises(SystemExit, match="not a validation split"):
+            fidelity.val_seed(bad)
+    with pytest.raises(SystemExit, match="not a table of the val split"):
+        fidelity.join_rows(pd.DataFrame({"method": ["garage"]}), str(tmp_path / "fidelity_val2_x.csv") + "=scvi", "val")
