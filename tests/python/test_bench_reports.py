@@ -566,3 +566,22 @@ def test_validation_folds_redraw_the_holdout_from_train_cells_only(tmp_path, mon
             fidelity.val_seed(bad)
     with pytest.raises(SystemExit, match="not a table of the val split"):
         fidelity.join_rows(pd.DataFrame({"method": ["garage"]}), str(tmp_path / "fidelity_val2_x.csv") + "=scvi", "val")
+
+
+def test_holdout_halves_keeps_a_stratified_half_of_the_holdout():
+    """--holdout halves: every train cell kept; about half of each type's holdout cells (per
+    type), drawn by the cut's seed."""
+    import anndata as ad
+
+    from bench.holdout_size import half_holdout
+    from garage import constants as C
+
+    test, _ = _test_and_val_files()  # holdout: 20 cells, 5 rare and 15 big
+    a, b = half_holdout(test, 100), half_holdout(test, 101)
+    for cut in (a, b):
+        s = cut.obs[C.OBS_SPLIT].astype(str)
+        assert (s == C.SPLIT_TRAIN).sum() == 60
+        lab = cut.obs.loc[s == C.SPLIT_HOLDOUT, C.OBS_LABEL].astype(str)
+        # stratified_split drops round(n / 2) of each type (Python's rounding: 2 of 5, 8 of 15)
+        assert (lab == "rare").sum() == 3 and (lab == "big").sum() == 7
+    assert list(a.obs_names) != list(b.obs_names)
