@@ -13,6 +13,9 @@ The protocol that keeps defaults honest:
    of bench/results/fidelity_notes.md: on mouse_bladder it moved GARAGE - scVI
    by as much as the seeds did); comparisons that must hold beyond one draw pool
    runs over folds (``bench.pair_interval`` takes several tables).
+   ``--split SPLIT@F`` (e.g. ``val@0.6``) is SPLIT with its train cells thinned to
+   the fraction F per type (the same holdout): how a comparison moves with the
+   number of train cells (diagnosis; round 24).
 3. ``--split test`` trains on the full train split and reports the test holdout:
    the table the README shows.
 
@@ -70,6 +73,24 @@ METHODS = ("garage", "garage_noseed", "garage_random", "scvi", "knn_interp")
 VAL_FRACTION = 0.2
 VAL_SEED = 1009  # the validation re-split's own seed (not the preprocess seed); fold K uses VAL_SEED + K - 1
 SPLITS = ("test", "val", *(f"val{k}" for k in range(2, 10)))
+THIN_SEED = 2027  # the seed that thins a split's train cells (SPLIT@F)
+
+
+def split_arg(text: str) -> str:
+    """A ``--split`` value: one of SPLITS, or ``SPLIT@F`` with 0 < F < 1 (train cells thinned)."""
+    base, at, frac = text.partition("@")
+    if base not in SPLITS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the split must be one of {', '.join(SPLITS)} "
+                                         "(optionally @F, e.g. val@0.6)")
+    if at:
+        try:
+            f = float(frac)
+        except ValueError:
+            f = float("nan")
+        if not 0 < f < 1 or frac != f"{f:g}":
+            raise argparse.ArgumentTypeError(f"{text!r}: F in SPLIT@F must be a fraction in (0, 1) "
+                                             "written plainly, e.g. 0.6")
+    return text
 #: metrics in the summary table: name -> how to read it
 TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "rare_spread_ratio",
          "tstr_macro_f1", "tstr_rare_f1", "dcr_ratio", "mia_auc", "seed_mia_auc", "train_s")
@@ -130,6 +151,13 @@ def prepare(name: str, split: str) -> Path:
     """The preprocessed file whose holdout is the test (``split=test``) or validation set."""
     d = FID / name
     d.mkdir(parents=True, exist_ok=True)
+    if "@" in split:  # SPLIT@F: SPLIT's file with its train cells thinned to F per type
+        base, _, frac = split_arg(split).partition("@")
+        src = prepare(name, base)
+        thin = d / f"{name}.{base}.train{frac}.preprocessed.h5ad"
+        if not thin.exists():
+            _thin_train(src, thin, float(frac))
+        return thin
     test = d / f"{name}.preprocessed.h5ad"
     if not test.exists():
         path, key, cond = dataset(name)
@@ -145,6 +173,31 @@ def prepare(name: str, split: str) -> Path:
     if not val.exists():
         _write_val(test, val, val_seed(split))
     return val
+
+
+def _thin_train(src: Path, out: Path, frac: float) -> None:
+    """*src* with its train cells thinned to *frac* per type (x condition); the holdout kept whole."""
+    import anndata as ad
+
+    from garage import constants as C
+    from garage._utils import atomic_path
+    from garage.preprocess import stratified_split
+
+    a = ad.read_h5ad(src)
+    train = np.flatnonzero(a.obs[C.OBS_SPLIT].astype(str).to_numpy() == C.SPLIT_TRAIN)
+    strata = a.obs[C.OBS_LABEL].astype(str).iloc[train]
+    if C.OBS_CONDITION in a.obs:
+        strata = strata + "\x1f" + a.obs[C.OBS_CONDITION].astype(str).iloc[train]
+    import pandas as pd
+
+    drop = stratified_split(pd.Series(strata.to_numpy()), 1 - frac, THIN_SEED) == C.SPLIT_HOLDOUT
+    keep = np.ones(a.n_obs, dtype=bool)
+    keep[train[drop]] = False
+    a = a[keep].copy()
+    a.uns[C.UNS_KEY]["split"] = (str(a.uns[C.UNS_KEY].get("split", "test")) +
+                                 f"; train cells thinned to {frac:g} per type, seed {THIN_SEED}")
+    with atomic_path(out) as tmp:
+        a.write_h5ad(tmp)
 
 
 def val_seed(split: str) -> int:
@@ -600,8 +653,11 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
         f = "{:.0f}" if k == "train_s" else "{:.3f}"
         return f.format(v) + (f" ± {f.format(hw)}" if np.isfinite(hw) else "")
 
-    what = "test split" if split == "test" else (
-        f"validation split (fold {split[3:] or 1}, re-split seed {val_seed(split)})")
+    base, _, frac = split.partition("@")
+    what = "test split" if base == "test" else (
+        f"validation split (fold {base[3:] or 1}, re-split seed {val_seed(base)})")
+    if frac:
+        what += f", train cells thinned to {frac} per type (seed {THIN_SEED})"
     lines = [f"# Fidelity on the {what}", "",
              f"Command: `{cmd}`", "", f"Machine: {machine()}", "",
              "Mean over training seeds ± the half-width of a 95 % t-interval over seeds. "
@@ -638,9 +694,10 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.fidelity", description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join(DEFAULT_DATASETS))
-    ap.add_argument("--split", choices=SPLITS, default="val",
+    ap.add_argument("--split", type=split_arg, default="val",
                     help="test: the reported table; val: validation fold 1, where defaults are chosen; "
-                         "val2..val9: more validation folds (other draws of validation cells)")
+                         "val2..val9: more validation folds (other draws of validation cells); "
+                         "SPLIT@F: SPLIT with its train cells thinned to the fraction F per type")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",

@@ -43,7 +43,7 @@ def _table(path: Path, method: str | None = None) -> tuple[tuple[str, str, int],
         return f"{path}: no {md.name} beside it (it names the split and the seed)"
     command = next((ln for ln in md.read_text().splitlines() if ln.startswith("Command:")), "")
     # bench.fidelity's own default split is val; a command that names none ran on it
-    split, seeds = re.search(r"--split[ =](\w+)", command), re.search(r"--seeds[ =]([\d,]+)", command)
+    split, seeds = re.search(r"--split[ =]([\w@.]+)", command), re.search(r"--seeds[ =]([\d,]+)", command)
     if not seeds or "," in seeds.group(1):
         return f"{path}: not a one-seed bench.fidelity table (its .md's command names no single --seeds)"
     with path.open(newline="") as fh:

@@ -585,3 +585,39 @@ def test_holdout_halves_keeps_a_stratified_half_of_the_holdout():
         # stratified_split drops round(n / 2) of each type (Python's rounding: 2 of 5, 8 of 15)
         assert (lab == "rare").sum() == 3 and (lab == "big").sum() == 7
     assert list(a.obs_names) != list(b.obs_names)
+
+
+def test_thinned_split_keeps_the_holdout_and_a_fraction_of_each_type(tmp_path, monkeypatch):
+    """--split SPLIT@F: the same holdout cells, the train cells thinned to F per type (the same
+    cells every time); a bad F or split is refused by --split's own parser."""
+    import argparse
+
+    import anndata as ad
+
+    from bench import fidelity
+    from garage import constants as C
+
+    n = 100
+    a = ad.AnnData(np.ones((n, 3), dtype=np.float32))
+    a.obs_names = [f"c{i}" for i in range(n)]
+    a.obs[C.OBS_LABEL] = pd.Categorical(np.where(np.arange(n) % 5 == 0, "rare", "big"))
+    a.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 80 + [C.SPLIT_HOLDOUT] * 20)
+    a.uns[C.UNS_KEY] = {}
+    monkeypatch.setattr(fidelity, "FID", tmp_path)
+    (tmp_path / "toy").mkdir()
+    a.write_h5ad(tmp_path / "toy" / "toy.preprocessed.h5ad")
+    thin = ad.read_h5ad(fidelity.prepare("toy", "test@0.5"))
+    s = thin.obs[C.OBS_SPLIT].astype(str)
+    assert list(thin.obs_names[s == C.SPLIT_HOLDOUT]) == [f"c{i}" for i in range(80, 100)]
+    tr = thin.obs.loc[s == C.SPLIT_TRAIN, C.OBS_LABEL].astype(str)
+    assert (tr == "rare").sum() == 8 and (tr == "big").sum() == 32 and set(tr.index) < {f"c{i}" for i in range(80)}
+    val = ad.read_h5ad(fidelity.prepare("toy", "val"))
+    vthin = ad.read_h5ad(fidelity.prepare("toy", "val@0.5"))
+    hv = val.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT
+    assert set(vthin.obs_names[vthin.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_HOLDOUT]) == set(val.obs_names[hv])
+    assert (vthin.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).sum() == 32
+    (tmp_path / "toy" / "toy.test.train0.5.preprocessed.h5ad").unlink()
+    assert list(ad.read_h5ad(fidelity.prepare("toy", "test@0.5")).obs_names) == list(thin.obs_names)
+    for bad in ("val@1", "val@0", "val@x", "val@.5", "train@0.5", "val10"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fidelity.split_arg(bad)
