@@ -124,6 +124,47 @@ def half_holdout(real, seed: int):
     return real[keep].copy()
 
 
+def difference(rows: list[dict], variant: str, reference: str) -> list[str]:
+    """Lines of a table: *variant* - *reference* C2ST gap per training seed, for every holdout and
+    cut both were scored on (rows paired by dataset, split, seed, holdout and cut), with the mean
+    over seeds; then, per holdout kind with several cuts, the spread of those means over the cuts."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    keys = ["dataset", "split", "holdout", "cut", "seed"]
+    if df.empty or not {variant, reference} <= set(df["method"]):
+        raise SystemExit(f"bench.holdout_size: --difference needs rows of both {variant} and {reference}")
+    v = df[df.method == variant].set_index(keys)["gap"]
+    r = df[df.method == reference].set_index(keys)["gap"]
+    d = (v - r).dropna().rename("d").reset_index()
+    if d.empty:
+        raise SystemExit(f"bench.holdout_size: no (dataset, split, seed, holdout, cut) has both {variant} and {reference}")
+    seeds = sorted(d.seed.unique())
+    out = [f"{variant} - {reference}, C2ST gap (C2ST AUC minus its control), per training seed", "",
+           "| dataset | split | holdout | cut | n_holdout | " + " | ".join(f"s{x}" for x in seeds) + " | mean |",
+           "|" + "---|" * (len(seeds) + 6)]
+    n_hold = df.set_index(keys)["n_holdout"].groupby(level=[0, 1, 2, 3]).first()
+    means = []
+    for (ds, sp, ho, cut), g in d.groupby(["dataset", "split", "holdout", "cut"], sort=True):
+        per = dict(zip(g.seed, g.d))
+        cells = [f"{per[x]:+.4f}" if x in per else "" for x in seeds]
+        means.append({"dataset": ds, "split": sp, "holdout": ho, "mean": g.d.mean(), "n": len(g)})
+        out.append(f"| {ds} | {sp} | {ho} | {cut} | {n_hold[(ds, sp, ho, cut)]} | " + " | ".join(cells)
+                   + f" | {g.d.mean():+.4f} |")
+    out.append("")
+    m = pd.DataFrame(means)
+    for (ds, sp, ho), g in m.groupby(["dataset", "split", "holdout"], sort=True):
+        line = f"{ds} {sp} on {ho}: {len(g)} holdout(s), mean of the per-cut means {g['mean'].mean():+.4f}"
+        if len(g) > 1:
+            line += (f", range {g['mean'].min():+.4f} to {g['mean'].max():+.4f}, "
+                     f"sd over cuts {g['mean'].std(ddof=1):.4f}")
+        out.append(line)
+    within = d.groupby(["dataset", "split", "holdout", "cut"]).d.std(ddof=1).dropna()
+    if len(within):
+        out.append(f"seed-to-seed sd within one holdout: {within.mean():.4f} (mean over {len(within)} holdouts)")
+    return out
+
+
 def main(argv=None) -> int:
     import anndata as ad
 
@@ -133,7 +174,12 @@ def main(argv=None) -> int:
     from .fidelity import prepare
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", action="append", required=True, help="glob of bench.fidelity run folders")
+    ap.add_argument("--runs", action="append", help="glob of bench.fidelity run folders")
+    ap.add_argument("--difference", nargs=2, metavar=("VARIANT", "REFERENCE"),
+                    help="score nothing: print VARIANT - REFERENCE per seed, holdout and cut from the "
+                         "rows of earlier outputs (--from, several)")
+    ap.add_argument("--from", dest="sources", action="append", default=[], type=Path,
+                    help="with --difference: an earlier output JSON of this tool")
     ap.add_argument("--n-holdout", type=int, default=None,
                     help="holdout cells to keep in each cut (default: all, one cut)")
     ap.add_argument("--holdout", choices=["own", "test", "unseen", "halves"], default="own",
@@ -142,8 +188,21 @@ def main(argv=None) -> int:
                          "--cuts fresh draws from all cells they never saw; halves: --cuts stratified "
                          "halves of the run's own holdout")
     ap.add_argument("--cuts", type=int, default=3, help="random cuts per run (seeds 100, 101, ...)")
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.difference:
+        if not args.sources:
+            ap.error("--difference reads rows from --from FILE (one or more)")
+        rows = []
+        for src in args.sources:
+            try:
+                rows += json.loads(src.read_text())["rows"]
+            except (OSError, ValueError, KeyError) as e:
+                raise SystemExit(f"bench.holdout_size: cannot read rows from {src}: {e}") from None
+        print("\n".join(difference(rows, *args.difference)))
+        return 0
+    if not args.runs or args.out is None:
+        ap.error("--runs and --out are required (unless --difference)")
     if args.cuts < 1:
         ap.error("--cuts must be >= 1")
     if args.holdout in ("unseen", "halves") and args.n_holdout is not None:

@@ -621,3 +621,27 @@ def test_thinned_split_keeps_the_holdout_and_a_fraction_of_each_type(tmp_path, m
     for bad in ("val@1", "val@0", "val@x", "val@.5", "train@0.5", "val10"):
         with pytest.raises(argparse.ArgumentTypeError):
             fidelity.split_arg(bad)
+
+
+def test_holdout_difference_pairs_rows_by_seed_holdout_and_cut(tmp_path, capsys):
+    """--difference: VARIANT - REFERENCE gap per seed for each holdout and cut where both were
+    scored (an unpaired row is left out), the per-cut mean, and the spread of those means over
+    cuts; a missing method is one clear error."""
+    from bench import holdout_size
+
+    def row(method, seed, cut, gap, holdout="unseen"):
+        return {"dataset": "d", "split": "val", "holdout": holdout, "cut": cut, "seed": seed,
+                "method": method, "n_holdout": 10, "gap": gap}
+
+    rows = [row("g", 0, 0, 0.10), row("g", 1, 0, 0.12), row("s", 0, 0, 0.08), row("s", 1, 0, 0.08),
+            row("g", 0, 1, 0.05), row("s", 0, 1, 0.06), row("g", 1, 1, 0.2),  # seed 1, cut 1: no partner
+            row("g", 0, 0, 0.3, "own"), row("s", 0, 0, 0.1, "own")]
+    (tmp_path / "a.json").write_text(json.dumps({"rows": rows}))
+    assert holdout_size.main(["--difference", "g", "s", "--from", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| d | val | unseen | 0 | 10 | +0.0200 | +0.0400 | +0.0300 |" in out
+    assert "| d | val | unseen | 1 | 10 | -0.0100 |  | -0.0100 |" in out
+    assert "| d | val | own | 0 | 10 | +0.2000 |  | +0.2000 |" in out
+    assert "d val on unseen: 2 holdout(s), mean of the per-cut means +0.0100, range -0.0100 to +0.0300, sd over cuts 0.0283" in out
+    with pytest.raises(SystemExit, match="needs rows of both g and x"):
+        holdout_size.main(["--difference", "g", "x", "--from", str(tmp_path / "a.json")])
