@@ -653,9 +653,9 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
         f = "{:.0f}" if k == "train_s" else "{:.3f}"
         return f.format(v) + (f" ± {f.format(hw)}" if np.isfinite(hw) else "")
 
-    base, _, frac = split.partition("@")
-    what = "test split" if base == "test" else (
-        f"validation split (fold {base[3:] or 1}, re-split seed {val_seed(base)})")
+    whole, _, frac = split.partition("@")
+    what = "test split" if whole == "test" else (
+        f"validation split (fold {whole[3:] or 1}, re-split seed {val_seed(whole)})")
     if frac:
         what += f", train cells thinned to {frac} per type (seed {THIN_SEED})"
     lines = [f"# Fidelity on the {what}", "",
