@@ -7,15 +7,20 @@ The protocol that keeps defaults honest:
 2. ``--split val`` drops the test cells and re-splits the train cells the same
    way (20 % per type, another seed) into train' and a *validation* holdout.
    Defaults are chosen on these validation runs.  ``--split val2`` .. ``val9`` are
-   more validation folds: the same re-split with seeds of their own, so another
-   draw of validation cells.  Every training seed of one fold shares that fold's
+   more validation "folds": the same re-split with seeds of their own, so another
+   draw of validation cells (random re-splits that overlap, not disjoint folds).  Every training seed of one fold shares that fold's
    holdout, so a seed interval does not cover the draw of holdout cells (round 24
    of bench/results/fidelity_notes.md: on mouse_bladder it moved GARAGE - scVI
-   by as much as the seeds did); comparisons that must hold beyond one draw pool
-   runs over folds (``bench.pair_interval`` takes several tables).
+   by as much as the seeds did); a comparison that must hold beyond one draw is
+   run on several folds and read per fold (a t-interval over every (fold, seed)
+   run as if independent still understates the draw with few folds).
    ``--split SPLIT@F`` (e.g. ``val@0.6``) is SPLIT with its train cells thinned to
-   the fraction F per type (the same holdout): how a comparison moves with the
-   number of train cells (diagnosis; round 24).
+   about the fraction F per type (the same holdout; ``stratified_split``'s rounding, so
+   a small type keeps 0.5-0.6 at F = 0.5 and a one-cell type keeps its cell) and its
+   kNN graph built again on the kept cells: how a comparison moves with the number
+   of train cells (diagnosis; round 24).  The graph of a ``val`` file is the test
+   file's with the test cells removed (about 17 edges a cell on mouse_bladder against
+   21 in the test file); only GARAGE's GAT reads it.
 3. ``--split test`` trains on the full train split and reports the test holdout:
    the table the README shows.
 
@@ -194,8 +199,20 @@ def _thin_train(src: Path, out: Path, frac: float) -> None:
     keep = np.ones(a.n_obs, dtype=bool)
     keep[train[drop]] = False
     a = a[keep].copy()
+    # the kNN graph (the GAT's input) built again on the kept cells, as `garage preprocess` would
+    # on them (same k, PCA space and seed): a subset of the old graph would leave the kept cells
+    # with about half their neighbours, a change GARAGE sees and scVI does not
+    import scanpy as sc
+
+    from garage.preprocess import _knn_transformer
+
+    prm = a.uns["neighbors"]["params"]
+    k = int(min(prm["n_neighbors"], a.n_obs - 1))
+    sc.pp.neighbors(a, n_neighbors=k, use_rep=prm["use_rep"], random_state=prm["random_state"],
+                    transformer=_knn_transformer(a.n_obs, k, prm["random_state"]))
     a.uns[C.UNS_KEY]["split"] = (str(a.uns[C.UNS_KEY].get("split", "test")) +
-                                 f"; train cells thinned to {frac:g} per type, seed {THIN_SEED}")
+                                 f"; train cells thinned to {frac:g} per type, seed {THIN_SEED}; "
+                                 "kNN graph built again on the kept cells")
     with atomic_path(out) as tmp:
         a.write_h5ad(tmp)
 

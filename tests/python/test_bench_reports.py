@@ -527,6 +527,9 @@ def test_holdout_unseen_mode_draws_only_unseen_cells_per_type():
         lab = cut.obs.loc[hold, C.OBS_LABEL].astype(str)
         assert (lab == "rare").sum() == 3  # per type: 8 of the 32 unseen cells are rare, 12/32 of them
     assert list(a.obs_names) == list(again.obs_names) and list(a.obs_names) != list(b.obs_names)
+    # the pool is both holdouts: over a few draws, cells of each are drawn
+    drawn = set().union(*(set(unseen_holdout(test, val, 100 + c).obs_names) - train for c in range(5)))
+    assert drawn & {f"c{i}" for i in range(48, 60)} and drawn & {f"c{i}" for i in range(60, 80)}
 
 
 def test_validation_folds_redraw_the_holdout_from_train_cells_only(tmp_path, monkeypatch):
@@ -603,10 +606,17 @@ def test_thinned_split_keeps_the_holdout_and_a_fraction_of_each_type(tmp_path, m
     a.obs[C.OBS_LABEL] = pd.Categorical(np.where(np.arange(n) % 5 == 0, "rare", "big"))
     a.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 80 + [C.SPLIT_HOLDOUT] * 20)
     a.uns[C.UNS_KEY] = {}
+    import scanpy as sc
+
+    a.obsm["X_pca"] = np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
+    sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", random_state=0)
     monkeypatch.setattr(fidelity, "FID", tmp_path)
     (tmp_path / "toy").mkdir()
     a.write_h5ad(tmp_path / "toy" / "toy.preprocessed.h5ad")
     thin = ad.read_h5ad(fidelity.prepare("toy", "test@0.5"))
+    # the graph is built again on the kept cells: each keeps its 14 nearest others among them
+    # (a subset of the old graph would keep only the old neighbours that survived)
+    assert (thin.obsp["distances"] > 0).sum(1).min() == 14
     s = thin.obs[C.OBS_SPLIT].astype(str)
     assert list(thin.obs_names[s == C.SPLIT_HOLDOUT]) == [f"c{i}" for i in range(80, 100)]
     tr = thin.obs.loc[s == C.SPLIT_TRAIN, C.OBS_LABEL].astype(str)
@@ -624,24 +634,88 @@ def test_thinned_split_keeps_the_holdout_and_a_fraction_of_each_type(tmp_path, m
 
 
 def test_holdout_difference_pairs_rows_by_seed_holdout_and_cut(tmp_path, capsys):
-    """--difference: VARIANT - REFERENCE gap per seed for each holdout and cut where both were
-    scored (an unpaired row is left out), the per-cut mean, and the spread of those means over
-    cuts; a missing method is one clear error."""
+    """--difference: VARIANT - REFERENCE gap per seed for each holdout, cut and holdout size where
+    both were scored; per holdout kind the mean and spread over cuts of the means over the seeds
+    paired in every cut, and the within-holdout seed sd; duplicates, a missing method and wrong
+    options are one clear error; outputs without a holdout field are the run's own holdout."""
     from bench import holdout_size
 
-    def row(method, seed, cut, gap, holdout="unseen"):
+    def row(method, seed, cut, gap, holdout="unseen", n=10):
         return {"dataset": "d", "split": "val", "holdout": holdout, "cut": cut, "seed": seed,
-                "method": method, "n_holdout": 10, "gap": gap}
+                "method": method, "n_holdout": n, "gap": gap}
 
     rows = [row("g", 0, 0, 0.10), row("g", 1, 0, 0.12), row("s", 0, 0, 0.08), row("s", 1, 0, 0.08),
             row("g", 0, 1, 0.05), row("s", 0, 1, 0.06), row("g", 1, 1, 0.2),  # seed 1, cut 1: no partner
-            row("g", 0, 0, 0.3, "own"), row("s", 0, 0, 0.1, "own")]
+            row("g", 0, 2, 0.09), row("s", 0, 2, 0.08), row("g", 1, 2, 0.1), row("s", 1, 2, 0.1),
+            row("g", 0, 0, 0.3, "own"), row("s", 0, 0, 0.2, "own", n=5)]  # different sizes: no pair
+    old = [{k: v for k, v in row(m, 0, 0, gap, n=7).items() if k != "holdout"} for m, gap in (("g", 0.5), ("s", 0.1))]
     (tmp_path / "a.json").write_text(json.dumps({"rows": rows}))
-    assert holdout_size.main(["--difference", "g", "s", "--from", str(tmp_path / "a.json")]) == 0
+    (tmp_path / "old.json").write_text(json.dumps({"rows": old}))
+    src = ["--from", str(tmp_path / "a.json"), "--from", str(tmp_path / "old.json")]
+    assert holdout_size.main(["--difference", "g", "s", *src]) == 0
     out = capsys.readouterr().out
     assert "| d | val | unseen | 0 | 10 | +0.0200 | +0.0400 | +0.0300 |" in out
     assert "| d | val | unseen | 1 | 10 | -0.0100 |  | -0.0100 |" in out
-    assert "| d | val | own | 0 | 10 | +0.2000 |  | +0.2000 |" in out
-    assert "d val on unseen: 2 holdout(s), mean of the per-cut means +0.0100, range -0.0100 to +0.0300, sd over cuts 0.0283" in out
+    assert "| d | val | own | 0 | 7 | +0.4000 |  | +0.4000 |" in out  # the old file's row
+    assert "| d | val | own | 0 | 5 |" not in out and "| d | val | own | 0 | 10 |" not in out
+    # seed 1 is not paired in cut 1, so the kind's summary uses seed 0 only: cuts 0, 1, 2 -> .02, -.01, .01
+    assert ("d val on unseen: 3 holdout(s), seeds 0: mean of the per-cut means +0.0067, range -0.0100 to "
+            "+0.0200, sd over cuts 0.0153 (seeds 1 left out: not paired in every cut)") in out
+    both = rows[:4] + rows[4:6] + [row("g", 1, 1, 0.1), row("s", 1, 1, 0.1)] + rows[7:11]
+    (tmp_path / "b.json").write_text(json.dumps({"rows": both}))
+    assert holdout_size.main(["--difference", "g", "s", "--from", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    # both seeds in every cut: differences (.02, .04), (-.01, 0), (.01, 0); per-cut means .03, -.005,
+    # .005; per-cut seed sds 0.0141, 0.0071, 0.0071 -> root mean variance 0.0100
+    assert "seeds 0,1: mean of the per-cut means +0.0100" in out and "seed-to-seed sd within one holdout 0.0100" in out
     with pytest.raises(SystemExit, match="needs rows of both g and x"):
-        holdout_size.main(["--difference", "g", "x", "--from", str(tmp_path / "a.json")])
+        holdout_size.main(["--difference", "g", "x", *src])
+    with pytest.raises(SystemExit, match="the same scoring twice"):
+        holdout_size.main(["--difference", "g", "s", *src, "--from", str(tmp_path / "a.json")])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="cannot read rows from"):
+        holdout_size.main(["--difference", "g", "s", "--from", str(tmp_path / "bad.json")])
+    for bad in (["--difference", "g", "s"], ["--difference", "g", "s", *src, "--out", "x.json"]):
+        with pytest.raises(SystemExit) as e:
+            holdout_size.main(bad)
+        assert e.value.code == 2
+
+
+def test_holdout_size_refuses_conflicting_cut_options(tmp_path, monkeypatch):
+    """--cuts with a whole holdout, --n-holdout with a mode that sizes its own holdout, and a run
+    list without --out stop at once, before any run is read."""
+    from bench import holdout_size
+
+    monkeypatch.setattr(holdout_size.glob, "glob", lambda g: (_ for _ in ()).throw(AssertionError("read runs")))
+    out = str(tmp_path / "o.json")
+    for bad in (["--runs", "x", "--holdout", "test", "--cuts", "3", "--out", out],
+                ["--runs", "x", "--cuts", "2", "--out", out],
+                ["--runs", "x", "--holdout", "unseen", "--n-holdout", "5", "--out", out],
+                ["--runs", "x"]):
+        with pytest.raises(SystemExit) as e:
+            holdout_size.main(bad)
+        assert e.value.code == 2, bad
+
+
+def test_split_names_reach_tables_and_reports(tmp_path, monkeypatch):
+    """A one-seed table of a thinned or second-fold split keeps that split in bench.pair's key (so
+    it never pairs with fold 1's runs), and bench.fidelity's report names the fold and the thinning."""
+    from bench import _common, fidelity, pair
+
+    header = "dataset,method,n_seeds,c2st_gap,mia_auc,rare_agreement\n"
+    for name, split in (("a", "val@0.5"), ("b", "val2"), ("c", "val")):
+        (tmp_path / f"{name}.csv").write_text(header + "d,garage,1,0.1,0.5,\nd,scvi,1,0.2,0.5,\n")
+        (tmp_path / f"{name}.md").write_text(f"Command: `python -m bench.fidelity --split {split} --seeds 3`\n")
+        key, _, _ = pair._table(tmp_path / f"{name}.csv", "garage")
+        assert key == ("d", split, 3)
+    monkeypatch.setattr(fidelity, "RESULTS", tmp_path / "results")
+    import pandas as pd
+
+    empty = pd.DataFrame({"dataset": [], "method": [], "n_seeds": []})
+    monkeypatch.setattr(fidelity, "_overview", lambda *a, **k: [])
+    monkeypatch.setattr(fidelity, "_seed_ablation", lambda *a, **k: [])
+    monkeypatch.setattr(fidelity, "targets", lambda *a, **k: [])
+    for split, title in (("val2@0.5", "validation split (fold 2, re-split seed 1010), train cells thinned to 0.5 per type (seed 2027)"),
+                         ("val", "validation split (fold 1, re-split seed 1009)"), ("test", "test split")):
+        text = fidelity.write_report(empty, split, "cmd", "t").read_text()
+        assert text.splitlines()[0] == f"# Fidelity on the {title}"
