@@ -267,3 +267,29 @@ def train_in_process(seeds_from: Path, seed: int, threads: int, gan_overrides: d
     model.train(torch.device("cpu"))
     model.net.eval()
     return real, model
+
+
+def t_halfwidth(values) -> float:
+    """Half-width of the 95 % Student-t interval of the mean of *values* (nan under 2 values)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+
+
+def finished_runs(globs, log=sys.stdout) -> list[tuple[Path, dict, Path]]:
+    """(folder, its row.json, its synthetic file) of every bench.fidelity run folder matched by
+    *globs* that finished (status ok, synthetic file present); the others are named on *log*."""
+    import glob
+
+    out = []
+    for f in sorted({Path(p) for g in globs for p in glob.glob(g)}):
+        row = json.loads((f / "row.json").read_text()) if (f / "row.json").exists() else {}
+        syn = next(f.glob("*.synthetic.h5ad"), None)
+        if row.get("status") != "ok" or syn is None:
+            print(f"skip {f}: no finished synthetic file", file=log, flush=True)
+            continue
+        out.append((f, row, syn))
+    return out

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ._common import table_start
+from ._common import finished_runs, table_start
 
 
 def score(real, syn, eval_seed: int, draws: int) -> tuple[float, float]:
@@ -58,16 +57,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     draws = [int(d) for d in args.draws.split(",")]
-    folders = sorted({Path(p) for g in args.runs for p in glob.glob(g)})
-    if not folders:
+    if not any(glob.glob(g) for g in args.runs):
         raise SystemExit(f"bench.eval_noise: no run folder matches {args.runs}")
     rows = []
-    for f in folders:
-        row = json.loads((f / "row.json").read_text()) if (f / "row.json").exists() else {}
-        syn_path = next(f.glob("*.synthetic.h5ad"), None)
-        if row.get("status") != "ok" or syn_path is None:
-            print(f"skip {f}: no finished synthetic file", flush=True)
-            continue
+    for f, row, syn_path in finished_runs(args.runs):
         real = ad.read_h5ad(prepare(row["dataset"], row["split"]))
         syn = ad.read_h5ad(syn_path)
         for e in eval_seeds:

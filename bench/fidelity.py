@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import REPO, RESULTS, WORK, machine, measure
+from ._common import REPO, RESULTS, WORK, machine, measure, t_halfwidth
 
 #: tuned on (validation splits): four datasets of different tissues / technologies / designs
 DEV_DATASETS = ("pbmc3k", "sc_mixology", "kang_ifnb", "baron_mouse")
@@ -497,7 +497,6 @@ def summarise(rows: list[dict], control_from: str = "garage") -> "pd.DataFrame":
 
     The real-vs-real control row comes from the control values of *control_from*'s evaluations."""
     import pandas as pd
-    from scipy import stats
 
     recs = []
     for r in rows:
@@ -532,8 +531,7 @@ def summarise(rows: list[dict], control_from: str = "garage") -> "pd.DataFrame":
                 continue
             v = pd.to_numeric(g[k], errors="coerce").dropna().to_numpy(float)
             rec[k] = float(v.mean()) if v.size else np.nan
-            rec[k + "_hw"] = (float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-                              if v.size > 1 else np.nan)
+            rec[k + "_hw"] = t_halfwidth(v)
         out.append(rec)
     return pd.DataFrame(out)
 
@@ -738,6 +736,8 @@ def main(argv: list[str] | None = None) -> None:
                          "report names where each joined row came from")
     args = ap.parse_args(argv)
 
+    if (args.code_rev or args.any_code) and not args.report_only:
+        ap.error("--code-rev and --any-code report cached rows: use them with --report-only")
     global CODE_REV, ANY_CODE
     CODE_REV, ANY_CODE = args.code_rev, args.any_code
     variants = {}

@@ -43,7 +43,6 @@ Run:  python -m bench.holdout_size --runs 'bench/_work/fidelity/mouse_bladder/te
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import shlex
 import sys
@@ -51,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import machine
+from ._common import finished_runs, machine
 
 
 #: other figures kept per row when the evaluation has them (these reproduce a run's own row at its own
@@ -244,7 +243,6 @@ def main(argv=None) -> int:
         check_writable_dir(args.out.parent)
     except GarageError as e:
         raise SystemExit(f"bench.holdout_size: {e}") from None
-    folders = sorted({Path(p) for g in args.runs for p in glob.glob(g)})
     files: dict[tuple[str, str], object] = {}
 
     def read(ds: str, split: str):
@@ -253,12 +251,7 @@ def main(argv=None) -> int:
         return files[(ds, split)]
 
     jobs = []  # every run checked (and its holdout built) before any is scored
-    for f in folders:
-        row = json.loads((f / "row.json").read_text()) if (f / "row.json").exists() else {}
-        syn = next(f.glob("*.synthetic.h5ad"), None)
-        if row.get("status") != "ok" or syn is None:
-            print(f"skip {f}: no finished synthetic file", file=sys.stderr)
-            continue
+    for f, row, syn in finished_runs(args.runs, log=sys.stderr):
         if args.holdout in ("test", "unseen") and row["split"] not in SPLITS[1:]:
             print(f"skip {f}: --holdout {args.holdout} scores the runs of a validation fold only "
                   f"({', '.join(SPLITS[1:])}), not {row['split']}", file=sys.stderr)

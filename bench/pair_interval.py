@@ -19,18 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from ._common import t_halfwidth
 
 from .pair import SHOW
 
 
 def interval(d: np.ndarray) -> tuple[float, float, float]:
     """Mean of the paired differences and its 95 % Student-t interval (nan half-width under 2 runs)."""
-    d = np.asarray(d, dtype=float)
-    m = float(d.mean())
-    if d.size < 2:
-        return m, float("nan"), float("nan")
-    hw = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    m, hw = float(np.mean(d)), t_halfwidth(d)
     return m, m - hw, m + hw
 
 

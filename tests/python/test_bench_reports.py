@@ -468,7 +468,7 @@ def test_holdout_size_refuses_bad_options_before_scoring(tmp_path, monkeypatch):
     """--cuts 0 and an --out that cannot be written stop at once, before any run is read or scored."""
     from bench import holdout_size
 
-    monkeypatch.setattr(holdout_size.glob, "glob", lambda g: (_ for _ in ()).throw(AssertionError("read runs")))
+    monkeypatch.setattr("glob.glob", lambda g: (_ for _ in ()).throw(AssertionError("read runs")))
     with pytest.raises(SystemExit) as e:
         holdout_size.main(["--runs", "x", "--n-holdout", "3", "--cuts", "0", "--out", str(tmp_path / "o.json")])
     assert e.value.code == 2
@@ -686,7 +686,7 @@ def test_holdout_size_refuses_conflicting_cut_options(tmp_path, monkeypatch):
     list without --out stop at once, before any run is read."""
     from bench import holdout_size
 
-    monkeypatch.setattr(holdout_size.glob, "glob", lambda g: (_ for _ in ()).throw(AssertionError("read runs")))
+    monkeypatch.setattr("glob.glob", lambda g: (_ for _ in ()).throw(AssertionError("read runs")))
     out = str(tmp_path / "o.json")
     for bad in (["--runs", "x", "--holdout", "test", "--cuts", "3", "--out", out],
                 ["--runs", "x", "--cuts", "2", "--out", out],
@@ -719,3 +719,39 @@ def test_split_names_reach_tables_and_reports(tmp_path, monkeypatch):
                          ("val", "validation split (fold 1, re-split seed 1009)"), ("test", "test split")):
         text = fidelity.write_report(empty, split, "cmd", "t").read_text()
         assert text.splitlines()[0] == f"# Fidelity on the {title}"
+
+
+def test_finished_runs_names_what_it_leaves_out(tmp_path):
+    """_common.finished_runs: a run folder counts only with status ok and a synthetic file; a failed
+    run, one without its synthetic file and one without row.json are each named, not returned."""
+    import io
+
+    from bench._common import finished_runs
+
+    def folder(name, status, syn=True, row=True):
+        f = tmp_path / name
+        f.mkdir()
+        if row:
+            (f / "row.json").write_text(json.dumps({"status": status, "seed": 0}))
+        if syn:
+            (f / "x.synthetic.h5ad").write_text("")
+
+    folder("ok_s0", "ok")
+    folder("failed_s0", "train failed")
+    folder("nosyn_s0", "ok", syn=False)
+    folder("norow_s0", "ok", row=False)
+    log = io.StringIO()
+    runs = finished_runs([str(tmp_path / "*_s0")], log=log)
+    assert [f.name for f, _, _ in runs] == ["ok_s0"] and runs[0][2].name == "x.synthetic.h5ad"
+    assert all(f"{n}_s0: no finished" in log.getvalue() for n in ("failed", "nosyn", "norow"))
+
+
+def test_code_rev_only_with_report_only():
+    """--code-rev / --any-code pick which cached rows to report: without --report-only they are refused
+    (they would otherwise be ignored while new runs train)."""
+    from bench import fidelity
+
+    for bad in (["--code-rev", "HEAD"], ["--any-code"]):
+        with pytest.raises(SystemExit) as e:
+            fidelity.main(["--datasets", "nope", *bad])
+        assert e.value.code == 2
