@@ -29,7 +29,7 @@ Diagnosis only: nothing is tuned on it. Both modes take the runs of any validati
 holdout. For a mean over cells, a half drawn without replacement from n cells varies as much as a
 fresh draw of n cells would, so the spread of a methods' difference over halves estimates how far
 the holdout draw alone moves it, on any split (test included). The C2ST is not a plain mean:
-its classifier learns from half the cells, so the gaps shrink (GARAGE's 0.094 -> 0.042 on
+its classifier learns from half the cells, so the gaps shrink (GARAGE's 0.086 -> 0.042 on
 mouse_bladder's validation models) and so does their spread. Checked against ``unseen`` there
 (round 24 notes), halves gave an sd of 0.008 for the 4-seed mean of GARAGE - scVI where the
 unseen draws gave 0.010 (itself low: those draws share cells). Read it as a lower bound.
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import finished_runs, machine
+from ._common import finished_runs, machine, t_halfwidth
 
 
 #: other figures kept per row when the evaluation has them (these reproduce a run's own row at its own
@@ -178,6 +178,12 @@ def difference(rows: list[dict], variant: str, reference: str) -> list[str]:
         if len(common) > 1:
             var = g.groupby(["cut", "n_holdout"]).d.var(ddof=1)
             line += f"; seed-to-seed sd within one holdout {np.sqrt(var.mean()):.4f}"
+            if len(m) > 1:  # each seed averaged over the cuts, then a t-interval over the seeds
+                per_seed = g.groupby("seed").d.mean()
+                hw = t_halfwidth(per_seed.to_numpy())
+                line += ("; per seed over the cuts " + ", ".join(f"s{k} {v:+.4f}" for k, v in per_seed.items())
+                         + f", 95 % t over seeds {per_seed.mean() - hw:+.4f} to {per_seed.mean() + hw:+.4f}"
+                         " (the pool's own draw not counted)")
         dropped = sorted(set(d[(d.dataset == ds) & (d.split == sp) & (d.holdout == ho)].seed) - set(common))
         if dropped:
             line += f" (seeds {','.join(map(str, dropped))} left out: not paired in every cut)"

@@ -668,6 +668,8 @@ def test_holdout_difference_pairs_rows_by_seed_holdout_and_cut(tmp_path, capsys)
     # both seeds in every cut: differences (.02, .04), (-.01, 0), (.01, 0); per-cut means .03, -.005,
     # .005; per-cut seed sds 0.0141, 0.0071, 0.0071 -> root mean variance 0.0100
     assert "seeds 0,1: mean of the per-cut means +0.0100" in out and "seed-to-seed sd within one holdout 0.0100" in out
+    # each seed over the cuts (.0067, .0133), then a t-interval over the 2 seeds (t 12.71 x .0047 / sqrt 2)
+    assert "per seed over the cuts s0 +0.0067, s1 +0.0133, 95 % t over seeds -0.0324 to +0.0524" in out
     with pytest.raises(SystemExit, match="needs rows of both g and x"):
         holdout_size.main(["--difference", "g", "x", *src])
     with pytest.raises(SystemExit, match="the same scoring twice"):
