@@ -24,11 +24,23 @@ WORK = REPO / "bench" / "_work"
 
 _WRAPPER = r"""
 import json, os, resource, signal, subprocess, sys, time
+def die_with_parent():
+    # Linux: SIGTERM when the parent dies, so a benchmark that is stopped does not leave its
+    # command running and writing into a run folder that the next benchmark uses
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+die_with_parent()
+if os.getppid() == 1:  # the benchmark died before the line above
+    sys.exit(1)
 opts = json.loads(sys.argv[1])
 cmd = sys.argv[2:]
 log = open(opts["log"], "w") if opts.get("log") else None
 t0 = time.perf_counter()
-proc = subprocess.Popen(cmd, stderr=log, start_new_session=bool(opts.get("cap_mb") or opts.get("timeout_s")))
+proc = subprocess.Popen(cmd, stderr=log, start_new_session=bool(opts.get("cap_mb") or opts.get("timeout_s")),
+                        preexec_fn=die_with_parent)
 status, polled = "ok", 0.0
 cap, limit = opts.get("cap_mb"), opts.get("timeout_s")
 if cap or limit:

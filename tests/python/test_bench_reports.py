@@ -757,3 +757,35 @@ def test_code_rev_only_with_report_only():
         with pytest.raises(SystemExit) as e:
             fidelity.main(["--datasets", "nope", *bad])
         assert e.value.code == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_measured_command_dies_with_the_benchmark(tmp_path):
+    """A benchmark process that is killed takes the command it measures with it (a left-over
+    training once kept writing into a run folder that the restarted benchmark was using)."""
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    bench_proc = subprocess.Popen([sys.executable, "-c", "import sys; from bench._common import measure; "
+                                   f"measure([sys.executable, '-c', {child!r}])"], cwd=Path(__file__).parents[2])
+    t0 = time.time()
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() - t0 < 30:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+
+    def alive(p):
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    assert alive(pid)
+    bench_proc.kill()
+    bench_proc.wait()
+    t0 = time.time()
+    while alive(pid) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not alive(pid)
