@@ -658,8 +658,9 @@ def join_rows(summary, spec: str, split: str):
 def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "garage",
                  joined: list[str] | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    base = RESULTS / f"fidelity_{split}{('_' + tag) if tag else ''}"
-    summary.to_csv(base.with_suffix(".csv"), index=False)
+    name = f"fidelity_{split}{('_' + tag) if tag else ''}"  # a split "val@0.5" has a dot: no with_suffix
+    csv_path, md_path = RESULTS / f"{name}.csv", RESULTS / f"{name}.md"
+    summary.to_csv(csv_path, index=False)
 
     def cell(r, k):
         v, hw = r[k], r.get(k + "_hw", np.nan)
@@ -702,8 +703,8 @@ def write_report(summary, split: str, cmd: str, tag: str, targets_for: str = "ga
     lines += _seed_ablation(summary, cell)
     lines += [f"## Issue 13 targets (GARAGE defaults: the `{targets_for}` rows)", "",
               *targets(summary, targets_for), ""]
-    base.with_suffix(".md").write_text("\n".join(lines))
-    return base.with_suffix(".md")
+    md_path.write_text("\n".join(lines))
+    return md_path
 
 
 def main(argv: list[str] | None = None) -> None:

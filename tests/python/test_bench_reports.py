@@ -719,8 +719,9 @@ def test_split_names_reach_tables_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(fidelity, "targets", lambda *a, **k: [])
     for split, title in (("val2@0.5", "validation split (fold 2, re-split seed 1010), train cells thinned to 0.5 per type (seed 2027)"),
                          ("val", "validation split (fold 1, re-split seed 1009)"), ("test", "test split")):
-        text = fidelity.write_report(empty, split, "cmd", "t").read_text()
-        assert text.splitlines()[0] == f"# Fidelity on the {title}"
+        path = fidelity.write_report(empty, split, "cmd", "t")
+        assert path.name == f"fidelity_{split}_t.md" and (path.parent / f"fidelity_{split}_t.csv").exists()
+        assert path.read_text().splitlines()[0] == f"# Fidelity on the {title}"
 
 
 def test_finished_runs_names_what_it_leaves_out(tmp_path):
