@@ -24,18 +24,19 @@ WORK = REPO / "bench" / "_work"
 
 _WRAPPER = r"""
 import json, os, resource, signal, subprocess, sys, time
+opts = json.loads(sys.argv[1])
 def die_with_parent():
     # Linux: SIGTERM when the parent dies, so a benchmark that is stopped does not leave its
-    # command running and writing into a run folder that the next benchmark uses
+    # command running and writing into a run folder that the next benchmark uses (a no-op where
+    # the C library has no prctl)
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 die_with_parent()
-if os.getppid() == 1:  # the benchmark died before the line above
+if opts.get("parent") and os.getppid() != opts["parent"]:  # the benchmark died before the line above
     sys.exit(1)
-opts = json.loads(sys.argv[1])
 cmd = sys.argv[2:]
 log = open(opts["log"], "w") if opts.get("log") else None
 t0 = time.perf_counter()
@@ -81,7 +82,8 @@ def measure(cmd: list[str], env: dict | None = None, *, mem_cap_mb: float | None
     on a shared machine it moves far less with the load than the wall time.
     *log* receives the command's stderr (else it is inherited).
     """
-    opts = {"cap_mb": mem_cap_mb, "timeout_s": timeout_s, "log": str(log) if log else None}
+    opts = {"cap_mb": mem_cap_mb, "timeout_s": timeout_s, "log": str(log) if log else None,
+            "parent": os.getpid()}
     proc = subprocess.run(
         [sys.executable, "-c", _WRAPPER, json.dumps(opts), *map(str, cmd)],
         stdout=subprocess.PIPE, text=True, env=env or os.environ.copy(),
@@ -291,10 +293,13 @@ def t_halfwidth(values) -> float:
     return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
 
 
-def finished_runs(globs, log=sys.stdout) -> list[tuple[Path, dict, Path]]:
+def finished_runs(globs, log=None) -> list[tuple[Path, dict, Path]]:
     """(folder, its row.json, its synthetic file) of every bench.fidelity run folder matched by
-    *globs* that finished (status ok, synthetic file present); the others are named on *log*."""
+    *globs* that finished (status ok, synthetic file present); the others are named on *log*
+    (default: sys.stdout as it is at the call)."""
     import glob
+
+    log = sys.stdout if log is None else log
 
     out = []
     for f in sorted({Path(p) for g in globs for p in glob.glob(g)}):

@@ -20,7 +20,8 @@ The protocol that keeps defaults honest:
    kNN graph built again on the kept cells: how a comparison moves with the number
    of train cells (diagnosis; round 24).  The graph of a ``val`` file is the test
    file's with the test cells removed (about 17 edges a cell on mouse_bladder against
-   21 in the test file); only GARAGE's GAT reads it.
+   21 in the test file); only GARAGE's GAT reads it.  ``SPLIT@1`` keeps every cell and
+   builds the graph again: the full-cell arm to compare a thinned one with.
 3. ``--split test`` trains on the full train split and reports the test holdout:
    the table the README shows.
 
@@ -92,9 +93,10 @@ def split_arg(text: str) -> str:
             f = float(frac)
         except ValueError:
             f = float("nan")
-        if not 0 < f < 1 or frac != f"{f:g}":
-            raise argparse.ArgumentTypeError(f"{text!r}: F in SPLIT@F must be a fraction in (0, 1) "
-                                             "written plainly, e.g. 0.6")
+        if not 0 < f <= 1 or frac != f"{f:g}":
+            raise argparse.ArgumentTypeError(f"{text!r}: F in SPLIT@F must be a fraction in (0, 1] "
+                                             "written plainly, e.g. 0.6 (1: keep every cell, build "
+                                             "the kNN graph again)")
     return text
 #: metrics in the summary table: name -> how to read it
 TABLE = ("c2st_auc", "c2st_gap", "rare_agreement", "rare_agreement_control", "rare_spread_ratio",
@@ -195,7 +197,8 @@ def _thin_train(src: Path, out: Path, frac: float) -> None:
         strata = strata + "\x1f" + a.obs[C.OBS_CONDITION].astype(str).iloc[train]
     import pandas as pd
 
-    drop = stratified_split(pd.Series(strata.to_numpy()), 1 - frac, THIN_SEED) == C.SPLIT_HOLDOUT
+    drop = (stratified_split(pd.Series(strata.to_numpy()), 1 - frac, THIN_SEED) == C.SPLIT_HOLDOUT
+            if frac < 1 else np.zeros(len(train), dtype=bool))  # @1: every cell, the graph built again
     keep = np.ones(a.n_obs, dtype=bool)
     keep[train[drop]] = False
     a = a[keep].copy()

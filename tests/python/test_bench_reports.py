@@ -628,7 +628,9 @@ def test_thinned_split_keeps_the_holdout_and_a_fraction_of_each_type(tmp_path, m
     assert (vthin.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).sum() == 32
     (tmp_path / "toy" / "toy.test.train0.5.preprocessed.h5ad").unlink()
     assert list(ad.read_h5ad(fidelity.prepare("toy", "test@0.5")).obs_names) == list(thin.obs_names)
-    for bad in ("val@1", "val@0", "val@x", "val@.5", "train@0.5", "val10"):
+    full = ad.read_h5ad(fidelity.prepare("toy", "test@1"))  # every cell, the graph built again
+    assert list(full.obs_names) == list(a.obs_names) and (full.obsp["distances"] > 0).sum(1).min() == 14
+    for bad in ("val@1.5", "val@0", "val@x", "val@.5", "val@1.0", "train@0.5", "val10"):
         with pytest.raises(argparse.ArgumentTypeError):
             fidelity.split_arg(bad)
 
@@ -764,6 +766,7 @@ def test_code_rev_only_with_report_only():
 def test_measured_command_dies_with_the_benchmark(tmp_path):
     """A benchmark process that is killed takes the command it measures with it (a left-over
     training once kept writing into a run folder that the restarted benchmark was using)."""
+    import os
     import subprocess
     import time
 
@@ -783,10 +786,15 @@ def test_measured_command_dies_with_the_benchmark(tmp_path):
             return False
         return state != "Z"
 
-    assert alive(pid)
-    bench_proc.kill()
-    bench_proc.wait()
-    t0 = time.time()
-    while alive(pid) and time.time() - t0 < 10:
-        time.sleep(0.1)
-    assert not alive(pid)
+    try:
+        assert alive(pid)
+        bench_proc.kill()
+        bench_proc.wait()
+        t0 = time.time()
+        while alive(pid) and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert not alive(pid)
+    finally:  # a failure leaves nothing running
+        bench_proc.kill()
+        if alive(pid):
+            os.kill(pid, 9)
