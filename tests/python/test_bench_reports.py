@@ -532,10 +532,10 @@ def test_holdout_unseen_mode_draws_only_unseen_cells_per_type():
     assert drawn & {f"c{i}" for i in range(48, 60)} and drawn & {f"c{i}" for i in range(60, 80)}
 
 
-def test_validation_folds_redraw_the_holdout_from_train_cells_only(tmp_path, monkeypatch):
-    """--split valK: every fold re-splits the test file's train cells only (no test cell, 20 % per
-    type held out), each fold with its own seed and so its own holdout; the same fold twice is the
-    same split; a name outside the folds is refused; a join never takes another fold's table."""
+def _toy_test_file(tmp_path, monkeypatch, graph: bool = False):
+    """A benchmark dataset "toy" under a temporary bench.fidelity work folder: 100 cells (every
+    fifth "rare"), the first 80 train and the last 20 test holdout; with *graph*, a PCA and a
+    15-neighbour kNN graph as `garage preprocess` writes them. Returns the AnnData."""
     import anndata as ad
 
     from bench import fidelity
@@ -547,9 +547,27 @@ def test_validation_folds_redraw_the_holdout_from_train_cells_only(tmp_path, mon
     a.obs[C.OBS_LABEL] = pd.Categorical(np.where(np.arange(n) % 5 == 0, "rare", "big"))
     a.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 80 + [C.SPLIT_HOLDOUT] * 20)
     a.uns[C.UNS_KEY] = {}
+    if graph:
+        import scanpy as sc
+
+        a.obsm["X_pca"] = np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
+        sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", random_state=0)
     monkeypatch.setattr(fidelity, "FID", tmp_path)
     (tmp_path / "toy").mkdir()
     a.write_h5ad(tmp_path / "toy" / "toy.preprocessed.h5ad")
+    return a
+
+
+def test_validation_folds_redraw_the_holdout_from_train_cells_only(tmp_path, monkeypatch):
+    """--split valK: every fold re-splits the test file's train cells only (no test cell, 20 % per
+    type held out), each fold with its own seed and so its own holdout; the same fold twice is the
+    same split; a name outside the folds is refused; a join never takes another fold's table."""
+    import anndata as ad
+
+    from bench import fidelity
+    from garage import constants as C
+
+    _toy_test_file(tmp_path, monkeypatch)
     held = {}
     for split in ("val", "val2", "val3"):
         v = ad.read_h5ad(fidelity.prepare("toy", split))
@@ -600,19 +618,7 @@ def test_thinned_split_keeps_the_holdout_and_a_fraction_of_each_type(tmp_path, m
     from bench import fidelity
     from garage import constants as C
 
-    n = 100
-    a = ad.AnnData(np.ones((n, 3), dtype=np.float32))
-    a.obs_names = [f"c{i}" for i in range(n)]
-    a.obs[C.OBS_LABEL] = pd.Categorical(np.where(np.arange(n) % 5 == 0, "rare", "big"))
-    a.obs[C.OBS_SPLIT] = pd.Categorical([C.SPLIT_TRAIN] * 80 + [C.SPLIT_HOLDOUT] * 20)
-    a.uns[C.UNS_KEY] = {}
-    import scanpy as sc
-
-    a.obsm["X_pca"] = np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
-    sc.pp.neighbors(a, n_neighbors=15, use_rep="X_pca", random_state=0)
-    monkeypatch.setattr(fidelity, "FID", tmp_path)
-    (tmp_path / "toy").mkdir()
-    a.write_h5ad(tmp_path / "toy" / "toy.preprocessed.h5ad")
+    a = _toy_test_file(tmp_path, monkeypatch, graph=True)
     thin = ad.read_h5ad(fidelity.prepare("toy", "test@0.5"))
     # the graph is built again on the kept cells: each keeps its 14 nearest others among them
     # (a subset of the old graph would keep only the old neighbours that survived)
