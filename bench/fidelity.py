@@ -182,6 +182,20 @@ def prepare(name: str, split: str) -> Path:
     return val
 
 
+def split_strata(obs, rows=None):
+    """The strata every split here draws within: the type, or type x condition when *obs* has one
+    (as `garage preprocess` splits), for the positions *rows* (default all), as a plain Series."""
+    import pandas as pd
+
+    from garage import constants as C
+
+    rows = np.arange(len(obs)) if rows is None else rows
+    s = obs[C.OBS_LABEL].astype(str).iloc[rows]
+    if C.OBS_CONDITION in obs:
+        s = s + "\x1f" + obs[C.OBS_CONDITION].astype(str).iloc[rows]
+    return pd.Series(s.to_numpy())
+
+
 def _thin_train(src: Path, out: Path, frac: float) -> None:
     """*src* with its train cells thinned to *frac* per type (x condition); the holdout kept whole."""
     import anndata as ad
@@ -192,12 +206,7 @@ def _thin_train(src: Path, out: Path, frac: float) -> None:
 
     a = ad.read_h5ad(src)
     train = np.flatnonzero(a.obs[C.OBS_SPLIT].astype(str).to_numpy() == C.SPLIT_TRAIN)
-    strata = a.obs[C.OBS_LABEL].astype(str).iloc[train]
-    if C.OBS_CONDITION in a.obs:
-        strata = strata + "\x1f" + a.obs[C.OBS_CONDITION].astype(str).iloc[train]
-    import pandas as pd
-
-    drop = (stratified_split(pd.Series(strata.to_numpy()), 1 - frac, THIN_SEED) == C.SPLIT_HOLDOUT
+    drop = (stratified_split(split_strata(a.obs, train), 1 - frac, THIN_SEED) == C.SPLIT_HOLDOUT
             if frac < 1 else np.zeros(len(train), dtype=bool))  # @1: every cell, the graph built again
     keep = np.ones(a.n_obs, dtype=bool)
     keep[train[drop]] = False
@@ -237,10 +246,7 @@ def _write_val(test: Path, out: Path, seed: int = VAL_SEED) -> None:
 
     a = ad.read_h5ad(test)
     a = a[a.obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN].copy()
-    strata = a.obs[C.OBS_LABEL].astype(str)
-    if C.OBS_CONDITION in a.obs:
-        strata = strata + "\x1f" + a.obs[C.OBS_CONDITION].astype(str)
-    a.obs[C.OBS_SPLIT] = pd.Categorical(stratified_split(strata, VAL_FRACTION, seed),
+    a.obs[C.OBS_SPLIT] = pd.Categorical(stratified_split(split_strata(a.obs), VAL_FRACTION, seed),
                                         categories=[C.SPLIT_TRAIN, C.SPLIT_HOLDOUT])
     a.uns[C.UNS_KEY]["split"] = f"validation: {VAL_FRACTION:.0%} of the train cells per type, seed {seed}"
     from garage._utils import atomic_path

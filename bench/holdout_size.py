@@ -97,13 +97,14 @@ def unseen_holdout(test, val, seed: int):
     from garage import constants as C
     from garage.preprocess import stratified_split
 
+    from .fidelity import split_strata
+
     test_holdout_with_val_train(test, val)  # the same checks: val must re-split test's train cells
     v_split = val.obs[C.OBS_SPLIT].astype(str).to_numpy()
     unseen = ~test.obs_names.isin(list(val.obs_names[v_split == C.SPLIT_TRAIN]))
     n_hold = int((v_split == C.SPLIT_HOLDOUT).sum())
-    lab = test.obs[C.OBS_LABEL].astype(str)[unseen]
-    strata = lab + ("\x1f" + test.obs[C.OBS_CONDITION].astype(str)[unseen] if C.OBS_CONDITION in test.obs else "")
-    drawn = stratified_split(strata, n_hold / int(unseen.sum()), seed) == C.SPLIT_HOLDOUT
+    drawn = stratified_split(split_strata(test.obs, np.flatnonzero(unseen)), n_hold / int(unseen.sum()),
+                             seed) == C.SPLIT_HOLDOUT
     keep = ~unseen
     keep[np.flatnonzero(unseen)[drawn]] = True
     out = test[keep].copy()
@@ -114,16 +115,13 @@ def unseen_holdout(test, val, seed: int):
 
 def half_holdout(real, seed: int):
     """*real* with its holdout cut to a stratified half (per type, ``stratified_split``'s rounding)."""
-    import pandas as pd
-
     from garage import constants as C
     from garage.preprocess import stratified_split
 
+    from .fidelity import split_strata
+
     hold = np.flatnonzero(real.obs[C.OBS_SPLIT].astype(str).to_numpy() == C.SPLIT_HOLDOUT)
-    strata = real.obs[C.OBS_LABEL].astype(str).iloc[hold]
-    if C.OBS_CONDITION in real.obs:
-        strata = strata + "\x1f" + real.obs[C.OBS_CONDITION].astype(str).iloc[hold]
-    drop = stratified_split(pd.Series(strata.to_numpy()), 0.5, seed) == C.SPLIT_HOLDOUT
+    drop = stratified_split(split_strata(real.obs, hold), 0.5, seed) == C.SPLIT_HOLDOUT
     keep = np.ones(real.n_obs, dtype=bool)
     keep[hold[drop]] = False
     return real[keep].copy()
