@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -389,31 +390,54 @@ def _bad_cases(tmp: Path, small: Path):
     return cases
 
 
+def _cli_in_process(args: list[str]):
+    """``garage ARGS`` run by click in this process: the same LazyGroup error handling (exit code,
+    one ``Error:`` line) as the console script, without a Python start-up and scanpy import per
+    case.  The root logger's handlers, which the CLI points at the captured stderr, come back."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from garage.cli import main
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        return CliRunner().invoke(main, args, prog_name="garage")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+
+
 def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path):
     """Every bad input: exit 2 (3 for too little memory), one `Error:` line naming the problem,
-    no output, input unchanged."""
+    no output, input unchanged.  The cases run in-process (see _cli_in_process); the first also
+    runs as the console script, which must give the same exit code and error line."""
     cases = _bad_cases(tmp_path, small_counts_path)
     assert len(cases) >= 18
     failures = []
-    for name, (path, args, expect, code) in cases.items():
+    for i, (name, (path, args, expect, code)) in enumerate(cases.items()):
         before = _sha(path)
         out = tmp_path / f"out_{name}"
-        proc = subprocess.run(
-            [*GARAGE, "preprocess", "--input", str(path), "--prefix", name, "--outdir", str(out), *args],
-            capture_output=True, text=True,
-        )
-        err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+        argv = ["preprocess", "--input", str(path), "--prefix", name, "--outdir", str(out), *args]
+        res = _cli_in_process(argv)
+        err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
         problems = []
-        if proc.returncode != code:
-            problems.append(f"exit {proc.returncode}")
+        if res.exit_code != code:
+            problems.append(f"exit {res.exit_code}")
         if len(err_lines) != 1 or expect not in err_lines[0]:
-            problems.append(f"stderr={proc.stderr.strip()[-300:]!r}")
-        if "Traceback" in proc.stderr:
-            problems.append("traceback")
+            problems.append(f"stderr={res.stderr.strip()[-300:]!r}")
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            problems.append(f"uncaught {type(res.exception).__name__}")
         if out.exists() and any(out.iterdir()):
             problems.append(f"left files {list(out.iterdir())}")
         if _sha(path) != before:
             problems.append("input modified")
+        if i == 0:  # the console script agrees with the in-process run
+            shutil.rmtree(out, ignore_errors=True)
+            proc = subprocess.run([*GARAGE, *argv], capture_output=True, text=True)
+            sub = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+            if proc.returncode != res.exit_code or sub != err_lines or "Traceback" in proc.stderr:
+                problems.append(f"console script: exit {proc.returncode}, stderr={proc.stderr[-300:]!r}")
         if problems:
             failures.append((name, problems))
     assert not failures, failures
