@@ -62,6 +62,24 @@ def preprocessed_68k(tmp_path_factory, pbmc68k_counts_path) -> Path:
     )["h5ad"]
 
 
+def cli_in_process(args: list[str]):
+    """``garage ARGS`` run by click in this process: the same LazyGroup error handling (exit code,
+    one ``Error:`` line) as the console script, without a Python start-up and scanpy import per
+    case.  The root logger's handlers, which the CLI points at the captured stderr, come back."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from garage.cli import main
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        return CliRunner().invoke(main, args, prog_name="garage")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+
+
 #: GAN step counts for tests of bookkeeping, bad input and file handling, where the generator's
 #: quality is not what is asserted (the test profile's full length is trained elsewhere)
 SHORT_GAN = {"gan_steps": 60, "ae_steps": 60, "decoder_steps": 20}

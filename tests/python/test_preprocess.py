@@ -19,6 +19,8 @@ from garage import constants as C
 from garage.errors import GarageError, ResourceError
 from garage.preprocess import PreprocessConfig, preprocess_adata, stratified_split
 
+from conftest import cli_in_process
+
 GARAGE = [sys.executable, "-m", "garage.cli"]
 
 
@@ -390,27 +392,9 @@ def _bad_cases(tmp: Path, small: Path):
     return cases
 
 
-def _cli_in_process(args: list[str]):
-    """``garage ARGS`` run by click in this process: the same LazyGroup error handling (exit code,
-    one ``Error:`` line) as the console script, without a Python start-up and scanpy import per
-    case.  The root logger's handlers, which the CLI points at the captured stderr, come back."""
-    import logging
-
-    from click.testing import CliRunner
-
-    from garage.cli import main
-
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        return CliRunner().invoke(main, args, prog_name="garage")
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-
-
 def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path):
     """Every bad input: exit 2 (3 for too little memory), one `Error:` line naming the problem,
-    no output, input unchanged.  The cases run in-process (see _cli_in_process); the first also
+    no output, input unchanged.  The cases run in-process (conftest.cli_in_process); the first also
     runs as the console script, which must give the same exit code and error line."""
     cases = _bad_cases(tmp_path, small_counts_path)
     assert len(cases) >= 18
@@ -419,7 +403,7 @@ def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path):
         before = _sha(path)
         out = tmp_path / f"out_{name}"
         argv = ["preprocess", "--input", str(path), "--prefix", name, "--outdir", str(out), *args]
-        res = _cli_in_process(argv)
+        res = cli_in_process(argv)
         err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
         problems = []
         if res.exit_code != code:
