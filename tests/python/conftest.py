@@ -62,22 +62,45 @@ def preprocessed_68k(tmp_path_factory, pbmc68k_counts_path) -> Path:
     )["h5ad"]
 
 
-def cli_in_process(args: list[str]):
+def _run_cli_in_process(args: list[str]):
     """``garage ARGS`` run by click in this process: the same LazyGroup error handling (exit code,
-    one ``Error:`` line) as the console script, without a Python start-up and scanpy import per
-    case.  The root logger's handlers, which the CLI points at the captured stderr, come back."""
+    one ``Error:`` line) as ``python -m garage.cli``, without a Python start-up and scanpy import
+    per case.  stdout and stderr are captured at the file descriptors (C-level writes included).
+    What the CLI sets process-wide comes back afterwards: the root logger's handlers (emptied
+    first, so ``basicConfig(force=True)`` closes none of pytest's), the levels of the loggers it
+    quietens, the random generators it seeds, torch's threads and determinism flag, os.environ."""
     import logging
+    import random
 
+    import numpy as np
+    import torch
     from click.testing import CliRunner
 
     from garage.cli import main
 
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    handlers, level = root.handlers[:], root.level
+    quiet = {n: logging.getLogger(n).level for n in ("numba", "matplotlib", "h5py", "fontTools", "PIL")}
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    det, threads, env = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), dict(os.environ)
+    root.handlers = []
     try:
-        return CliRunner().invoke(main, args, prog_name="garage")
+        return CliRunner(capture="fd").invoke(main, args, prog_name="garage")
     finally:
-        root.handlers[:], root.level = saved[0], saved[1]
+        root.handlers[:], root.level = handlers, level
+        for n, lv in quiet.items():
+            logging.getLogger(n).setLevel(lv)
+        random.setstate(rng[0]); np.random.set_state(rng[1]); torch.set_rng_state(rng[2])
+        torch.use_deterministic_algorithms(det)
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(env)
+
+
+@pytest.fixture
+def cli_in_process():
+    """The callable ``_run_cli_in_process`` (a fixture, so tests need no import of conftest)."""
+    return _run_cli_in_process
 
 
 #: GAN step counts for tests of bookkeeping, bad input and file handling, where the generator's

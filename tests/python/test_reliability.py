@@ -94,14 +94,14 @@ RESOURCE_CASES = {"gat_cuda_without_gpu", "gat_memory_guard", "gan_cuda_without_
 
 #: one case per stage also runs as the console script (a fresh Python), which must agree with
 #: the in-process run: the same exit code and the same one error line, no traceback
-CONSOLE_CASES = {"gat_on_csv", "gan_unknown_type", "generate_corrupt_model", "evaluate_other_gene_set"}
+CONSOLE_CASES = {"gat_on_csv", "gan_unknown_type", "gan_cuda_without_gpu", "generate_corrupt_model",
+                 "evaluate_other_gene_set"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_stage_bad_input(name, stage_files, tmp_path):
+def test_stage_bad_input(name, stage_files, tmp_path, cli_in_process):
     """Run in-process through click (conftest.cli_in_process: the CLI's own error handling, no
     Python start-up per case); CONSOLE_CASES also as `python -m garage.cli`."""
-    from conftest import cli_in_process
 
     argv, expect = CASES[name]
     argv = [a.format(**{k: str(v) for k, v in stage_files.items()}) for a in argv]
@@ -110,11 +110,11 @@ def test_stage_bad_input(name, stage_files, tmp_path):
     out = tmp_path / "out"
     argv = [*argv, "--prefix", "x", "--outdir", str(out)]
     res = cli_in_process(argv)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "Warning" not in ln]
-    errors = [ln for ln in lines if ln.startswith("Error:")]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
     assert res.exit_code == (3 if name in RESOURCE_CASES else 2), res.stderr[-1500:]
     assert len(errors) == 1, res.stderr[-1500:]
     assert expect.lower() in errors[0].lower(), errors[0]
+    assert "Traceback" not in res.stderr
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
     assert all(_sha(p) == h for p, h in before.items()), "an input was modified"
@@ -124,6 +124,7 @@ def test_stage_bad_input(name, stage_files, tmp_path):
         assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")] == errors, proc.stderr[-1500:]
         assert "Traceback" not in proc.stderr
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+        assert all(_sha(p) == h for p, h in before.items()), "an input was modified"
 
 
 def test_debug_shows_traceback(stage_files, tmp_path):
