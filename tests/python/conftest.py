@@ -97,10 +97,29 @@ def _run_cli_in_process(args: list[str]):
         os.environ.update(env)
 
 
+def _run_cli_console(args: list[str]):
+    """``python -m garage.cli ARGS`` in a fresh Python, as a result shaped like
+    ``_run_cli_in_process``'s (``exit_code``, ``stderr``, ``exception``), so one set of checks
+    reads both."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    proc = subprocess.run([sys.executable, "-m", "garage.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+    return SimpleNamespace(exit_code=proc.returncode, stderr=proc.stderr, exception=None)
+
+
 @pytest.fixture
 def cli_in_process():
     """The callable ``_run_cli_in_process`` (a fixture, so tests need no import of conftest)."""
     return _run_cli_in_process
+
+
+@pytest.fixture
+def cli_console():
+    """The callable ``_run_cli_console``: the same command in a fresh Python."""
+    return _run_cli_console
 
 
 #: GAN step counts for tests of bookkeeping, bad input and file handling, where the generator's

@@ -7,7 +7,6 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -395,7 +394,7 @@ def _bad_cases(tmp: Path, small: Path):
     return cases
 
 
-def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path, cli_in_process):
+def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path, cli_in_process, cli_console):
     """Every bad input: exit 2 (3 for too little memory), one `Error:` line naming the problem,
     no traceback, no output, input unchanged.  The cases run in-process (conftest.cli_in_process);
     CONSOLE_CASES also run as `python -m garage.cli`, which must give the same exit code and line."""
@@ -408,8 +407,7 @@ def test_bad_inputs_fail_cleanly(tmp_path, small_counts_path, cli_in_process):
         argv = ["preprocess", "--input", str(path), "--prefix", name, "--outdir", str(out), *args]
         runs = [("in-process", cli_in_process(argv))]
         if name in CONSOLE_CASES:
-            proc = subprocess.run([*GARAGE, *argv], capture_output=True, text=True)
-            runs.append(("console", SimpleNamespace(exit_code=proc.returncode, stderr=proc.stderr, exception=None)))
+            runs.append(("console", cli_console(argv)))
         problems = []
         for how, res in runs:
             err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]

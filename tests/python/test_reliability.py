@@ -92,39 +92,37 @@ CASES = {
 RESOURCE_CASES = {"gat_cuda_without_gpu", "gat_memory_guard", "gan_cuda_without_gpu"}
 
 
-#: one case per stage also runs as the console script (a fresh Python), which must agree with
-#: the in-process run: the same exit code and the same one error line, no traceback
+#: cases that also run as the console script (a fresh Python), one or two per stage, which must
+#: agree with the in-process run: the same exit code and the same one error line, no traceback
 CONSOLE_CASES = {"gat_on_csv", "gan_unknown_type", "gan_cuda_without_gpu", "generate_corrupt_model",
                  "evaluate_other_gene_set"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_stage_bad_input(name, stage_files, tmp_path, cli_in_process):
+def test_stage_bad_input(name, stage_files, tmp_path, cli_in_process, cli_console):
     """Run in-process through click (conftest.cli_in_process: the CLI's own error handling, no
-    Python start-up per case); CONSOLE_CASES also as `python -m garage.cli`."""
-
+    Python start-up per case); CONSOLE_CASES also as `python -m garage.cli`, with the same checks."""
     argv, expect = CASES[name]
     argv = [a.format(**{k: str(v) for k, v in stage_files.items()}) for a in argv]
     inputs = [Path(a) for a in argv if Path(a).is_file()]
     before = {p: _sha(p) for p in inputs}
     out = tmp_path / "out"
     argv = [*argv, "--prefix", "x", "--outdir", str(out)]
-    res = cli_in_process(argv)
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
-    assert res.exit_code == (3 if name in RESOURCE_CASES else 2), res.stderr[-1500:]
-    assert len(errors) == 1, res.stderr[-1500:]
-    assert expect.lower() in errors[0].lower(), errors[0]
-    assert "Traceback" not in res.stderr
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
-    assert all(_sha(p) == h for p, h in before.items()), "an input was modified"
+    runs = [("in-process", cli_in_process(argv))]
     if name in CONSOLE_CASES:
-        proc = subprocess.run([*GARAGE, *argv], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == res.exit_code, proc.stderr[-1500:]
-        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")] == errors, proc.stderr[-1500:]
-        assert "Traceback" not in proc.stderr
-        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
-        assert all(_sha(p) == h for p, h in before.items()), "an input was modified"
+        runs.append(("console", cli_console(argv)))
+    first = None
+    for how, res in runs:
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+        assert res.exit_code == (3 if name in RESOURCE_CASES else 2), (how, res.stderr[-1500:])
+        assert len(errors) == 1, (how, res.stderr[-1500:])
+        assert expect.lower() in errors[0].lower(), (how, errors[0])
+        assert first is None or errors == first, (how, errors, first)
+        assert "Traceback" not in res.stderr, how
+        assert res.exception is None or isinstance(res.exception, SystemExit), (how, repr(res.exception))
+        assert not out.exists() or not any(out.iterdir()), (how, list(out.iterdir()))
+        assert all(_sha(p) == h for p, h in before.items()), f"{how}: an input was modified"
+        first = errors
 
 
 def test_debug_shows_traceback(stage_files, tmp_path):
