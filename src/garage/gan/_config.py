@@ -23,11 +23,11 @@ CriticPath = Literal["auto", "on", "off"]
 CRITIC_PATHS = ("auto", "on", "off")
 GanLoss = Literal["wgan-gp", "ns-r1"]
 GAN_LOSSES = ("wgan-gp", "ns-r1")
-#: how everything saved before --gan-loss, --r1-weight, --lr-decay, --instance-noise and --critic-pack existed was
-#: trained: a model or checkpoint without these keys reads as these values (so it loads, and a
-#: matching run resumes)
+#: how everything saved before --gan-loss, --r1-weight, --lr-decay, --instance-noise, --critic-pack and
+#: --state-gate existed was trained: a model or checkpoint without these keys reads as these values (so it
+#: loads, and a matching run resumes)
 PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False, "instance_noise": 0.0,
-                   "critic_pack": 1}
+                   "critic_pack": 1, "state_gate": 0.0}
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
@@ -255,6 +255,14 @@ class GANConfig:
         Every state holds at least this many fit cells (a type with fewer than
         twice as many is one state), so rare types keep one state and no state
         is small enough to single out training cells.
+    state_gate
+        With ``type_states`` > 1: split a type only where its codes are
+        clustered.  For every k the size rule allows, the k-means silhouette of
+        the type's codes is compared with the silhouette of as many codes drawn
+        from one Gaussian with the type's mean and covariance (an unclustered
+        type of the same shape); the type takes the k with the largest excess if
+        that excess is at least this value, else it stays one state.  0: off
+        (every big type takes the largest k the size rule allows).
     n_critic
         Critic steps per generator step.
     type_balance
@@ -369,6 +377,7 @@ class GANConfig:
     ema_decay: float = 0.99
     type_states: int = 1
     state_min_cells: int = 50
+    state_gate: float = 0.0
     n_critic: int = 5
     type_balance: float = 0.5
     gp_weight: float = 10.0
@@ -544,6 +553,9 @@ class GANConfig:
         need(isinstance(self.state_min_cells, int) and self.state_min_cells >= 10,
              f"--state-min-cells must be an integer >= 10, got {self.state_min_cells!r}",
              "pass e.g. 50 (a state must not be small enough to single out cells)")
+        need(isinstance(self.state_gate, (int, float)) and math.isfinite(self.state_gate) and self.state_gate >= 0,
+             f"--state-gate must be a number >= 0, got {self.state_gate!r}",
+             "pass e.g. 0.04 (0: every big type takes the largest k)")
         need(self.gan_batch_size is None or (isinstance(self.gan_batch_size, int) and self.gan_batch_size >= 2),
              f"--gan-batch-size must be an integer >= 2, got {self.gan_batch_size!r}", "pass e.g. 512, or omit it")
         need(0.0 <= self.seed_mix <= 1.0, f"--seed-mix must be in [0, 1], got {self.seed_mix}",

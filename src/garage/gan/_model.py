@@ -97,6 +97,8 @@ CALIB_VERSION = 2
 MIN_VAL_GROUP = 20
 #: within-type states: k-means is fitted on at most this many fit cells of a type (then predicts all)
 MAX_STATE_FIT = 20000
+#: --state-gate: silhouettes (quadratic in cells) are scored on at most this many cells of a type
+STATE_SIL_CELLS = 3000
 
 
 # --------------------------------------------------------------------------- composition
@@ -345,7 +347,8 @@ class GANNet(nn.Module):
         # C2ST 0.855 with --posterior-noise 1 uncapped)
         data.code_sd = (sd / self.z_std).clamp_max(1.0).float() if self.cfg.posterior_noise > 0 else None
         if data.labels is None:
-            _assign_states(data, self.cfg.effective_type_states, self.cfg.state_min_cells, self.cfg.seed)
+            _assign_states(data, self.cfg.effective_type_states, self.cfg.state_min_cells, self.cfg.seed,
+                           self.cfg.state_gate)
         data.seed_codes = data.codes[data.seed_rows.to(device)] if data.seed_rows.numel() else None
         data.seed_radius = _seed_radius(data, self.cfg.seed_floor_k) if data.seed_codes is not None else None
         self.vae.train()
@@ -581,6 +584,10 @@ class GarageGAN:
             logger.info("within-type states per type: %s", {
                 c: int((self.data.state_counts.view(len(self.meta["categories"]), self.data.k_states, -1)[i]
                         .sum(1) > 0).sum()) for i, c in enumerate(self.meta["categories"])})
+            if self.data.state_excess:
+                logger.info("--state-gate %s: per type, the best k and its silhouette excess over one Gaussian: %s",
+                            self.config.state_gate, {self.meta["categories"][t]: v
+                                                     for t, v in self.data.state_excess.items() if v is not None})
         self.meta["lib_params"] = self.data.lib_params.cpu()
         if self.config.conditional_library:
             self.meta.update(_conditional_library(self.data, len(self.meta["categories"])))
@@ -1162,7 +1169,7 @@ def _shareable_code_mean(meta: dict) -> torch.Tensor:
     return cm
 
 
-def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> None:
+def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int, gate: float = 0.0) -> None:
     """Within-type states: ``data.labels`` (type * k_max + state), ``data.state_counts`` and the
     seed table regrouped by state x condition.
 
@@ -1173,8 +1180,13 @@ def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> No
     its state's seeds; a state without seeds generates unseeded cells (a seed from another state
     would have to be moved across the type).  k-means is sklearn's (fixed seed, so a resumed run
     finds the same states); with *k_max* = 1 the labels are the types and nothing changes.
+
+    *gate* > 0 (``--state-gate``): every k the size rule allows is scored by its silhouette
+    excess over a one-Gaussian reference (``_silhouette_excess``); the type takes the k with the
+    largest excess when that excess is at least *gate*, else it stays one state.
     """
     types = data.types.cpu().numpy()
+    data.state_excess = {}
     if k_max <= 1:
         data.labels = data.types.clone()
         return
@@ -1191,16 +1203,26 @@ def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> No
         k = int(min(k_max, len(fit_t) // max(1, min_cells)))
         sub = fit_t if len(fit_t) <= MAX_STATE_FIT else np.sort(rng.choice(fit_t, MAX_STATE_FIT, replace=False))
         is_fit = np.isin(rows_t, fit_t)
+        best = None  # (excess, k, labels of the type's cells, sizes)
         while k >= 2:
             km = KMeans(n_clusters=k, n_init=4, random_state=int(seed)).fit(codes[sub])
             lab_t = km.predict(codes[rows_t])  # every cell of the type; sizes count its fit cells
             sizes = np.bincount(lab_t[is_fit], minlength=k)
             if sizes.min() >= min_cells:
-                rank = np.empty(k, dtype=np.int64)
-                rank[np.argsort(-sizes, kind="stable")] = np.arange(k)
-                labels[rows_t] = t * k_max + rank[lab_t]
-                break
+                if gate <= 0:
+                    best = (np.inf, k, lab_t, sizes)
+                    break
+                ex = _silhouette_excess(codes[sub], km.labels_, k, seed)
+                if best is None or ex > best[0]:
+                    best = (ex, k, lab_t, sizes)
             k -= 1
+        if gate > 0:
+            data.state_excess[t] = None if best is None else (int(best[1]), round(float(best[0]), 4))
+        if best is not None and best[0] >= gate:
+            _, k, lab_t, sizes = best
+            rank = np.empty(k, dtype=np.int64)
+            rank[np.argsort(-sizes, kind="stable")] = np.arange(k)
+            labels[rows_t] = t * k_max + rank[lab_t]
     n_conds = data.n_conds
     conds = data.conds.cpu().numpy()
     data.labels = torch.from_numpy(labels.astype(np.int64))
@@ -1212,6 +1234,25 @@ def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int) -> No
     data.seed_rows = torch.from_numpy(rows)
     data.seed_start = torch.from_numpy(start).to(data.seed_start.device)
     data.seed_count = torch.from_numpy(count).to(data.seed_count.device)
+
+
+def _silhouette_excess(z: np.ndarray, labels: np.ndarray, k: int, seed: int) -> float:
+    """How much more clustered codes *z* are under their k-means *labels* than one Gaussian.
+
+    The silhouette of *z* minus the silhouette of k-means (same k) on as many codes drawn from one
+    Gaussian with *z*'s mean and covariance: k-means always finds k clusters with a positive
+    silhouette, so only the excess over an unclustered type of the same shape says the type has
+    states.  Both silhouettes are scikit-learn's on at most STATE_SIL_CELLS cells (it is quadratic).
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng([int(seed), 31, int(k)])
+    n = min(len(z), STATE_SIL_CELLS)
+    ref = rng.multivariate_normal(z.mean(0), np.cov(z, rowvar=False), size=n, method="eigh")
+    ref_lab = KMeans(n_clusters=k, n_init=4, random_state=int(seed)).fit_predict(ref)
+    own = silhouette_score(z, labels, sample_size=n, random_state=int(seed))
+    return float(own - silhouette_score(ref, ref_lab, sample_size=n, random_state=int(seed)))
 
 
 def _seed_radius(data: TrainData, k: int) -> torch.Tensor:
