@@ -1004,6 +1004,86 @@ def test_within_type_states_on_real_cells(seeds_small, real_small, tmp_path):
         assert abs(got.get(name, 0) - 300 * ref[t]) <= 1.5
 
 
+def _gate_data(seed: int = 0):
+    """Codes of three types in 8 dimensions, as ``_assign_states`` reads them: type 0 one Gaussian
+    (600 cells), type 1 two Gaussians 6 sd apart on the first axis (300 + 300), type 2 too small to
+    split (70); every tenth cell a seed, every cell a fit cell but every fifth (validation)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from garage.gan._model import _seed_table
+
+    rng = np.random.default_rng(seed)
+    shift = np.zeros(8)
+    shift[0] = 6.0
+    z = np.concatenate([rng.normal(size=(600, 8)), rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + shift,
+                        rng.normal(size=(70, 8))])
+    types = np.repeat([0, 1, 1, 2], [600, 300, 300, 70])
+    truth = np.repeat([0, 0, 1, 0], [600, 300, 300, 70])  # type 1's true sub-state
+    n = len(types)
+    seeds = np.arange(0, n, 10)
+    is_seed = np.zeros(n, dtype=bool)
+    is_seed[seeds] = True
+    rows, start, count = _seed_table(is_seed, types, np.zeros(n, dtype=np.int64), 3, 1)
+    data = SimpleNamespace(
+        types=torch.from_numpy(types), codes=torch.from_numpy(z.astype(np.float32)),
+        fit_rows=np.flatnonzero(np.arange(n) % 5 != 0), n_conds=1, conds=torch.zeros(n, dtype=torch.long),
+        seed_rows=torch.from_numpy(rows), seed_start=torch.from_numpy(start), seed_count=torch.from_numpy(count),
+        labels=None, state_counts=None, state_excess=None)
+    return data, types, truth
+
+
+def test_state_gate_splits_only_the_clustered_type():
+    """--state-gate: of two big types, the one that is two clusters is split along them and the one
+    Gaussian stays whole (without the gate k-means splits it too), the small type stays whole, and
+    each big type's silhouette excess is recorded; an unreachable gate splits nothing."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from garage.gan._model import _assign_states
+
+    k_max = 4
+    data, types, truth = _gate_data()
+    _assign_states(data, k_max, 50, 0, gate=0.04)
+    lab = data.labels.numpy()
+    assert (lab // k_max == types).all()
+    states = {t: np.unique(lab[types == t] % k_max) for t in range(3)}
+    assert len(states[0]) == 1 and len(states[2]) == 1, states
+    assert len(states[1]) == 2, states
+    assert adjusted_rand_score(truth[types == 1], lab[types == 1]) > 0.95
+    k1, ex1 = data.state_excess[1]
+    k0, ex0 = data.state_excess[0]
+    assert k1 == 2 and ex1 >= 0.04 > ex0, data.state_excess
+    assert data.state_excess[2] is None  # fewer than 2 x 50 fit cells: no k to score
+    # seeds are regrouped by state: every seed serves the state it lies in
+    rows, start, count = data.seed_rows.numpy(), data.seed_start.numpy(), data.seed_count.numpy()
+    for g in range(len(start)):
+        assert (lab[rows[start[g]:start[g] + count[g]]] == g).all()
+    # the gate is what keeps type 0 whole: off, k-means cuts the Gaussian into the largest k allowed
+    off, _, _ = _gate_data()
+    _assign_states(off, k_max, 50, 0, gate=0.0)
+    assert len(np.unique(off.labels.numpy()[types == 0] % k_max)) == k_max
+    assert off.state_excess == {}
+    shut, _, _ = _gate_data()
+    _assign_states(shut, k_max, 50, 0, gate=10.0)
+    assert (shut.labels.numpy() == types * k_max).all()
+
+
+def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog):
+    """--state-gate must be a number >= 0; a gated run logs each big type's best k and its excess."""
+    import logging
+
+    for bad in (-0.1, float("nan"), "x"):
+        with pytest.raises(GarageError, match="--state-gate must be a number >= 0"):
+            GANConfig(**TINY, state_gate=bad).validate()
+    cfg = GANConfig(**{**TINY, "gan_steps": 2}, type_states=3, state_min_cells=40, state_gate=0.01, seed=0)
+    with caplog.at_level(logging.INFO, logger="garage"):
+        model = GarageGAN.setup(real_small, cfg)
+        model.train("cpu")
+    assert model.data.state_excess, "no type was scored"
+    assert "--state-gate 0.01: per type, the best k and its silhouette excess" in caplog.text
+
+
 def test_state_probs_fall_back_to_the_type_for_a_group_without_cells():
     import torch
 
@@ -1222,7 +1302,7 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     m = GarageGAN.setup(real_small, cfg)
     trainer(cfg, m).save_checkpoint()
     ck = torch.load(tmp_path / "c.gan.ckpt.pt", weights_only=False)
-    for key in ("gan_loss", "r1_weight", "lr_decay", "instance_noise", "critic_pack"):
+    for key in ("gan_loss", "r1_weight", "lr_decay", "instance_noise", "critic_pack", "state_gate"):
         del ck["config"][key]
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
     assert trainer(cfg, m).load_checkpoint()
@@ -1235,6 +1315,9 @@ def test_checkpoint_from_before_the_loss_options_resumes_as_wgan_gp(real_small, 
     packed = GANConfig(**{**TINY, "checkpoint_every": 10, "critic_pack": 2})
     with pytest.raises(GarageError, match=r"different options .*\(critic_pack\)"):
         trainer(packed, GarageGAN.setup(real_small, packed)).load_checkpoint()
+    gated = GANConfig(**{**TINY, "checkpoint_every": 10, "state_gate": 0.05})
+    with pytest.raises(GarageError, match=r"different options .*\(state_gate\)"):
+        trainer(gated, GarageGAN.setup(real_small, gated)).load_checkpoint()
     # written while the default rate was 4e-4 (rounds 16-17): the error names the rate to pass
     ck["config"]["lr_gan"] = 4e-4
     torch.save(ck, tmp_path / "c.gan.ckpt.pt")
