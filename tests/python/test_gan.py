@@ -1081,6 +1081,8 @@ def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog):
         model = GarageGAN.setup(real_small, cfg)
         model.train("cpu")
     assert model.data.state_excess, "no type was scored"
+    cats = model.meta["categories"]
+    assert model.meta["state_excess"] == {cats[t]: list(v) for t, v in model.data.state_excess.items() if v}
     assert "--state-gate 0.01: per type, the best k and its silhouette excess" in caplog.text
 
 

@@ -584,7 +584,9 @@ class GarageGAN:
             logger.info("within-type states per type: %s", {
                 c: int((self.data.state_counts.view(len(self.meta["categories"]), self.data.k_states, -1)[i]
                         .sum(1) > 0).sum()) for i, c in enumerate(self.meta["categories"])})
-            if self.data.state_excess:
+            if self.data.state_excess:  # saved: why each big type was (not) split
+                self.meta["state_excess"] = {self.meta["categories"][t]: list(v)
+                                             for t, v in self.data.state_excess.items() if v is not None}
                 logger.info("--state-gate %s: per type, the best k and its silhouette excess over one Gaussian: %s",
                             self.config.state_gate, {self.meta["categories"][t]: v
                                                      for t, v in self.data.state_excess.items() if v is not None})
