@@ -1069,7 +1069,7 @@ def test_state_gate_splits_only_the_clustered_type():
     assert (shut.labels.numpy() == types * k_max).all()
 
 
-def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog):
+def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog, tmp_path):
     """--state-gate must be a number >= 0; a gated run logs each big type's best k and its excess."""
     import logging
 
@@ -1083,6 +1083,11 @@ def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog):
     assert model.data.state_excess, "no type was scored"
     cats = model.meta["categories"]
     assert model.meta["state_excess"] == {cats[t]: list(v) for t, v in model.data.state_excess.items() if v}
+    import torch
+
+    path = model.save(tmp_path / "g.generator.pt")  # loads as weights only, and keeps the record
+    assert torch.load(path, weights_only=True)["state_excess"] == model.meta["state_excess"]
+    assert GarageGAN.load(path).meta["state_excess"] == model.meta["state_excess"]
     assert "--state-gate 0.01: per type, the best k and its silhouette excess" in caplog.text
 
 
