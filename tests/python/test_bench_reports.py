@@ -804,3 +804,31 @@ def test_measured_command_dies_with_the_benchmark(tmp_path):
         bench_proc.kill()
         if alive(pid):
             os.kill(pid, 9)
+
+
+def test_state_gate_read_lists_split_types_and_how_often_each_was_split(tmp_path, capsys):
+    """bench.state_gate_read: per gated run, the types split (fit cells per state, read from the saved
+    state counts) and the recorded excess; per type over the runs, how many split it; a clear stop when
+    nothing matches."""
+    import torch
+
+    from bench import state_gate_read
+
+    def write(seed, counts, excess):
+        d = tmp_path / "ds" / "val2" / f"garage_sg_s{seed}"
+        d.mkdir(parents=True)
+        torch.save({"categories": ["A", "B"], "k_states": 2, "state_counts": torch.tensor(counts).view(4, 1),
+                    "state_excess": excess}, d / "garage_sg.generator.pt")
+
+    write(1, [60, 40, 90, 0], {"A": [2, 0.06], "B": [2, 0.01]})
+    write(2, [100, 0, 90, 0], {"A": [2, 0.02], "B": [3, -0.01]})
+    out = tmp_path / "r.md"
+    state_gate_read.main(["--runs", str(tmp_path / "ds" / "val2" / "garage_sg_s*"), "--out", str(out)])
+    text = out.read_text()
+    assert "| ds | 1 | A [60, 40] | A k2 +0.060; B k2 +0.010 |" in text
+    assert "| ds | 2 | none | A k2 +0.020; B k3 -0.010 |" in text
+    assert "| ds | A | 1 / 2 | +0.020, +0.040, +0.060 |" in text
+    assert "| ds | B | 0 / 2 | -0.010, +0.000, +0.010 |" in text
+    assert text in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no run folder with one generator"):
+        state_gate_read.main(["--runs", str(tmp_path / "nothing*")])
