@@ -832,3 +832,32 @@ def test_state_gate_read_lists_split_types_and_how_often_each_was_split(tmp_path
     assert text in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no run folder with one generator"):
         state_gate_read.main(["--runs", str(tmp_path / "nothing*")])
+
+
+def test_latent_interp_probe_moves_each_anchor_towards_a_neighbour_of_its_own_type():
+    """bench.latent_interp_probe.interpolate: every code lies on the segment from its anchor to one of the
+    anchor's k nearest cells of the same type (never the anchor itself, never another type)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from bench.latent_interp_probe import interpolate
+
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([rng.normal(size=(50, 3)), rng.normal(size=(50, 3)) + 20.0])
+    types = np.repeat([0, 1], 50)
+    anchors = np.concatenate([rng.choice(50, 200), 50 + rng.choice(50, 200)])
+    want = np.repeat([0, 1], 200)
+    pool = {t: (np.flatnonzero(types == t), NearestNeighbors().fit(codes[types == t]), want == t) for t in (0, 1)}
+    k = 3
+    out = interpolate(codes, anchors, pool, k, np.random.default_rng(1))
+    for i, a in enumerate(anchors):
+        rows = np.flatnonzero(types == types[a])
+        d = np.linalg.norm(codes[rows] - codes[a], axis=1)
+        near = rows[np.argsort(d)[1:k + 1]]  # the anchor's k nearest of its type, itself excluded
+        step = out[i] - codes[a]
+        hit = False
+        for j in near:  # out = anchor + lam * (neighbour - anchor) for one neighbour, 0 <= lam <= 1
+            lam = step @ (codes[j] - codes[a]) / np.sum((codes[j] - codes[a]) ** 2)
+            hit |= bool(-1e-9 <= lam <= 1 + 1e-9 and np.allclose(codes[a] + lam * (codes[j] - codes[a]), out[i]))
+        assert hit, i
+    assert (out[:200, 0] < 10).all() and (out[200:, 0] > 10).all()  # no code left its type's cluster
+    assert (np.linalg.norm(out - codes[anchors], axis=1) > 1e-6).mean() > 0.9  # the codes did move
