@@ -16,6 +16,8 @@ the train cells' type composition from:
 - ``interp_seeds``: the same from a random GAT seed of the type (the seeded path's anchors);
 - ``interp_random_seeds``: the same from as many random fit cells per type as the type has GAT
   seeds (the random-seed ablation's anchors: are the GAT's seeds, or any sparse set, the limit?);
+- ``interp_random_fF`` (``--anchor-fractions``): from a random share F of each type's fit cells
+  (how fast the cost of sparse anchors falls as they get denser);
 - ``gan_unseeded+interp_seeds`` (and ``+interp_random_seeds``): the GAN's unseeded codes where
   generation leaves a cell unseeded, the interpolated codes where it seeds one (today's mix of
   0.5 with the seeded path replaced).
@@ -25,7 +27,7 @@ DCR ratio, MIA AUC) with ``--draws`` evaluation draws.  Codes are never written 
 
 Run:  python -m bench.latent_interp_probe \\
         --seeds-from bench/_work/fidelity/baron_mouse/val2/garage_s24/baron_mouse.seeds.h5ad --seed 24 \\
-        [--k 15] [--draws 5] [--threads 1] [--out probe.json]
+        [--k 15] [--draws 5] [--anchor-fractions 0.1,0.3,0.6] [--rows ...] [--threads 1] [--out probe.json]
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=15, help="neighbours an interpolated code may move towards")
     ap.add_argument("--draws", type=int, default=5, help="evaluation draws per row")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--anchor-fractions", default="", help="e.g. 0.1,0.3,0.6: rows interpolated from a random "
+                    "share F of each type's fit cells")
     ap.add_argument("--rows", default="", help="comma-separated row names to score (default: all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -140,6 +144,17 @@ def main(argv=None):
     rows = {"train_means": codes, "gan": gz, "interp_all": z_interp_all, "interp_seeds": z_interp_seed,
             "interp_random_seeds": z_interp_rand, "gan_unseeded+interp_seeds": mixed,
             "gan_unseeded+interp_random_seeds": mixed_rand}
+    for f in (float(v) for v in args.anchor_fractions.split(",") if v):
+        anchors_f = np.empty(n, dtype=np.int64)
+        for t in range(len(cats)):
+            want = types == t
+            ref = fit[types[fit] == t]
+            if t not in pool:
+                anchors_f[want] = np.flatnonzero(want)
+                continue
+            r_t = rng.choice(ref, min(len(ref), max(1, int(round(f * len(ref))))), replace=False)
+            anchors_f[want] = rng.choice(r_t, int(want.sum()))
+        rows[f"interp_random_f{f:g}"] = interpolate(codes, anchors_f, pool, args.k, rng)
     if args.rows:
         rows = {k: v for k, v in rows.items() if k in args.rows.split(",")}
     theta = net.vae.theta.detach()
