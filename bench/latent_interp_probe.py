@@ -22,7 +22,9 @@ the train cells' type composition from:
   generation leaves a cell unseeded, the interpolated codes where it seeds one (today's mix of
   0.5 with the seeded path replaced).
 
-Each row is scored by ``garage evaluate``'s metrics (C2ST gap to the control, rare agreement,
+One row is a single draw of its codes, library sizes and counts: two rows built the same way
+(``interp_all`` and ``interp_random_f1``) differed by up to 0.036 in round 26, so read contrasts
+well above that.  Each row is scored by ``garage evaluate``'s metrics (C2ST gap to the control, rare agreement,
 DCR ratio, MIA AUC) with ``--draws`` evaluation draws.  Codes are never written anywhere.
 
 Run:  python -m bench.latent_interp_probe \\
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,8 @@ from ._common import train_in_process
 def interpolate(codes: np.ndarray, anchors: np.ndarray, pool: dict, k: int, rng) -> np.ndarray:
     """For each row index in *anchors*: its code moved a fraction U(0, 1) of the way towards one of
     its *k* nearest rows of the same type (``pool[type]``: (rows, fitted NearestNeighbors), the
-    anchor itself excluded when it is in the pool)."""
-    out = np.empty((len(anchors), codes.shape[1]), dtype=codes.dtype)
+    anchor itself excluded when it is in the pool); an anchor of a type without a pool stays where it is."""
+    out = codes[anchors].copy()
     for t, (rows, nn_t, types_a) in pool.items():
         at = np.flatnonzero(types_a)
         if not len(at):
@@ -93,8 +96,9 @@ def main(argv=None):
     real, model = train_in_process(args.seeds_from, args.seed, args.threads, {})
     cfg, net, data = model.config, model.net, model.data
     cats = model.meta["categories"]
-    if cfg.effective_type_states > 1 or cfg.joint_library:
-        raise SystemExit("bench.latent_interp_probe: default models only (one state per type, no joint library)")
+    if cfg.effective_type_states > 1 or cfg.joint_library or model.data.n_conds > 1:
+        raise SystemExit("bench.latent_interp_probe: default models without conditions only (one state per "
+                         "type, no joint library; its anchors and neighbours ignore conditions)")
     nl = cfg.n_latent
     nc = net.vae.n_conds > 1
     gen = torch.Generator().manual_seed(args.seed)
@@ -120,7 +124,8 @@ def main(argv=None):
         anchors_all[want] = rng.choice(ref, int(want.sum()))
         s_t = seed_rows[types[seed_rows] == t]
         anchors_seed[want] = rng.choice(s_t if len(s_t) else ref, int(want.sum()))
-        r_t = rng.choice(ref, min(len(ref), max(1, len(s_t))), replace=False)  # as many random cells as seeds
+        # as many random cells as seeds (a type without seeds: all its fit cells, as for interp_seeds)
+        r_t = rng.choice(ref, len(s_t), replace=False) if 0 < len(s_t) <= len(ref) else ref
         anchors_rand[want] = rng.choice(r_t, int(want.sum()))
         pool[t] = (ref, nn_t, want)
     z_interp_all = interpolate(codes, anchors_all, pool, args.k, rng)
@@ -162,6 +167,8 @@ def main(argv=None):
            "seeded_share": float(m.mean()), "train_cells": int(n), "fit_cells": int(len(fit)),
            "gat_seeds": int(len(seed_rows)), "rows": {}}
     for name, z in rows.items():
+        # one generator per row, seeded by its name: --rows does not change the rows it keeps
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + zlib.crc32(name.encode()))
         zt = torch.from_numpy((z * z_std + z_mean).astype(np.float32))
         with torch.no_grad():
             prop = net.vae.proportions(zt, data.conds if nc else None)

@@ -822,13 +822,15 @@ def test_state_gate_read_lists_split_types_and_how_often_each_was_split(tmp_path
 
     write(1, [60, 40, 90, 0], {"A": [2, 0.06], "B": [2, 0.01]})
     write(2, [100, 0, 90, 0], {"A": [2, 0.02], "B": [3, -0.01]})
+    write(3, [0, 0, 50, 40], {})  # trained before the record existed: its split still counts
     out = tmp_path / "r.md"
     state_gate_read.main(["--runs", str(tmp_path / "ds" / "val2" / "garage_sg_s*"), "--out", str(out)])
     text = out.read_text()
     assert "| ds | 1 | A [60, 40] | A k2 +0.060; B k2 +0.010 |" in text
     assert "| ds | 2 | none | A k2 +0.020; B k3 -0.010 |" in text
-    assert "| ds | A | 1 / 2 | +0.020, +0.040, +0.060 |" in text
-    assert "| ds | B | 0 / 2 | -0.010, +0.000, +0.010 |" in text
+    assert "| ds | 3 | B [50, 40] | not recorded |" in text
+    assert "| ds | A | 1 / 3 | +0.020, +0.040, +0.060 (2) |" in text
+    assert "| ds | B | 1 / 3 | -0.010, +0.000, +0.010 (2) |" in text
     assert text in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no run folder with one generator"):
         state_gate_read.main(["--runs", str(tmp_path / "nothing*")])
@@ -861,3 +863,6 @@ def test_latent_interp_probe_moves_each_anchor_towards_a_neighbour_of_its_own_ty
         assert hit, i
     assert (out[:200, 0] < 10).all() and (out[200:, 0] > 10).all()  # no code left its type's cluster
     assert (np.linalg.norm(out - codes[anchors], axis=1) > 1e-6).mean() > 0.9  # the codes did move
+    # a type left out of the pool (too few fit cells): its anchors stay where they are
+    solo = interpolate(codes, anchors, {0: pool[0]}, k, np.random.default_rng(1))
+    assert np.array_equal(solo[200:], codes[anchors[200:]])

@@ -1067,20 +1067,28 @@ def test_state_gate_splits_only_the_clustered_type():
     shut, _, _ = _gate_data()
     _assign_states(shut, k_max, 50, 0, gate=10.0)
     assert (shut.labels.numpy() == types * k_max).all()
+    # the same seed finds the same states and excess (a resumed run must)
+    again, _, _ = _gate_data()
+    _assign_states(again, k_max, 50, 0, gate=0.04)
+    assert (again.labels.numpy() == lab).all() and again.state_excess == data.state_excess
 
 
 def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog, tmp_path):
     """--state-gate must be a number >= 0; a gated run logs each big type's best k and its excess."""
     import logging
 
-    for bad in (-0.1, float("nan"), "x"):
+    for bad in (-0.1, float("nan"), "x", True):
         with pytest.raises(GarageError, match="--state-gate must be a number >= 0"):
             GANConfig(**TINY, state_gate=bad).validate()
+    with caplog.at_level(logging.WARNING, logger="garage"):  # without states the gate has nothing to gate
+        GarageGAN.setup(real_small, GANConfig(**{**TINY, "gan_steps": 1}, state_gate=0.05)).train("cpu")
+    assert "--state-gate applies with --type-states > 1" in caplog.text
+    caplog.clear()
     cfg = GANConfig(**{**TINY, "gan_steps": 2}, type_states=3, state_min_cells=40, state_gate=0.01, seed=0)
     with caplog.at_level(logging.INFO, logger="garage"):
         model = GarageGAN.setup(real_small, cfg)
         model.train("cpu")
-    assert model.data.state_excess, "no type was scored"
+    assert any(v is not None for v in model.data.state_excess.values()), "no type was scored"
     cats = model.meta["categories"]
     assert model.meta["state_excess"] == {cats[t]: list(v) for t, v in model.data.state_excess.items() if v}
     import torch

@@ -100,7 +100,7 @@ def composition_options(f):
               help="Fit cells every within-type state must hold (smaller types keep one state).")
 @click.option("--state-gate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="With --type-states: split a type only where its codes' k-means silhouette beats "
-                   "a one-Gaussian reference by this much (0: off).")
+                   "a one-Gaussian reference by this much, at the k that beats it most (0: off).")
 @click.option("--n-critic", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--type-balance", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Adversarial batches draw type t with weight n_t^-x (0 uniform, 1 balanced).")

@@ -261,8 +261,12 @@ class GANConfig:
         the type's codes is compared with the silhouette of as many codes drawn
         from one Gaussian with the type's mean and covariance (an unclustered
         type of the same shape); the type takes the k with the largest excess if
-        that excess is at least this value, else it stays one state.  0: off
-        (every big type takes the largest k the size rule allows).
+        that excess is at least this value, else it stays one state, so a split
+        type may get fewer states than without the gate.  The excess of one
+        draw varies by about 0.01 at a few hundred cells.  0: off (every big
+        type takes the largest k the size rule allows).  Only with
+        ``type_states`` > 1 in garage mode's latent space (else warned, not
+        applied).
     n_critic
         Critic steps per generator step.
     type_balance
@@ -553,7 +557,8 @@ class GANConfig:
         need(isinstance(self.state_min_cells, int) and self.state_min_cells >= 10,
              f"--state-min-cells must be an integer >= 10, got {self.state_min_cells!r}",
              "pass e.g. 50 (a state must not be small enough to single out cells)")
-        need(isinstance(self.state_gate, (int, float)) and math.isfinite(self.state_gate) and self.state_gate >= 0,
+        need(isinstance(self.state_gate, (int, float)) and not isinstance(self.state_gate, bool)
+             and math.isfinite(self.state_gate) and self.state_gate >= 0,
              f"--state-gate must be a number >= 0, got {self.state_gate!r}",
              "pass e.g. 0.04 (0: every big type takes the largest k)")
         need(self.gan_batch_size is None or (isinstance(self.gan_batch_size, int) and self.gan_batch_size >= 2),

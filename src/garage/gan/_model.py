@@ -559,6 +559,8 @@ class GarageGAN:
             logger.warning("--instance-noise applies to --space latent with --mode garage only: not applied")
         if self.config.critic_pack > 1 and self.config.effective_critic_pack == 1:
             logger.warning("--critic-pack applies to --space latent with --mode garage only: not applied")
+        if self.config.state_gate > 0 and self.config.effective_type_states <= 1:
+            logger.warning("--state-gate applies with --type-states > 1 (--space latent, --mode garage): not applied")
         self.net.to(device)
         for name in ("seed_start", "seed_count", "lib_params"):
             setattr(self.data, name, getattr(self.data, name).to(device))
