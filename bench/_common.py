@@ -283,6 +283,25 @@ def train_in_process(seeds_from: Path, seed: int, threads: int, gan_overrides: d
     return real, model
 
 
+def generated_codes(model, types, conds, gen) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, seeded mask) of a trained in-process model's generator for cells of *types* (and
+    *conds*), drawn as generation draws them: within-type state, seed, then noise, from *gen*."""
+    import torch
+
+    from garage.gan._train import draw_labels, pick_seeds, state_probs
+
+    data, cfg, net = model.data, model.config, model.net
+    probs = state_probs(data.state_counts, data.k_states, data.n_conds) if data.k_states > 1 else None
+    lab = draw_labels(types, conds, probs, data.k_states, data.n_conds, gen)
+    mask, pos = pick_seeds(data, lab, conds, cfg.seed_mix, gen)
+    code = data.seed_codes[pos] if data.seed_codes is not None else None
+    g = net.generator_ema if net.generator_ema is not None else net.generator
+    with torch.no_grad():
+        z = g(torch.randn(len(types), cfg.noise_dim, generator=gen), lab, conds if data.n_conds > 1 else None,
+              code, mask).numpy()
+    return z, mask.numpy()
+
+
 def t_halfwidth(values) -> float:
     """Half-width of the 95 % Student-t interval of the mean of *values* (nan under 2 values)."""
     from scipy import stats

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import train_in_process
+from ._common import generated_codes, train_in_process
 
 #: pseudo-cells that shrink a small type's calibration towards no change
 SHRINK = 10
@@ -80,10 +80,9 @@ def main(argv=None):
     from garage import constants as C
     from garage.evaluate import EvaluateConfig, evaluate_adata
     from garage.gan._nn import sample_counts
-    from garage.gan._train import draw_labels, pick_seeds, sample_library_conditional, state_probs
+    from garage.gan._train import sample_library_conditional
 
     real, model = train_in_process(args.seeds_from, args.seed, args.threads, json.loads(args.gan))
-    cfg = model.config
     net, data, meta = model.net, model.data, model.meta
     cats = meta["categories"]
     nc = data.n_conds > 1
@@ -92,14 +91,7 @@ def main(argv=None):
     fz = data.codes.numpy()[fit]
     ft = data.types.numpy()[fit]
     # generated codes with the train composition, as generation draws them
-    probs = state_probs(data.state_counts, data.k_states, data.n_conds) if data.k_states > 1 else None
-    lab = draw_labels(data.types, data.conds, probs, data.k_states, data.n_conds, gen)
-    mask, pos = pick_seeds(data, lab, data.conds, cfg.seed_mix, gen)
-    code = data.seed_codes[pos] if data.seed_codes is not None else None
-    g = net.generator_ema if net.generator_ema is not None else net.generator
-    with torch.no_grad():
-        gz = g(torch.randn(data.n, cfg.noise_dim, generator=gen), lab, data.conds if nc else None,
-               code, mask).numpy()
+    gz, mask = generated_codes(model, data.types, data.conds, gen)
     gt = data.types.numpy()
 
     per_type = {}
@@ -113,7 +105,7 @@ def main(argv=None):
                        "mean_shift_sd": float(np.linalg.norm((mg - mf) / sf) / np.sqrt(len(mf))),
                        "sd_ratio_median": float(np.median(sg / sf)),
                        "sd_ratio_min": float(np.min(sg / sf)), "sd_ratio_max": float(np.max(sg / sf)),
-                       "seeded_fraction": float(mask.numpy()[gg].mean())}
+                       "seeded_fraction": float(mask[gg].mean())}
     print(pd.DataFrame(per_type).T.round(3).to_string(), flush=True)
 
     groups = data.group(data.types, data.conds)

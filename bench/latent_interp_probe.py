@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import train_in_process
+from ._common import generated_codes, train_in_process
 
 
 def interpolate(codes: np.ndarray, anchors: np.ndarray, pool: dict, k: int, rng) -> np.ndarray:
@@ -76,8 +76,6 @@ def main(argv=None):
     from garage import constants as C
     from garage.evaluate import EvaluateConfig, evaluate_adata
     from garage.gan._nn import sample_counts
-    from garage.gan._train import draw_labels, pick_seeds, state_probs
-
     from .diagnose_gan import fit_cond_library
     from .vae_ceiling import train_posteriors
 
@@ -132,15 +130,8 @@ def main(argv=None):
     z_interp_seed = interpolate(codes, anchors_seed, pool, args.k, rng)
     z_interp_rand = interpolate(codes, anchors_rand, pool, args.k, rng)
     # the GAN's codes with the train composition, as generation draws them
-    probs = state_probs(data.state_counts, data.k_states, data.n_conds) if data.k_states > 1 else None
-    lab = draw_labels(data.types, data.conds, probs, data.k_states, data.n_conds, gen)
-    mask, pos = pick_seeds(data, lab, data.conds, cfg.seed_mix, gen)
-    code = data.seed_codes[pos] if data.seed_codes is not None else None
-    g = net.generator_ema if net.generator_ema is not None else net.generator
-    with torch.no_grad():
-        gz = g(torch.randn(n, cfg.noise_dim, generator=gen), lab, data.conds if nc else None, code, mask).numpy()
+    gz, m = generated_codes(model, data.types, data.conds, gen)
     gz = gz[:, :nl]
-    m = mask.numpy()
     mixed = np.where(m[:, None], z_interp_seed, gz)  # seeded half replaced by seed interpolation
     mixed_rand = np.where(m[:, None], z_interp_rand, gz)
 

@@ -1933,3 +1933,30 @@ def test_critic_probe_refuses_a_packed_critic_before_training(tmp_path, monkeypa
                      critic_holdout=0.0)
     with pytest.raises(SystemExit, match="judges packs"):
         critic_probe.run(args)
+
+
+def test_bench_generated_codes_draw_as_generation_does(real_small):
+    """bench._common.generated_codes (shared by the probes): one code per requested cell, seeded with
+    about the seed mix where the type has seeds, the same codes from the same generator state, and
+    the same codes as the generator called by hand in the order the probes used (state, seed, noise)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench._common import generated_codes
+    from garage.gan._train import pick_seeds
+
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, seed=0))
+    model.train("cpu")
+    model.net.eval()
+    d = model.data
+    z, mask = generated_codes(model, d.types, d.conds, torch.Generator().manual_seed(5))
+    assert z.shape == (d.n, model.config.n_latent) and mask.shape == (d.n,)
+    z2, mask2 = generated_codes(model, d.types, d.conds, torch.Generator().manual_seed(5))
+    assert np.array_equal(z, z2) and np.array_equal(mask, mask2)
+    assert abs(mask.mean() - model.config.seed_mix) < 0.1
+    gen = torch.Generator().manual_seed(5)  # by hand: no states, so the labels are the types
+    m, pos = pick_seeds(d, d.types, d.conds, model.config.seed_mix, gen)
+    with torch.no_grad():
+        want = model.net.generator_ema(torch.randn(d.n, model.config.noise_dim, generator=gen), d.types, None,
+                                       d.seed_codes[pos], m).numpy()
+    assert np.allclose(z, want)
