@@ -285,7 +285,8 @@ def train_in_process(seeds_from: Path, seed: int, threads: int, gan_overrides: d
 
 def generated_codes(model, types, conds, gen) -> tuple[np.ndarray, np.ndarray]:
     """(codes, seeded mask) of a trained in-process model's generator for cells of *types* (and
-    *conds*), drawn as generation draws them: within-type state, seed, then noise, from *gen*."""
+    *conds*): the distribution generation draws from, drawn from *gen* in the calibration fit's
+    order (within-type state, seed, then noise; ``GarageGAN.generate`` draws the noise first)."""
     import torch
 
     from garage.gan._train import draw_labels, pick_seeds, state_probs

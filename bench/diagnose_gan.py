@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import train_in_process
+from ._common import generated_codes, train_in_process
 
 
 def knn_c2st(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
@@ -223,12 +223,7 @@ def main(argv=None):
         with torch.no_grad():
             post_sd = sd.pow(2).mean(0).sqrt()  # per latent dimension, over the train cells
             # generated codes with the train cells' composition, as generation draws them
-            n_t = data.n
-            lab_t = draw_labels(data.types, data.conds, probs, data.k_states, data.n_conds, gen)
-            mask_t, pos_t = pick_seeds(data, lab_t, data.conds, cfg.seed_mix, gen)
-            code_t = data.seed_codes[pos_t] if data.seed_codes is not None else None
-            gz_t = g(torch.randn(n_t, cfg.noise_dim, generator=gen), lab_t, data.conds if nc else None,
-                     code_t, mask_t)
+            gz_t = torch.from_numpy(generated_codes(model, data.types, data.conds, gen)[0])
             gz_t = (gz_t * net.z_std + net.z_mean)[:, :nl]
             gen_lib = sample_library(data.lib_params, data.group(data.types, data.conds), gen)
         # a library model conditioned on the code, fit on the train cells' posterior means

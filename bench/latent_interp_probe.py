@@ -76,6 +76,7 @@ def main(argv=None):
     from garage import constants as C
     from garage.evaluate import EvaluateConfig, evaluate_adata
     from garage.gan._nn import sample_counts
+
     from .diagnose_gan import fit_cond_library
     from .vae_ceiling import train_posteriors
 

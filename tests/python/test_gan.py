@@ -1073,6 +1073,28 @@ def test_state_gate_splits_only_the_clustered_type():
     assert (again.labels.numpy() == lab).all() and again.state_excess == data.state_excess
 
 
+def test_bench_state_gate_noise_reestimates_on_fixed_codes_without_touching_them():
+    """bench.state_gate_noise.excess_spread: one best excess per estimator seed for every type the size
+    rule lets split, the clustered type far above the gate each time, and the caller's data as it was."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.state_gate_noise import excess_spread
+
+    data, types, _ = _gate_data()
+    before = (data.seed_rows.clone(), data.seed_start.clone(), data.seed_count.clone())
+    spread = excess_spread(data, 4, 50, 0.04, [1, 2, 3])
+    assert sorted(spread) == [0, 1] and all(len(v) == 3 for v in spread.values())
+    assert min(spread[1]) > 0.04 > max(spread[0])
+    assert len(set(spread[0])) > 1  # the estimator seed does move the estimate
+    assert data.labels is None and all(torch_equal(a, b) for a, b in
+                                       zip(before, (data.seed_rows, data.seed_start, data.seed_count)))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 def test_state_gate_is_checked_and_reaches_the_trainer(real_small, caplog, tmp_path):
     """--state-gate must be a number >= 0; a gated run logs each big type's best k and its excess."""
     import logging
@@ -1959,4 +1981,20 @@ def test_bench_generated_codes_draw_as_generation_does(real_small):
     with torch.no_grad():
         want = model.net.generator_ema(torch.randn(d.n, model.config.noise_dim, generator=gen), d.types, None,
                                        d.seed_codes[pos], m).numpy()
-    assert np.allclose(z, want)
+    assert np.allclose(z, want) and np.array_equal(mask, m.numpy())
+    # with within-type states the state is drawn first, then the seed (of that state), then the noise
+    from garage.gan._train import draw_labels, state_probs
+
+    st = GarageGAN.setup(real_small, GANConfig(**TINY, type_states=2, state_min_cells=40, seed=0))
+    st.train("cpu")
+    st.net.eval()
+    e = st.data
+    assert e.k_states == 2
+    z, mask = generated_codes(st, e.types, e.conds, torch.Generator().manual_seed(6))
+    gen = torch.Generator().manual_seed(6)
+    lab = draw_labels(e.types, e.conds, state_probs(e.state_counts, 2, e.n_conds), 2, e.n_conds, gen)
+    m, pos = pick_seeds(e, lab, e.conds, st.config.seed_mix, gen)
+    with torch.no_grad():
+        want = st.net.generator_ema(torch.randn(e.n, st.config.noise_dim, generator=gen), lab, None,
+                                    e.seed_codes[pos], m).numpy()
+    assert np.allclose(z, want) and np.array_equal(mask, m.numpy())
