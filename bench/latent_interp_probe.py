@@ -99,7 +99,6 @@ def main(argv=None):
         raise SystemExit("bench.latent_interp_probe: default models without conditions only (one state per "
                          "type, no joint library; its anchors and neighbours ignore conditions)")
     nl = cfg.n_latent
-    nc = net.vae.n_conds > 1
     gen = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     mu, _, own_lib = train_posteriors(net, data)  # unstandardised posterior means of every train cell
@@ -108,16 +107,14 @@ def main(argv=None):
     types = data.types.numpy()
     fit = data.fit_rows
     n = data.n
-    anchors_all = np.empty(n, dtype=np.int64)
-    anchors_seed = np.empty(n, dtype=np.int64)
-    anchors_rand = np.empty(n, dtype=np.int64)
+    # every row is its own anchor until one is drawn for it: a type too small for a pool stays as it is
+    anchors_all, anchors_seed, anchors_rand = np.arange(n), np.arange(n), np.arange(n)
     seed_rows = data.seed_rows.numpy()
     pool = {}
     for t in range(len(cats)):
         want = types == t  # rows drawn for type t: as many as the type has train cells
         ref = fit[types[fit] == t]
         if not want.any() or len(ref) < 2:
-            anchors_all[want] = anchors_seed[want] = anchors_rand[want] = np.flatnonzero(want)
             continue
         nn_t = NearestNeighbors().fit(codes[ref])
         anchors_all[want] = rng.choice(ref, int(want.sum()))
@@ -142,13 +139,8 @@ def main(argv=None):
             "interp_random_seeds": z_interp_rand, "gan_unseeded+interp_seeds": mixed,
             "gan_unseeded+interp_random_seeds": mixed_rand}
     for f in (float(v) for v in args.anchor_fractions.split(",") if v):
-        anchors_f = np.empty(n, dtype=np.int64)
-        for t in range(len(cats)):
-            want = types == t
-            ref = fit[types[fit] == t]
-            if t not in pool:
-                anchors_f[want] = np.flatnonzero(want)
-                continue
+        anchors_f = np.arange(n)
+        for ref, _, want in pool.values():
             r_t = rng.choice(ref, min(len(ref), max(1, int(round(f * len(ref))))), replace=False)
             anchors_f[want] = rng.choice(r_t, int(want.sum()))
         rows[f"interp_random_f{f:g}"] = interpolate(codes, anchors_f, pool, args.k, rng)
@@ -163,7 +155,7 @@ def main(argv=None):
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + zlib.crc32(name.encode()))
         zt = torch.from_numpy((z * z_std + z_mean).astype(np.float32))
         with torch.no_grad():
-            prop = net.vae.proportions(zt, data.conds if nc else None)
+            prop = net.vae.proportions(zt, None)  # no conditions: refused above
             lib = cond_lib(zt, groups, gen)
             x = sample_counts(prop * lib[:, None], "nb", theta=theta, generator=gen).numpy()
         syn = ad.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(

@@ -35,8 +35,7 @@ def excess_spread(data, k_max: int, min_cells: int, gate: float, seeds) -> dict:
         d.labels = None
         _assign_states(d, k_max, min_cells, int(s), gate)
         for t, v in d.state_excess.items():
-            if v is not None:
-                out.setdefault(t, []).append(v[1])
+            out.setdefault(t, []).append(v[1])
     return out
 
 

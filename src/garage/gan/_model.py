@@ -588,10 +588,9 @@ class GarageGAN:
                         .sum(1) > 0).sum()) for i, c in enumerate(self.meta["categories"])})
             if self.data.state_excess:  # saved: why each big type was (not) split
                 self.meta["state_excess"] = {self.meta["categories"][t]: list(v)
-                                             for t, v in self.data.state_excess.items() if v is not None}
+                                             for t, v in self.data.state_excess.items()}
                 logger.info("--state-gate %s: per type, the best k and its silhouette excess over one Gaussian: %s",
-                            self.config.state_gate, {self.meta["categories"][t]: v
-                                                     for t, v in self.data.state_excess.items() if v is not None})
+                            self.config.state_gate, self.meta["state_excess"])
         self.meta["lib_params"] = self.data.lib_params.cpu()
         if self.config.conditional_library:
             self.meta.update(_conditional_library(self.data, len(self.meta["categories"])))
@@ -1220,8 +1219,8 @@ def _assign_states(data: TrainData, k_max: int, min_cells: int, seed: int, gate:
                 if best is None or ex > best[0]:
                     best = (ex, k, lab_t, sizes)
             k -= 1
-        if gate > 0:
-            data.state_excess[t] = None if best is None else (int(best[1]), round(float(best[0]), 4))
+        if gate > 0 and best is not None:  # types the size rule lets split: their best k and its excess
+            data.state_excess[t] = (int(best[1]), round(float(best[0]), 4))
         if best is not None and best[0] >= gate:
             _, k, lab_t, sizes = best
             rank = np.empty(k, dtype=np.int64)

@@ -87,7 +87,7 @@ class TrainData:
     k_states: int = 1
     labels: torch.Tensor | None = None  # long, train cells: the networks' label (set by prepare_codes)
     state_counts: torch.Tensor | None = None  # long, (n_types * k_states) x n_conds: fit cells per state
-    # --state-gate: per type index, (the best k the size rule allowed, its silhouette excess) or None
+    # --state-gate: per type index that the size rule lets split, (its best k, that k's silhouette excess)
     state_excess: dict | None = None
     names: np.ndarray | None = None  # train cell names (the seed names of the saved model)
 
