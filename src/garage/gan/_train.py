@@ -20,7 +20,6 @@ CPU both are the same generator.  Their states travel in the checkpoint, so
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
