@@ -866,3 +866,45 @@ def test_latent_interp_probe_moves_each_anchor_towards_a_neighbour_of_its_own_ty
     # a type left out of the pool (too few fit cells): its anchors stay where they are
     solo = interpolate(codes, anchors, {0: pool[0]}, k, np.random.default_rng(1))
     assert np.array_equal(solo[200:], codes[anchors[200:]])
+
+
+def test_library_probe_samplers_keep_the_model_mean_and_change_only_the_residual():
+    """bench.library_probe.make_sampler: ``model`` is the shipped sampler; ``shape`` keeps each group's
+    mean, code shift and scale and takes the residual's shape from the group's train sizes (a
+    skewed group stays skewed); ``marginal`` draws the group's own sizes; a group under min_cells
+    keeps the Gaussian."""
+    import torch
+    from scipy.stats import skew
+
+    from bench.library_probe import make_sampler
+    from garage.gan._train import sample_library_conditional
+
+    rng = np.random.default_rng(0)
+    skewed = np.log(rng.gamma(1.5, 2.0, 4000)) + 6.0  # log of a gamma: left-skewed
+    tiny = rng.normal(5.0, 0.3, 10)
+    pools = [skewed, tiny]
+    params = torch.tensor([[skewed.mean(), skewed.std()], [5.0, 0.3]], dtype=torch.float64)
+    n = 20000
+    groups = torch.tensor([0] * n + [1] * n)
+    codes = torch.zeros(2 * n, 2, dtype=torch.float64)
+    codes[:, 0] = torch.linspace(-1, 1, 2 * n, dtype=torch.float64)
+    coef = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    code_mean = torch.zeros(2, 2, dtype=torch.float64)
+
+    def draw(arm):
+        f = make_sampler(arm, pools, min_cells=30)
+        return f(params, groups, codes, coef, code_mean, 0.8, torch.Generator().manual_seed(1)).log().numpy()
+
+    assert make_sampler("model", pools, 30) is sample_library_conditional
+    gauss, shape, marg = draw("model"), draw("shape"), draw("marginal")
+    shift = (codes[:, 0] * 0.5).numpy()
+    g0 = slice(0, n)
+    # shape: the same mean and spread as the model's (code shift included), the pool's skew
+    assert abs(shape[g0].mean() - gauss[g0].mean()) < 0.02
+    assert abs((shape[g0] - shift[g0]).std() - (gauss[g0] - shift[g0]).std()) < 0.03
+    assert skew(shape[g0] - shift[g0]) < -0.8
+    assert abs(skew(gauss[g0] - shift[g0])) < 0.1
+    # marginal: values of the group's own pool, the code ignored
+    assert np.isin(np.round(marg[g0], 6), np.round(skewed, 6)).all()
+    # a group under min_cells: shape keeps the model's Gaussian draw exactly
+    assert np.allclose(shape[n:], gauss[n:])
