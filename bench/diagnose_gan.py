@@ -131,6 +131,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--latent-only", action="store_true",
+                    help="stop after the latent rows and spreads (no decoding, no evaluate)")
     args = ap.parse_args(argv)
 
     real, model = train_in_process(args.seeds_from, args.seed, args.threads, json.loads(args.gan))
@@ -190,9 +192,24 @@ def main(argv=None):
             continue
         c = h.mean(0)
         spread[t] = float(np.linalg.norm(gz[gt == k] - c, axis=1).mean() / np.linalg.norm(h - c, axis=1).mean())
+    # the same for the train cells' own codes: what a generator that matched them would score
+    spread_train = {}
+    for k, t in enumerate(cats):
+        h = hz[hold_types == k]
+        if len(h) < 3 or not (ttypes == k).any():
+            continue
+        c = h.mean(0)
+        spread_train[t] = float(np.linalg.norm(tz[ttypes == k] - c, axis=1).mean()
+                                / np.linalg.norm(h - c, axis=1).mean())
     lat = pd.DataFrame(rows)
     print(lat.round(3).to_string())
     print("latent spread generated/holdout per type:", {k: round(v, 3) for k, v in spread.items()})
+    print("latent spread train/holdout per type:", {k: round(v, 3) for k, v in spread_train.items()})
+    if args.latent_only:
+        if args.out:
+            args.out.write_text(json.dumps({"latent": rows, "spread": spread, "spread_train": spread_train},
+                                           indent=1, default=float))
+        return 0
 
     # decoded train codes: the decoder/noise ceiling
     theta = net.vae.theta.detach()
@@ -260,7 +277,8 @@ def main(argv=None):
         ev["garage"]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
     print(json.dumps(ev, indent=1))
     if args.out:
-        args.out.write_text(json.dumps({"latent": rows, "spread": spread, "evaluate": ev}, indent=1, default=float))
+        args.out.write_text(json.dumps({"latent": rows, "spread": spread, "spread_train": spread_train, "evaluate": ev},
+                                       indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -1937,6 +1937,30 @@ def test_critic_pack_trains_on_packs_of_one_label(real_small, monkeypatch):
     assert syn.n_obs == 200 and np.isfinite(syn.X.sum())
 
 
+def test_diagnose_gan_latent_only_stops_before_decoding(seeds_small, tmp_path, monkeypatch):
+    """bench.diagnose_gan --latent-only: the latent rows and both spreads (generated / holdout and the
+    train cells' own / holdout) per type, and nothing decoded or evaluated."""
+    import json
+
+    from bench import diagnose_gan
+
+    def never(*a, **k):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr("garage.evaluate.evaluate_adata", never)  # main imports it when it runs
+    tiny = {k: v for k, v in TINY.items() if k != "checkpoint_every"}
+    out = tmp_path / "diag.json"
+    assert diagnose_gan.main(["--seeds-from", str(seeds_small), "--gan", json.dumps(tiny), "--threads", "1",
+                              "--latent-only", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"latent", "spread", "spread_train"}
+    whats = [r["what"] for r in doc["latent"]]
+    assert "latent: train vs holdout codes (control)" in whats and "latent: generated vs holdout codes" in whats
+    labels = set(ad.read_h5ad(seeds_small).obs[C.OBS_LABEL].astype(str))
+    assert doc["spread_train"] and set(doc["spread_train"]) <= labels and set(doc["spread"]) <= labels
+    assert all(np.isfinite(v) and v > 0 for v in doc["spread_train"].values())
+
+
 def test_critic_probe_refuses_a_packed_critic_before_training(tmp_path, monkeypatch):
     """bench.critic_probe scores single cells; with --critic-pack > 1 it stops before any training."""
     from argparse import Namespace
