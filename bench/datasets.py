@@ -196,11 +196,12 @@ DATASETS: dict[str, dict] = {
                            "commit": "ccfaf0d296be207459977edda3071da49b8f39a7",
                            "paths": ["CITE_CBMC_counts_top2000.h5"]},
             },
-            "origin": "GEO GSE100866 (CBMC 8K, RNA UMI table), 2,000-gene subset prepared for scDSSC",
+            "origin": "GEO GSE100866 (CBMC, RNA UMI table; inferred from the file's name and its "
+                      "8,617 cells, as the file names no cell), 2,000-gene subset prepared for scDSSC",
         },
         "citation": "Stoeckius M et al. (2017) Simultaneous epitope and transcriptome measurement in "
-                    "single cells. Nat Methods 14:865-868. GEO GSE100866. Prepared subset: Wang H "
-                    "et al. (2022) scDSSC, deep sparse subspace clustering (WHY-17/scDSSC).",
+                    "single cells. Nat Methods 14:865-868. GEO GSE100866. Prepared subset: the "
+                    "scDSSC repository (WHY-17/scDSSC, deep sparse subspace clustering).",
         "label_key": "cell_type", "condition_keys": [],
         "expected": (8617, 2000),
         "filtering": [
@@ -215,7 +216,7 @@ DATASETS: dict[str, dict] = {
             "original study's design); which number is which is not recorded here.",
             "The source's 10 antibody (ADT) columns carry no names and are not kept.",
         ],
-        "sha256": "a22e42cc2b209146c3784fccca2d9df2eb06146aace6bd697baf361c92c7dca4",
+        "sha256": "3dfd69dade3daa1d9cd4e60b6941314bd06089a74ea874bff69bea9bb76f63c6",
     },
     "mouse_bladder": {
         "description": "Mouse bladder cells from the Mouse Cell Atlas (Han et al. 2018), Microwell-"
