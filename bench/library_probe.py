@@ -7,14 +7,16 @@ residual cannot follow.  This probe regenerates a finished run's cells from its 
 only the library sampler changed, and scores each arm with ``garage evaluate`` against the run's
 own holdout:
 
-- ``model``: the sampler as shipped (a fresh draw of the run's own output).
+- ``model``: the sampler as shipped (with the run's training seed as ``--seed``, the run's own
+  output again).
 - ``shape``: the same mean and code shift, with the Gaussian residual replaced by a draw from the
   group's train cells' standardised log sizes (``(log size - group mean) / group sd``): the
   empirical shape of the group's sizes, centred and scaled as the model's.  Groups under
-  ``--min-cells`` keep the Gaussian.
+  ``--min-cells`` keep the Gaussian.  (It standardises the sizes, not the residuals after the
+  code's shift: where the code explains part of the size, the real skew reaches the draw diluted.)
 - ``marginal``: the group's train cells' own log sizes, drawn at random, ignoring the code.
 
-The train sizes are read from the split file (``obs['garage_library_size']`` of its train cells).
+The train sizes are read from the split file: each train cell's HVG count sum, as the model fits them.
 Nothing is trained; the model file is read only.
 
 Run:  python -m bench.library_probe --run bench/_work/fidelity/cbmc/val/garage_s0 \\
@@ -35,35 +37,41 @@ import numpy as np
 ARMS = ("model", "shape", "marginal")
 
 
-def group_logsizes(real_path: Path, categories: list[str], conditions: list[str], label_key: str,
-                   condition_key: str | None) -> list[np.ndarray]:
-    """Per type x condition group (the model's order), its train cells' log library sizes."""
+def group_logsizes(real_path: Path, categories: list[str], conditions: list[str]) -> list[np.ndarray]:
+    """Per type x condition group (the model's order), its train cells' log library sizes, as the
+    model measures them: the sum of the HVG counts (``layers['counts']``) in the stages' own label
+    and condition columns."""
     import anndata as ad
     from garage import constants as C
 
-    a = ad.read_h5ad(real_path, backed="r")
+    a = ad.read_h5ad(real_path)
     obs = a.obs
     train = (obs[C.OBS_SPLIT].astype(str) == C.SPLIT_TRAIN).to_numpy()
-    lab = obs[label_key].astype(str).to_numpy()
-    cond = (obs[condition_key].astype(str).to_numpy() if condition_key else
-            np.full(len(obs), conditions[0] if conditions else "", dtype=object))
-    logs = np.log(np.maximum(obs[C.OBS_LIBSIZE].to_numpy(dtype=float), 1.0))
+    lab = obs[C.OBS_LABEL].astype(str).to_numpy()
+    has_cond = C.OBS_CONDITION in obs and len(conditions) > 1
+    cond = obs[C.OBS_CONDITION].astype(str).to_numpy() if has_cond else None
+    logs = np.log(np.maximum(np.asarray(a.layers[C.LAYER_COUNTS].sum(1)).ravel().astype(float), 1.0))
     out = []
     for t in categories:
-        for c in (conditions or [""]):
-            m = train & (lab == t) & ((cond == c) if condition_key else True)
+        for c in (conditions if has_cond else [None]):
+            m = train & (lab == t) & ((cond == c) if has_cond else True)
             out.append(logs[m])
     return out
 
 
-def make_sampler(arm: str, pools: list[np.ndarray], min_cells: int):
-    """A replacement for ``sample_library_conditional`` (same signature) drawing as *arm* does."""
+def make_sampler(arm: str, pools: list[np.ndarray], min_cells: int, seed: int = 0):
+    """A replacement for ``sample_library_conditional`` (same signature) drawing as *arm* does.
+
+    The arms draw their picks from a generator of their own (seeded by *seed*) and use generation's
+    generator exactly as the shipped sampler does, so every other draw of generation (codes,
+    counts) is the same as in the ``model`` arm and a difference between arms is the sampler's."""
     import torch
 
     from garage.gan._train import sample_library_conditional
 
     if arm == "model":
         return sample_library_conditional
+    own = np.random.default_rng(seed)
     std = [((p - p.mean()) / p.std()) if len(p) >= max(2, min_cells) and p.std() > 0 else None
            for p in pools]
 
@@ -71,10 +79,9 @@ def make_sampler(arm: str, pools: list[np.ndarray], min_cells: int):
         p = lib_params[groups]
         shift = (codes[:, : coef.shape[0]] - code_mean[groups]) @ coef
         z = torch.randn(groups.shape[0], generator=gen, device=p.device, dtype=p.dtype)
-        u = torch.rand(groups.shape[0], generator=gen, device=p.device, dtype=torch.float64)
         g_np = groups.cpu().numpy()
         out = (p[:, 0] + shift + resid_scale * p[:, 1] * z).cpu().numpy().astype(np.float64)
-        u_np = u.cpu().numpy()
+        u_np = own.random(groups.shape[0])
         for g in np.unique(g_np):
             rows = np.flatnonzero(g_np == g)
             pick = np.minimum((u_np[rows] * max(1, len(pools[g]))).astype(int), max(0, len(pools[g]) - 1))
@@ -117,13 +124,15 @@ def main(argv=None) -> int:
 
     model = next(a.run.glob("*.generator.pt"))
     meta = torch.load(model, map_location="cpu", weights_only=False)
+    if "lib_coef" not in meta:  # the patched sampler would never be called: every arm the same
+        raise SystemExit(f"{model}: not a model with the conditional library (--library conditional)")
     cats, conds = list(meta["categories"]), list(meta.get("conditions") or [])
-    pools = group_logsizes(a.real, cats, conds, meta["label_key"], meta.get("condition_key"))
+    pools = group_logsizes(a.real, cats, conds)
     result = {"run": str(a.run), "real": str(a.real), "seed": a.seed, "min_cells": a.min_cells, "arms": {}}
     original = gm.sample_library_conditional
     with tempfile.TemporaryDirectory() as tmp:
         for arm in a.arms.split(","):
-            gm.sample_library_conditional = make_sampler(arm, pools, a.min_cells)
+            gm.sample_library_conditional = make_sampler(arm, pools, a.min_cells, seed=1000 + a.seed)
             try:
                 r = CliRunner().invoke(cli, ["-q", "generate", "--model", str(model), "--prefix", arm,
                                              "--outdir", tmp, "--seed", str(a.seed), "--device", "cpu"],

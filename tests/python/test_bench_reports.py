@@ -872,7 +872,7 @@ def test_library_probe_samplers_keep_the_model_mean_and_change_only_the_residual
     """bench.library_probe.make_sampler: ``model`` is the shipped sampler; ``shape`` keeps each group's
     mean, code shift and scale and takes the residual's shape from the group's train sizes (a
     skewed group stays skewed); ``marginal`` draws the group's own sizes; a group under min_cells
-    keeps the Gaussian."""
+    keeps the Gaussian; generation's own random stream is left as the shipped sampler leaves it."""
     import torch
     from scipy.stats import skew
 
@@ -908,3 +908,35 @@ def test_library_probe_samplers_keep_the_model_mean_and_change_only_the_residual
     assert np.isin(np.round(marg[g0], 6), np.round(skewed, 6)).all()
     # a group under min_cells: shape keeps the model's Gaussian draw exactly
     assert np.allclose(shape[n:], gauss[n:])
+    # generation's own stream is used exactly as the shipped sampler uses it: what generation
+    # draws next (codes, counts) is the same in every arm
+    after = []
+    for arm in ("model", "shape", "marginal"):
+        gen = torch.Generator().manual_seed(3)
+        make_sampler(arm, pools, min_cells=30)(params, groups, codes, coef, code_mean, 0.8, gen)
+        after.append(torch.rand(5, generator=gen))
+    assert torch.equal(after[0], after[1]) and torch.equal(after[0], after[2])
+
+
+def test_library_probe_pools_follow_the_models_group_order(tmp_path):
+    """bench.library_probe.group_logsizes: per type x condition in the model's order, the log HVG
+    count sums of the train cells only, read from the stages' own label and condition columns."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from bench.library_probe import group_logsizes
+    from garage import constants as C
+
+    counts = np.array([[1, 1], [2, 2], [3, 3], [4, 4], [5, 5], [6, 6]], dtype=np.float32)
+    obs = pd.DataFrame({C.OBS_LABEL: ["B", "A", "A", "B", "A", "B"],
+                        C.OBS_CONDITION: ["x", "x", "y", "y", "x", "x"],
+                        C.OBS_SPLIT: ["train", "train", "train", "train", "holdout", "train"],
+                        "cell_type": [" B ", "A", "A", "B", "A", "B"]}, index=[f"c{i}" for i in range(6)])
+    a = ad.AnnData(X=sp.csr_matrix(counts), obs=obs)
+    a.layers[C.LAYER_COUNTS] = sp.csr_matrix(counts * 10)
+    a.write_h5ad(tmp_path / "r.h5ad")
+    pools = group_logsizes(tmp_path / "r.h5ad", ["A", "B"], ["x", "y"])
+    want = [[40.0], [60.0], [20.0, 120.0], [80.0]]  # A|x, A|y, B|x, B|y; the holdout cell left out
+    assert [sorted(np.exp(p).round(3).tolist()) for p in pools] == want
+    one = group_logsizes(tmp_path / "r.h5ad", ["A", "B"], [])  # a model without a condition: per type
+    assert [sorted(np.exp(p).round(3).tolist()) for p in one] == [[40.0, 60.0], [20.0, 80.0, 120.0]]
