@@ -187,7 +187,7 @@ DATASETS: dict[str, dict] = {
     "cbmc": {
         "description": "Cord blood mononuclear cells profiled by CITE-seq (Stoeckius et al. 2017), "
                        "the RNA counts of 2,000 genes as distributed with scDSSC, 15 clusters.",
-        "organism": "human (with spiked-in mouse cells)", "tissue": "cord blood (CBMC)",
+        "organism": "human (the study spiked in mouse cells)", "tissue": "cord blood (CBMC)",
         "technology": "CITE-seq on 10x Chromium (UMI)",
         "source": {
             "kind": "github",
@@ -212,8 +212,8 @@ DATASETS: dict[str, dict] = {
             "detected genes over these 2,000 genes.",
             "The source has numeric labels (1-15) and no gene or cell names: labels become "
             "type_01 .. type_15, var names gene_00000 .. gene_01999, cells cbmc_0000 ... "
-            "The experiment spiked in mouse cells and its clustering found doublet groups (the "
-            "original study's design); which number is which is not recorded here.",
+            "The study spiked mouse cells into the sample and its clustering named doublet groups, "
+            "so some clusters are presumably those; which number is which is not recorded here.",
             "The source's 10 antibody (ADT) columns carry no names and are not kept.",
         ],
         "sha256": "3dfd69dade3daa1d9cd4e60b6941314bd06089a74ea874bff69bea9bb76f63c6",

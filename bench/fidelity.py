@@ -71,7 +71,9 @@ import numpy as np
 from ._common import REPO, RESULTS, WORK, machine, measure, t_halfwidth
 
 #: tuned on (validation splits): datasets of different tissues / technologies / designs; cbmc (8,617
-#: cells, four times the others) joined in round 27 for the question of scale
+#: cells, four times the others) joined in round 27 for the question of scale; a plain
+#: ``python -m bench.fidelity`` runs these, cbmc included (GARAGE took about 280 s and scVI about
+#: 530 s a seed on its validation split here, two runs sharing two cores)
 DEV_DATASETS = ("pbmc3k", "sc_mixology", "kang_ifnb", "baron_mouse", "cbmc")
 #: never tuned on, not even their validation splits: judged on their test splits only
 HELDOUT_DATASETS = ("pbmc68k_reduced", "worm_neuron", "mouse_bladder")
