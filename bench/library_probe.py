@@ -21,6 +21,7 @@ Nothing is trained; the model file is read only.
 
 Run:  python -m bench.library_probe --run bench/_work/fidelity/cbmc/val/garage_s0 \\
           --real bench/_work/fidelity/cbmc/cbmc.val.preprocessed.h5ad --out probe.json
+      python -m bench.library_probe --summarize probe*.json     # shape - model over the files
 """
 
 from __future__ import annotations
@@ -107,7 +108,34 @@ def _c2st(evaldir: Path, types: list[str]) -> dict:
     return res
 
 
+def summarize(paths: list[Path], arm: str = "shape") -> tuple[list[str], np.ndarray]:
+    """One line per probe file (its run, the model arm's and *arm*'s C2ST gap, the difference) and
+    the differences, for the files that scored both arms."""
+    lines, diffs = [], []
+    for p in sorted(paths):
+        d = json.loads(Path(p).read_text())
+        arms = d["arms"]
+        if "model" not in arms or arm not in arms:
+            continue
+        m, v = arms["model"]["c2st_gap"], arms[arm]["c2st_gap"]
+        diffs.append(v - m)
+        lines.append(f"{d['run']}: model {m:+.4f}, {arm} {v:+.4f}, difference {v - m:+.4f}")
+    return lines, np.asarray(diffs)
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--summarize":  # python -m bench.library_probe --summarize FILE.json ...
+        from ._common import t_halfwidth
+
+        lines, d = summarize([Path(p) for p in argv[1:]])
+        if not len(d):
+            raise SystemExit("bench.library_probe --summarize: no file scored both the model and shape arms")
+        print("\n".join(lines))
+        print(f"shape - model, C2ST gap: {len(d)} runs, mean {d.mean():+.4f} [95 % t {d.mean() - t_halfwidth(d):+.4f}, "
+              f"{d.mean() + t_halfwidth(d):+.4f}], lower in {int((d < 0).sum())} of {len(d)}")
+        return 0
     ap = argparse.ArgumentParser(prog="python -m bench.library_probe", description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="a bench.fidelity GARAGE run folder")
     ap.add_argument("--real", type=Path, required=True, help="the split's preprocessed file")

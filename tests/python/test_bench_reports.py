@@ -940,3 +940,21 @@ def test_library_probe_pools_follow_the_models_group_order(tmp_path):
     assert [sorted(np.exp(p).round(3).tolist()) for p in pools] == want
     one = group_logsizes(tmp_path / "r.h5ad", ["A", "B"], [])  # a model without a condition: per type
     assert [sorted(np.exp(p).round(3).tolist()) for p in one] == [[40.0, 60.0], [20.0, 80.0, 120.0]]
+
+
+def test_library_probe_summary_pairs_the_arms_of_each_file(tmp_path, capsys):
+    """bench.library_probe --summarize: shape minus model per file, files without both arms skipped,
+    and the mean with its t interval; no usable file is an error."""
+    from bench import library_probe
+
+    for i, (m, v) in enumerate([(0.06, 0.05), (0.07, 0.08), (0.05, 0.03)]):
+        (tmp_path / f"p{i}.json").write_text(json.dumps({"run": f"r{i}", "arms": {
+            "model": {"c2st_gap": m}, "shape": {"c2st_gap": v}}}))
+    (tmp_path / "only_model.json").write_text(json.dumps({"run": "x", "arms": {"model": {"c2st_gap": 0.1}}}))
+    lines, d = library_probe.summarize(sorted(tmp_path.glob("*.json")))
+    assert np.allclose(d, [-0.01, 0.01, -0.02]) and len(lines) == 3
+    assert library_probe.main(["--summarize", *map(str, sorted(tmp_path.glob("*.json")))]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs, mean -0.0067" in out and "lower in 2 of 3" in out
+    with pytest.raises(SystemExit, match="no file scored both"):
+        library_probe.main(["--summarize", str(tmp_path / "only_model.json")])
