@@ -1959,6 +1959,7 @@ def test_diagnose_gan_latent_only_stops_before_decoding(seeds_small, tmp_path, m
     labels = set(ad.read_h5ad(seeds_small).obs[C.OBS_LABEL].astype(str))
     assert doc["spread_train"] and set(doc["spread_train"]) <= labels and set(doc["spread"]) <= labels
     assert all(np.isfinite(v) and v > 0 for v in doc["spread_train"].values())
+    assert doc["spread_train"] != doc["spread"]  # the train cells' own codes, not the generated ones
 
 
 def test_critic_probe_refuses_a_packed_critic_before_training(tmp_path, monkeypatch):
