@@ -16,7 +16,8 @@ own holdout:
   code's shift: where the code explains part of the size, the real skew reaches the draw diluted.)
 - ``marginal``: the group's train cells' own log sizes, drawn at random, ignoring the code.
 
-The train sizes are read from the split file: each train cell's HVG count sum, as the model fits them.
+The train sizes are read from the split file: each train cell's HVG count sum (the model's own
+measure; it fits its parameters on the train cells less its small validation share).
 Nothing is trained; the model file is read only.
 
 Run:  python -m bench.library_probe --run bench/_work/fidelity/cbmc/val/garage_s0 \\
@@ -64,8 +65,10 @@ def make_sampler(arm: str, pools: list[np.ndarray], min_cells: int, seed: int = 
     """A replacement for ``sample_library_conditional`` (same signature) drawing as *arm* does.
 
     The arms draw their picks from a generator of their own (seeded by *seed*) and use generation's
-    generator exactly as the shipped sampler does, so every other draw of generation (codes,
-    counts) is the same as in the ``model`` arm and a difference between arms is the sampler's."""
+    generator exactly as the shipped sampler does.  What generation draws after the sizes is not
+    all shared: the count draws consume that generator by amounts that depend on the sizes, so
+    count noise differs between arms, and so do the codes of cells after the first chunk
+    (``GEN_CHUNK``, 4,096 cells) and of redrawn rows."""
     import torch
 
     from garage.gan._train import sample_library_conditional
@@ -144,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="generation seed")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    bad = [x for x in a.arms.split(",") if x not in ARMS]
+    if bad:  # an unknown arm would draw as the model does, silently
+        ap.error(f"--arms: unknown {', '.join(bad)} (known: {', '.join(ARMS)})")
     import torch
     from click.testing import CliRunner
 

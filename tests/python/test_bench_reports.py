@@ -955,6 +955,9 @@ def test_library_probe_summary_pairs_the_arms_of_each_file(tmp_path, capsys):
     assert np.allclose(d, [-0.01, 0.01, -0.02]) and len(lines) == 3
     assert library_probe.main(["--summarize", *map(str, sorted(tmp_path.glob("*.json")))]) == 0
     out = capsys.readouterr().out
-    assert "3 runs, mean -0.0067" in out and "lower in 2 of 3" in out
+    assert "3 runs, mean -0.0067 [95 % t -0.0446, +0.0313]" in out and "lower in 2 of 3" in out
+    with pytest.raises(SystemExit):  # an unknown arm is refused, not drawn as the model draws
+        library_probe.main(["--run", str(tmp_path), "--real", str(tmp_path), "--arms", "model,shap",
+                            "--out", str(tmp_path / "o.json")])
     with pytest.raises(SystemExit, match="no file scored both"):
         library_probe.main(["--summarize", str(tmp_path / "only_model.json")])
