@@ -184,23 +184,20 @@ def main(argv=None):
     if cfg.joint_library:
         add("latent without library dim: generated vs holdout", gz[:, :nl], hz[:, :nl], gt, hold_types)
         add("latent without library dim: train vs holdout", tz[:, :nl], hz[:, :nl], ttypes, hold_types)
-    # spread: mean distance to the type centroid, generated / holdout
-    spread = {}
-    for k, t in enumerate(cats):
-        h = hz[hold_types == k]
-        if len(h) < 3:
-            continue
-        c = h.mean(0)
-        spread[t] = float(np.linalg.norm(gz[gt == k] - c, axis=1).mean() / np.linalg.norm(h - c, axis=1).mean())
-    # the same for the train cells' own codes: what a generator that matched them would score
-    spread_train = {}
-    for k, t in enumerate(cats):
-        h = hz[hold_types == k]
-        if len(h) < 3 or not (ttypes == k).any():
-            continue
-        c = h.mean(0)
-        spread_train[t] = float(np.linalg.norm(tz[ttypes == k] - c, axis=1).mean()
-                                / np.linalg.norm(h - c, axis=1).mean())
+    # spread: mean distance to the holdout's type centroid, codes / holdout (the generated codes',
+    # and the train cells' own: what a generator that matched them would score)
+    def centroid_spread(z, z_types):
+        out = {}
+        for k, t in enumerate(cats):
+            h = hz[hold_types == k]
+            if len(h) < 3 or not (z_types == k).any():
+                continue
+            c = h.mean(0)
+            out[t] = float(np.linalg.norm(z[z_types == k] - c, axis=1).mean() / np.linalg.norm(h - c, axis=1).mean())
+        return out
+
+    spread = centroid_spread(gz, gt)
+    spread_train = centroid_spread(tz, ttypes)
     lat = pd.DataFrame(rows)
     print(lat.round(3).to_string())
     print("latent spread generated/holdout per type:", {k: round(v, 3) for k, v in spread.items()})

@@ -85,6 +85,7 @@ def make_sampler(arm: str, pools: list[np.ndarray], min_cells: int, seed: int = 
         z = torch.randn(groups.shape[0], generator=gen, device=p.device, dtype=p.dtype)
         g_np = groups.cpu().numpy()
         out = (p[:, 0] + shift + resid_scale * p[:, 1] * z).cpu().numpy().astype(np.float64)
+        mean, sd = (p[:, 0] + shift).cpu().numpy(), p[:, 1].cpu().numpy()
         u_np = own.random(groups.shape[0])
         for g in np.unique(g_np):
             rows = np.flatnonzero(g_np == g)
@@ -92,8 +93,7 @@ def make_sampler(arm: str, pools: list[np.ndarray], min_cells: int, seed: int = 
             if arm == "marginal" and len(pools[g]):
                 out[rows] = pools[g][pick]
             elif arm == "shape" and std[g] is not None:
-                mean_g = p[rows, 0].cpu().numpy() + shift[rows].cpu().numpy()
-                out[rows] = mean_g + resid_scale * p[rows, 1].cpu().numpy() * std[g][pick]
+                out[rows] = mean[rows] + resid_scale * sd[rows] * std[g][pick]
         return torch.from_numpy(np.exp(out)).to(device=p.device, dtype=p.dtype).clamp_min(1.0)
 
     return sampler
@@ -103,7 +103,7 @@ def _c2st(evaldir: Path, types: list[str]) -> dict:
     import pandas as pd
 
     m = json.loads((evaldir / "eval.garage_metrics.json").read_text())
-    c = m["metrics"]["c2st_auc"] if "metrics" in m else m["c2st_auc"]
+    c = m["metrics"]["c2st_auc"]
     res = {"c2st_auc": c["value"], "control": c["control"], "c2st_gap": c["value"] - c["control"]}
     pt = pd.read_csv(evaldir / "eval.per_type.tsv", sep="\t").set_index("cell_type")
     res["per_type_c2st"] = {t: float(pt.loc[t, "c2st"]) for t in types if t in pt.index}
