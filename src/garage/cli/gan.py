@@ -85,9 +85,11 @@ def composition_options(f):
 @click.option("--posterior-noise", type=click.FloatRange(0, 4), default=0.0, show_default=True,
               help="Latent space, privacy: the critic's real codes are drawn around each cell's posterior mean "
                    "with this multiple of its posterior sd, capped at the codes' sd per dimension (0: the means).")
-@click.option("--library", type=click.Choice(["conditional", "lognormal", "joint"]), default="conditional", show_default=True,
+@click.option("--library", type=click.Choice(["conditional", "lognormal", "joint", "depth"]), default="conditional",
+              show_default=True,
               help="Library sizes: a per-type log-normal, the same with its mean following the generated code "
-                   "(conditional), or generated with each cell's code (joint).")
+                   "(conditional), generated with each cell's code (joint), or drawn first from the group's "
+                   "quantiles with the generator conditioned on it (depth, experimental).")
 @click.option("--refit-dispersion/--no-refit-dispersion", default=True, show_default=True,
               help="Latent space: refit the NB dispersion at the cells' posterior means after the VAE phase.")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,

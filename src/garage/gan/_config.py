@@ -17,7 +17,7 @@ Mode = Literal["garage", "original"]
 Space = Literal["latent", "gene"]
 Composition = Literal["original", "balanced", "uniform-rare-boost"]
 CountDist = Literal["auto", "nb", "poisson", "multinomial"]
-Library = Literal["joint", "lognormal", "conditional"]
+Library = Literal["joint", "lognormal", "conditional", "depth"]
 Calibrate = Literal["none", "mean", "diag"]
 CriticPath = Literal["auto", "on", "off"]
 CRITIC_PATHS = ("auto", "on", "off")
@@ -31,7 +31,7 @@ PRE_LOSS_VALUES = {"gan_loss": "wgan-gp", "r1_weight": 1.0, "lr_decay": False, "
 
 COMPOSITIONS = ("original", "balanced", "uniform-rare-boost")
 COUNT_DISTS = ("auto", "nb", "poisson", "multinomial")
-LIBRARIES = ("joint", "lognormal", "conditional")
+LIBRARIES = ("joint", "lognormal", "conditional", "depth")
 #: separates a type from its condition in group names ("B|STIM") and --cells-per-group
 GROUP_SEP = "|"
 
@@ -232,8 +232,12 @@ class GANConfig:
         0.601 -> 0.603), ``lognormal`` (the same log-normal without the code:
         shrunk towards the type's for small groups) or ``joint`` (the latent GAN
         generates each cell's log library size with its code; on PBMC 3k's
-        validation split it measured worse, C2ST 0.612 vs 0.587).  None
-        reproduces the library size of an individual training cell.
+        validation split it measured worse, C2ST 0.612 vs 0.587) or ``depth``
+        (experimental: each cell's log size is drawn first, from a quantile table
+        of its type x condition group's fit cells, and the generator and the
+        critic are conditioned on it, so the codes follow the depth where the
+        code carries it; round 28 of the notes).  None reproduces the library
+        size of an individual training cell.
     refit_dispersion
         Latent space: after the autoencoder phase, refit the NB dispersion with
         the decoder fixed at the cells' posterior means (the way generation
@@ -475,6 +479,11 @@ class GANConfig:
     @property
     def conditional_library(self) -> bool:
         return self.latent_garage and self.library == "conditional"
+
+    @property
+    def depth_library(self) -> bool:
+        """The depth is drawn first and conditions the generator and the critic (``--library depth``)."""
+        return self.latent_garage and self.library == "depth"
 
     def schedule(self, n_train: int) -> dict[str, int]:
         """Optimiser steps per phase for *n_train* cells (explicit options win).

@@ -55,8 +55,8 @@ from ._module import (
     OriginalGenerator,
 )
 from ._nn import sample_counts
-from ._train import (TrainData, Trainer, draw_labels, pick_seeds, sample_library, sample_library_conditional,
-                     state_probs)
+from ._train import (TrainData, Trainer, depth_quantiles, depth_standardiser, draw_labels, pick_seeds,
+                     sample_depth, sample_library, sample_library_conditional, state_probs)
 
 logger = logging.getLogger(__name__)
 
@@ -283,12 +283,16 @@ class GANNet(nn.Module):
             self.critic = OriginalDiscriminator(n_genes, cfg.hidden)
         elif space == "latent":
             self.vae = CountVAE(n_genes, cfg.n_latent, cfg.hidden, n_conds=n_conds, decoder_dropout=cfg.decoder_dropout)
+            # --library depth: the generator takes each cell's standardised log size, and the critic
+            # judges (code, that size) pairs
+            extra = 1 if cfg.depth_library else 0
             self.generator = ConditionalGenerator(
                 cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, self.code_dim,
-                residual=cfg.seed_residual, n_conds=n_conds,
+                residual=cfg.seed_residual, n_conds=n_conds, extra_dim=extra,
             )
-            self.critic = ConditionalCritic(self.code_dim, n_types, cfg.type_emb_dim, cfg.hidden, n_conds=n_conds,
-                                            path_input=cfg.critic_path_on, pack=cfg.effective_critic_pack)
+            self.critic = ConditionalCritic(self.code_dim + extra, n_types, cfg.type_emb_dim, cfg.hidden,
+                                            n_conds=n_conds, path_input=cfg.critic_path_on,
+                                            pack=cfg.effective_critic_pack)
         else:
             self.generator = ConditionalGenerator(
                 cfg.noise_dim, n_types, cfg.type_emb_dim, seed_dim, cfg.hidden, n_genes, n_conds=n_conds
@@ -364,12 +368,13 @@ class GANNet(nn.Module):
         return self.vae.proportions(z[:, :n], conds if self.vae.n_conds > 1 else None), loglib
 
     @torch.no_grad()
-    def generated(self, types, conds, noise, seed_code, seed_mask) -> torch.Tensor:
-        """The generator's output in eval mode (standardised codes in latent space)."""
+    def generated(self, types, conds, noise, seed_code, seed_mask, extra=None) -> torch.Tensor:
+        """The generator's output in eval mode (standardised codes in latent space); *extra*: the
+        cells' standardised log sizes for ``--library depth``."""
         if self.cfg.mode == "original":
             return self.generator(noise, seed_code)
         g = self.generator_ema if self.generator_ema is not None else self.generator
-        return g(noise, types, conds, seed_code, seed_mask)
+        return g(noise, types, conds, seed_code, seed_mask, extra)
 
 
 # --------------------------------------------------------------------------- model
@@ -592,6 +597,8 @@ class GarageGAN:
                 logger.info("--state-gate %s: per type, the best k and its silhouette excess over one Gaussian: %s",
                             self.config.state_gate, self.meta["state_excess"])
         self.meta["lib_params"] = self.data.lib_params.cpu()
+        if self.config.depth_library:
+            self.meta.update(_depth_library(self.data))
         if self.config.conditional_library:
             self.meta.update(_conditional_library(self.data, len(self.meta["categories"])))
             logger.info("conditional library model: the code explains %.0f %% of the log library size's "
@@ -677,6 +684,13 @@ class GarageGAN:
             lib_coef = meta["lib_coef"].float().to(device)
             lib_code_mean = meta["lib_code_mean"].float().to(device)
             lib_scale = float(meta["lib_resid_scale"])
+        depth_lib = cfg.depth_library
+        if depth_lib:
+            if "depth_q" not in meta:
+                raise GarageError("this model was trained with --library depth but has no depth table",
+                                  "retrain it with `garage gan`")
+            depth_q = meta["depth_q"].float().to(device)
+            depth_mean, depth_sd = float(meta["depth_mean"]), float(meta["depth_sd"])
         k_states = int(meta.get("k_states", 1))
         probs = (state_probs(meta["state_counts"], k_states, n_conds).to(device) if k_states > 1 else None)
         calib = None
@@ -697,12 +711,18 @@ class GarageGAN:
             pos = seed_start[gs] + (torch.rand(t.shape[0], generator=dgen, device=device) * cnt.clamp_min(1)).long()
             pos = torch.where(mask, pos, torch.zeros_like(pos))
             code = codes[pos] if codes is not None else None
-            gen = self.net.generated(lab, c, noise, code, mask)
+            extra = None
+            if depth_lib:  # the cell's log size first, from its group's quantiles; the code follows it
+                logd = sample_depth(depth_q, g, dgen)
+                extra = ((logd - depth_mean) / depth_sd).unsqueeze(1)
+            gen = self.net.generated(lab, c, noise, code, mask, extra)
             if calib is not None:  # per type; row 1: a seeded model's cells, row 0: unseeded generation
                 k = 1 if seeded_model else 0
                 gen = gen * calib[0][k][t] + calib[1][k][t]
             prop, loglib = self.net.decode(gen, c)
-            if cond_lib:
+            if depth_lib:
+                lib = logd.exp().clamp_min(1.0)
+            elif cond_lib:
                 lib = sample_library_conditional(lib_params, g, gen, lib_coef, lib_code_mean, lib_scale, dgen)
             elif loglib is None:
                 lib = sample_library(lib_params, g, dgen)
@@ -750,7 +770,8 @@ class GarageGAN:
             "mode": cfg.mode,
             "space": cfg.effective_space,
             "count_dist": dist,
-            "library": "conditional" if cond_lib else ("joint" if cfg.joint_library else "lognormal"),
+            "library": ("depth" if depth_lib else "conditional" if cond_lib
+                        else ("joint" if cfg.joint_library else "lognormal")),
             "n_per_type": count_table(n_per_type, "cell_type"),
             "n_per_group": (count_table({f"{cats[i]}{GROUP_SEP}{conds_names[j]}": int(n_per[i, j])
                                           for i in range(len(cats)) for j in range(n_conds) if n_per[i, j] > 0},
@@ -1157,11 +1178,38 @@ def shareable_library(meta: dict) -> dict:
     out = {}
     if "lib_params" in meta:
         out["lib_params"] = _shareable_lib_params(meta)
+    if "depth_q" in meta:  # small groups: the pooled log-normal's quantiles, as their sizes are pooled
+        out["depth_q"] = _shareable_depth_table(meta)
     if "lib_code_mean" in meta:  # small groups: the pooled mean code (0: codes are standardised)
         out["lib_code_mean"] = _shareable_code_mean(meta)
     if "calib_a" in meta:  # small types: no calibration (their moments would be a few cells')
         out.update(_shareable_calibration(meta))
     return out
+
+
+def _depth_library(data: TrainData) -> dict:
+    """``--library depth``: the standardiser of the networks' depth input and each group's quantile
+    table of its fit cells' log sizes (log-normal quantiles for groups under LIB_SHARE_MIN_GROUP)."""
+    mean, sd = depth_standardiser(data)
+    fit = data.fit_rows
+    groups = data.group(data.types, data.conds).numpy()[fit]
+    table = depth_quantiles(data.loglib.numpy()[fit], groups, data.lib_params.cpu().numpy().astype(np.float64),
+                            LIB_SHARE_MIN_GROUP)
+    return {"depth_q": torch.from_numpy(table), "depth_mean": mean, "depth_sd": sd}
+
+
+def _shareable_depth_table(meta: dict) -> torch.Tensor:
+    """``depth_q`` with every group of fewer than LIB_SHARE_MIN_GROUP train cells set to the pooled
+    log-normal's quantiles (the sizes ``_shareable_lib_params`` gives them)."""
+    from scipy.stats import norm
+
+    table = meta["depth_q"].float().clone()
+    small = _small_groups(meta, table.shape[0])[1]
+    if bool(small.any()):
+        pooled = _shareable_lib_params(meta)[small][0]  # the same pooled (mean, sd) for every small group
+        lev = (np.arange(table.shape[1]) + 0.5) / table.shape[1]
+        table[small] = pooled[0] + pooled[1] * torch.from_numpy(norm.ppf(lev).astype(np.float32))
+    return table
 
 
 def _shareable_code_mean(meta: dict) -> torch.Tensor:

@@ -106,22 +106,30 @@ class ConditionalGenerator(nn.Module):
     """
 
     def __init__(self, noise_dim: int, n_types: int, emb_dim: int, seed_dim: int,
-                 hidden: int, out_dim: int, n_layers: int = 2, residual: bool = False, n_conds: int = 1):
+                 hidden: int, out_dim: int, n_layers: int = 2, residual: bool = False, n_conds: int = 1,
+                 extra_dim: int = 0):
         super().__init__()
         self.noise_dim = noise_dim
+        # extra_dim: inputs every cell carries besides noise and labels (``--library depth``: its
+        # standardised log library size, drawn first)
+        self.extra_dim = int(extra_dim)
         # residual: a seeded cell is its seed's code plus a learned, noise-driven offset
         self.residual = bool(residual and seed_dim == out_dim)
         self.type_emb = nn.Embedding(n_types, emb_dim)
         self.cond_emb = nn.Embedding(n_conds, emb_dim) if n_conds > 1 else None
         self.seed_proj = nn.Linear(seed_dim, emb_dim) if seed_dim > 0 else None
         in_dim = noise_dim + emb_dim * (2 if self.cond_emb is not None else 1) \
-            + (emb_dim + 1 if seed_dim > 0 else 0)
+            + (emb_dim + 1 if seed_dim > 0 else 0) + self.extra_dim
         self.net = mlp([in_dim] + [hidden] * n_layers + [out_dim])
 
-    def forward(self, noise, types, conds=None, seed_code=None, seed_mask=None):
+    def forward(self, noise, types, conds=None, seed_code=None, seed_mask=None, extra=None):
         parts = [noise, self.type_emb(types)]
         if self.cond_emb is not None:
             parts.append(self.cond_emb(conds))
+        if self.extra_dim:
+            if extra is None or extra.shape[-1] != self.extra_dim:
+                raise ValueError(f"this generator takes {self.extra_dim} extra input(s) per cell")
+            parts.append(extra.to(noise.dtype))
         if self.seed_proj is not None:
             if seed_code is None:
                 seed_code = noise.new_zeros(noise.shape[0], self.seed_proj.in_features)

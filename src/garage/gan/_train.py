@@ -120,6 +120,47 @@ def sample_library_conditional(lib_params: torch.Tensor, groups: torch.Tensor, c
     return (p[:, 0] + shift + resid_scale * p[:, 1] * z).exp().clamp_min(1.0)
 
 
+def depth_standardiser(data: TrainData) -> tuple[float, float]:
+    """(mean, sd) of the fit cells' log library sizes: ``--library depth`` feeds the networks
+    ``(log size - mean) / sd``."""
+    y = data.loglib[torch.from_numpy(data.fit_rows)].double()
+    sd = float(y.std()) if len(y) > 1 else 1.0
+    return float(y.mean()), (sd if sd > 1e-6 else 1.0)
+
+
+#: levels of a group's depth quantile table (``--library depth``): 2.5 % to 97.5 %, so no single
+#: cell's size is stored; generation interpolates between them and extends the end segments
+DEPTH_LEVELS = 20
+
+
+def depth_quantiles(loglib: np.ndarray, groups: np.ndarray, lib_params: np.ndarray, min_cells: int) -> np.ndarray:
+    """Per group (rows of *lib_params*), the log sizes at levels ``(i + 0.5) / DEPTH_LEVELS``: the
+    empirical quantiles of its fit cells' log sizes where it has at least *min_cells*, else the
+    quantiles of its (shrunk) log-normal ``lib_params[g] = (mean, sd)``."""
+    from scipy.stats import norm
+
+    lev = (np.arange(DEPTH_LEVELS) + 0.5) / DEPTH_LEVELS
+    out = lib_params[:, :1] + lib_params[:, 1:2] * norm.ppf(lev)[None, :]
+    for g in range(len(lib_params)):
+        y = loglib[groups == g]
+        if len(y) >= min_cells:
+            out[g] = np.quantile(y, lev)
+    return out.astype(np.float32)
+
+
+def sample_depth(table: torch.Tensor, groups: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Log sizes drawn from each group's quantile table (:func:`depth_quantiles`): a uniform level,
+    linear between the stored levels and along the first / last segment beyond them."""
+    k = table.shape[1]
+    u = torch.rand(groups.shape[0], generator=gen, device=table.device, dtype=table.dtype)
+    pos = (u * k - 0.5).clamp(-0.5, k - 0.5)  # in units of levels; -0.5 and k - 0.5 are u = 0 and 1
+    lo = pos.floor().long().clamp(0, k - 2)
+    w = pos - lo.to(pos.dtype)
+    t = table[groups]
+    a, b = t.gather(1, lo.unsqueeze(1)).squeeze(1), t.gather(1, (lo + 1).unsqueeze(1)).squeeze(1)
+    return a + w * (b - a)
+
+
 def pick_seeds(data: TrainData, labels: torch.Tensor, conds: torch.Tensor, seed_mix: float,
                gen: torch.Generator):
     """Per sample: whether a seed is mixed in, and which one (position in seed_rows/seed_codes).
@@ -234,6 +275,11 @@ class Trainer:
         self._types = data.types.to(device)
         self._conds = data.conds.to(device)
         self._labels = self._types  # the networks' labels; within-type states once codes exist
+        # --library depth: every train cell's standardised log size, the generator's and critic's extra input
+        self._depth = None
+        if config.depth_library:
+            mean, sd = depth_standardiser(data)
+            self._depth = ((data.loglib - mean) / sd).float().to(device)
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
@@ -577,10 +623,12 @@ class Trainer:
         return tot / max(n, 1)
 
     # ---------------------------------------------------------------- adversarial
-    def _fake(self, types: torch.Tensor, conds: torch.Tensor, generator=None, seeds_out: list | None = None):
+    def _fake(self, types: torch.Tensor, conds: torch.Tensor, generator=None, seeds_out: list | None = None,
+              depth: torch.Tensor | None = None):
         """A fake batch in the critic's representation (with gradients); all on the device.
 
-        *seeds_out*, if given, receives ``(mask, pos)``: which samples were seeded, by which seed."""
+        *seeds_out*, if given, receives ``(mask, pos)``: which samples were seeded, by which seed.
+        *depth*: the cells' standardised log sizes (``--library depth``)."""
         net, cfg, data, dev = self.net, self.cfg, self.data, self.device
         g = generator if generator is not None else net.generator
         noise = torch.randn(types.shape[0], cfg.noise_dim, generator=self.dgen, device=dev)
@@ -591,7 +639,7 @@ class Trainer:
         if cfg.mode == "original":
             return self._gene_space(g(noise, data.seed_codes[pos]), types, conds)
         code = data.seed_codes[pos] if data.seed_codes is not None else None
-        out = g(noise, types, conds, code, mask)
+        out = g(noise, types, conds, code, mask, None if depth is None else depth.unsqueeze(1))
         if cfg.effective_space == "latent":
             return out
         return self._gene_space(out, types, conds)
@@ -632,14 +680,17 @@ class Trainer:
             types, conds = self._labels[didx], self._conds[didx]
             real = self._real(idx)
             ft, fc = (self._original_types(len(idx)) if original else (types, conds))
+            # --library depth: a fake cell takes the depth of the real cell it is paired with (same label)
+            dep = self._depth[didx] if self._depth is not None else None
             seeds: list = []
             with torch.no_grad():
-                fake = self._fake(ft, fc, seeds_out=seeds)
+                fake = self._fake(ft, fc, seeds_out=seeds, depth=dep)
             if original:
                 d = bce_discriminator_loss(net.critic, real, fake, cfg.label_smoothing)
             else:
                 critic_loss, weight = (ns_critic_loss, cfg.r1_weight) if ns else (wgan_critic_loss, cfg.gp_weight)
-                d = critic_loss(net.critic, self._blur(real), self._blur(fake), types, weight,
+                d = critic_loss(net.critic, self._with_depth(self._blur(real), dep),
+                                self._with_depth(self._blur(fake), dep), types, weight,
                                 conds if self.data.n_conds > 1 else None, self._path(seeds))
             self.opt_d.zero_grad(set_to_none=True)
             d.loss.backward()
@@ -651,9 +702,10 @@ class Trainer:
             gl = bce_generator_loss(net.critic, self._fake(ft, fc))
         else:
             seeds: list = []
-            fake = self._fake(types, conds, seeds_out=seeds)
+            fake = self._fake(types, conds, seeds_out=seeds, depth=dep)
             gl = (ns_generator_loss if ns else wgan_generator_loss)(
-                net.critic, self._blur(fake), types, conds if self.data.n_conds > 1 else None, self._path(seeds))
+                net.critic, self._with_depth(self._blur(fake), dep), types, conds if self.data.n_conds > 1 else None,
+                self._path(seeds))
             gl.loss = gl.loss + cfg.seed_floor * self._seed_floor(fake, *seeds)  # the unblurred codes
         self.opt_g.zero_grad(set_to_none=True)
         gl.loss.backward()
@@ -671,6 +723,13 @@ class Trainer:
         if not s or not self.cfg.instance_noise_applies:
             return x
         return x + s * torch.randn(x.shape, generator=self.dgen, device=x.device, dtype=x.dtype)
+
+    @staticmethod
+    def _with_depth(x: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+        """The critic's input: codes, with each cell's standardised log size beside them under
+        ``--library depth`` (real and fake rows of a pair share it, so the gradient penalty's
+        interpolates keep it)."""
+        return x if depth is None else torch.cat([x, depth.unsqueeze(1).to(x.dtype)], dim=1)
 
     def _path(self, seeds: list) -> torch.Tensor | None:
         """The critic's path flag (1: seeded fake) when it takes one: the real cell paired with fake i
@@ -713,9 +772,10 @@ class Trainer:
         g = self.net.generator_ema if self.net.generator_ema is not None else self.net.generator
         was = g.training
         g.eval()
+        depth = self._depth[rows].repeat(GEN_VAL_FACTOR) if self._depth is not None else None
         state = self.dgen.get_state()
         self.dgen.manual_seed(int(self.cfg.seed) + 7919)  # the same draws at every check
-        fake = self._fake(types, conds, generator=g)
+        fake = self._fake(types, conds, generator=g, depth=depth)
         self.dgen.set_state(state)
         g.train(was)
         if not hasattr(self, "_scales"):
