@@ -2019,3 +2019,91 @@ def test_bench_generated_codes_draw_as_generation_does(real_small):
         want = st.net.generator_ema(torch.randn(e.n, st.config.noise_dim, generator=gen), lab, None,
                                     e.seed_codes[pos], m).numpy()
     assert np.allclose(z, want) and np.array_equal(mask, m.numpy())
+
+
+def test_depth_table_draws_follow_the_group_quantiles():
+    """--library depth: a group's draws reproduce its quantile table (uniform levels, linear in
+    between, half a segment beyond the end levels); small groups get their log-normal's quantiles."""
+    import torch
+    from scipy.stats import norm
+
+    from garage.gan._train import DEPTH_LEVELS, depth_quantiles, sample_depth
+
+    rng = np.random.default_rng(0)
+    big = rng.gamma(2.0, 1.0, 4000) + 5.0  # skewed, as real log sizes often are inside a type
+    small = rng.normal(3.0, 0.2, 8)
+    loglib = np.concatenate([big, small])
+    groups = np.concatenate([np.zeros(4000, int), np.ones(8, int)])
+    params = np.asarray([[6.0, 1.0], [3.1, 0.4]])
+    table = depth_quantiles(loglib, groups, params, min_cells=20)
+    assert table.shape == (2, DEPTH_LEVELS)
+    lev = (np.arange(DEPTH_LEVELS) + 0.5) / DEPTH_LEVELS
+    assert np.allclose(table[0], np.quantile(big, lev), atol=1e-5)  # empirical for the big group
+    assert np.allclose(table[1], 3.1 + 0.4 * norm.ppf(lev), atol=1e-5)  # its log-normal for the small one
+    g = torch.zeros(50000, dtype=torch.long)
+    d = sample_depth(torch.from_numpy(table), g, torch.Generator().manual_seed(0)).numpy()
+    assert np.allclose(np.quantile(d, lev[1:-1]), table[0, 1:-1], atol=0.03)
+    assert abs(float(np.mean(d > np.median(big))) - 0.5) < 0.01
+    # the skew survives (a log-normal draw would have none)
+    from scipy.stats import skew
+    assert skew(d) > 1.0 and abs(skew(d) - skew(big)) < 0.5
+    half = 0.5 * (table[0, -1] - table[0, -2])
+    assert d.max() <= table[0, -1] + half + 1e-5 and d.max() > table[0, -1]
+    assert d.min() >= table[0, 0] - 0.5 * (table[0, 1] - table[0, 0]) - 1e-5
+
+
+def test_depth_library_conditions_the_generator_and_sizes_the_cells(seeds_small, tmp_path):
+    """A --library depth model: the generator and the critic take the depth, the cells' sizes are
+    the drawn ones (so they follow the table), the saved model generates the run's own cells, and
+    a shareable model pools the small groups' tables."""
+    import torch
+
+    from garage.gan._model import LIB_SHARE_MIN_GROUP
+    from garage.gan._train import sample_depth
+
+    cfg = GANConfig(**TINY, library="depth", n_cells=400, critic_path="off")
+    res = run_gan(seeds_small, tmp_path / "d", "d", cfg)
+    syn = ad.read_h5ad(res["h5ad"])
+    assert syn.uns[C.UNS_KEY]["library"] == "depth"
+    model = GarageGAN.load(res["model"])
+    assert model.net.generator.extra_dim == 1
+    assert model.net.critic.net[0].in_features == cfg.n_latent + 1 + cfg.type_emb_dim
+    n = 8
+    args = (torch.zeros(n, cfg.noise_dim), torch.zeros(n, dtype=torch.long), None, None, torch.zeros(n))
+    with pytest.raises(ValueError, match="extra input"):
+        model.net.generator(*args)
+    # the depth input changes the code: the generator is conditioned on it
+    lo = model.net.generator(*args, extra=torch.full((n, 1), -2.0))
+    hi = model.net.generator(*args, extra=torch.full((n, 1), 2.0))
+    assert not torch.allclose(lo, hi)
+    # sizes follow the groups' tables: the generated totals' median within the table's range
+    meta = model.meta
+    q = meta["depth_q"]
+    cats = meta["categories"]
+    tot = np.log(np.asarray(syn.layers["counts"].sum(1)).ravel().clip(1))
+    for k, t in enumerate(cats):
+        m = (syn.obs[C.OBS_CELL_TYPE].astype(str) == t).to_numpy()
+        if m.sum() >= 30:
+            med = float(np.median(tot[m]))
+            assert float(q[k, 2]) < med < float(q[k, -3]), (t, med, q[k])
+    # and the sampler itself draws them from the table
+    d = sample_depth(q, torch.zeros(2000, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert float(q[0, 0]) - 1 < float(d.median()) < float(q[0, -1]) + 1
+    again = ad.read_h5ad(run_generate(res["model"], tmp_path / "g", "g", n_cells=400, seed=0)["h5ad"])
+    assert (again.X != syn.X).nnz == 0
+    shared = run_gan(seeds_small, tmp_path / "s", "s", cfg, shareable_model=True)
+    p2 = torch.load(shared["model"], weights_only=True)
+    small = torch.from_numpy(np.asarray(p2["group_counts"]) < LIB_SHARE_MIN_GROUP)
+    assert small.any()
+    from scipy.stats import norm
+
+    from garage.gan._train import DEPTH_LEVELS
+    lev = torch.from_numpy(norm.ppf((np.arange(DEPTH_LEVELS) + 0.5) / DEPTH_LEVELS).astype(np.float32))
+    pooled = p2["lib_params"][small]  # the shareable model's pooled (mean, sd) for small groups
+    assert torch.allclose(p2["depth_q"][small], pooled[:, :1] + pooled[:, 1:] * lev, atol=1e-5)
+    orig = torch.load(res["model"], weights_only=True)["depth_q"][small]
+    assert not torch.allclose(orig, p2["depth_q"][small])  # the small group's own table is not shared
+    assert torch.equal(p2["depth_q"][~small], torch.load(res["model"], weights_only=True)["depth_q"][~small])
+    mine = ad.read_h5ad(shared["h5ad"])
+    regen = ad.read_h5ad(run_generate(shared["model"], tmp_path / "sg", "sg", n_cells=400, seed=0)["h5ad"])
+    assert (regen.X != mine.X).nnz == 0
