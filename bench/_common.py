@@ -298,9 +298,23 @@ def generated_codes(model, types, conds, gen) -> tuple[np.ndarray, np.ndarray]:
     code = data.seed_codes[pos] if data.seed_codes is not None else None
     g = net.generator_ema if net.generator_ema is not None else net.generator
     with torch.no_grad():
-        z = g(torch.randn(len(types), cfg.noise_dim, generator=gen), lab, conds if data.n_conds > 1 else None,
-              code, mask).numpy()
+        noise = torch.randn(len(types), cfg.noise_dim, generator=gen)
+        z = g(noise, lab, conds if data.n_conds > 1 else None, code, mask,
+              depth_input(model, types, conds, gen)).numpy()
     return z, mask.numpy()
+
+
+def depth_input(model, types, conds, gen):
+    """``--library depth`` models: the generator's depth input for cells of *types* (and *conds*),
+    drawn from the model's quantile tables as generation draws it (after the noise); None for
+    every other model (nothing drawn)."""
+    if not model.config.depth_library:
+        return None
+    from garage.gan._train import sample_depth
+
+    n_conds = max(1, len(model.meta.get("conditions") or []))
+    logd = sample_depth(model.meta["depth_q"].float(), types * n_conds + conds, gen)
+    return ((logd - float(model.meta["depth_mean"])) / float(model.meta["depth_sd"])).unsqueeze(1)
 
 
 def t_halfwidth(values) -> float:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import generated_codes, train_in_process
+from ._common import depth_input, generated_codes, train_in_process
 
 
 def knn_c2st(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
@@ -165,7 +165,7 @@ def main(argv=None):
     code = data.seed_codes[pos] if data.seed_codes is not None else None
     g = net.generator_ema if net.generator_ema is not None else net.generator
     with torch.no_grad():
-        gz = g(noise, lab, cc if data.n_conds > 1 else None, code, mask).numpy()
+        gz = g(noise, lab, cc if data.n_conds > 1 else None, code, mask, depth_input(model, tt, cc, gen)).numpy()
     rows = []
 
     def add(name, a, b, types_a=None, types_b=None):

@@ -2107,3 +2107,32 @@ def test_depth_library_conditions_the_generator_and_sizes_the_cells(seeds_small,
     mine = ad.read_h5ad(shared["h5ad"])
     regen = ad.read_h5ad(run_generate(shared["model"], tmp_path / "sg", "sg", n_cells=400, seed=0)["h5ad"])
     assert (regen.X != mine.X).nnz == 0
+
+
+def test_bench_generated_codes_of_a_depth_model_draw_the_depth_after_the_noise(real_small):
+    """bench._common.generated_codes on a --library depth model: the generator gets a depth drawn from
+    the model's tables after the noise (a default model draws none, so its codes are unchanged)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench._common import depth_input, generated_codes
+    from garage.gan._train import pick_seeds, sample_depth
+
+    model = GarageGAN.setup(real_small, GANConfig(**TINY, library="depth", seed=0))
+    model.train("cpu")
+    model.net.eval()
+    d = model.data
+    z, mask = generated_codes(model, d.types, d.conds, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    m, pos = pick_seeds(d, d.types, d.conds, model.config.seed_mix, gen)
+    noise = torch.randn(d.n, model.config.noise_dim, generator=gen)
+    logd = sample_depth(model.meta["depth_q"], d.types, gen)
+    dep = ((logd - model.meta["depth_mean"]) / model.meta["depth_sd"]).unsqueeze(1)
+    with torch.no_grad():
+        want = model.net.generator_ema(noise, d.types, None, d.seed_codes[pos], m, dep).numpy()
+        other = model.net.generator_ema(noise, d.types, None, d.seed_codes[pos], m, dep + 1.0).numpy()
+    assert np.allclose(z, want) and not np.allclose(z, other)
+    plain = GarageGAN.setup(real_small, GANConfig(**TINY, seed=0))
+    g = torch.Generator().manual_seed(1)
+    assert depth_input(plain, d.types, d.conds, g) is None
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(1).get_state())  # nothing drawn
