@@ -7,6 +7,11 @@ Trains one GARAGE model in-process on the train cells of a preprocessed file
   generated codes and the holdout cells' encoded codes (control: train codes vs
   holdout codes), pooled and per type; generated codes split into seeded and
   unseeded ones.  This isolates the latent GAN.
+- ``shape`` (round 28): per type, the skewness of the train codes and of the generated codes
+  along the train codes' first principal axis (sign set so the train skew is >= 0), the R^2 of
+  the train cells' log library size on their codes, and that regression's predicted log size
+  for the generated and the train codes (5th, 50th, 95th percentiles): does the GAN reproduce a
+  type's skewed, depth-driven spread?
 - ``decoded_train``: the train cells' own posterior-mean codes decoded and
   NB-sampled at library sizes drawn as generation draws them (no GAN): the
   ceiling the decoder and noise model allow, scored by ``garage evaluate``.
@@ -115,6 +120,32 @@ def gmm_codes(mu, groups, k_max: int, seed: int, min_per_component: int = 30):
     return torch.from_numpy(out).float()
 
 
+def code_shape(tz, ttypes, loglib, gz, gt, cats, min_cells: int = 30) -> dict:
+    """Per type with at least *min_cells* train codes: the skewness of the train and the generated
+    codes along the train codes' first principal axis (oriented so the train skew is >= 0), the R^2
+    of the train cells' log library size regressed on their codes, and the regression's predicted
+    log size (percentiles 5, 50, 95) for the train and the generated codes."""
+    from scipy.stats import skew
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LinearRegression
+
+    out = {}
+    for k, t in enumerate(cats):
+        a, b = tz[ttypes == k], gz[gt == k]
+        if len(a) < min_cells or len(b) < min_cells:
+            continue
+        pca = PCA(1).fit(a)
+        pa, pb = pca.transform(a)[:, 0], pca.transform(b)[:, 0]
+        sign = 1.0 if skew(pa) >= 0 else -1.0
+        reg = LinearRegression().fit(a, loglib[ttypes == k])
+        out[t] = {"skew_train": float(sign * skew(pa)), "skew_generated": float(sign * skew(pb)),
+                  "r2_loglib": float(reg.score(a, loglib[ttypes == k]))}
+        for name, z in (("train", a), ("generated", b)):
+            for q, v in zip((5, 50, 95), np.percentile(reg.predict(z), [5, 50, 95])):
+                out[t][f"loglib_p{q}_{name}"] = float(v)
+    return out
+
+
 def main(argv=None):
     import anndata as ad
     import pandas as pd
@@ -198,14 +229,16 @@ def main(argv=None):
 
     spread = centroid_spread(gz, gt)
     spread_train = centroid_spread(tz, ttypes)
+    shape = code_shape(tz, ttypes, data.loglib.cpu().numpy(), gz, gt, cats)
     lat = pd.DataFrame(rows)
     print(lat.round(3).to_string())
     print("latent spread generated/holdout per type:", {k: round(v, 3) for k, v in spread.items()})
     print("latent spread train/holdout per type:", {k: round(v, 3) for k, v in spread_train.items()})
+    print("code shape per type:\n" + pd.DataFrame(shape).T.round(2).to_string())
     if args.latent_only:
         if args.out:
-            args.out.write_text(json.dumps({"latent": rows, "spread": spread, "spread_train": spread_train},
-                                           indent=1, default=float))
+            args.out.write_text(json.dumps({"latent": rows, "spread": spread, "spread_train": spread_train,
+                                            "shape": shape}, indent=1, default=float))
         return 0
 
     # decoded train codes: the decoder/noise ceiling

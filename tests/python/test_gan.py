@@ -1953,13 +1953,36 @@ def test_diagnose_gan_latent_only_stops_before_decoding(seeds_small, tmp_path, m
     assert diagnose_gan.main(["--seeds-from", str(seeds_small), "--gan", json.dumps(tiny), "--threads", "1",
                               "--latent-only", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert set(doc) == {"latent", "spread", "spread_train"}
+    assert set(doc) == {"latent", "spread", "spread_train", "shape"}
     whats = [r["what"] for r in doc["latent"]]
     assert "latent: train vs holdout codes (control)" in whats and "latent: generated vs holdout codes" in whats
     labels = set(ad.read_h5ad(seeds_small).obs[C.OBS_LABEL].astype(str))
     assert doc["spread_train"] and set(doc["spread_train"]) <= labels and set(doc["spread"]) <= labels
     assert all(np.isfinite(v) and v > 0 for v in doc["spread_train"].values())
     assert doc["spread_train"] != doc["spread"]  # the train cells' own codes, not the generated ones
+    assert doc["shape"] and set(doc["shape"]) <= labels
+    assert all(0 <= r["r2_loglib"] <= 1 and r["skew_train"] >= 0 for r in doc["shape"].values())
+
+
+def test_diagnose_code_shape_sees_a_lost_skew_and_a_depth_axis():
+    """bench.diagnose_gan.code_shape: a skewed type whose generated codes are symmetric shows the
+    skew on the train side only (sign set by the train codes), and a log size that is linear in
+    the code gives R^2 near 1 with the generated codes' predicted sizes from their own spread."""
+    from bench.diagnose_gan import code_shape
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    axis = -rng.gamma(1.5, 1.0, n)  # a long tail to the negative side: skew < 0 before orienting
+    tz = np.c_[axis, 0.1 * rng.normal(size=n)]
+    gz = np.c_[rng.normal(axis.mean(), axis.std(), n), 0.1 * rng.normal(size=n)]
+    loglib = 7.0 + 0.5 * tz[:, 0]
+    out = code_shape(tz, np.zeros(n, int), loglib, gz, np.zeros(n, int), ["A"])
+    r = out["A"]
+    assert r["skew_train"] > 1.2 and abs(r["skew_generated"]) < 0.2
+    assert r["r2_loglib"] > 0.99
+    assert abs(r["loglib_p50_train"] - np.median(loglib)) < 0.01
+    assert r["loglib_p50_generated"] < r["loglib_p50_train"]  # the symmetric codes' median sits lower
+    assert code_shape(tz[:10], np.zeros(10, int), loglib[:10], gz, np.zeros(n, int), ["A"]) == {}
 
 
 def test_critic_probe_refuses_a_packed_critic_before_training(tmp_path, monkeypatch):
