@@ -141,6 +141,11 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
                      "c2st": m["c2st_auc"]["value"], "control": m["c2st_auc"]["control"],
                      "mia_auc": m["mia_auc"]["value"], "dcr_ratio": m["dcr_ratio"]["value"],
                      "libsize_ks": m["libsize_ks"]["value"]}
+        pt = doc.get("per_type")
+        if pt is not None and "c2st" in pt:  # per type: (C2ST, its control), where both were scored
+            out[name]["per_type_c2st"] = {
+                str(r["cell_type"]): [float(r["c2st"]), float(r["c2st_control"])]
+                for _, r in pt.iterrows() if np.isfinite(r["c2st"]) and np.isfinite(r["c2st_control"])}
     return out
 
 

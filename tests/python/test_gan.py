@@ -2159,3 +2159,22 @@ def test_bench_generated_codes_of_a_depth_model_draw_the_depth_after_the_noise(r
     g = torch.Generator().manual_seed(1)
     assert depth_input(plain, d.types, d.conds, g) is None
     assert torch.equal(g.get_state(), torch.Generator().manual_seed(1).get_state())  # nothing drawn
+
+
+def test_vae_ceiling_rows_carry_per_type_c2st(real_small):
+    """bench.vae_ceiling: each decoded row (train means at own sizes, the model's own cells with
+    "full") carries its per-type C2ST beside its control, for types of the holdout only."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.vae_ceiling import ceiling
+
+    tiny = {k: v for k, v in TINY.items() if k != "checkpoint_every"}
+    out = ceiling(real_small, {**tiny, "full": True}, seed=0, draws=1)
+    labels = set(real_small.obs[C.OBS_LABEL].astype(str))
+    for row in ("means", "generated"):
+        pt = out[row]["per_type_c2st"]
+        assert pt and set(pt) <= labels
+        assert all(0 <= a <= 1 and 0 <= b <= 1 for a, b in pt.values())
+    # both rows share the real-vs-real control (same holdout); a tiny model's cells are all separable
+    m, g = out["means"]["per_type_c2st"], out["generated"]["per_type_c2st"]
+    assert all(m[t][1] == g[t][1] for t in set(m) & set(g))
+    assert all(a > b for a, b in g.values() if b < 0.9)
