@@ -128,8 +128,9 @@ def depth_standardiser(data: TrainData) -> tuple[float, float]:
     return float(y.mean()), (sd if sd > 1e-6 else 1.0)
 
 
-#: levels of a group's depth quantile table (``--library depth``): 2.5 % to 97.5 %, so no single
-#: cell's size is stored; generation interpolates between them and extends the end segments
+#: levels of a group's depth quantile table (``--library depth``): (i + 0.5) / 20, 2.5 % to 97.5 %,
+#: so a group's smallest and largest sizes are not stored; generation interpolates between the
+#: levels and extends the end segments by half a level
 DEPTH_LEVELS = 20
 
 
