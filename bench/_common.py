@@ -310,11 +310,11 @@ def depth_input(model, types, conds, gen):
     every other model (nothing drawn)."""
     if not model.config.depth_library:
         return None
-    from garage.gan._train import sample_depth
+    from garage.gan._train import depth_feature, sample_depth
 
     n_conds = max(1, len(model.meta.get("conditions") or []))
     logd = sample_depth(model.meta["depth_q"].float(), types * n_conds + conds, gen)
-    return ((logd - float(model.meta["depth_mean"])) / float(model.meta["depth_sd"])).unsqueeze(1)
+    return depth_feature(logd, float(model.meta["depth_mean"]), float(model.meta["depth_sd"]))
 
 
 def t_halfwidth(values) -> float:

@@ -113,6 +113,8 @@ def critic_means(trainer, draws: int = BLUR_DRAWS, held=None) -> dict:
     if getattr(net.critic, "pack", 1) > 1:  # it scores packs of one label, not single cells
         raise SystemExit("bench.critic_probe: the critic judges packs (--critic-pack > 1), not single cells; "
                          "probe a run without --critic-pack")
+    if getattr(trainer, "_depth", None) is not None:  # the critic also takes a depth, which the probe does not give
+        raise SystemExit("bench.critic_probe: not for --library depth models (the critic also takes a depth)")
     labels = trainer._labels.cpu().numpy()
     conds = trainer._conds.cpu().numpy()
     fit_rows = np.asarray(data.fit_rows)
@@ -236,6 +238,8 @@ def run(args) -> dict:
     if int(gan.get("critic_pack") or 1) > 1:  # refused before any training (critic_means refuses it too)
         raise SystemExit("bench.critic_probe: the critic judges packs (--critic-pack > 1), not single cells; "
                          "probe a run without --critic-pack")
+    if gan.get("library") == "depth":  # the critic takes a depth beside each code, which the probe does not give
+        raise SystemExit("bench.critic_probe: not for --library depth models (the critic also takes a depth)")
     from garage.gan import _train
 
     orig, orig_batch = _probe_checks(records, args.critic_holdout)

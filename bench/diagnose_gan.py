@@ -123,7 +123,7 @@ def gmm_codes(mu, groups, k_max: int, seed: int, min_per_component: int = 30):
 def code_shape(tz, ttypes, loglib, gz, gt, cats, min_cells: int = 30) -> dict:
     """Per type with at least *min_cells* train codes: the skewness of the train and the generated
     codes along the train codes' first principal axis (oriented so the train skew is >= 0), the R^2
-    of the train cells' log library size regressed on their codes, and the regression's predicted
+    (and adjusted R^2) of the train cells' log library size regressed on their codes, and the regression's predicted
     log size (percentiles 5, 50, 95) for the train and the generated codes."""
     from scipy.stats import skew
     from sklearn.decomposition import PCA
@@ -138,8 +138,12 @@ def code_shape(tz, ttypes, loglib, gz, gt, cats, min_cells: int = 30) -> dict:
         pa, pb = pca.transform(a)[:, 0], pca.transform(b)[:, 0]
         sign = 1.0 if skew(pa) >= 0 else -1.0
         reg = LinearRegression().fit(a, loglib[ttypes == k])
+        r2 = float(reg.score(a, loglib[ttypes == k]))
+        n, d = a.shape
         out[t] = {"skew_train": float(sign * skew(pa)), "skew_generated": float(sign * skew(pb)),
-                  "r2_loglib": float(reg.score(a, loglib[ttypes == k]))}
+                  "r2_loglib": r2, "n_train": int(n),
+                  # in-sample R^2 of d predictors is about d / (n - 1) with no relation at all
+                  "r2_loglib_adj": float(1 - (1 - r2) * (n - 1) / (n - d - 1)) if n > d + 1 else float("nan")}
         for name, z in (("train", a), ("generated", b)):
             for q, v in zip((5, 50, 95), np.percentile(reg.predict(z), [5, 50, 95])):
                 out[t][f"loglib_p{q}_{name}"] = float(v)
@@ -165,6 +169,9 @@ def main(argv=None):
     ap.add_argument("--latent-only", action="store_true",
                     help="stop after the latent rows and spreads (no decoding, no evaluate)")
     args = ap.parse_args(argv)
+    if json.loads(args.gan).get("library") == "depth" and not args.latent_only:
+        # the decoded rows draw sizes from the log-normal, not the depth that conditioned each code
+        ap.error("--library depth models: use --latent-only")
 
     real, model = train_in_process(args.seeds_from, args.seed, args.threads, json.loads(args.gan))
     cfg = model.config
@@ -307,7 +314,8 @@ def main(argv=None):
         ev["garage"]["control_c2st"] = doc["metrics"]["c2st_auc"]["control"]
     print(json.dumps(ev, indent=1))
     if args.out:
-        args.out.write_text(json.dumps({"latent": rows, "spread": spread, "spread_train": spread_train, "evaluate": ev},
+        args.out.write_text(json.dumps({"latent": rows, "spread": spread, "spread_train": spread_train, "shape": shape,
+                                        "evaluate": ev},
                                        indent=1, default=float))
 
 

@@ -96,6 +96,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
+    if json.loads(a.gan).get("library") == "depth":  # its generator call gives no depth input
+        p.error("not for --library depth models")
     torch.set_num_threads(a.threads)
     t0 = time.time()
     real = ad.read_h5ad(a.input)

@@ -540,6 +540,11 @@ class GANConfig:
         need(self.count_dist in COUNT_DISTS, f"unknown --count-dist {self.count_dist!r}",
              f"use one of {', '.join(COUNT_DISTS)}")
         need(self.library in LIBRARIES, f"unknown --library {self.library!r}", f"use one of {', '.join(LIBRARIES)}")
+        # the depth tables are per type x condition and the calibration's codes are drawn without a depth
+        need(not (self.depth_library and self.type_states > 1), "--library depth does not combine with --type-states > 1",
+             "use --type-states 1, or another --library")
+        need(not (self.depth_library and self.calibrate != "none"), "--library depth does not combine with --calibrate",
+             "use --calibrate none, or another --library")
         for name in ("ae_steps", "gan_steps", "decoder_steps", "epochs", "ae_epochs", "decoder_epochs"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 0),

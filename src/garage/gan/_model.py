@@ -55,8 +55,8 @@ from ._module import (
     OriginalGenerator,
 )
 from ._nn import sample_counts
-from ._train import (TrainData, Trainer, depth_quantiles, depth_standardiser, draw_labels, pick_seeds,
-                     sample_depth, sample_library, sample_library_conditional, state_probs)
+from ._train import (TrainData, Trainer, depth_feature, depth_quantiles, depth_standardiser, draw_labels,
+                     pick_seeds, sample_depth, sample_library, sample_library_conditional, state_probs)
 
 logger = logging.getLogger(__name__)
 
@@ -564,6 +564,9 @@ class GarageGAN:
             logger.warning("--instance-noise applies to --space latent with --mode garage only: not applied")
         if self.config.critic_pack > 1 and self.config.effective_critic_pack == 1:
             logger.warning("--critic-pack applies to --space latent with --mode garage only: not applied")
+        if self.config.library == "depth" and not self.config.depth_library:
+            logger.warning("--library depth applies to --space latent with --mode garage only: library sizes "
+                           "from the per-type log-normal")
         if self.config.state_gate > 0 and self.config.effective_type_states <= 1:
             logger.warning("--state-gate applies with --type-states > 1 (--space latent, --mode garage): not applied")
         self.net.to(device)
@@ -714,7 +717,7 @@ class GarageGAN:
             extra = None
             if depth_lib:  # the cell's log size first, from its group's quantiles; the code follows it
                 logd = sample_depth(depth_q, g, dgen)
-                extra = ((logd - depth_mean) / depth_sd).unsqueeze(1)
+                extra = depth_feature(logd, depth_mean, depth_sd)
             gen = self.net.generated(lab, c, noise, code, mask, extra)
             if calib is not None:  # per type; row 1: a seeded model's cells, row 0: unseeded generation
                 k = 1 if seeded_model else 0
@@ -1189,12 +1192,12 @@ def shareable_library(meta: dict) -> dict:
 
 def _depth_library(data: TrainData) -> dict:
     """``--library depth``: the standardiser of the networks' depth input and each group's quantile
-    table of its fit cells' log sizes (log-normal quantiles for groups under LIB_SHARE_MIN_GROUP)."""
+    table of its fit cells' log sizes (smoothed, from DEPTH_MIN_CELLS fit cells; the shrunk
+    log-normal's quantiles for smaller groups)."""
     mean, sd = depth_standardiser(data)
     fit = data.fit_rows
     groups = data.group(data.types, data.conds).numpy()[fit]
-    table = depth_quantiles(data.loglib.numpy()[fit], groups, data.lib_params.cpu().numpy().astype(np.float64),
-                            LIB_SHARE_MIN_GROUP)
+    table = depth_quantiles(data.loglib.numpy()[fit], groups, data.lib_params.cpu().numpy().astype(np.float64))
     return {"depth_q": torch.from_numpy(table), "depth_mean": mean, "depth_sd": sd}
 
 

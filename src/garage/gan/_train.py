@@ -120,24 +120,51 @@ def sample_library_conditional(lib_params: torch.Tensor, groups: torch.Tensor, c
     return (p[:, 0] + shift + resid_scale * p[:, 1] * z).exp().clamp_min(1.0)
 
 
+#: levels of a group's depth quantile table (``--library depth``): (i + 0.5) / 40, 1.25 % to 98.75 %;
+#: generation interpolates between them and extends the end segments by half a level
+DEPTH_LEVELS = 40
+#: fit cells a group needs for a table of its own sizes (smoothed); smaller groups get the quantiles
+#: of their shrunk log-normal: 40 smoothed quantiles of 100 or more sizes do not give any one of them
+DEPTH_MIN_CELLS = 100
+
+
 def depth_standardiser(data: TrainData) -> tuple[float, float]:
     """(mean, sd) of the fit cells' log library sizes: ``--library depth`` feeds the networks
-    ``(log size - mean) / sd``."""
+    :func:`depth_feature` of a cell's log size."""
     y = data.loglib[torch.from_numpy(data.fit_rows)].double()
     sd = float(y.std()) if len(y) > 1 else 1.0
     return float(y.mean()), (sd if sd > 1e-6 else 1.0)
 
 
-#: levels of a group's depth quantile table (``--library depth``): (i + 0.5) / 20, 2.5 % to 97.5 %,
-#: so a group's smallest and largest sizes are not stored; generation interpolates between the
-#: levels and extends the end segments by half a level
-DEPTH_LEVELS = 20
+def depth_feature(logd: torch.Tensor, mean: float, sd: float) -> torch.Tensor:
+    """The networks' depth input (one column): the standardised log size."""
+    return ((logd - mean) / sd).unsqueeze(1)
 
 
-def depth_quantiles(loglib: np.ndarray, groups: np.ndarray, lib_params: np.ndarray, min_cells: int) -> np.ndarray:
+def smoothed_quantiles(y: np.ndarray, levels: np.ndarray, bins: int = 2048) -> np.ndarray:
+    """Quantiles of a Gaussian kernel density of *y* (Silverman's bandwidth), so no stored value
+    is one of the sizes and none can be solved back from the table; the sizes are binned first
+    (*bins* bins), which keeps the cost flat in the number of cells."""
+    from scipy.stats import norm
+
+    y = np.asarray(y, dtype=np.float64)
+    sd = float(y.std())
+    iqr = float(np.subtract(*np.percentile(y, [75, 25])))
+    spread = min(sd, iqr / 1.34) if iqr > 0 else sd
+    h = max(0.9 * spread * len(y) ** -0.2, 1e-3)
+    edges = np.linspace(y.min() - 1e-9, y.max() + 1e-9, bins + 1)
+    w, _ = np.histogram(y, edges)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    grid = np.linspace(y.min() - 4 * h, y.max() + 4 * h, 2 * bins)
+    cdf = (norm.cdf((grid[:, None] - centres[None, w > 0]) / h) * (w[w > 0] / w.sum())).sum(1)
+    return np.interp(levels, cdf, grid)
+
+
+def depth_quantiles(loglib: np.ndarray, groups: np.ndarray, lib_params: np.ndarray,
+                    min_cells: int = DEPTH_MIN_CELLS) -> np.ndarray:
     """Per group (rows of *lib_params*), the log sizes at levels ``(i + 0.5) / DEPTH_LEVELS``: the
-    empirical quantiles of its fit cells' log sizes where it has at least *min_cells*, else the
-    quantiles of its (shrunk) log-normal ``lib_params[g] = (mean, sd)``."""
+    smoothed quantiles (:func:`smoothed_quantiles`) of its fit cells' log sizes where it has at least
+    *min_cells*, else the quantiles of its (shrunk) log-normal ``lib_params[g] = (mean, sd)``."""
     from scipy.stats import norm
 
     lev = (np.arange(DEPTH_LEVELS) + 0.5) / DEPTH_LEVELS
@@ -145,7 +172,7 @@ def depth_quantiles(loglib: np.ndarray, groups: np.ndarray, lib_params: np.ndarr
     for g in range(len(lib_params)):
         y = loglib[groups == g]
         if len(y) >= min_cells:
-            out[g] = np.quantile(y, lev)
+            out[g] = smoothed_quantiles(y, lev)
     return out.astype(np.float32)
 
 
@@ -279,8 +306,7 @@ class Trainer:
         # --library depth: every train cell's standardised log size, the generator's and critic's extra input
         self._depth = None
         if config.depth_library:
-            mean, sd = depth_standardiser(data)
-            self._depth = ((data.loglib - mean) / sd).float().to(device)
+            self._depth = depth_feature(data.loglib.float(), *depth_standardiser(data)).squeeze(1).to(device)
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> None:
@@ -729,7 +755,8 @@ class Trainer:
     def _with_depth(x: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
         """The critic's input: codes, with each cell's standardised log size beside them under
         ``--library depth`` (real and fake rows of a pair share it, so the gradient penalty's
-        interpolates keep it)."""
+        interpolates keep it; the penalised gradient norm includes the critic's slope along the
+        depth, which the pairs never move)."""
         return x if depth is None else torch.cat([x, depth.unsqueeze(1).to(x.dtype)], dim=1)
 
     def _path(self, seeds: list) -> torch.Tensor | None:
