@@ -91,6 +91,47 @@ def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0)
     return sample, r2
 
 
+def fit_group_library(z, loglib, groups, shrink: float = 20.0, ridge: float = 1.0):
+    """As :func:`fit_cond_library`, with a regression vector per group: ``w_g`` is the group's own
+    ridge fit pulled towards the shared *w* with *shrink* pseudo-cells' worth of the codes' mean
+    within-group variance, and its residual sd is pooled with the shared residual sd over *shrink*
+    pseudo-cells.  Returns ``(sampler, within-group R^2)`` like fit_cond_library."""
+    import torch
+
+    z = z.double()
+    y = loglib.double()
+    n_g, d = int(groups.max()) + 1, z.shape[1]
+    cnt = torch.bincount(groups, minlength=n_g).double()
+    zbar = torch.zeros(n_g, d, dtype=torch.float64).index_add_(0, groups, z) / cnt.clamp_min(1)[:, None]
+    ybar = torch.zeros(n_g, dtype=torch.float64).index_add_(0, groups, y) / cnt.clamp_min(1)
+    zc, yc = z - zbar[groups], y - ybar[groups]
+    eye = torch.eye(d, dtype=torch.float64)
+    w = torch.linalg.solve(zc.T @ zc + ridge * eye, zc.T @ yc)
+    kappa = shrink * float((zc * zc).sum()) / (len(y) * d)  # per dimension, shrink cells' worth
+    r_shared = yc - zc @ w
+    var_shared = float((r_shared ** 2).mean())
+    wg = w.repeat(n_g, 1)
+    sd = torch.full((n_g,), var_shared ** 0.5, dtype=torch.float64)
+    res = torch.empty_like(y)
+    for g in range(n_g):
+        m = groups == g
+        if not bool(m.any()):
+            continue
+        a, b = zc[m], yc[m]
+        wg[g] = torch.linalg.solve(a.T @ a + (kappa + ridge) * eye, a.T @ b + kappa * w)
+        res[m] = b - a @ wg[g]
+        n = float(m.sum())
+        sd[g] = ((float((res[m] ** 2).sum()) + shrink * var_shared) / (n + shrink)) ** 0.5
+    r2 = 1 - float((res * res).sum() / (yc * yc).sum())
+
+    def sample(zs, gs, gen):
+        mean = ybar[gs] + ((zs.double() - zbar[gs]) * wg[gs]).sum(1)
+        eps = torch.randn(len(gs), generator=gen, dtype=torch.float64)
+        return (mean + sd[gs] * eps).exp().clamp_min(1.0).float()
+
+    return sample, r2
+
+
 def gmm_codes(mu, groups, k_max: int, seed: int, min_per_component: int = 30):
     """One fresh code per train cell from a Gaussian mixture fit to its group's posterior means.
 

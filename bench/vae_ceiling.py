@@ -9,6 +9,12 @@ the split's holdout (3 holdout draws).  A variant that lowers this ceiling
 without raising the membership-attack AUC is worth a full ``bench.fidelity``
 run; one that does not can be dropped in minutes instead of an hour.
 
+With ``{"full": true}`` the adversarial phase is trained too, and the rows add the model's own
+cells (``generated``), the train means at the model's own code-conditional sizes
+(``means_modellib``) and at the sizes of two bench refits of that size model on the train codes:
+one regression vector with per-group residual sds (``means_groupsd``) and one vector per group,
+shrunk to the shared one (``means_grouplib``; round 28).  Every row has its per-type C2ST.
+
 ``python -m bench.vae_ceiling --report A.json B.json`` prints the rows as one table.
 
 Run on validation splits only (the GAT output of ``bench.fidelity --split val``):
@@ -122,7 +128,15 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
                                               data.codes, meta["lib_coef"].float(),
                                               meta["lib_code_mean"].float(), float(meta["lib_resid_scale"]), gen)
         variants.append(("means_modellib", mu, mlib))
-    if full:
+    if full:  # the train means at sizes from two bench refits of the size model (fit on the train codes)
+        from .diagnose_gan import fit_cond_library, fit_group_library
+
+        groups = data.group(data.types, data.conds)
+        for name, fit in (("means_groupsd", fit_cond_library), ("means_grouplib", fit_group_library)):
+            sampler, r2 = fit(data.codes.cpu(), data.loglib, groups)
+            with torch.no_grad():
+                variants.append((name, mu, sampler(data.codes.cpu(), groups, gen)))
+            out[f"{name}_r2"] = round(r2, 4)
         variants.append(("generated", None, None))
     for name, z, lb in variants:
         if z is None:

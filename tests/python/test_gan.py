@@ -2202,3 +2202,32 @@ def test_vae_ceiling_rows_carry_per_type_c2st(real_small):
     m, g = out["means"]["per_type_c2st"], out["generated"]["per_type_c2st"]
     assert all(m[t][1] == g[t][1] for t in set(m) & set(g))
     assert all(a > b for a, b in g.values() if b < 0.9)
+
+
+def test_group_library_refit_follows_each_groups_own_slope():
+    """bench.diagnose_gan.fit_group_library: two groups whose log size moves with the code in
+    opposite directions defeat one shared vector (fit_cond_library) and not one vector per group;
+    a group of a few cells is pulled to the shared vector."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.diagnose_gan import fit_cond_library, fit_group_library
+
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    z = torch.randn(2 * n + 4, 3, generator=g)
+    groups = torch.cat([torch.zeros(n), torch.ones(n), torch.full((4,), 2)]).long()
+    slope = torch.tensor([1.0, -1.0, 1.0])[groups]
+    y = 6.0 + slope * z[:, 0] + 0.1 * torch.randn(len(z), generator=g)
+    shared, r2_shared = fit_cond_library(z, y, groups)
+    own, r2_own = fit_group_library(z, y, groups)
+    assert r2_shared < 0.1 and r2_own > 0.95
+    probe = torch.zeros(4, 3)
+    probe[:, 0] = torch.tensor([2.0, 2.0, -2.0, -2.0])
+    pg = torch.tensor([0, 1, 0, 1])
+    sizes = torch.stack([own(probe, pg, torch.Generator().manual_seed(i)) for i in range(200)]).log().mean(0)
+    assert torch.allclose(sizes, torch.tensor([8.0, 4.0, 4.0, 8.0], dtype=sizes.dtype), atol=0.1)
+    two = torch.tensor([2, 2])
+    s2 = torch.stack([own(probe[:2] * torch.tensor([[1.0], [-1.0]]), two, torch.Generator().manual_seed(i))
+                      for i in range(200)]).log().mean(0)
+    assert 0 <= float(s2[0] - s2[1]) < 2.0  # its own slope (+1) would give 4; the shared one about 0
