@@ -233,10 +233,12 @@ class GANConfig:
         shrunk towards the type's for small groups) or ``joint`` (the latent GAN
         generates each cell's log library size with its code; on PBMC 3k's
         validation split it measured worse, C2ST 0.612 vs 0.587) or ``depth``
-        (experimental: each cell's log size is drawn first, from a quantile table
-        of its type x condition group's fit cells, and the generator and the
-        critic are conditioned on it, so the codes follow the depth where the
-        code carries it; round 28 of the notes).  None reproduces the library
+        (experimental: each cell's log size is drawn first, from a table of 40
+        smoothed quantiles of its type x condition group's fit cells, or of its
+        log-normal under 100 fit cells, and the generator and the critic are
+        conditioned on it, so the codes follow the depth where the code carries
+        it; level with the default on 15 validation runs, round 28 of the notes;
+        not with --type-states > 1 or --calibrate).  None reproduces the library
         size of an individual training cell.
     refit_dispersion
         Latent space: after the autoencoder phase, refit the NB dispersion with
