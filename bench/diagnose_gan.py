@@ -91,11 +91,13 @@ def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0)
     return sample, r2
 
 
-def fit_group_library(z, loglib, groups, shrink: float = 20.0, ridge: float = 1.0):
-    """As :func:`fit_cond_library`, with a regression vector per group: ``w_g`` is the group's own
-    ridge fit pulled towards the shared *w* with *shrink* pseudo-cells' worth of the codes' mean
-    within-group variance, and its residual sd is pooled with the shared residual sd over *shrink*
-    pseudo-cells.  Returns ``(sampler, within-group R^2)`` like fit_cond_library."""
+def fit_group_library(z, loglib, groups, min_group: int = 10, shrink: float = 20.0, ridge: float = 1.0):
+    """Like :func:`fit_cond_library` (groups under *min_group* cells use the pooled intercept and
+    mean code), with a regression vector per group: ``w_g`` is the group's own ridge fit pulled
+    towards the shared *w* with *shrink* cells' worth of the codes' mean within-group variance per
+    dimension, and its residual sd is pooled with the shared residual sd over *shrink*
+    pseudo-cells.  Returns ``(sampler, within-group R^2)``; both the R^2 and the residual sds are
+    in-sample, so with d coefficients per group they flatter it against fit_cond_library's."""
     import torch
 
     z = z.double()
@@ -104,6 +106,8 @@ def fit_group_library(z, loglib, groups, shrink: float = 20.0, ridge: float = 1.
     cnt = torch.bincount(groups, minlength=n_g).double()
     zbar = torch.zeros(n_g, d, dtype=torch.float64).index_add_(0, groups, z) / cnt.clamp_min(1)[:, None]
     ybar = torch.zeros(n_g, dtype=torch.float64).index_add_(0, groups, y) / cnt.clamp_min(1)
+    small = cnt < min_group
+    zbar[small], ybar[small] = z.mean(0), y.mean()
     zc, yc = z - zbar[groups], y - ybar[groups]
     eye = torch.eye(d, dtype=torch.float64)
     w = torch.linalg.solve(zc.T @ zc + ridge * eye, zc.T @ yc)

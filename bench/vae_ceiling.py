@@ -132,10 +132,11 @@ def ceiling(real, overrides: dict, seed: int, draws: int = 3) -> dict:
         from .diagnose_gan import fit_cond_library, fit_group_library
 
         groups = data.group(data.types, data.conds)
+        lib_gen = torch.Generator().manual_seed(seed + 11)  # its own: the rows above keep their draws
         for name, fit in (("means_groupsd", fit_cond_library), ("means_grouplib", fit_group_library)):
             sampler, r2 = fit(data.codes.cpu(), data.loglib, groups)
             with torch.no_grad():
-                variants.append((name, mu, sampler(data.codes.cpu(), groups, gen)))
+                variants.append((name, mu, sampler(data.codes.cpu(), groups, lib_gen)))
             out[f"{name}_r2"] = round(r2, 4)
         variants.append(("generated", None, None))
     for name, z, lb in variants:

@@ -542,11 +542,6 @@ class GANConfig:
         need(self.count_dist in COUNT_DISTS, f"unknown --count-dist {self.count_dist!r}",
              f"use one of {', '.join(COUNT_DISTS)}")
         need(self.library in LIBRARIES, f"unknown --library {self.library!r}", f"use one of {', '.join(LIBRARIES)}")
-        # the depth tables are per type x condition and the calibration's codes are drawn without a depth
-        need(not (self.depth_library and self.type_states > 1), "--library depth does not combine with --type-states > 1",
-             "use --type-states 1, or another --library")
-        need(not (self.depth_library and self.calibrate != "none"), "--library depth does not combine with --calibrate",
-             "use --calibrate none, or another --library")
         for name in ("ae_steps", "gan_steps", "decoder_steps", "epochs", "ae_epochs", "decoder_epochs"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 0),
@@ -592,6 +587,12 @@ class GANConfig:
              f"use one of {', '.join(CRITIC_PATHS)}")
         need(self.calibrate in ("none", "mean", "diag"),
              f"--calibrate must be none, mean or diag, got {self.calibrate!r}", "pass mean, diag or none")
+        # after the type checks: the depth tables are per type x condition, and the calibration's
+        # codes are drawn without a depth
+        need(not (self.depth_library and self.type_states > 1), "--library depth does not combine with --type-states > 1",
+             "use --type-states 1, or another --library")
+        need(not (self.depth_library and self.calibrate != "none"), "--library depth does not combine with --calibrate",
+             "use --calibrate none, or another --library")
         need(0 <= self.posterior_noise <= 4, "--posterior-noise must be in [0, 4]", "pass e.g. 0.5")
         need(isinstance(self.seed_floor_k, int) and self.seed_floor_k >= 1, "--seed-floor-k must be >= 1",
              "pass e.g. 3")

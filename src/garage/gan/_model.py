@@ -566,7 +566,7 @@ class GarageGAN:
             logger.warning("--critic-pack applies to --space latent with --mode garage only: not applied")
         if self.config.library == "depth" and not self.config.depth_library:
             logger.warning("--library depth applies to --space latent with --mode garage only: library sizes "
-                           "from the per-type log-normal")
+                           "from the per type x condition log-normal")
         if self.config.state_gate > 0 and self.config.effective_type_states <= 1:
             logger.warning("--state-gate applies with --type-states > 1 (--space latent, --mode garage): not applied")
         self.net.to(device)

@@ -124,8 +124,13 @@ def sample_library_conditional(lib_params: torch.Tensor, groups: torch.Tensor, c
 #: generation interpolates between them and extends the end segments by half a level
 DEPTH_LEVELS = 40
 #: fit cells a group needs for a table of its own sizes (smoothed); smaller groups get the quantiles
-#: of their shrunk log-normal: 40 smoothed quantiles of 100 or more sizes do not give any one of them
+#: of their shrunk log-normal
 DEPTH_MIN_CELLS = 100
+#: the smoothing kernel's sd is at least this many sds of the group's log sizes, and at least
+#: DEPTH_MIN_BANDWIDTH in log units (5 %), whatever the bulk's spread: a tight bulk beside a few far
+#: cells would otherwise shrink Silverman's bandwidth until the end quantiles sit on those cells
+DEPTH_MIN_BANDWIDTH_SD = 0.2
+DEPTH_MIN_BANDWIDTH = 0.05
 
 
 def depth_standardiser(data: TrainData) -> tuple[float, float]:
@@ -142,16 +147,19 @@ def depth_feature(logd: torch.Tensor, mean: float, sd: float) -> torch.Tensor:
 
 
 def smoothed_quantiles(y: np.ndarray, levels: np.ndarray, bins: int = 2048) -> np.ndarray:
-    """Quantiles of a Gaussian kernel density of *y* (Silverman's bandwidth), so no stored value
-    is one of the sizes and none can be solved back from the table; the sizes are binned first
-    (*bins* bins), which keeps the cost flat in the number of cells."""
+    """Quantiles of a Gaussian kernel density of *y*: Silverman's bandwidth, floored at
+    DEPTH_MIN_BANDWIDTH_SD sds and at DEPTH_MIN_BANDWIDTH, so no stored value is one of the sizes
+    and the end levels do not sit on the extreme cells.  (Like a log-normal's mean and sd, the
+    table is still a function of all the sizes: someone who knew every other cell of the group
+    could solve for the last one.)  The sizes are binned first (*bins* bins), which keeps the cost
+    flat in the number of cells."""
     from scipy.stats import norm
 
     y = np.asarray(y, dtype=np.float64)
     sd = float(y.std())
     iqr = float(np.subtract(*np.percentile(y, [75, 25])))
     spread = min(sd, iqr / 1.34) if iqr > 0 else sd
-    h = max(0.9 * spread * len(y) ** -0.2, 1e-3)
+    h = max(0.9 * spread * len(y) ** -0.2, DEPTH_MIN_BANDWIDTH_SD * sd, DEPTH_MIN_BANDWIDTH)
     edges = np.linspace(y.min() - 1e-9, y.max() + 1e-9, bins + 1)
     w, _ = np.histogram(y, edges)
     centres = 0.5 * (edges[1:] + edges[:-1])
