@@ -237,7 +237,8 @@ class GANConfig:
         smoothed quantiles of its type x condition group's fit cells, or of its
         log-normal under 100 fit cells, and the generator and the critic are
         conditioned on it, so the codes follow the depth where the code carries
-        it; level with the default on 15 validation runs, round 28 of the notes;
+        it; two versions each level with the default on 15 validation runs, round
+        28 of the notes;
         not with --type-states > 1 or --calibrate).  None reproduces the library
         size of an individual training cell.
     refit_dispersion
