@@ -59,13 +59,10 @@ def knn_c2st(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     return c2st_auc(a[rng.permutation(len(a))[:n]], b[rng.permutation(len(b))[:n]], seed=seed)
 
 
-def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0):
-    """A log-normal library size whose mean moves with the code: within-group ridge regression.
-
-    ``loglib = mean_g + (z - zbar_g) . w + sd_g * eps``, with one *w* shared by all groups (fit on
-    codes and log sizes centred by group) and per-group intercepts and residual sds; groups under
-    *min_group* cells use the pooled ones.  Returns a sampler ``(z, groups, gen) -> sizes``.
-    """
+def _group_centred_fit(z, loglib, groups, min_group: int, ridge: float):
+    """The part both size refits share: codes and log sizes in float64, per-group counts, which
+    groups are under *min_group* cells (they take the pooled means), the group means, the centred
+    codes and sizes, and the shared ridge vector *w* fit on them."""
     import torch
 
     z = z.double()
@@ -78,6 +75,20 @@ def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0)
     zbar[small], ybar[small] = z.mean(0), y.mean()
     zc, yc = z - zbar[groups], y - ybar[groups]
     w = torch.linalg.solve(zc.T @ zc + ridge * torch.eye(z.shape[1], dtype=torch.float64), zc.T @ yc)
+    return z, y, cnt, small, zbar, ybar, zc, yc, w
+
+
+def fit_cond_library(z, loglib, groups, min_group: int = 10, ridge: float = 1.0):
+    """A log-normal library size whose mean moves with the code: within-group ridge regression.
+
+    ``loglib = mean_g + (z - zbar_g) . w + sd_g * eps``, with one *w* shared by all groups (fit on
+    codes and log sizes centred by group) and per-group intercepts and residual sds; groups under
+    *min_group* cells use the pooled ones.  Returns a sampler ``(z, groups, gen) -> sizes``.
+    """
+    import torch
+
+    z, y, cnt, small, zbar, ybar, zc, yc, w = _group_centred_fit(z, loglib, groups, min_group, ridge)
+    n_g = len(cnt)
     r = yc - zc @ w
     sd = (torch.zeros(n_g, dtype=torch.float64).index_add_(0, groups, r * r) / cnt.clamp_min(1)).sqrt()
     sd[small] = r.std()
@@ -100,17 +111,9 @@ def fit_group_library(z, loglib, groups, min_group: int = 10, shrink: float = 20
     in-sample, so with d coefficients per group they flatter it against fit_cond_library's."""
     import torch
 
-    z = z.double()
-    y = loglib.double()
-    n_g, d = int(groups.max()) + 1, z.shape[1]
-    cnt = torch.bincount(groups, minlength=n_g).double()
-    zbar = torch.zeros(n_g, d, dtype=torch.float64).index_add_(0, groups, z) / cnt.clamp_min(1)[:, None]
-    ybar = torch.zeros(n_g, dtype=torch.float64).index_add_(0, groups, y) / cnt.clamp_min(1)
-    small = cnt < min_group
-    zbar[small], ybar[small] = z.mean(0), y.mean()
-    zc, yc = z - zbar[groups], y - ybar[groups]
+    z, y, cnt, _, zbar, ybar, zc, yc, w = _group_centred_fit(z, loglib, groups, min_group, ridge)
+    n_g, d = len(cnt), z.shape[1]
     eye = torch.eye(d, dtype=torch.float64)
-    w = torch.linalg.solve(zc.T @ zc + ridge * eye, zc.T @ yc)
     kappa = shrink * float((zc * zc).sum()) / (len(y) * d)  # per dimension, shrink cells' worth
     r_shared = yc - zc @ w
     var_shared = float((r_shared ** 2).mean())

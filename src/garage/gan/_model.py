@@ -56,7 +56,8 @@ from ._module import (
 )
 from ._nn import sample_counts
 from ._train import (TrainData, Trainer, depth_feature, depth_quantiles, depth_standardiser, draw_labels,
-                     pick_seeds, sample_depth, sample_library, sample_library_conditional, state_probs)
+                     lognormal_quantiles, pick_seeds, sample_depth, sample_library, sample_library_conditional,
+                     state_probs)
 
 logger = logging.getLogger(__name__)
 
@@ -1204,14 +1205,11 @@ def _depth_library(data: TrainData) -> dict:
 def _shareable_depth_table(meta: dict) -> torch.Tensor:
     """``depth_q`` with every group of fewer than LIB_SHARE_MIN_GROUP train cells set to the pooled
     log-normal's quantiles (the sizes ``_shareable_lib_params`` gives them)."""
-    from scipy.stats import norm
-
     table = meta["depth_q"].float().clone()
     small = _small_groups(meta, table.shape[0])[1]
     if bool(small.any()):
-        pooled = _shareable_lib_params(meta)[small][0]  # the same pooled (mean, sd) for every small group
-        lev = (np.arange(table.shape[1]) + 0.5) / table.shape[1]
-        table[small] = pooled[0] + pooled[1] * torch.from_numpy(norm.ppf(lev).astype(np.float32))
+        pooled = _shareable_lib_params(meta)[small][:1]  # the same pooled (mean, sd) for every small group
+        table[small] = torch.from_numpy(lognormal_quantiles(pooled.numpy())[0].astype(np.float32))
     return table
 
 

@@ -173,15 +173,25 @@ def depth_quantiles(loglib: np.ndarray, groups: np.ndarray, lib_params: np.ndarr
     """Per group (rows of *lib_params*), the log sizes at levels ``(i + 0.5) / DEPTH_LEVELS``: the
     smoothed quantiles (:func:`smoothed_quantiles`) of its fit cells' log sizes where it has at least
     *min_cells*, else the quantiles of its (shrunk) log-normal ``lib_params[g] = (mean, sd)``."""
-    from scipy.stats import norm
-
-    lev = (np.arange(DEPTH_LEVELS) + 0.5) / DEPTH_LEVELS
-    out = lib_params[:, :1] + lib_params[:, 1:2] * norm.ppf(lev)[None, :]
+    out = lognormal_quantiles(lib_params)
     for g in range(len(lib_params)):
         y = loglib[groups == g]
         if len(y) >= min_cells:
-            out[g] = smoothed_quantiles(y, lev)
+            out[g] = smoothed_quantiles(y, depth_levels())
     return out.astype(np.float32)
+
+
+def depth_levels() -> np.ndarray:
+    """The table's levels, ``(i + 0.5) / DEPTH_LEVELS``."""
+    return (np.arange(DEPTH_LEVELS) + 0.5) / DEPTH_LEVELS
+
+
+def lognormal_quantiles(params: np.ndarray) -> np.ndarray:
+    """Rows ``(mean, sd)`` of log-normals (log scale) -> their log sizes at the table's levels."""
+    from scipy.stats import norm
+
+    params = np.asarray(params, dtype=np.float64)
+    return params[:, :1] + params[:, 1:2] * norm.ppf(depth_levels())[None, :]
 
 
 def sample_depth(table: torch.Tensor, groups: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
